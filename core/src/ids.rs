@@ -1,0 +1,61 @@
+//! Identifiers shared by the API, the workflows and the Temporal UI.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::operation::OperationKind;
+
+/// The id of an Operation row. The Temporal workflow id is derived from it, so the API and
+/// the Temporal UI name the same thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OperationId(pub Uuid);
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for OperationId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(OperationId)
+    }
+}
+
+/// The Temporal workflow id of an operation: `<kind>-<operation id>`, e.g.
+/// `deploy-0193c1e2-…`. Readable in the Temporal UI and reversible with
+/// [`operation_id_of_workflow`].
+pub fn workflow_id(kind: OperationKind, id: OperationId) -> String {
+    format!("{}-{}", kind.as_str(), id)
+}
+
+/// The operation id a workflow id was derived from, if it was derived by [`workflow_id`].
+pub fn operation_id_of_workflow(workflow_id: &str) -> Option<OperationId> {
+    // A UUID in hyphenated form is 36 characters; the kind before it may contain `_`.
+    let split = workflow_id.len().checked_sub(36)?;
+    let (kind, id) = workflow_id.split_at(split);
+    let kind = kind.strip_suffix('-')?;
+    kind.parse::<OperationKind>().ok()?;
+    id.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_id_round_trips() {
+        let id = OperationId(Uuid::from_u128(0x0193_c1e2_0000_7000_8000_0000_0000_0001));
+        for kind in OperationKind::ALL {
+            let wf = workflow_id(*kind, id);
+            assert!(wf.starts_with(kind.as_str()));
+            assert_eq!(operation_id_of_workflow(&wf), Some(id), "{wf}");
+        }
+        assert_eq!(operation_id_of_workflow("not-a-workflow"), None);
+        assert_eq!(operation_id_of_workflow(&format!("bogus-{id}")), None);
+    }
+}

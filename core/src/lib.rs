@@ -1,0 +1,15 @@
+//! Rhone's shared vocabulary: ids, names, the stage machines of the seeds, operation kinds,
+//! statuses and roles. Nothing here does I/O, reads a clock or draws randomness, so workflows
+//! can use all of it.
+
+pub mod ids;
+pub mod name;
+pub mod operation;
+pub mod role;
+pub mod stage;
+
+pub use ids::{OperationId, workflow_id};
+pub use name::{Name, NameError};
+pub use operation::{OperationKind, OperationStatus, StageError};
+pub use role::Role;
+pub use stage::{IllegalTransition, StateMachine};
