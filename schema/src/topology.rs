@@ -1,0 +1,86 @@
+//! Regions, cells and runners: the placement identity every allocation names, kept from day
+//! one even with one region, one cell and one runner.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
+
+use crate::{
+    SchemaError,
+    entity::{cell, region, runner},
+    new_id,
+};
+
+/// Registers a runner in `region`/`cell`, creating both if they are new, and updates its
+/// address and last-seen time if it is known. Safe to repeat.
+pub async fn ensure_runner<C: ConnectionTrait>(
+    db: &C,
+    region_name: &str,
+    cell_name: &str,
+    runner_name: &str,
+    address: &str,
+) -> Result<runner::Model, SchemaError> {
+    let now = Utc::now();
+    let region = match region::Entity::find()
+        .filter(region::Column::Name.eq(region_name))
+        .one(db)
+        .await?
+    {
+        Some(r) => r,
+        None => {
+            region::ActiveModel {
+                id: Set(new_id()),
+                name: Set(region_name.to_owned()),
+                created_at: Set(now),
+            }
+            .insert(db)
+            .await?
+        }
+    };
+    let cell = match cell::Entity::find()
+        .filter(cell::Column::RegionId.eq(region.id))
+        .filter(cell::Column::Name.eq(cell_name))
+        .one(db)
+        .await?
+    {
+        Some(c) => c,
+        None => {
+            cell::ActiveModel {
+                id: Set(new_id()),
+                region_id: Set(region.id),
+                name: Set(cell_name.to_owned()),
+                created_at: Set(now),
+            }
+            .insert(db)
+            .await?
+        }
+    };
+    let existing = runner::Entity::find()
+        .filter(runner::Column::Name.eq(runner_name))
+        .one(db)
+        .await?;
+    Ok(match existing {
+        Some(r) => {
+            let mut r: runner::ActiveModel = r.into();
+            r.cell_id = Set(cell.id);
+            r.address = Set(address.to_owned());
+            r.status = Set("ready".to_owned());
+            r.last_seen_at = Set(Some(now));
+            r.update(db).await?
+        }
+        None => {
+            runner::ActiveModel {
+                id: Set(new_id()),
+                cell_id: Set(cell.id),
+                name: Set(runner_name.to_owned()),
+                address: Set(address.to_owned()),
+                status: Set("ready".to_owned()),
+                last_seen_at: Set(Some(now)),
+                created_at: Set(now),
+            }
+            .insert(db)
+            .await?
+        }
+    })
+}

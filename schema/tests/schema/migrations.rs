@@ -1,0 +1,92 @@
+//! The migrations: idempotent, and the constraints they declare hold on both backends.
+
+use anyhow::Result;
+use chrono::Utc;
+use rhone_schema::entity::{api_token, user, workspace};
+use rhone_schema::{Migrator, SchemaError, migrate, new_id};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm_migration::MigratorTrait;
+
+use crate::fixtures::{try_project, try_workspace, workspace};
+use crate::support::on_both_backends;
+
+on_both_backends!(
+    migrating_twice_is_a_no_op,
+    duplicate_names_are_conflicts,
+    missing_references_are_rejected,
+    a_token_has_exactly_one_owner,
+);
+
+async fn migrating_twice_is_a_no_op(db: DatabaseConnection) -> Result<()> {
+    let ws = workspace(&db, "acme").await?;
+    migrate(&db).await?;
+    migrate(&db).await?;
+    assert!(Migrator::get_pending_migrations(&db).await?.is_empty());
+    assert_eq!(
+        Migrator::get_applied_migrations(&db).await?.len(),
+        Migrator::migrations().len()
+    );
+    assert_eq!(
+        workspace::Entity::find_by_id(ws.id).one(&db).await?,
+        Some(ws)
+    );
+    Ok(())
+}
+
+async fn duplicate_names_are_conflicts(db: DatabaseConnection) -> Result<()> {
+    let acme = workspace(&db, "acme").await?;
+    let other = workspace(&db, "other").await?;
+    assert!(matches!(
+        try_workspace(&db, "acme").await,
+        Err(SchemaError::Conflict { .. })
+    ));
+    try_project(&db, acme.id, "web").await?;
+    let dup = try_project(&db, acme.id, "web").await;
+    assert!(matches!(dup, Err(SchemaError::Conflict { .. })), "{dup:?}");
+    // The name is unique per workspace, not globally.
+    try_project(&db, other.id, "web").await?;
+    Ok(())
+}
+
+async fn missing_references_are_rejected(db: DatabaseConnection) -> Result<()> {
+    let orphan = try_project(&db, new_id(), "web").await;
+    assert!(
+        matches!(orphan, Err(SchemaError::MissingReference { .. })),
+        "{orphan:?}"
+    );
+    Ok(())
+}
+
+async fn a_token_has_exactly_one_owner(db: DatabaseConnection) -> Result<()> {
+    let token = |kind: &str, user_id, app_id| api_token::ActiveModel {
+        id: Set(new_id()),
+        user_id: Set(user_id),
+        app_id: Set(app_id),
+        kind: Set(kind.to_owned()),
+        name: Set("ci".to_owned()),
+        token_hash: Set(api_token::hash_token(&new_id().to_string())),
+        prefix: Set("rht_".to_owned()),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    };
+    let user = user::ActiveModel {
+        id: Set(new_id()),
+        email: Set("ada@example.com".to_owned()),
+        display_name: Set("Ada".to_owned()),
+        created_at: Set(Utc::now()),
+    }
+    .insert(&db)
+    .await?;
+    token("user", Some(user.id), None).insert(&db).await?;
+    // A runtime token must be an app's, and no token may be nobody's.
+    assert!(
+        token("runtime", Some(user.id), None)
+            .insert(&db)
+            .await
+            .is_err()
+    );
+    assert!(token("user", None, None).insert(&db).await.is_err());
+    assert_eq!(api_token::hash_token("abc").len(), 64);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real servers; this is what CI runs (.ci/run).
+#
+# Installs what is missing, builds the tests, starts ONE Temporal dev server (in memory)
+# and ONE PostgreSQL (temporary data directory) on free ports for the whole run, exports
+# their addresses for rhone-testkit, runs `cargo nextest run --workspace --no-fail-fast`,
+# and stops both servers on exit, whatever happens. Extra arguments go to nextest
+# (`scripts/test.sh -p rhone-core`, `scripts/test.sh -E 'test(deploy)'`).
+# Exit code: the test run's.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$RHONE_ROOT"
+
+run_start=$(rhone_now_ms)
+work=$(mktemp -d "${TMPDIR:-/tmp}/rhone-test.XXXXXX")
+temporal_pid=
+pg_data=
+pg_user=()
+if [ "$(id -u)" -eq 0 ]; then pg_user=(runuser -u postgres --); fi
+
+cleanup() {
+    local code=$?
+    trap - EXIT INT TERM
+    if [ -n "$temporal_pid" ]; then
+        kill -INT "$temporal_pid" 2>/dev/null || true
+        wait "$temporal_pid" 2>/dev/null || true
+    fi
+    if [ -n "$pg_data" ] && [ -f "$pg_data/postmaster.pid" ]; then
+        "${pg_user[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    echo "test.sh: servers stopped; total $(rhone_since "$run_start")"
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prints the end of a server log and fails.
+fail_with_log() {
+    echo "test.sh: $1; the end of $2:" >&2
+    tail -n 40 "$2" >&2 || true
+    exit 1
+}
+
+# The whole workspace, unless the arguments pick packages themselves.
+scope=(--workspace)
+for arg in "$@"; do
+    case "$arg" in -p | -p* | --package | --package=*) scope=() ;; esac
+done
+
+phase=$(rhone_now_ms)
+bash scripts/install-deps.sh
+echo "test.sh: install-deps took $(rhone_since "$phase")"
+
+# Build first: a build error needs no servers, and servers need not idle through a build.
+phase=$(rhone_now_ms)
+echo "test.sh: building tests (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+build_code=0
+cargo nextest run "${scope[@]}" --no-run "$@" || build_code=$?
+echo "test.sh: build took $(rhone_since "$phase")"
+[ "$build_code" -eq 0 ] || exit "$build_code"
+
+phase=$(rhone_now_ms)
+
+# Temporal: retried on a new port when another process took the one we picked.
+start_temporal() {
+    local port ui_port log="$work/temporal.log" deadline
+    port=$(rhone_free_port)
+    ui_port=$(rhone_free_port)
+    temporal server start-dev --ip 127.0.0.1 --port "$port" --ui-port "$ui_port" --headless \
+        </dev/null >"$log" 2>&1 &
+    temporal_pid=$!
+    deadline=$(($(rhone_now_ms) + 60000))
+    until temporal operator namespace describe --namespace default --address "127.0.0.1:$port" \
+        >/dev/null 2>&1; do
+        if ! kill -0 "$temporal_pid" 2>/dev/null; then
+            wait "$temporal_pid" 2>/dev/null || true
+            temporal_pid=
+            return 1
+        fi
+        [ "$(rhone_now_ms)" -lt "$deadline" ] || fail_with_log "Temporal did not answer in 60s" "$log"
+        sleep 0.1
+    done
+    export RHONE_TEST_TEMPORAL_ADDRESS="127.0.0.1:$port"
+}
+for attempt in 1 2 3; do
+    start_temporal && break
+    [ "$attempt" -lt 3 ] || fail_with_log "Temporal exited at start" "$work/temporal.log"
+done
+
+# PostgreSQL refuses to run as root: as root it runs as the postgres user, in a directory
+# that user owns. pg_ctl -w waits until the server accepts connections.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+mkdir "$work/pg"
+chmod 711 "$work" # mktemp's 0700 would keep the postgres user out
+[ "${#pg_user[@]}" -eq 0 ] || chown postgres: "$work/pg"
+"${pg_user[@]}" "$pg_bin/initdb" -D "$work/pg/data" -A trust -U rhone -E UTF8 --locale=C \
+    --no-sync >"$work/initdb.log" 2>&1 || fail_with_log "initdb failed" "$work/initdb.log"
+pg_data="$work/pg/data"
+for attempt in 1 2 3; do
+    pg_port=$(rhone_free_port)
+    if (cd "$work/pg" && "${pg_user[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$work/pg/server.log" \
+        -w -t 60 -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >/dev/null); then
+        break
+    fi
+    [ "$attempt" -lt 3 ] || fail_with_log "PostgreSQL did not start" "$work/pg/server.log"
+done
+export RHONE_TEST_POSTGRES_URL="postgres://rhone@127.0.0.1:$pg_port/postgres"
+echo "test.sh: servers ready in $(rhone_since "$phase"):" \
+    "RHONE_TEST_TEMPORAL_ADDRESS=$RHONE_TEST_TEMPORAL_ADDRESS" \
+    "RHONE_TEST_POSTGRES_URL=$RHONE_TEST_POSTGRES_URL"
+
+phase=$(rhone_now_ms)
+test_code=0
+cargo nextest run "${scope[@]}" --no-fail-fast "$@" || test_code=$?
+echo "test.sh: tests took $(rhone_since "$phase") (exit code $test_code)"
+exit "$test_code"

@@ -1,0 +1,27 @@
+//! Test harness: real servers for tests, never fakes.
+//!
+//! - [`temporal::server`] gives a Temporal dev server (frontend address and namespace).
+//! - [`postgres::database`] gives a URL to a fresh PostgreSQL database.
+//! - [`unique_name`] derives task queue, workflow id and database names from a test's name.
+//!
+//! `scripts/test.sh` starts one Temporal server and one PostgreSQL for the whole run and
+//! exports their addresses (`RHONE_TEST_TEMPORAL_ADDRESS`, `RHONE_TEST_POSTGRES_URL`);
+//! every test process then shares them. Without those variables (a plain `cargo test`),
+//! each test process starts its own servers on the first call and stops them when it exits.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let temporal = rhone_testkit::temporal::server().await?;
+//! let queue = rhone_testkit::unique_name("deploys_a_preview");
+//! let db_url = rhone_testkit::postgres::database(&queue).await?;
+//! # let _ = (temporal.target, db_url);
+//! # Ok(())
+//! # }
+//! ```
+
+mod names;
+pub mod postgres;
+mod process;
+pub mod temporal;
+
+pub use names::{sanitize, unique_name};
