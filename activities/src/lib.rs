@@ -1,0 +1,12 @@
+//! Every side effect a workflow needs, as Temporal activities, and the worker that runs them
+//! with the workflows. Activities are idempotent: a retried activity finds its earlier write
+//! and does not repeat it. They decide retryability explicitly: refusals (validation,
+//! conflict, illegal transition) are non-retryable; transient I/O is retried.
+
+pub mod error;
+pub mod operation;
+pub mod temporal;
+pub mod tenancy;
+pub mod worker;
+
+pub use worker::{Worker, WorkerConfig, WorkerHandle};

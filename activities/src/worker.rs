@@ -1,0 +1,130 @@
+//! The control-plane worker: registers every workflow and activity on the task queue and
+//! runs until its shutdown future resolves.
+
+use std::future::Future;
+
+use rhone_workflows::{EnvironmentCreateWorkflow, TASK_QUEUE};
+use sea_orm::DatabaseConnection;
+use temporalio_client::Client;
+use temporalio_sdk::{Runtime, WorkerOptions};
+
+use crate::{operation::OperationActivities, tenancy::TenancyActivities};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("creating the Temporal runtime: {0}")]
+    Runtime(String),
+    #[error("registering workflows: {0}")]
+    Register(String),
+    #[error("starting the worker: {0}")]
+    Start(String),
+    #[error("worker stopped with an error: {0}")]
+    Run(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The task queue to poll; tests use their own so they run in parallel.
+    pub task_queue: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            task_queue: TASK_QUEUE.to_owned(),
+        }
+    }
+}
+
+pub struct Worker;
+
+/// A worker running on a thread of its own (its run future is not `Send`: workflows run on
+/// a local task set), for processes that also run other servers.
+pub struct WorkerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), WorkerError>>>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop, and waits until it has.
+    pub async fn shutdown(mut self) -> Result<(), WorkerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| WorkerError::Run(e.to_string()))?
+            .map_err(|_| WorkerError::Run("worker thread panicked".to_owned()))?
+    }
+
+    /// Whether the worker has stopped on its own (an error, or its shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Worker {
+    /// Starts the worker on its own thread; it runs until [`WorkerHandle::shutdown`] or drop.
+    pub fn spawn(
+        config: WorkerConfig,
+        client: Client,
+        db: DatabaseConnection,
+    ) -> Result<WorkerHandle, WorkerError> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{}", config.task_queue))
+            .spawn(move || {
+                runtime.block_on(Worker::run(config, client, db, async move {
+                    let _ = stopped.await;
+                }))
+            })
+            .map_err(|e| WorkerError::Start(e.to_string()))?;
+        Ok(WorkerHandle {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs the worker until `shutdown` resolves, then lets in-flight tasks finish.
+    pub async fn run(
+        config: WorkerConfig,
+        client: Client,
+        db: DatabaseConnection,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
+        let runtime = Runtime::from_current_tokio(Default::default())
+            .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+        let options = WorkerOptions::new(config.task_queue.clone())
+            .register_workflow::<EnvironmentCreateWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_activities(OperationActivities { db: db.clone() })
+            .register_activities(TenancyActivities { db })
+            .build();
+        let mut worker = temporalio_sdk::Worker::new(&runtime, client, options)
+            .map_err(|e| WorkerError::Start(e.to_string()))?;
+        let stop = worker.shutdown_handle();
+        tracing::info!(task_queue = %config.task_queue, "worker started");
+        let run = worker.run();
+        tokio::pin!(run);
+        tokio::select! {
+            res = &mut run => return res.map_err(|e| WorkerError::Run(e.to_string())),
+            () = shutdown => stop(),
+        }
+        run.await.map_err(|e| WorkerError::Run(e.to_string()))
+    }
+}

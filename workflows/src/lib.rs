@@ -1,0 +1,13 @@
+//! Temporal workflow definitions and the typed declarations of the activities they call.
+//! Deterministic: no I/O, no clocks, no randomness outside the SDK; every side effect is an
+//! activity implemented in `rhone-activities`.
+
+pub mod activities;
+pub mod environment_create;
+pub mod stages;
+
+pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
+pub use stages::{Decision, DecisionKind, DecisionSignal};
+
+/// The task queue the control-plane worker polls.
+pub const TASK_QUEUE: &str = "rhone-control";

@@ -1,0 +1,245 @@
+//! How a workflow moves its Operation: every stage it enters is recorded by the idempotent
+//! `record_stage` activity, and a step whose activity exhausts its retries parks the operation
+//! as `needs_attention` until on-call sends `retry` or `abort` (from the API, the CLI or the
+//! Temporal UI) instead of failing silently.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rhone_core::{OperationId, OperationKind, OperationStatus, StateMachine};
+use serde::{Deserialize, Serialize};
+use temporalio_common::{ActivityDefinition, RetryPolicy, data_converters::TemporalDeserializable};
+use temporalio_workflow::{
+    ActivityExecutionError, ActivityOptions, RetryState, WorkflowContext, WorkflowTermination,
+};
+
+use crate::activities::{OperationActivities, RecordStageInput, SetStatusInput, StageRecorded};
+
+/// A decision sent to a waiting operation. Every field has a default, so `{}` sent from the
+/// Temporal UI is a valid decision too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Decision {
+    /// Who decided, e.g. `user:<uuid>`; recorded on the stage evidence.
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Approve,
+    Retry,
+    Abort,
+}
+
+/// Workflow state that receives decisions through its `approve`/`retry`/`abort` signals.
+pub trait Decisions {
+    fn pending(&self) -> Option<&(DecisionKind, Decision)>;
+    fn take(&mut self) -> Option<(DecisionKind, Decision)>;
+}
+
+/// The decision slot a workflow embeds; the latest signal wins.
+#[derive(Debug, Default)]
+pub struct DecisionSlot(Option<(DecisionKind, Decision)>);
+
+impl DecisionSlot {
+    pub fn put(&mut self, kind: DecisionKind, decision: Decision) {
+        self.0 = Some((kind, decision));
+    }
+    pub fn pending(&self) -> Option<&(DecisionKind, Decision)> {
+        self.0.as_ref()
+    }
+    pub fn take(&mut self) -> Option<(DecisionKind, Decision)> {
+        self.0.take()
+    }
+}
+
+/// Why a step ended without a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepFailure {
+    /// The activity refused for good (validation, conflict, permission): not retryable.
+    Rejected(String),
+    /// On-call aborted the operation while it waited for attention.
+    Aborted(Decision),
+}
+
+/// Stage recording and step execution for one operation.
+pub struct Operation {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    attempts: BTreeMap<&'static str, u32>,
+}
+
+/// Recording a stage must not give up: the DB being away for a while is retried with
+/// backoff and shows as a pending activity in the Temporal UI.
+fn record_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(15))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(200))
+                .maximum_interval(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
+}
+
+/// The default options of a step: a few quick retries, then the operation needs attention.
+pub fn step_options(start_to_close: Duration, maximum_attempts: u32) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(start_to_close)
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(200))
+                .maximum_interval(Duration::from_secs(10))
+                .maximum_attempts(maximum_attempts)
+                .build(),
+        )
+        .build()
+}
+
+/// The message of the cause of an activity failure, which is what its implementation said.
+pub fn failure_message(err: &ActivityExecutionError) -> String {
+    match err.cause() {
+        Some(cause) => cause.to_string(),
+        None => err.to_string(),
+    }
+}
+
+impl Operation {
+    pub fn new(id: OperationId, kind: OperationKind) -> Self {
+        Self {
+            id,
+            kind,
+            attempts: BTreeMap::new(),
+        }
+    }
+
+    /// Records entering `stage` with its evidence. Re-entering a stage is a new attempt.
+    pub async fn enter<W, S: StateMachine>(
+        &mut self,
+        ctx: &WorkflowContext<W>,
+        stage: S,
+        evidence: serde_json::Value,
+        error: Option<String>,
+    ) -> Result<StageRecorded, WorkflowTermination> {
+        self.enter_with_status(ctx, stage, evidence, error, None)
+            .await
+    }
+
+    pub async fn enter_with_status<W, S: StateMachine>(
+        &mut self,
+        ctx: &WorkflowContext<W>,
+        stage: S,
+        evidence: serde_json::Value,
+        error: Option<String>,
+        status: Option<OperationStatus>,
+    ) -> Result<StageRecorded, WorkflowTermination> {
+        let attempt = self.attempts.entry(stage.as_str()).or_insert(0);
+        *attempt += 1;
+        let input = RecordStageInput {
+            operation_id: self.id,
+            kind: self.kind,
+            record_key: format!("{}#{}", stage.as_str(), attempt),
+            stage: stage.as_str().to_owned(),
+            attempt: *attempt,
+            evidence,
+            error,
+            status,
+        };
+        Ok(ctx
+            .execute_activity(OperationActivities::record_stage, input, record_options())
+            .await?)
+    }
+
+    async fn set_status<W>(
+        &self,
+        ctx: &WorkflowContext<W>,
+        status: OperationStatus,
+        error: Option<String>,
+    ) -> Result<(), WorkflowTermination> {
+        let input = SetStatusInput {
+            operation_id: self.id,
+            status,
+            error,
+        };
+        Ok(ctx
+            .execute_activity(OperationActivities::set_status, input, record_options())
+            .await?)
+    }
+
+    /// Runs one activity (given as `|| Activities::name`) as a step. A refusal comes back as [`StepFailure::Rejected`]; a
+    /// transient failure that outlives its retries parks the operation as `needs_attention`
+    /// and waits for `retry` (run the step again) or `abort`.
+    pub async fn step<W: Decisions, AD>(
+        &self,
+        ctx: &WorkflowContext<W>,
+        activity: impl Fn() -> AD,
+        input: AD::Input,
+        options: ActivityOptions,
+    ) -> Result<Result<AD::Output, StepFailure>, WorkflowTermination>
+    where
+        AD: ActivityDefinition,
+        AD::Input: Clone,
+        AD::Output: TemporalDeserializable,
+    {
+        loop {
+            let err = match ctx
+                .execute_activity(activity(), input.clone(), options.clone())
+                .await
+            {
+                Ok(out) => return Ok(Ok(out)),
+                Err(err) => err,
+            };
+            let message = failure_message(&err);
+            if let ActivityExecutionError::Failed(failed) = &err
+                && failed.retry_state() == RetryState::NonRetryableFailure
+            {
+                return Ok(Err(StepFailure::Rejected(message)));
+            }
+            // Exhausted retries or timed out: wait for on-call.
+            self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
+                .await?;
+            ctx.state_mut(|w| {
+                // A decision sent before the step failed is not a decision about this failure.
+                w.take();
+            });
+            loop {
+                ctx.wait_condition(|w| {
+                    w.pending().is_some_and(|(k, _)| {
+                        matches!(k, DecisionKind::Retry | DecisionKind::Abort)
+                    })
+                })
+                .await?;
+                match ctx.state_mut(|w| w.take()) {
+                    Some((DecisionKind::Abort, decision)) => {
+                        return Ok(Err(StepFailure::Aborted(decision)));
+                    }
+                    Some((DecisionKind::Retry, _)) => break,
+                    _ => continue,
+                }
+            }
+            self.set_status(ctx, OperationStatus::Running, None).await?;
+        }
+    }
+}
+
+/// The `approve`/`retry`/`abort` signal of any operation workflow, for senders (API, CLI)
+/// that know the workflow id but not its type.
+pub struct DecisionSignal(pub DecisionKind);
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Approve => "approve",
+            DecisionKind::Retry => "retry",
+            DecisionKind::Abort => "abort",
+        }
+    }
+}
+
+impl temporalio_common::SignalDefinition for DecisionSignal {
+    type Workflow = temporalio_common::UntypedWorkflow;
+    type Input = Decision;
+    fn name(&self) -> &str {
+        self.0.as_str()
+    }
+}
