@@ -167,6 +167,25 @@ impl Harness {
         }
     }
 
+    /// With `RHONE_RECORD_HISTORIES=DIR`, saves the workflow's history as `DIR/NAME.json`
+    /// for the replay test in `workflows/tests/replay.rs`.
+    async fn record_history(&self, op: &operation::Model, name: &str) -> Result<()> {
+        let Ok(dir) = std::env::var("RHONE_RECORD_HISTORIES") else {
+            return Ok(());
+        };
+        let json = self
+            .client
+            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(op.workflow_id.clone())
+            .fetch_history(Default::default())
+            .to_json()
+            .await?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("{name}.json")),
+            json,
+        )?;
+        Ok(())
+    }
+
     async fn stages(&self, id: OperationId) -> Result<Vec<(String, i32, i32)>> {
         Ok(ops::stages(&self.db, id.0)
             .await?
@@ -218,6 +237,13 @@ async fn creates_and_refuses_duplicates(test: &str, db_url: &str) -> Result<()> 
     assert_eq!(h.stages(second).await?.len(), 2);
     let count = environment::Entity::find().all(&h.db).await?.len();
     assert_eq!(count, 1);
+    h.record_history(
+        &h.wait_status(first, "succeeded").await?,
+        "environment_create_applied",
+    )
+    .await?;
+    h.record_history(&op_after(&h, second).await?, "environment_create_refused")
+        .await?;
     h.stop().await
 }
 
@@ -288,11 +314,20 @@ async fn exhausted_retries_need_attention_then_retry_succeeds() -> Result<()> {
         op.error, None,
         "the attention reason is cleared once resolved"
     );
+    h.record_history(&op, "environment_create_attention_retry")
+        .await?;
     assert_eq!(
         h.stages(id).await?,
         vec![("requested".into(), 1, 1), ("applied".into(), 2, 1)]
     );
     h.stop().await
+}
+
+async fn op_after(h: &Harness, id: OperationId) -> Result<operation::Model> {
+    operation::Entity::find_by_id(id.0)
+        .one(&h.db)
+        .await?
+        .context("operation row")
 }
 
 /// `postgres://admin@host/db` with another user.

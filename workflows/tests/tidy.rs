@@ -1,0 +1,181 @@
+//! The dependency graph carries the big invariants (rust-analyzer's tidy tests): workflows
+//! and core do no I/O because they cannot reach the crates that do it, and their sources do
+//! not reach for clocks, randomness, threads or the filesystem.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+};
+
+use serde_json::Value;
+
+/// `package name → (direct dependency names, every transitive dependency name)` of the
+/// workspace, normal dependencies only.
+fn graph() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            env!("TARGET_TRIPLE"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let name_of: BTreeMap<&str, &str> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id"),
+                p["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    let nodes = meta["resolve"]["nodes"].as_array().expect("resolve graph");
+    let edges: BTreeMap<&str, Vec<&str>> = nodes
+        .iter()
+        .map(|n| {
+            let deps = n["deps"]
+                .as_array()
+                .expect("deps")
+                .iter()
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .expect("kinds")
+                        .iter()
+                        .any(|k| k["kind"].is_null())
+                })
+                .map(|d| d["pkg"].as_str().expect("pkg"))
+                .collect();
+            (n["id"].as_str().expect("id"), deps)
+        })
+        .collect();
+    edges
+        .keys()
+        .map(|id| {
+            let direct = edges[id].iter().map(|d| name_of[d].to_owned()).collect();
+            let mut seen = BTreeSet::new();
+            let mut todo = edges[id].clone();
+            while let Some(d) = todo.pop() {
+                if seen.insert(d) {
+                    todo.extend(edges[d].iter().copied());
+                }
+            }
+            let all = seen.iter().map(|d| name_of[d].to_owned()).collect();
+            (name_of[id].to_owned(), (direct, all))
+        })
+        .collect()
+}
+
+fn check_direct(
+    graph: &BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    krate: &str,
+    allowed: &[&str],
+) {
+    let (direct, _) = &graph[krate];
+    let extra: Vec<_> = direct
+        .iter()
+        .filter(|d| !allowed.contains(&d.as_str()))
+        .collect();
+    assert!(extra.is_empty(), "{krate} must not depend on {extra:?}");
+}
+
+#[test]
+fn workflows_and_core_reach_no_io_crate() {
+    let g = graph();
+    check_direct(
+        &g,
+        "rhone-core",
+        &["serde", "serde_json", "thiserror", "uuid"],
+    );
+    check_direct(
+        &g,
+        "rhone-workflows",
+        &[
+            "rhone-core",
+            "temporalio-common",
+            "temporalio-macros",
+            "temporalio-workflow",
+            "futures",
+            "serde",
+            "serde_json",
+            "uuid",
+        ],
+    );
+    let forbidden = [
+        "rhone-schema",
+        "rhone-activities",
+        "rhone-api",
+        "sea-orm",
+        "sqlx",
+        "reqwest",
+        "axum",
+        "aws-sdk-s3",
+        "oci-client",
+    ];
+    for krate in ["rhone-core", "rhone-workflows"] {
+        let (_, all) = &g[krate];
+        let bad: Vec<_> = forbidden.iter().filter(|f| all.contains(**f)).collect();
+        assert!(bad.is_empty(), "{krate} reaches {bad:?}");
+    }
+    // The API starts workflows; it never runs activities itself.
+    assert!(
+        !g["rhone-api"].1.contains("rhone-activities"),
+        "rhone-api must not depend on rhone-activities"
+    );
+}
+
+#[test]
+fn workflow_sources_use_no_clock_randomness_or_io() {
+    let forbidden = [
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "std::time::Instant",
+        "SystemTime",
+        "tokio::",
+        "rand::",
+        "Uuid::new_v4",
+        "Uuid::now_v7",
+        "reqwest",
+        "sea_orm",
+    ];
+    let mut hits = Vec::new();
+    for dir in ["src", "../core/src"] {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut todo = vec![root];
+        while let Some(p) = todo.pop() {
+            if p.is_dir() {
+                todo.extend(
+                    std::fs::read_dir(&p)
+                        .expect("readable dir")
+                        .map(|e| e.expect("entry").path()),
+                );
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&p).expect("readable source");
+                for f in forbidden {
+                    if text.contains(f) {
+                        hits.push(format!("{}: {f}", p.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "workflow code must be deterministic and do no I/O:\n{}",
+        hits.join("\n")
+    );
+}
