@@ -25,6 +25,8 @@ on_both_backends!(
     concurrent_duplicates_write_once,
     concurrent_attempts_get_distinct_seqs,
     listing_filters_and_pages_newest_first,
+    set_status_parks_without_moving_the_stage,
+    runners_register_once_with_their_topology,
 );
 
 fn deploy(from: &str, to: &str) -> Result<(), StageError> {
@@ -342,4 +344,60 @@ async fn pragma<T: TryGetable>(db: &DatabaseConnection, name: &str) -> Result<T>
         .await?;
     let row = row.ok_or_else(|| anyhow::anyhow!("PRAGMA {name} returned no row"))?;
     Ok(row.try_get_by_index(0)?)
+}
+
+async fn set_status_parks_without_moving_the_stage(db: DatabaseConnection) -> Result<()> {
+    let op = new_deploy(&db, None).await?;
+    rhone_schema::ops::set_status(
+        &db,
+        op.id,
+        "needs_attention",
+        Some("git unreachable".into()),
+    )
+    .await?;
+    let parked = operation::Entity::find_by_id(op.id)
+        .one(&db)
+        .await?
+        .expect("operation row");
+    assert_eq!(
+        (
+            parked.status.as_str(),
+            parked.current_stage.as_str(),
+            parked.error.as_deref()
+        ),
+        ("needs_attention", "queued", Some("git unreachable"))
+    );
+    assert_eq!(
+        rhone_schema::ops::stages(&db, op.id).await?.len(),
+        1,
+        "no stage record for a status change"
+    );
+    rhone_schema::ops::set_status(&db, op.id, "running", None).await?;
+    let resumed = operation::Entity::find_by_id(op.id)
+        .one(&db)
+        .await?
+        .expect("operation row");
+    assert_eq!((resumed.status.as_str(), resumed.error), ("running", None));
+    let missing = rhone_schema::ops::set_status(&db, new_id(), "running", None).await;
+    assert!(
+        matches!(missing, Err(SchemaError::NotFound { .. })),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
+async fn runners_register_once_with_their_topology(db: DatabaseConnection) -> Result<()> {
+    use rhone_schema::entity::{cell, region, runner};
+    let first = rhone_schema::topology::ensure_runner(&db, "eu", "eu-a", "r1", "http://h1").await?;
+    let again = rhone_schema::topology::ensure_runner(&db, "eu", "eu-a", "r1", "http://h2").await?;
+    assert_eq!(first.id, again.id);
+    assert_eq!(
+        again.address, "http://h2",
+        "a known runner's address is updated"
+    );
+    rhone_schema::topology::ensure_runner(&db, "eu", "eu-b", "r2", "http://h3").await?;
+    assert_eq!(region::Entity::find().all(&db).await?.len(), 1);
+    assert_eq!(cell::Entity::find().all(&db).await?.len(), 2);
+    assert_eq!(runner::Entity::find().all(&db).await?.len(), 2);
+    Ok(())
 }
