@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$RHONE_ROOT"
 
 bash scripts/install-deps.sh
-exec cargo run --release -p rhone-cli --bin rhone -- dev "$@"
+exec cargo run -p rhone-cli --bin rhone -- dev "$@"

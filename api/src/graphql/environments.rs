@@ -1,0 +1,69 @@
+//! Environments.
+
+use async_graphql::{Context, Object};
+use uuid::Uuid;
+
+use crate::{
+    graphql::{
+        caller,
+        types::{Environment, Operation},
+    },
+    service::environments::{self, EnvironmentKind, NewEnvironment},
+};
+
+#[derive(Default)]
+pub struct EnvironmentQuery;
+
+#[Object]
+impl EnvironmentQuery {
+    /// The environments of an app, by name.
+    async fn environments(
+        &self,
+        ctx: &Context<'_>,
+        app_id: Uuid,
+    ) -> async_graphql::Result<Vec<Environment>> {
+        let (state, actor) = caller(ctx)?;
+        let rows = environments::environments(&state.db, actor, app_id).await?;
+        Ok(rows
+            .into_iter()
+            .map(Environment::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+#[derive(Default)]
+pub struct EnvironmentMutation;
+
+#[Object]
+impl EnvironmentMutation {
+    /// Starts creating an environment of an app; needs developer. Returns the running
+    /// operation: poll `operation(id)` until its status is final.
+    // The arguments are the GraphQL field's arguments, flat as clients write them.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_environment(
+        &self,
+        ctx: &Context<'_>,
+        app_id: Uuid,
+        name: String,
+        kind: EnvironmentKind,
+        #[graphql(desc = "Whether promotions need approval. Default: true for PRODUCTION.")]
+        requires_approval: Option<bool>,
+        #[graphql(desc = "Whether the app sleeps when idle. Default: true for PREVIEW.")]
+        scale_to_zero: Option<bool>,
+        #[graphql(
+            desc = "How long the edge holds a request while the app wakes, 100 to 300000 ms. Default: 10000."
+        )]
+        wake_budget_ms: Option<i32>,
+    ) -> async_graphql::Result<Operation> {
+        let (state, actor) = caller(ctx)?;
+        let new = NewEnvironment {
+            name,
+            kind,
+            requires_approval,
+            scale_to_zero,
+            wake_budget_ms,
+        };
+        let op = environments::create_environment(state, actor, app_id, new).await?;
+        Ok(Operation::try_from(op)?)
+    }
+}

@@ -1,0 +1,269 @@
+//! GraphQL object types, each mapped explicitly from its entity, so a new column never
+//! reaches the API without a decision.
+
+use async_graphql::{ComplexObject, Context, Json, SimpleObject};
+use chrono::{DateTime, Utc};
+use rhone_schema::entity::{
+    app, audit_log, environment, grant, operation, operation_stage, project, user, workspace,
+};
+use uuid::Uuid;
+
+use crate::{
+    error::ApiError,
+    graphql::{
+        enums::{OperationKind, OperationStatus, Role},
+        state,
+    },
+    service::{environments::EnvironmentKind, operations},
+};
+
+#[derive(SimpleObject)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<workspace::Model> for Workspace {
+    fn from(m: workspace::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            display_name: m.display_name,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Project {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<project::Model> for Project {
+    fn from(m: project::Model) -> Self {
+        Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            name: m.name,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct App {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<app::Model> for App {
+    fn from(m: app::Model) -> Self {
+        Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            project_id: m.project_id,
+            name: m.name,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Environment {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub app_id: Uuid,
+    pub name: String,
+    pub kind: EnvironmentKind,
+    pub requires_approval: bool,
+    pub scale_to_zero: bool,
+    /// How long the edge holds a request while the app wakes.
+    pub wake_budget_ms: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<environment::Model> for Environment {
+    type Error = ApiError;
+    fn try_from(m: environment::Model) -> Result<Self, ApiError> {
+        let kind = EnvironmentKind::parse(&m.kind).ok_or_else(|| {
+            ApiError::internal(
+                "reading an environment",
+                format!("unknown kind {:?}", m.kind),
+            )
+        })?;
+        Ok(Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            app_id: m.app_id,
+            name: m.name,
+            kind,
+            requires_approval: m.requires_approval,
+            scale_to_zero: m.scale_to_zero,
+            wake_budget_ms: i32::try_from(m.wake_budget_ms)
+                .map_err(|e| ApiError::internal("reading an environment's wake budget", e))?,
+            created_at: m.created_at,
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+}
+
+impl From<user::Model> for User {
+    fn from(m: user::Model) -> Self {
+        Self {
+            id: m.id,
+            email: m.email,
+            display_name: m.display_name,
+        }
+    }
+}
+
+/// A user's role in one workspace.
+#[derive(SimpleObject)]
+pub struct Grant {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub user: User,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Grant {
+    pub fn new(g: grant::Model, user: user::Model) -> Result<Self, ApiError> {
+        Ok(Self {
+            id: g.id,
+            workspace_id: g.workspace_id,
+            user: user.into(),
+            role: crate::rbac::parse_role(&g.role)?.into(),
+            created_at: g.created_at,
+        })
+    }
+}
+
+/// A meaningful mutation and where it stands. Poll `operation(id)` until `status` is
+/// final (succeeded, failed or aborted).
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Operation {
+    pub id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub kind: OperationKind,
+    /// `user:<uuid>`, `runtime:<app uuid>` or `system`.
+    pub actor: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub status: OperationStatus,
+    pub current_stage: String,
+    /// The Temporal workflow id, derived from the operation id.
+    pub workflow_id: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[ComplexObject]
+impl Operation {
+    /// The stage records, in order.
+    async fn stages(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OperationStage>> {
+        let rows = operations::stages(&state(ctx)?.db, self.id).await?;
+        Ok(rows.into_iter().map(OperationStage::from).collect())
+    }
+}
+
+impl TryFrom<operation::Model> for Operation {
+    type Error = ApiError;
+    fn try_from(m: operation::Model) -> Result<Self, ApiError> {
+        let kind: rhone_core::OperationKind = m
+            .kind
+            .parse()
+            .map_err(|e| ApiError::internal("reading an operation's kind", e))?;
+        let status: rhone_core::OperationStatus = m
+            .status
+            .parse()
+            .map_err(|e| ApiError::internal("reading an operation's status", e))?;
+        Ok(Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            kind: kind.into(),
+            actor: m.actor,
+            target_type: m.target_type,
+            target_id: m.target_id,
+            status: status.into(),
+            current_stage: m.current_stage,
+            workflow_id: m.workflow_id,
+            error: m.error,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        })
+    }
+}
+
+/// One stage an operation entered.
+#[derive(SimpleObject)]
+pub struct OperationStage {
+    pub stage: String,
+    /// Orders the records of one operation, from 1.
+    pub seq: i32,
+    /// Counts re-entries of the same stage (retries), from 1.
+    pub attempt: i32,
+    pub entered_at: DateTime<Utc>,
+    pub evidence: Json<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+impl From<operation_stage::Model> for OperationStage {
+    fn from(m: operation_stage::Model) -> Self {
+        Self {
+            stage: m.stage,
+            seq: m.seq,
+            attempt: m.attempt,
+            entered_at: m.entered_at,
+            evidence: Json(m.evidence),
+            error: m.error,
+        }
+    }
+}
+
+/// Who did what to which object, and the operation it started.
+#[derive(SimpleObject)]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub actor: String,
+    /// `<object>.<verb>`, e.g. `project.create`, `operation.approve`.
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub operation_id: Option<Uuid>,
+    pub detail: Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<audit_log::Model> for AuditEntry {
+    fn from(m: audit_log::Model) -> Self {
+        Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            actor: m.actor,
+            action: m.action,
+            target_type: m.target_type,
+            target_id: m.target_id,
+            operation_id: m.operation_id,
+            detail: Json(m.detail),
+            created_at: m.created_at,
+        }
+    }
+}

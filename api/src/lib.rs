@@ -1,0 +1,51 @@
+//! Rhone's GraphQL API on axum: bearer-token authentication, per-workspace RBAC, an
+//! operation and an audit row for every accepted mutation, and workflows started through
+//! the Temporal client. The API never writes a stage of a workflow-run operation.
+//!
+//! Entry points: [`serve`] (or [`router`] to embed the routes), [`bootstrap_admin`] and
+//! [`issue_token`] for the first start, [`sdl`] for the checked-in schema.
+
+pub mod auth;
+mod cursor;
+pub mod error;
+mod graphql;
+mod http;
+mod introspection;
+mod rbac;
+mod record;
+mod service;
+
+use std::future::Future;
+
+use sea_orm::DatabaseConnection;
+
+pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token};
+pub use error::{ApiError, ErrorCode};
+pub use graphql::{INTROSPECTION_MAX_DEPTH, MAX_COMPLEXITY, MAX_DEPTH, sdl};
+pub use http::{MAX_BODY_BYTES, router};
+
+/// What every request needs: the control DB, the Temporal client and the task queue the
+/// worker polls.
+#[derive(Clone)]
+pub struct ApiState {
+    pub db: DatabaseConnection,
+    pub temporal: temporalio_client::Client,
+    /// `rhone_workflows::TASK_QUEUE` in production; tests use their own.
+    pub task_queue: String,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight
+/// requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "API listening");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ApiError::Serve)
+}

@@ -1,0 +1,193 @@
+//! Environments: reads, and `createEnvironment`, the first mutation carried out by a
+//! workflow. The API records the operation and its audit row, then starts
+//! `EnvironmentCreateWorkflow`; the workflow writes every later stage.
+
+use rhone_core::{OperationId, OperationKind, Role};
+use rhone_schema::{
+    begin_write,
+    entity::{environment, operation},
+    new_id,
+};
+use rhone_workflows::{
+    EnvironmentCreateInput, EnvironmentCreateWorkflow, activities::CreateEnvironmentInput,
+};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::json;
+use temporalio_client::{WorkflowStartOptions, errors::WorkflowStartError};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    ApiState,
+    auth::Actor,
+    error::ApiError,
+    record::{self, Mutation},
+    service::{tenancy::app_for, validate},
+};
+
+/// The traffic and policy lane an environment is.
+#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvironmentKind {
+    Preview,
+    Staging,
+    Production,
+}
+
+impl EnvironmentKind {
+    /// The text stored in `environments.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preview => "preview",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Preview, Self::Staging, Self::Production]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+/// The arguments of `createEnvironment`; `None` takes the kind's default.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEnvironment {
+    pub name: String,
+    pub kind: EnvironmentKind,
+    /// Default: production needs approval, other kinds do not.
+    pub requires_approval: Option<bool>,
+    /// Default: previews scale to zero, other kinds do not.
+    pub scale_to_zero: Option<bool>,
+    /// Default: [`environment::DEFAULT_WAKE_BUDGET_MS`].
+    pub wake_budget_ms: Option<i32>,
+}
+
+pub(crate) async fn environments(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    app_id: Uuid,
+) -> Result<Vec<environment::Model>, ApiError> {
+    app_for(db, actor, app_id, Role::Viewer).await?;
+    Ok(environment::Entity::find()
+        .filter(environment::Column::AppId.eq(app_id))
+        .order_by_asc(environment::Column::Name)
+        .all(db)
+        .await?)
+}
+
+/// Records the operation and starts its workflow; returns the operation, running. If the
+/// workflow cannot be started the operation is marked failed with the reason and the
+/// answer is UNAVAILABLE.
+pub(crate) async fn create_environment(
+    state: &ApiState,
+    actor: &Actor,
+    app_id: Uuid,
+    new: NewEnvironment,
+) -> Result<operation::Model, ApiError> {
+    let db = &state.db;
+    let app = app_for(db, actor, app_id, Role::Developer).await?;
+    let name = validate::name("name", &new.name)?;
+    let wake_budget_ms = match new.wake_budget_ms {
+        Some(ms) => validate::wake_budget_ms(ms)?,
+        None => environment::DEFAULT_WAKE_BUDGET_MS,
+    };
+    let exists = environment::Entity::find()
+        .filter(environment::Column::AppId.eq(app_id))
+        .filter(environment::Column::Name.eq(name.as_str()))
+        .one(db)
+        .await?;
+    if exists.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "an environment named {:?} already exists in app {:?}",
+            name.as_str(),
+            app.name
+        )));
+    }
+    let kind = new.kind;
+    let operation_id = new_id();
+    let environment = CreateEnvironmentInput {
+        operation_id: OperationId(operation_id),
+        environment_id: new_id(),
+        workspace_id: app.workspace_id,
+        app_id,
+        name: name.to_string(),
+        kind: kind.as_str().to_owned(),
+        requires_approval: new
+            .requires_approval
+            .unwrap_or(kind == EnvironmentKind::Production),
+        scale_to_zero: new
+            .scale_to_zero
+            .unwrap_or(kind == EnvironmentKind::Preview),
+        wake_budget_ms,
+    };
+    let m = Mutation {
+        operation_id,
+        kind: OperationKind::EnvironmentCreate,
+        action: "environment.create",
+        actor: actor.subject(),
+        workspace_id: Some(app.workspace_id),
+        target_type: "environment",
+        target_id: environment.environment_id.to_string(),
+        detail: json!({
+            "name": environment.name,
+            "kind": environment.kind,
+            "app_id": app_id,
+            "requires_approval": environment.requires_approval,
+            "scale_to_zero": environment.scale_to_zero,
+            "wake_budget_ms": environment.wake_budget_ms,
+        }),
+    };
+    let span = tracing::info_span!(
+        "create_environment",
+        operation_id = %operation_id,
+        environment_id = %environment.environment_id
+    );
+    async {
+        let txn = begin_write(db).await?;
+        let op = record::requested(&txn, &m).await?;
+        txn.commit().await?;
+
+        let input = EnvironmentCreateInput {
+            operation_id: OperationId(operation_id),
+            environment,
+        };
+        let options = WorkflowStartOptions::new(state.task_queue.clone(), m.workflow_id()).build();
+        match state
+            .temporal
+            .start_workflow(EnvironmentCreateWorkflow::run, input, options)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(workflow_id = %op.workflow_id, "workflow started");
+                Ok(op)
+            }
+            Err(err) => Err(start_failed(db, &m, err).await),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Marks the operation failed because its workflow could not be started, and names the
+/// error to answer with.
+async fn start_failed(db: &DatabaseConnection, m: &Mutation, err: WorkflowStartError) -> ApiError {
+    let (reason, answer) = match err {
+        WorkflowStartError::Rpc(status) => (
+            "the workflow could not be started: Temporal is unavailable",
+            ApiError::Unavailable {
+                service: "Temporal",
+                source: Box::new(status),
+            },
+        ),
+        other => (
+            "the workflow could not be started",
+            ApiError::internal("starting the workflow", other),
+        ),
+    };
+    if let Err(mark) = record::start_failed(db, m.operation_id, m.kind, reason).await {
+        // The operation stays `requested`, and no workflow will ever move it: say so loudly.
+        tracing::error!(operation_id = %m.operation_id, error = %mark, "could not mark the operation failed");
+    }
+    answer
+}

@@ -1,0 +1,573 @@
+//! The client commands: each one GraphQL call (or a few to resolve names), human output by
+//! default and the API's JSON with `--json`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::client::{Api, Credentials};
+
+#[derive(clap::Subcommand)]
+pub enum ClientCommand {
+    /// Store the API address and a token for the other commands.
+    Login {
+        /// The API's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        api: String,
+        /// The token; `-` reads it from standard input.
+        #[arg(long)]
+        token: String,
+    },
+    /// Workspaces: the top-level access boundary.
+    #[command(subcommand)]
+    Workspaces(WorkspacesCmd),
+    /// Projects of a workspace.
+    #[command(subcommand)]
+    Projects(ProjectsCmd),
+    /// Apps of a project.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Environments of an app (preview, staging, production).
+    #[command(subcommand)]
+    Envs(EnvsCmd),
+    /// Operations: every meaningful mutation, with its stages.
+    #[command(subcommand)]
+    Ops(OpsCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum WorkspacesCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ProjectsCmd {
+    List {
+        #[arg(long, short)]
+        workspace: String,
+    },
+    Create {
+        #[arg(long, short)]
+        workspace: String,
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AppsCmd {
+    List {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+    },
+    Create {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum EnvsCmd {
+    List {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+    },
+    /// Create an environment; waits for its operation and shows each stage.
+    Create {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        name: String,
+        /// preview, staging or production.
+        #[arg(long, default_value = "preview")]
+        kind: String,
+        /// Whether promotions need approval (default: true for production).
+        #[arg(long)]
+        requires_approval: Option<bool>,
+        /// Whether the app sleeps when idle (default: true for preview).
+        #[arg(long)]
+        scale_to_zero: Option<bool>,
+        /// How long the edge holds a request while the app wakes (default 10000).
+        #[arg(long)]
+        wake_budget_ms: Option<i64>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OpsCmd {
+    List {
+        #[arg(long, short)]
+        workspace: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    Show {
+        id: String,
+    },
+    /// Approve a waiting operation (e.g. a cold deploy).
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run a stuck step again (an operation that needs attention).
+    Retry {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Abort a waiting or stuck operation.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+const OP_FIELDS: &str = "id kind status currentStage actor targetType targetId workflowId error createdAt \
+    stages { seq stage attempt enteredAt evidence error }";
+
+pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
+    if let ClientCommand::Login { api, token } = &cmd {
+        return login(api, token, json_out).await;
+    }
+    let api = Api::new(Credentials::load()?)?;
+    let out = |v: &Value, human: &dyn Fn(&Value)| {
+        if json_out {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            human(v);
+        }
+    };
+    match cmd {
+        ClientCommand::Login { .. } => unreachable!("handled above"),
+        ClientCommand::Workspaces(WorkspacesCmd::List) => {
+            let d = api
+                .call("{ workspaces { id name displayName } }", json!({}))
+                .await?;
+            out(&d["workspaces"], &|v| {
+                table(v, &["name", "displayName", "id"])
+            });
+        }
+        ClientCommand::Workspaces(WorkspacesCmd::Create { name, display_name }) => {
+            let d = api
+                .call(
+                    "mutation($n: String!, $d: String) { createWorkspace(name: $n, displayName: $d) { workspace { id name } } }",
+                    json!({ "n": name, "d": display_name }),
+                )
+                .await?;
+            out(&d["createWorkspace"]["workspace"], &|v| {
+                println!(
+                    "created workspace {} ({})",
+                    v["name"].as_str().unwrap_or(""),
+                    v["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Projects(ProjectsCmd::List { workspace }) => {
+            let ws = resolve_workspace(&api, &workspace).await?;
+            let d = api
+                .call(
+                    "query($w: UUID!) { projects(workspaceId: $w) { id name } }",
+                    json!({ "w": ws }),
+                )
+                .await?;
+            out(&d["projects"], &|v| table(v, &["name", "id"]));
+        }
+        ClientCommand::Projects(ProjectsCmd::Create { workspace, name }) => {
+            let ws = resolve_workspace(&api, &workspace).await?;
+            let d = api
+                .call("mutation($w: UUID!, $n: String!) { createProject(workspaceId: $w, name: $n) { project { id name } } }", json!({ "w": ws, "n": name }))
+                .await?;
+            out(&d["createProject"]["project"], &|v| {
+                println!(
+                    "created project {} ({})",
+                    v["name"].as_str().unwrap_or(""),
+                    v["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Apps(AppsCmd::List { workspace, project }) => {
+            let p = resolve_project(&api, &workspace, &project).await?;
+            let d = api
+                .call(
+                    "query($p: UUID!) { apps(projectId: $p) { id name } }",
+                    json!({ "p": p }),
+                )
+                .await?;
+            out(&d["apps"], &|v| table(v, &["name", "id"]));
+        }
+        ClientCommand::Apps(AppsCmd::Create {
+            workspace,
+            project,
+            name,
+        }) => {
+            let p = resolve_project(&api, &workspace, &project).await?;
+            let d = api
+                .call("mutation($p: UUID!, $n: String!) { createApp(projectId: $p, name: $n) { app { id name } } }", json!({ "p": p, "n": name }))
+                .await?;
+            out(&d["createApp"]["app"], &|v| {
+                println!(
+                    "created app {} ({})",
+                    v["name"].as_str().unwrap_or(""),
+                    v["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Envs(EnvsCmd::List {
+            workspace,
+            project,
+            app,
+        }) => {
+            let a = resolve_app(&api, &workspace, &project, &app).await?;
+            let d = api
+                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs } }", json!({ "a": a }))
+                .await?;
+            out(&d["environments"], &|v| {
+                table(v, &["name", "kind", "wakeBudgetMs", "id"])
+            });
+        }
+        ClientCommand::Envs(EnvsCmd::Create {
+            workspace,
+            project,
+            app,
+            name,
+            kind,
+            requires_approval,
+            scale_to_zero,
+            wake_budget_ms,
+        }) => {
+            let a = resolve_app(&api, &workspace, &project, &app).await?;
+            let q = format!(
+                "mutation($a: UUID!, $n: String!, $k: EnvironmentKind!, $r: Boolean, $s: Boolean, $w: Int) {{ \
+                 createEnvironment(appId: $a, name: $n, kind: $k, requiresApproval: $r, scaleToZero: $s, wakeBudgetMs: $w) {{ {OP_FIELDS} }} }}"
+            );
+            let d = api
+                .call(&q, json!({ "a": a, "n": name, "k": kind.to_uppercase(), "r": requires_approval, "s": scale_to_zero, "w": wake_budget_ms }))
+                .await?;
+            let op = follow(&api, &d["createEnvironment"], json_out).await?;
+            out(&op, &|_| {});
+            if status_of(&op) != "succeeded" {
+                bail!(
+                    "operation {} ended {}",
+                    op["id"].as_str().unwrap_or("?"),
+                    op["status"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        ClientCommand::Ops(OpsCmd::List {
+            workspace,
+            kind,
+            status,
+            limit,
+        }) => {
+            let ws = match workspace {
+                Some(w) => resolve_workspace(&api, &w).await?,
+                None => only_workspace(&api).await?,
+            };
+            let d = api
+                .call(
+                    "query($w: UUID!, $k: OperationKind, $s: OperationStatus, $f: Int) { operations(workspaceId: $w, kind: $k, status: $s, first: $f) { nodes { id kind status currentStage targetType createdAt } } }",
+                    json!({ "w": ws, "k": kind.map(|k| k.to_uppercase()), "s": status.map(|s| s.to_uppercase()), "f": limit }),
+                )
+                .await?;
+            out(&d["operations"]["nodes"], &|v| {
+                table(v, &["id", "kind", "status", "currentStage", "createdAt"])
+            });
+        }
+        ClientCommand::Ops(OpsCmd::Show { id }) => {
+            let d = api
+                .call(
+                    &format!("query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} }} }}"),
+                    json!({ "id": id }),
+                )
+                .await?;
+            out(&d["operation"], &show_operation);
+        }
+        ClientCommand::Ops(OpsCmd::Approve { id, reason }) => {
+            decide(&api, &id, "APPROVE", reason, json_out).await?
+        }
+        ClientCommand::Ops(OpsCmd::Retry { id, reason }) => {
+            decide(&api, &id, "RETRY", reason, json_out).await?
+        }
+        ClientCommand::Ops(OpsCmd::Abort { id, reason }) => {
+            decide(&api, &id, "ABORT", reason, json_out).await?
+        }
+    }
+    Ok(())
+}
+
+async fn login(api_url: &str, token: &str, json_out: bool) -> Result<()> {
+    let token = if token == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .context("reading the token from stdin")?;
+        s.trim().to_owned()
+    } else {
+        token.to_owned()
+    };
+    let creds = Credentials {
+        api: api_url.trim_end_matches('/').to_owned(),
+        token,
+    };
+    let me = Api::new(Credentials {
+        api: creds.api.clone(),
+        token: creds.token.clone(),
+    })?
+    .call("{ me { actor user { email } } }", json!({}))
+    .await
+    .context("the API refused this token")?;
+    let path = creds.save()?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&me["me"])?);
+    } else {
+        println!(
+            "logged in to {} as {} (saved in {})",
+            creds.api,
+            me["me"]["user"]["email"]
+                .as_str()
+                .or(me["me"]["actor"].as_str())
+                .unwrap_or("?"),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+async fn decide(
+    api: &Api,
+    id: &str,
+    decision: &str,
+    reason: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    let d = api
+        .call(
+            &format!("mutation($id: UUID!, $d: Decision!, $r: String) {{ decideOperation(id: $id, decision: $d, reason: $r) {{ {OP_FIELDS} }} }}"),
+            json!({ "id": id, "d": decision, "r": reason }),
+        )
+        .await?;
+    let op = &d["decideOperation"];
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(op)?);
+    } else {
+        println!(
+            "sent {} to operation {} (now {} at {})",
+            decision.to_lowercase(),
+            id,
+            op["status"].as_str().unwrap_or("?"),
+            op["currentStage"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// Polls an operation until it is final or waits for someone, printing each new stage.
+async fn follow(api: &Api, op: &Value, json_out: bool) -> Result<Value> {
+    let id = op["id"]
+        .as_str()
+        .context("the API returned an operation without id")?
+        .to_owned();
+    if !json_out {
+        println!("operation {id} ({})", op["kind"].as_str().unwrap_or("?"));
+    }
+    let mut shown = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let d = api
+            .call(
+                &format!("query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} }} }}"),
+                json!({ "id": id }),
+            )
+            .await?;
+        let op = d["operation"].clone();
+        let stages = op["stages"].as_array().cloned().unwrap_or_default();
+        for s in stages.iter().skip(shown) {
+            if !json_out {
+                print_stage(s);
+            }
+        }
+        shown = stages.len();
+        let status = status_of(&op);
+        let status = status.as_str();
+        if matches!(
+            status,
+            "succeeded" | "failed" | "aborted" | "waiting" | "needs_attention"
+        ) {
+            if !json_out {
+                match status {
+                    "waiting" => println!(
+                        "waiting for a decision: rhone ops approve {id}  |  rhone ops abort {id}"
+                    ),
+                    "needs_attention" => println!(
+                        "needs attention: {}\n  rhone ops retry {id}  |  rhone ops abort {id}",
+                        op["error"].as_str().unwrap_or("")
+                    ),
+                    _ => println!("{status}"),
+                }
+            }
+            return Ok(op);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "operation {id} is still {status} after 10 minutes: follow it with `rhone ops show {id}`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn print_stage(s: &Value) {
+    let attempt = s["attempt"].as_i64().unwrap_or(1);
+    let retry = if attempt > 1 {
+        format!(" (attempt {attempt})")
+    } else {
+        String::new()
+    };
+    let err = s["error"]
+        .as_str()
+        .map(|e| format!("  error: {e}"))
+        .unwrap_or_default();
+    println!(
+        "  {:<3} {:<16} {}{retry}{err}",
+        s["seq"],
+        s["stage"].as_str().unwrap_or("?"),
+        s["enteredAt"].as_str().unwrap_or("")
+    );
+}
+
+fn show_operation(op: &Value) {
+    let f = |k: &str| op[k].as_str().unwrap_or("-").to_owned();
+    println!(
+        "operation  {}\nkind       {}\nstatus     {}\nstage      {}\nactor      {}\ntarget     {} {}\nworkflow   {}",
+        f("id"),
+        f("kind"),
+        f("status"),
+        f("currentStage"),
+        f("actor"),
+        f("targetType"),
+        f("targetId"),
+        f("workflowId")
+    );
+    if let Some(e) = op["error"].as_str() {
+        println!("error      {e}");
+    }
+    println!("stages:");
+    for s in op["stages"].as_array().into_iter().flatten() {
+        print_stage(s);
+        if s["evidence"].as_object().is_some_and(|o| !o.is_empty()) {
+            println!("        evidence {}", s["evidence"]);
+        }
+    }
+}
+
+fn table(rows: &Value, cols: &[&str]) {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let cell = |r: &Value, c: &str| match &r[c] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        v => v.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |vals: Vec<String>| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+    for r in &rows {
+        println!("{}", line(cols.iter().map(|c| cell(r, c)).collect()));
+    }
+}
+
+/// Finds an object by name (or id) in a list the API returned.
+fn pick(list: &Value, key: &str, what: &str) -> Result<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == key || v["id"] == key)
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .with_context(|| format!("no {what} named {key:?} is visible to you"))
+}
+
+/// The caller's one workspace, for commands where naming it would be noise.
+async fn only_workspace(api: &Api) -> Result<String> {
+    let d = api.call("{ workspaces { id name } }", json!({})).await?;
+    match d["workspaces"].as_array().map(Vec::as_slice) {
+        Some([one]) => one["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("workspace without id"),
+        Some([]) | None => bail!("you have no workspace yet: rhone workspaces create NAME"),
+        Some(_) => bail!("you have several workspaces: pass --workspace NAME"),
+    }
+}
+
+/// An operation's status in lower case, as the CLI prints and compares it.
+fn status_of(op: &Value) -> String {
+    op["status"].as_str().unwrap_or("").to_lowercase()
+}
+
+async fn resolve_workspace(api: &Api, name: &str) -> Result<String> {
+    let d = api.call("{ workspaces { id name } }", json!({})).await?;
+    pick(&d["workspaces"], name, "workspace")
+}
+
+async fn resolve_project(api: &Api, ws: &str, name: &str) -> Result<String> {
+    let w = resolve_workspace(api, ws).await?;
+    let d = api
+        .call(
+            "query($w: UUID!) { projects(workspaceId: $w) { id name } }",
+            json!({ "w": w }),
+        )
+        .await?;
+    pick(&d["projects"], name, "project")
+}
+
+async fn resolve_app(api: &Api, ws: &str, project: &str, name: &str) -> Result<String> {
+    let p = resolve_project(api, ws, project).await?;
+    let d = api
+        .call(
+            "query($p: UUID!) { apps(projectId: $p) { id name } }",
+            json!({ "p": p }),
+        )
+        .await?;
+    pick(&d["apps"], name, "app")
+}

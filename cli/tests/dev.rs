@@ -1,0 +1,255 @@
+//! `rhone dev` as a new user runs it: the real binary starts Temporal, the API, the worker,
+//! the edge and the runner; the client commands create a workspace down to an environment
+//! through them; GraphiQL, the Temporal UI and the edge answer; Ctrl-C stops everything.
+//! And the two prerequisite errors a user meets first are one clear line each.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+const RHONE: &str = env!("CARGO_BIN_EXE_rhone");
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Dev {
+    child: Child,
+    config: std::path::PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    fn rhone(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(RHONE)
+            .args(args)
+            .env("RHONE_CONFIG", &self.config)
+            .output()?)
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.rhone(args)?;
+        if !out.status.success() {
+            bail!(
+                "rhone {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+fn start_dev(dir: &Path, ports: &[u16; 5]) -> Result<Dev> {
+    let config = dir.join("credentials.json");
+    let mut child = Command::new(RHONE)
+        .args(["dev", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--api-port",
+            &ports[0].to_string(),
+            "--edge-port",
+            &ports[1].to_string(),
+        ])
+        .args([
+            "--runner-port",
+            &ports[2].to_string(),
+            "--temporal-port",
+            &ports[3].to_string(),
+        ])
+        .args(["--temporal-ui-port", &ports[4].to_string()])
+        .env("RHONE_CONFIG", &config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut dev = Dev { child, config };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.starts_with("Press Ctrl-C") => return Ok(dev),
+            Ok(line) => seen.push(line),
+            Err(_) if Instant::now() > deadline => bail!("rhone dev did not start: {seen:?}"),
+            Err(_) => {
+                if let Some(status) = dev.child.try_wait()? {
+                    bail!("rhone dev exited with {status}: {seen:?}");
+                }
+            }
+        }
+    }
+}
+
+fn http_status(url: &str, host: Option<&str>) -> Result<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd.arg(url).output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+#[test]
+fn rhone_dev_runs_the_platform_for_the_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
+    let mut dev = start_dev(dir.path(), &ports)?;
+
+    assert!(
+        dir.path().join("data/admin-token").exists(),
+        "the bootstrap token is kept"
+    );
+    dev.ok(&["workspaces", "create", "acme"])?;
+    dev.ok(&["projects", "create", "-w", "acme", "shop"])?;
+    dev.ok(&["apps", "create", "-w", "acme", "-p", "shop", "web"])?;
+    let env = dev.ok(&[
+        "envs", "create", "-w", "acme", "-p", "shop", "-a", "web", "staging", "--kind", "staging",
+    ])?;
+    assert!(
+        env.contains("requested") && env.contains("applied") && env.contains("succeeded"),
+        "{env}"
+    );
+
+    let ops: serde_json::Value = serde_json::from_str(&dev.ok(&["--json", "ops", "list"])?)?;
+    let kinds: Vec<&str> = ops
+        .as_array()
+        .context("list")?
+        .iter()
+        .filter_map(|o| o["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ENVIRONMENT_CREATE",
+            "APP_CREATE",
+            "PROJECT_CREATE",
+            "WORKSPACE_CREATE"
+        ]
+    );
+
+    // A duplicate is refused with the API's code, and the CLI exits non-zero.
+    let dup = dev.rhone(&[
+        "envs", "create", "-w", "acme", "-p", "shop", "-a", "web", "staging", "--kind", "staging",
+    ])?;
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("CONFLICT"),
+        "{dup:?}"
+    );
+
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{}/graphql", ports[0]), None)?,
+        200,
+        "GraphiQL"
+    );
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{}/", ports[4]), None)?,
+        200,
+        "Temporal UI"
+    );
+    assert_eq!(
+        http_status(
+            &format!("http://127.0.0.1:{}/", ports[1]),
+            Some("nobody.example")
+        )?,
+        404,
+        "edge"
+    );
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{}/healthz", ports[2]), None)?,
+        200,
+        "runner"
+    );
+
+    // Ctrl-C stops the whole tree, Temporal included.
+    Command::new("kill")
+        .args(["-INT", &dev.child.id().to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = dev.child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("rhone dev did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        TcpListener::bind(("127.0.0.1", ports[3])).is_ok(),
+        "Temporal stopped with it"
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_temporal_is_one_clear_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(RHONE)
+        .args(["dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-port", "0", "--edge-port", "0", "--runner-port", "0"])
+        .env("PATH", "/nonexistent")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`temporal` CLI is not on PATH") && err.contains("install-deps.sh"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn taken_port_is_one_clear_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port().to_string();
+    let out = Command::new(RHONE)
+        .args(["dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-port", &port])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("port {port} (API)")) && err.contains("--api-port"),
+        "{err}"
+    );
+    Ok(())
+}
