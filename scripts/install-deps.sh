@@ -70,6 +70,20 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     installed=$((installed + 1))
 fi
 
+# The S3 API server for artifact store tests. Newer versions need a newer rustc. It builds
+# in a temporary target directory of its own (not the shared CARGO_TARGET_DIR), so it never
+# holds the workspace's build lock; it takes a few minutes, once.
+S3S_FS_VERSION=0.14.1
+if ! command -v s3s-fs >/dev/null 2>&1; then
+    echo "install-deps: installing s3s-fs@$S3S_FS_VERSION (cargo install; a few minutes, once)"
+    if ! env -u CARGO_TARGET_DIR cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary --quiet; then
+        echo "install-deps: cargo install s3s-fs@$S3S_FS_VERSION failed" >&2
+        exit 1
+    fi
+    hash -r
+    installed=$((installed + 1))
+fi
+
 if [ "$installed" -eq 0 ]; then
     echo "install-deps: everything present ($(rhone_since "$start"))"
 else

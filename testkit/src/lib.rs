@@ -2,6 +2,8 @@
 //!
 //! - [`temporal::server`] gives a Temporal dev server (frontend address and namespace).
 //! - [`postgres::database`] gives a URL to a fresh PostgreSQL database.
+//! - [`s3::server`] gives an S3 API server (`s3s-fs`): endpoint and credentials.
+//! - [`registry::server`] gives an OCI registry (`docker-registry`) address.
 //! - [`unique_name`] derives task queue, workflow id and database names from a test's name.
 //!
 //! `scripts/test.sh` starts one Temporal server and one PostgreSQL for the whole run and
@@ -22,6 +24,8 @@
 mod names;
 pub mod postgres;
 mod process;
+pub mod registry;
+pub mod s3;
 pub mod temporal;
 
 pub use names::{sanitize, unique_name};
