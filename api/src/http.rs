@@ -45,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::runner_reports::router(&shared.state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }

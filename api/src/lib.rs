@@ -13,6 +13,7 @@ mod http;
 mod introspection;
 mod rbac;
 mod record;
+pub mod runner_reports;
 mod service;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token};
 pub use error::{ApiError, ErrorCode};
 pub use graphql::{INTROSPECTION_MAX_DEPTH, MAX_COMPLEXITY, MAX_DEPTH, sdl};
 pub use http::{MAX_BODY_BYTES, router};
+pub use runner_reports::RunnerSecret;
 
 /// What every request needs: the control DB, the Temporal client and the task queue the
 /// worker polls.
@@ -32,6 +34,9 @@ pub struct ApiState {
     pub temporal: temporalio_client::Client,
     /// `rhone_workflows::TASK_QUEUE` in production; tests use their own.
     pub task_queue: String,
+    /// The secret runners present to `POST /internal/runner/reports`; `None` disables the
+    /// endpoint (404).
+    pub runner_secret: Option<RunnerSecret>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight

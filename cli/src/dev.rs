@@ -41,6 +41,28 @@ pub struct DevArgs {
     admin_email: String,
 }
 
+/// The dev runner: work files in `<data>/runner`, artifacts from the local store in
+/// `<data>/artifacts`, reports to this API.
+fn runner_state(
+    identity: rhone_runner::RunnerIdentity,
+    data_dir: &std::path::Path,
+    api_url: &str,
+    secret: &rhone_api::RunnerSecret,
+) -> rhone_runner::RunnerState {
+    let mut config = rhone_runner::RunnerConfig::new(data_dir.join("runner"));
+    config.artifact_dir = data_dir.join("artifacts");
+    config.report_url = Some(format!(
+        "{api_url}{}",
+        rhone_api::runner_reports::RUNNER_REPORTS_PATH
+    ));
+    config.report_token = Some(rhone_runner::Secret::new(secret.expose()));
+    rhone_runner::RunnerState {
+        identity,
+        store: rhone_runner::ArtifactStore::local(&config.artifact_dir),
+        config,
+    }
+}
+
 /// Binds a loopback port, or says plainly who should move.
 async fn bind(port: u16, what: &str, flag: &str) -> Result<TcpListener> {
     TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
@@ -92,10 +114,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
     let mut tasks = JoinSet::new();
+    // One secret per `rhone dev` run, shared by the API and its runner for reports.
+    let runner_secret = rhone_api::RunnerSecret::generate();
     let state = rhone_api::ApiState {
         db: db.clone(),
         temporal: client.clone(),
         task_queue: WorkerConfig::default().task_queue,
+        runner_secret: Some(runner_secret.clone()),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     let worker = Worker::spawn(WorkerConfig::default(), client, db.clone())?;
@@ -107,7 +132,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "runner",
         rhone_runner::serve(
             runner,
-            rhone_runner::RunnerState { identity: topology },
+            runner_state(topology, &data_dir, &api_url, &runner_secret),
             stopped(),
         ),
     ));

@@ -146,14 +146,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             region: config.region,
             cell: config.cell,
         };
+        let runner_config = match rhone_runner::RunnerConfig::parse(&env) {
+            Ok(c) => c,
+            Err(errors) => bail!("invalid runner configuration:\n  {}", errors.join("\n  ")),
+        };
+        let state = rhone_runner::RunnerState {
+            identity,
+            store: rhone_runner::ArtifactStore::local(&runner_config.artifact_dir),
+            config: runner_config,
+        };
         tracing::info!(%listen, "runner serving");
         return named(
             "runner",
-            rhone_runner::serve(
-                listener,
-                rhone_runner::RunnerState { identity },
-                shutdown_signal(),
-            ),
+            rhone_runner::serve(listener, state, shutdown_signal()),
         )
         .await;
     }
@@ -179,6 +184,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 db,
                 temporal: client,
                 task_queue: config.task_queue,
+                // The runners' report token (the runner role reads the same key).
+                runner_secret: env
+                    .get("RHONE_RUNNER_SECRET")
+                    .filter(|s| !s.is_empty())
+                    .map(rhone_api::RunnerSecret::new),
             };
             named("api", rhone_api::serve(listener, state, shutdown_signal())).await
         }
@@ -186,6 +196,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             let client = temporal::connect(&temporal_config).await?;
             let wc = WorkerConfig {
                 task_queue: config.task_queue,
+                ..WorkerConfig::default()
             };
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }

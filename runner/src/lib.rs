@@ -1,57 +1,128 @@
-//! The runner agent of one host. It will take allocation commands, pull artifacts by digest
-//! and run them; this first version registers its identity and answers health and
-//! inventory requests, so `rhone dev` runs the real process tree from day one.
+//! The runner agent of one host. It takes allocation commands over HTTP (`api`), pulls each
+//! artifact by digest from the artifact store and unpacks it once per digest (`pull`),
+//! starts the app with its env and secrets in a process group of its own (`process`),
+//! probes readiness (`probe`), drains on request, and reports every stage change to the
+//! control plane with the allocation's generation (`report`). One task per allocation
+//! (`lifecycle`) drives the core Allocation machine: planned → pulling → starting → ready →
+//! draining → stopped, or failed. State is in memory (`table`); secret values never leave
+//! the process except into the app's environment (`secret`). Apps left running by a runner
+//! that was killed are stopped when the next one starts (`orphans`).
+//!
+//! Entry point: [`serve`].
+
+mod allocation;
+mod api;
+mod config;
+mod lifecycle;
+mod logs;
+mod orphans;
+mod probe;
+mod process;
+mod pull;
+mod report;
+mod secret;
+mod spec;
+mod table;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use axum::{Json, Router, extract::State, routing::get};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+
+pub use allocation::{AllocationStatus, UpdateError};
+pub use config::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_INHERIT_ENV, RunnerConfig};
+pub use logs::RING_LINES;
+pub use probe::NotReady;
+pub use pull::PullError;
+pub use report::StageReport;
+pub use rhone_store::ArtifactStore;
+pub use secret::{REDACTED, Secret};
+pub use spec::{AllocationSpec, Desired, INJECTED_ENV, ProcessSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("runner server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("preparing the runner's work directory {path} failed")]
+    WorkDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the runner's HTTP client failed")]
+    HttpClient(#[source] reqwest::Error),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerIdentity {
     pub name: String,
     pub region: String,
     pub cell: String,
 }
 
-#[derive(Clone)]
+/// Everything a runner is made of: who it is, its settings, and the store it pulls from.
+#[derive(Debug, Clone)]
 pub struct RunnerState {
     pub identity: RunnerIdentity,
+    pub config: RunnerConfig,
+    pub store: ArtifactStore,
 }
 
-#[derive(Serialize)]
-struct Inventory {
-    runner: RunnerIdentity,
-    allocations: Vec<serde_json::Value>,
-}
-
-/// Serves the runner's control endpoint on `listener` until `shutdown` resolves.
+/// Serves the runner's API on `listener` until `shutdown` resolves, then stops every
+/// allocation (each within its drain deadline) and returns once their processes are gone.
 pub async fn serve(
     listener: TcpListener,
     state: RunnerState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunnerError> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/v1/allocations",
-            get(|State(s): State<RunnerState>| async move {
-                Json(Inventory {
-                    runner: s.identity,
-                    allocations: Vec::new(),
-                })
-            }),
-        )
-        .with_state(state);
-    axum::serve(listener, app)
+    let RunnerState {
+        identity,
+        config,
+        store,
+    } = state;
+    for dir in ["artifacts", "allocations"] {
+        let path = config.work_dir.join(dir);
+        tokio::fs::create_dir_all(&path)
+            .await
+            .map_err(|source| RunnerError::WorkDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    // Apps a killed predecessor left running go before anything new starts.
+    let allocations = config.work_dir.join("allocations");
+    if let Ok(killed) = tokio::task::spawn_blocking(move || orphans::reap(&allocations)).await
+        && killed > 0
+    {
+        tracing::warn!(killed, "stopped apps a previous runner left running");
+    }
+    // No proxy: probes go to loopback ports, reports to the configured URL as given.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(RunnerError::HttpClient)?;
+    let reporter = report::Reporter::new(
+        http.clone(),
+        config.report_url.clone(),
+        config.report_token.clone(),
+    );
+    let ctx = Arc::new(lifecycle::Context {
+        cache: pull::ArtifactCache::new(config.work_dir.join("artifacts"), store),
+        config,
+        http,
+    });
+    let table = Arc::new(table::Table::new(ctx, reporter));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, runner = %identity.name, "runner listening");
+    }
+    let app = api::router(api::Api {
+        identity,
+        table: table.clone(),
+    });
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(RunnerError::Serve)
+        .await;
+    table.shutdown().await;
+    served.map_err(RunnerError::Serve)
 }

@@ -54,6 +54,7 @@ impl Api {
             db: db.clone(),
             temporal: temporal.clone(),
             task_queue: task_queue.clone(),
+            runner_secret: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -127,6 +128,7 @@ impl Api {
     pub fn worker(&self) -> Result<WorkerHandle> {
         let config = WorkerConfig {
             task_queue: self.task_queue.clone(),
+            ..WorkerConfig::default()
         };
         Ok(Worker::spawn(
             config,

@@ -1,0 +1,182 @@
+//! `RunnerConfig`: where the runner keeps its files, where it reports, and the defaults of
+//! the allocations it runs, parsed from `RHONE_*` keys by one pure function.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use crate::secret::Secret;
+
+/// Default `RHONE_RUNNER_WORK_DIR`.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/rhone/runner";
+/// Default `RHONE_ARTIFACT_DIR`.
+pub const DEFAULT_ARTIFACT_DIR: &str = "/var/lib/rhone/artifacts";
+/// Default drain deadline when the spec gives none.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Variables of the runner's own environment passed on to apps by default. Nothing else
+/// is: the runner's environment may hold its own credentials.
+pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
+/// Settings of one runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// `RHONE_RUNNER_WORK_DIR`: unpacked artifacts (`artifacts/<hex>`, one per digest,
+    /// shared by allocations) and allocation directories (`allocations/<id>/output.log`).
+    /// Default [`DEFAULT_WORK_DIR`].
+    pub work_dir: PathBuf,
+    /// `RHONE_ARTIFACT_DIR`: the local artifact store a binary opens for the runner when it
+    /// configures no other store. Default [`DEFAULT_ARTIFACT_DIR`].
+    pub artifact_dir: PathBuf,
+    /// `RHONE_RUNNER_REPORT_URL`: where stage changes are POSTed, the API's
+    /// `…/internal/runner/reports`. Default none: changes are only logged.
+    pub report_url: Option<String>,
+    /// `RHONE_RUNNER_SECRET`: the bearer token of reports, shared with the API. Default none.
+    pub report_token: Option<Secret>,
+    /// `RHONE_RUNNER_DRAIN_TIMEOUT_MS`: how long a drain waits after SIGTERM before
+    /// SIGKILL, when the spec does not say. Default 10 000.
+    pub drain_timeout: Duration,
+    /// `RHONE_RUNNER_INHERIT_ENV`: comma-separated names of the runner's variables that
+    /// apps see. Default [`DEFAULT_INHERIT_ENV`].
+    pub inherit_env: Vec<String>,
+}
+
+impl RunnerConfig {
+    /// Defaults, with everything under `work_dir` (the artifact store in `work_dir/store`).
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        let work_dir = work_dir.into();
+        RunnerConfig {
+            artifact_dir: work_dir.join("store"),
+            work_dir,
+            report_url: None,
+            report_token: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            inherit_env: DEFAULT_INHERIT_ENV
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    /// Parses every key, reports every bad one, fails once. Empty values count as unset.
+    pub fn parse(env: &BTreeMap<String, String>) -> Result<RunnerConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut config = RunnerConfig::new(
+            get("RHONE_RUNNER_WORK_DIR").unwrap_or_else(|| DEFAULT_WORK_DIR.to_owned()),
+        );
+        config.artifact_dir = get("RHONE_ARTIFACT_DIR")
+            .unwrap_or_else(|| DEFAULT_ARTIFACT_DIR.to_owned())
+            .into();
+        for (key, dir) in [
+            ("RHONE_RUNNER_WORK_DIR", &config.work_dir),
+            ("RHONE_ARTIFACT_DIR", &config.artifact_dir),
+        ] {
+            if !dir.is_absolute() {
+                errors.push(format!(
+                    "{key}={:?} must be an absolute path",
+                    dir.display()
+                ));
+            }
+        }
+        if let Some(url) = get("RHONE_RUNNER_REPORT_URL") {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                config.report_url = Some(url);
+            } else {
+                errors.push(format!(
+                    "RHONE_RUNNER_REPORT_URL={url:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        // Not trimmed and never quoted in an error: it is a secret.
+        config.report_token = env
+            .get("RHONE_RUNNER_SECRET")
+            .filter(|v| !v.is_empty())
+            .map(Secret::new);
+        if let Some(ms) = get("RHONE_RUNNER_DRAIN_TIMEOUT_MS") {
+            match ms.parse::<u64>() {
+                Ok(ms) if (1..=600_000).contains(&ms) => {
+                    config.drain_timeout = Duration::from_millis(ms);
+                }
+                _ => errors.push(format!(
+                    "RHONE_RUNNER_DRAIN_TIMEOUT_MS={ms:?} must be a number of milliseconds from 1 to 600000"
+                )),
+            }
+        }
+        if let Some(names) = get("RHONE_RUNNER_INHERIT_ENV") {
+            config.inherit_env = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() -> Result<(), Vec<String>> {
+        let c = RunnerConfig::parse(&env(&[]))?;
+        assert_eq!(c.work_dir, PathBuf::from(DEFAULT_WORK_DIR));
+        assert_eq!(c.artifact_dir, PathBuf::from(DEFAULT_ARTIFACT_DIR));
+        assert_eq!(c.report_url, None);
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(c.inherit_env, DEFAULT_INHERIT_ENV);
+        Ok(())
+    }
+
+    #[test]
+    fn every_key_parsed() -> Result<(), Vec<String>> {
+        let c = RunnerConfig::parse(&env(&[
+            ("RHONE_RUNNER_WORK_DIR", "/srv/runner"),
+            (
+                "RHONE_RUNNER_REPORT_URL",
+                "http://api:8080/internal/runner/reports",
+            ),
+            ("RHONE_RUNNER_SECRET", "t0ken"),
+            ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "2500"),
+            ("RHONE_RUNNER_INHERIT_ENV", "PATH, LANG"),
+        ]))?;
+        assert_eq!(c.work_dir, PathBuf::from("/srv/runner"));
+        assert_eq!(c.report_token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert_eq!(c.drain_timeout, Duration::from_millis(2500));
+        assert_eq!(c.inherit_env, ["PATH", "LANG"]);
+        assert!(
+            !format!("{c:?}").contains("t0ken"),
+            "the token leaks in Debug"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let errors = RunnerConfig::parse(&env(&[
+            ("RHONE_RUNNER_WORK_DIR", "relative"),
+            ("RHONE_RUNNER_REPORT_URL", "ftp://x"),
+            ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "soon"),
+        ]))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("RHONE_RUNNER_WORK_DIR"));
+        assert!(errors[1].contains("RHONE_RUNNER_REPORT_URL"));
+        assert!(errors[2].contains("RHONE_RUNNER_DRAIN_TIMEOUT_MS"));
+    }
+}

@@ -1,0 +1,259 @@
+//! The Allocation lifecycle with real processes: ready and serving, drained, killed at the
+//! drain deadline, crashed while starting and while ready, never ready, and stopped with
+//! the runner.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::support::{Harness, eventually, log_text, process_ended, process_gone};
+
+const WITHIN: Duration = Duration::from_secs(4);
+
+fn pid(status: &Value) -> Result<u64> {
+    status["pid"].as_u64().context("status has a pid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_to_ready_and_serves_with_its_env() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    let (code, created) = h.put(id, &h.spec(id, 1, "serve")?).await?;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["generation"], 1);
+
+    let ready = h.wait_stage(id, "ready", WITHIN).await?;
+    let port = ready["port"].as_u64().context("port")?;
+    let address = ready["address"].as_str().context("address")?;
+    assert_eq!(address, format!("http://127.0.0.1:{port}"));
+    assert_eq!(ready["artifact_digest"], h.digest.as_str());
+
+    let app: Value = h
+        .http
+        .get(format!("{address}/"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(app["port"], port.to_string(), "the app sees PORT");
+    assert_eq!(
+        app["digest"],
+        h.digest.as_str(),
+        "the app sees RHONE_ARTIFACT_DIGEST"
+    );
+    assert_eq!(
+        app["allocation"],
+        id.to_string(),
+        "the app sees RHONE_ALLOCATION_ID"
+    );
+    assert!(log_text(&ready).contains(&format!("app starting on port {port}")));
+
+    let list: Value = h
+        .http
+        .get(format!("{}/v1/allocations", h.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(list["runner"]["name"], "test-runner");
+    assert_eq!(list["allocations"][0]["allocation_id"], id.to_string());
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_the_process_and_its_children() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    h.put(id, &h.spec(id, 1, "child")?).await?;
+    let ready = h.wait_stage(id, "ready", WITHIN).await?;
+    let address = ready["address"].as_str().context("address")?;
+    let app: Value = h
+        .http
+        .get(format!("{address}/"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let child = app["child_pid"].as_u64().context("the app's child")?;
+    let leader = pid(&ready)?;
+    assert!(!process_ended(child), "the child runs before the drain");
+
+    let (code, draining) = h.delete(id).await?;
+    assert_eq!(code, 202, "{draining}");
+    let stopped = h.wait_stage(id, "stopped", WITHIN).await?;
+    assert_eq!(stopped["exit_status"], "signal 15 (SIGTERM)", "{stopped:#}");
+    assert_eq!(stopped["message"], "drained (signal 15 (SIGTERM))");
+    assert_eq!(stopped["address"], Value::Null);
+    assert!(process_gone(leader), "the app process was reaped");
+    let pid_file = h.work.join("allocations").join(id.to_string()).join("pid");
+    assert!(!pid_file.exists(), "the pid record goes with the process");
+    eventually(WITHIN, "the app's child ends with it", || {
+        process_ended(child)
+    })
+    .await?;
+
+    let (code, again) = h.delete(id).await?;
+    assert_eq!(
+        (code, again["stage"].as_str()),
+        (202, Some("stopped")),
+        "a repeated DELETE"
+    );
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_ends_in_sigkill() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    let mut spec = h.spec(id, 1, "stubborn")?;
+    spec["process"]["drain_timeout_ms"] = 300.into();
+    h.put(id, &spec).await?;
+    let ready = h.wait_stage(id, "ready", WITHIN).await?;
+    h.delete(id).await?;
+    let stopped = h.wait_stage(id, "stopped", WITHIN).await?;
+    assert_eq!(stopped["exit_status"], "signal 9 (SIGKILL)", "{stopped:#}");
+    assert!(
+        stopped["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("killed after the 300 ms drain deadline")),
+        "{stopped:#}"
+    );
+    assert!(process_gone(pid(&ready)?));
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_starting_fails_with_exit_status_and_last_line() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    h.put(id, &h.spec(id, 1, "crash")?).await?;
+    let failed = h.wait_stage(id, "failed", WITHIN).await?;
+    assert_eq!(failed["exit_code"], 3, "{failed:#}");
+    assert_eq!(failed["exit_status"], "exit code 3");
+    assert_eq!(
+        failed["message"],
+        "the process exited while starting (exit code 3)"
+    );
+    let lines = failed["last_log_lines"].as_array().context("log lines")?;
+    assert!(
+        lines.iter().any(|l| l == "crashing with exit code 3"),
+        "the last line is there: {failed:#}"
+    );
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_ready_fails_with_exit_status_and_last_line() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    h.put(id, &h.spec(id, 1, "serve")?).await?;
+    let ready = h.wait_stage(id, "ready", WITHIN).await?;
+    let address = ready["address"].as_str().context("address")?;
+    h.http.get(format!("{address}/crash")).send().await?;
+    let failed = h.wait_stage(id, "failed", WITHIN).await?;
+    assert_eq!(failed["exit_status"], "exit code 3", "{failed:#}");
+    assert_eq!(
+        failed["message"],
+        "the process exited on its own (exit code 3)"
+    );
+    assert!(
+        log_text(&failed).ends_with("crashing on request"),
+        "{failed:#}"
+    );
+    assert!(process_gone(pid(&ready)?));
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_timeout_fails_with_log_lines() -> Result<()> {
+    let h = Harness::start().await?;
+    let id = Uuid::now_v7();
+    let mut spec = h.spec(id, 1, "never-ready")?;
+    spec["process"]["readiness_timeout_ms"] = 800.into();
+    h.put(id, &spec).await?;
+    let failed = h.wait_stage(id, "failed", WITHIN).await?;
+    let message = failed["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("not ready after 800 ms: GET http://127.0.0.1:"),
+        "{failed:#}"
+    );
+    assert!(message.contains("/healthz answered 503"), "{failed:#}");
+    let logs = log_text(&failed);
+    assert!(logs.contains("in mode never-ready"), "{failed:#}");
+    assert!(logs.contains("\"GET /healthz HTTP/1.1\" 503"), "{failed:#}");
+    assert!(
+        process_gone(pid(&failed)?),
+        "the unready process was stopped"
+    );
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_shutdown_stops_every_process() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let id = Uuid::now_v7();
+        h.put(id, &h.spec(id, 1, "serve")?).await?;
+        pids.push(pid(&h.wait_stage(id, "ready", WITHIN).await?)?);
+    }
+    // One artifact directory for both allocations of the digest.
+    let unpacked = std::fs::read_dir(h.work.join("artifacts"))?.count();
+    assert_eq!(unpacked, 1);
+    h.shutdown().await?;
+    for pid in pids {
+        assert!(process_gone(pid), "process {pid} outlived the runner");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_left_by_a_killed_runner_are_stopped_at_start() -> Result<()> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let spawn = |id: Option<Uuid>| {
+        let mut command = std::process::Command::new("sleep");
+        command.arg("300").process_group(0);
+        if let Some(id) = id {
+            command.env("RHONE_ALLOCATION_ID", id.to_string());
+        }
+        command.spawn()
+    };
+    // An app of a runner that died, and a process that only reuses a recorded pid.
+    let (orphan_id, decoy_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut orphan = spawn(Some(orphan_id))?;
+    let mut decoy = spawn(None)?;
+    let records = [(orphan_id, orphan.id()), (decoy_id, decoy.id())];
+    let h = Harness::start_with(|c| {
+        for (id, pid) in records {
+            let dir = c.work_dir.join("allocations").join(id.to_string());
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join("pid"), pid.to_string()));
+            assert!(written.is_ok(), "{written:?}");
+        }
+    })
+    .await?;
+    // `serve` reaps before it answers.
+    h.get(Uuid::now_v7()).await?;
+    let status = orphan.wait()?;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the orphan was killed: {status:?}"
+    );
+    assert!(
+        decoy.try_wait()?.is_none(),
+        "a process of another owner was killed"
+    );
+    decoy.kill()?;
+    decoy.wait()?;
+    assert!(
+        !h.work
+            .join("allocations")
+            .join(decoy_id.to_string())
+            .join("pid")
+            .exists()
+    );
+    h.shutdown().await
+}

@@ -1,0 +1,8 @@
+//! Integration tests of rhone-runner: the real `serve`, real app processes (a Python
+//! stdlib server packed into an artifact on the fly), a real local artifact store, real HTTP.
+
+mod support;
+
+mod fencing;
+mod lifecycle;
+mod reports;

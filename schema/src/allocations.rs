@@ -1,0 +1,217 @@
+//! Allocation rows: desired state written by the control plane, observed state reported by
+//! runners and fenced by generation. A report of an older generation than the row's is
+//! rejected, and the stage moves only as the core Allocation machine allows.
+//!
+//! The generation is the control plane's: [`create_allocation`] starts it at 1 and
+//! [`set_desired`] bumps it whenever the desired state changes, so a runner still acting on
+//! the previous command reports an older generation and [`apply_report`] turns it away.
+
+use chrono::Utc;
+use rhone_core::{StageError, StateMachine, stage::AllocationStage};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, QuerySelect,
+    TransactionSession, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::entity::allocation;
+use crate::{SchemaError, begin_write};
+
+/// The desired state of an allocation (`allocations.desired`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Run,
+    Stop,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Run => "run",
+            Desired::Stop => "stop",
+        }
+    }
+}
+
+/// A new allocation of an artifact, placed in a region and cell (and on a runner once
+/// scheduled).
+#[derive(Debug, Clone)]
+pub struct NewAllocation {
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub artifact_digest: String,
+    pub runner_id: Option<Uuid>,
+    pub region_id: Uuid,
+    pub cell_id: Uuid,
+}
+
+/// What a runner says about one allocation, as `POST /internal/runner/reports` receives it
+/// (the runner's `StageReport` serialises to this shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerReport {
+    pub allocation_id: Uuid,
+    /// The generation of the command the runner was acting on.
+    pub generation: i64,
+    pub stage: AllocationStage,
+    /// `http://host:port` of the app; kept only while the stage is `ready`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub exit_status: Option<String>,
+    /// Why the stage was entered (a failure's reason above all). Not stored: the row has
+    /// no column for it yet; the API logs it.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The app's last output lines, secrets already scrubbed by the runner. Not stored.
+    #[serde(default)]
+    pub last_log_lines: Vec<String>,
+}
+
+/// What [`apply_report`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The row took the report; it is returned as written.
+    Applied(allocation::Model),
+    /// The report repeats the row's stage at the row's generation: nothing was written.
+    Unchanged(allocation::Model),
+}
+
+impl ReportOutcome {
+    pub fn allocation(&self) -> &allocation::Model {
+        match self {
+            Self::Applied(m) | Self::Unchanged(m) => m,
+        }
+    }
+}
+
+/// Inserts an allocation at generation 1, desired `run`, stage `planned`.
+#[tracing::instrument(skip_all, fields(allocation_id = %new.id))]
+pub async fn create_allocation<C: ConnectionTrait>(
+    db: &C,
+    new: NewAllocation,
+) -> Result<allocation::Model, SchemaError> {
+    let now = Utc::now();
+    Ok(allocation::ActiveModel {
+        id: Set(new.id),
+        deployment_id: Set(new.deployment_id),
+        artifact_digest: Set(new.artifact_digest),
+        runner_id: Set(new.runner_id),
+        region_id: Set(new.region_id),
+        cell_id: Set(new.cell_id),
+        generation: Set(1),
+        desired: Set(Desired::Run.as_str().to_owned()),
+        stage: Set(AllocationStage::INITIAL.as_str().to_owned()),
+        address: Set(None),
+        exit_status: Set(None),
+        last_report_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await?)
+}
+
+/// Sets the desired state and, when it changes, bumps the generation: the runner gets the
+/// new command with the new generation, and reports about the old one become stale.
+/// Setting the desired state the row already has writes nothing.
+#[tracing::instrument(skip(db), fields(allocation_id = %id))]
+pub async fn set_desired<C>(
+    db: &C,
+    id: Uuid,
+    desired: Desired,
+) -> Result<allocation::Model, SchemaError>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = begin_write(db).await?;
+    let row = locked(&txn, id).await?;
+    if row.desired == desired.as_str() {
+        txn.rollback().await?;
+        return Ok(row);
+    }
+    let generation = row.generation + 1;
+    let mut active: allocation::ActiveModel = row.into();
+    active.desired = Set(desired.as_str().to_owned());
+    active.generation = Set(generation);
+    active.updated_at = Set(Utc::now());
+    let row = active.update(&txn).await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// Applies a runner's report to its allocation, in one transaction holding the row:
+///
+/// - a report whose generation is lower than the row's is a [`SchemaError::Conflict`]
+///   ("stale report from generation N, current is M") and writes nothing;
+/// - the row's stage repeated at the row's generation is [`ReportOutcome::Unchanged`] (a
+///   retried report); repeated at a newer generation, only the generation moves;
+/// - any other stage must be a legal move of the core Allocation machine from the row's
+///   stage, else [`SchemaError::IllegalTransition`] and nothing is written;
+/// - the row takes the stage, the address (while `ready`, cleared otherwise), the exit
+///   status, the report time, and the report's generation when it is newer (a runner may
+///   report a generation whose row write raced the report; the row keeps the highest it has
+///   seen so every later report is fenced against it).
+#[tracing::instrument(
+    skip_all,
+    fields(allocation_id = %report.allocation_id, generation = report.generation, stage = %report.stage)
+)]
+pub async fn apply_report<C>(db: &C, report: &RunnerReport) -> Result<ReportOutcome, SchemaError>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = begin_write(db).await?;
+    let row = locked(&txn, report.allocation_id).await?;
+    if report.generation < row.generation {
+        return Err(SchemaError::Conflict {
+            what: format!(
+                "stale report from generation {}, current is {}",
+                report.generation, row.generation
+            ),
+        });
+    }
+    let current: AllocationStage = row.stage.parse().map_err(StageError::from)?;
+    let now = Utc::now();
+    if current == report.stage {
+        if report.generation == row.generation {
+            txn.rollback().await?;
+            return Ok(ReportOutcome::Unchanged(row));
+        }
+        let mut active: allocation::ActiveModel = row.into();
+        active.generation = Set(report.generation);
+        active.last_report_at = Set(Some(now));
+        active.updated_at = Set(now);
+        let row = active.update(&txn).await?;
+        txn.commit().await?;
+        return Ok(ReportOutcome::Applied(row));
+    }
+    current.transition(report.stage).map_err(StageError::from)?;
+    let generation = row.generation.max(report.generation);
+    let mut active: allocation::ActiveModel = row.into();
+    active.stage = Set(report.stage.as_str().to_owned());
+    active.generation = Set(generation);
+    active.address = Set(report
+        .address
+        .clone()
+        .filter(|_| report.stage == AllocationStage::Ready));
+    active.exit_status = Set(report.exit_status.clone());
+    active.last_report_at = Set(Some(now));
+    active.updated_at = Set(now);
+    let row = active.update(&txn).await?;
+    txn.commit().await?;
+    Ok(ReportOutcome::Applied(row))
+}
+
+/// The allocation row, locked for update on PostgreSQL (SQLite writers are already
+/// serialised by `BEGIN IMMEDIATE`).
+async fn locked<C: ConnectionTrait>(txn: &C, id: Uuid) -> Result<allocation::Model, SchemaError> {
+    allocation::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "allocation",
+            id: id.to_string(),
+        })
+}

@@ -1,0 +1,294 @@
+//! Runner reports fenced by generation (`rhone_schema::allocations`): a stale generation is
+//! rejected and changes nothing, an illegal transition is rejected, the same report twice is
+//! idempotent, and a newer generation is accepted.
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use rhone_core::{StageError, stage::AllocationStage};
+use rhone_schema::{
+    SchemaError,
+    allocations::{
+        Desired, NewAllocation, ReportOutcome, RunnerReport, apply_report, create_allocation,
+        set_desired,
+    },
+    entity::{allocation, app, artifact, cell, deployment, environment, project},
+    new_id,
+    topology::ensure_runner,
+};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
+use serde_json::json;
+
+use crate::fixtures::workspace;
+use crate::support::on_both_backends;
+
+on_both_backends!(
+    a_new_allocation_is_planned_at_generation_one,
+    reports_walk_the_lifecycle,
+    stale_generation_is_rejected_and_changes_nothing,
+    illegal_transition_is_rejected,
+    the_same_report_twice_is_idempotent,
+    newer_generation_is_accepted,
+    desired_change_bumps_the_generation_once,
+    unknown_allocation_is_not_found,
+);
+
+const DIGEST: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+
+/// An allocation with everything it refers to.
+async fn new_allocation(db: &DatabaseConnection) -> Result<allocation::Model> {
+    let now = Utc::now();
+    let ws = workspace(db, "allocs").await?;
+    let p = project::ActiveModel {
+        id: Set(new_id()),
+        workspace_id: Set(ws.id),
+        name: Set("shop".into()),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    let a = app::ActiveModel {
+        id: Set(new_id()),
+        workspace_id: Set(ws.id),
+        project_id: Set(p.id),
+        name: Set("web".into()),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    let env = environment::ActiveModel {
+        id: Set(new_id()),
+        workspace_id: Set(ws.id),
+        app_id: Set(a.id),
+        name: Set("preview".into()),
+        kind: Set("preview".into()),
+        requires_approval: Set(false),
+        scale_to_zero: Set(false),
+        wake_budget_ms: Set(10_000),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    artifact::ActiveModel {
+        digest: Set(DIGEST.into()),
+        size_bytes: Set(1),
+        manifest: Set(json!({})),
+        store_uri: Set("local".into()),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    let d = deployment::ActiveModel {
+        id: Set(new_id()),
+        workspace_id: Set(ws.id),
+        app_id: Set(a.id),
+        environment_id: Set(env.id),
+        artifact_digest: Set(Some(DIGEST.into())),
+        source: Set(json!({})),
+        stage: Set("validating".into()),
+        operation_id: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(db)
+    .await?;
+    let runner = ensure_runner(db, "local", "local-a", "r1", "http://127.0.0.1:1").await?;
+    let cell = cell::Entity::find_by_id(runner.cell_id)
+        .one(db)
+        .await?
+        .context("the runner's cell")?;
+    Ok(create_allocation(
+        db,
+        NewAllocation {
+            id: new_id(),
+            deployment_id: d.id,
+            artifact_digest: DIGEST.into(),
+            runner_id: Some(runner.id),
+            region_id: cell.region_id,
+            cell_id: cell.id,
+        },
+    )
+    .await?)
+}
+
+fn report(row: &allocation::Model, generation: i64, stage: AllocationStage) -> RunnerReport {
+    RunnerReport {
+        allocation_id: row.id,
+        generation,
+        stage,
+        address: (stage == AllocationStage::Ready).then(|| "http://127.0.0.1:4100".to_owned()),
+        exit_status: None,
+        message: None,
+        last_log_lines: vec!["listening".into()],
+    }
+}
+
+async fn row(db: &DatabaseConnection, id: uuid::Uuid) -> Result<allocation::Model> {
+    allocation::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .context("allocation row")
+}
+
+async fn walk(
+    db: &DatabaseConnection,
+    a: &allocation::Model,
+    stages: &[AllocationStage],
+) -> Result<()> {
+    for &stage in stages {
+        apply_report(db, &report(a, a.generation, stage)).await?;
+    }
+    Ok(())
+}
+
+async fn a_new_allocation_is_planned_at_generation_one(db: DatabaseConnection) -> Result<()> {
+    let a = new_allocation(&db).await?;
+    assert_eq!(
+        (a.generation, a.desired.as_str(), a.stage.as_str()),
+        (1, "run", "planned")
+    );
+    assert_eq!((a.address, a.last_report_at), (None, None));
+    Ok(())
+}
+
+async fn reports_walk_the_lifecycle(db: DatabaseConnection) -> Result<()> {
+    use AllocationStage::*;
+    let a = new_allocation(&db).await?;
+    walk(&db, &a, &[Pulling, Starting, Ready]).await?;
+    let ready = row(&db, a.id).await?;
+    assert_eq!(ready.stage, "ready");
+    assert_eq!(ready.address.as_deref(), Some("http://127.0.0.1:4100"));
+    assert!(ready.last_report_at.is_some());
+
+    let mut stopped = report(&a, 1, Draining);
+    apply_report(&db, &stopped).await?;
+    stopped.stage = Stopped;
+    stopped.exit_status = Some("signal 15 (SIGTERM)".into());
+    let outcome = apply_report(&db, &stopped).await?;
+    let ReportOutcome::Applied(done) = outcome else {
+        panic!("stopped not applied: {outcome:?}");
+    };
+    assert_eq!(done.stage, "stopped");
+    assert_eq!(done.address, None, "a stopped allocation has no address");
+    assert_eq!(done.exit_status.as_deref(), Some("signal 15 (SIGTERM)"));
+    Ok(())
+}
+
+async fn stale_generation_is_rejected_and_changes_nothing(db: DatabaseConnection) -> Result<()> {
+    use AllocationStage::*;
+    let a = new_allocation(&db).await?;
+    walk(&db, &a, &[Pulling, Starting, Ready]).await?;
+    let bumped = set_desired(&db, a.id, Desired::Stop).await?;
+    assert_eq!(bumped.generation, 2);
+    let before = row(&db, a.id).await?;
+
+    let stale = apply_report(&db, &report(&a, 1, Failed)).await;
+    match stale {
+        Err(SchemaError::Conflict { what }) => {
+            assert_eq!(what, "stale report from generation 1, current is 2");
+        }
+        other => panic!("expected a stale-generation conflict, got {other:?}"),
+    }
+    assert_eq!(
+        row(&db, a.id).await?,
+        before,
+        "a stale report wrote something"
+    );
+    Ok(())
+}
+
+async fn illegal_transition_is_rejected(db: DatabaseConnection) -> Result<()> {
+    use AllocationStage::*;
+    let a = new_allocation(&db).await?;
+    let skip = apply_report(&db, &report(&a, 1, Ready)).await;
+    assert!(
+        matches!(
+            skip,
+            Err(SchemaError::IllegalTransition(StageError::Illegal(_)))
+        ),
+        "planned → ready must be refused: {skip:?}"
+    );
+    walk(&db, &a, &[Pulling, Failed]).await?;
+    let after_terminal = apply_report(&db, &report(&a, 1, Starting)).await;
+    assert!(
+        matches!(after_terminal, Err(SchemaError::IllegalTransition(_))),
+        "failed is final: {after_terminal:?}"
+    );
+    assert_eq!(row(&db, a.id).await?.stage, "failed");
+    Ok(())
+}
+
+async fn the_same_report_twice_is_idempotent(db: DatabaseConnection) -> Result<()> {
+    use AllocationStage::*;
+    let a = new_allocation(&db).await?;
+    walk(&db, &a, &[Pulling, Starting]).await?;
+    let ready = report(&a, 1, Ready);
+    let first = apply_report(&db, &ready).await?;
+    assert!(matches!(first, ReportOutcome::Applied(_)), "{first:?}");
+    let second = apply_report(&db, &ready).await?;
+    assert_eq!(second, ReportOutcome::Unchanged(first.allocation().clone()));
+    assert_eq!(&row(&db, a.id).await?, first.allocation());
+
+    // Terminal stages too: re-reporting `stopped` is not an illegal stopped → stopped.
+    walk(&db, &a, &[Draining, Stopped]).await?;
+    let again = apply_report(&db, &report(&a, 1, Stopped)).await?;
+    assert!(matches!(again, ReportOutcome::Unchanged(_)), "{again:?}");
+    Ok(())
+}
+
+async fn newer_generation_is_accepted(db: DatabaseConnection) -> Result<()> {
+    use AllocationStage::*;
+    let a = new_allocation(&db).await?;
+    walk(&db, &a, &[Pulling, Starting, Ready]).await?;
+    // The runner already acts on generation 3 (say the row's write raced the report).
+    let outcome = apply_report(&db, &report(&a, 3, Draining)).await?;
+    let ReportOutcome::Applied(row3) = outcome else {
+        panic!("newer generation refused: {outcome:?}");
+    };
+    assert_eq!((row3.generation, row3.stage.as_str()), (3, "draining"));
+    // From now on generation 2 is stale.
+    let stale = apply_report(&db, &report(&a, 2, Stopped)).await;
+    assert!(
+        matches!(stale, Err(SchemaError::Conflict { .. })),
+        "{stale:?}"
+    );
+    // The same stage at a newer generation moves the generation only.
+    let same = apply_report(&db, &report(&a, 4, Draining)).await?;
+    assert!(matches!(same, ReportOutcome::Applied(_)), "{same:?}");
+    let now = row(&db, a.id).await?;
+    assert_eq!((now.generation, now.stage.as_str()), (4, "draining"));
+    Ok(())
+}
+
+async fn desired_change_bumps_the_generation_once(db: DatabaseConnection) -> Result<()> {
+    let a = new_allocation(&db).await?;
+    let stop = set_desired(&db, a.id, Desired::Stop).await?;
+    assert_eq!((stop.generation, stop.desired.as_str()), (2, "stop"));
+    let again = set_desired(&db, a.id, Desired::Stop).await?;
+    assert_eq!(again, stop, "setting the same desired state writes nothing");
+    let run = set_desired(&db, a.id, Desired::Run).await?;
+    assert_eq!((run.generation, run.desired.as_str()), (3, "run"));
+    Ok(())
+}
+
+async fn unknown_allocation_is_not_found(db: DatabaseConnection) -> Result<()> {
+    let a = new_allocation(&db).await?;
+    let mut missing = report(&a, 1, AllocationStage::Pulling);
+    missing.allocation_id = new_id();
+    let outcome = apply_report(&db, &missing).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(SchemaError::NotFound {
+                what: "allocation",
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    let desired = set_desired(&db, missing.allocation_id, Desired::Stop).await;
+    assert!(
+        matches!(desired, Err(SchemaError::NotFound { .. })),
+        "{desired:?}"
+    );
+    Ok(())
+}
