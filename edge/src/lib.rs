@@ -1,141 +1,133 @@
-//! The HTTP front door. Requests are routed by their `Host` to the route key's RouteOwner.
-//! This first version answers what it can decide without allocations: a clear 404 page for a
-//! host that no RouteOwner claims, and 503 with `Retry-After` for a claimed host while the
-//! proxying to allocations is not there yet.
+//! The HTTP front door. A request's route key (its host) names a RouteOwner; the edge picks a
+//! ready allocation inside that owner's authority (`route`), proxies the request or WebSocket
+//! to it (`proxy`), and answers every failure through one classification (`error`).
 
-use std::future::Future;
+mod error;
+mod page;
+mod proxy;
+mod route;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    extract::{Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    extract::{ConnectInfo, Request, State},
+    response::Response,
     routing::get,
 };
-use rhone_schema::entity::route_owner;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    #[error("edge server failed: {0}")]
-    Serve(#[source] std::io::Error),
-}
+pub use error::{BoxError, EdgeError};
+pub use route::{DbRoutes, Owner, Route, RouteSource, Target, affinity_key, route_key};
 
+use route::Picker;
+
+/// What `serve` reads route authority from.
 #[derive(Clone)]
 pub struct EdgeState {
     pub db: DatabaseConnection,
 }
 
-/// Serves the edge on `listener` until `shutdown` resolves.
+/// The edge server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("edge server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves the edge on `listener` until `shutdown` resolves, with route authority read from
+/// the control DB on every request.
 pub async fn serve(
     listener: TcpListener,
     state: EdgeState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), EdgeError> {
+) -> Result<(), ServeError> {
+    serve_routes(listener, DbRoutes::new(state.db), shutdown).await
+}
+
+/// Serves the edge on `listener` until `shutdown` resolves, with route authority from
+/// `routes`. Established WebSocket connections are not waited for.
+pub async fn serve_routes<R: RouteSource>(
+    listener: TcpListener,
+    routes: R,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let edge = Arc::new(Edge {
+        routes,
+        picker: Picker::default(),
+        proxy: proxy::Proxy::new(),
+    });
     let app = Router::new()
         .route("/_rhone/healthz", get(|| async { "ok" }))
-        .fallback(route)
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(EdgeError::Serve)
+        .fallback(handle::<R>)
+        .with_state(edge);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)
 }
 
-/// The route key of a request: its host, lowercased, without port.
-pub fn route_key(headers: &HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+struct Edge<R> {
+    routes: R,
+    picker: Picker,
+    proxy: proxy::Proxy,
 }
 
-async fn route(State(state): State<EdgeState>, req: Request) -> Response {
-    let Some(key) = route_key(req.headers()) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Missing Host",
-            "This request has no Host header, so no app can be chosen for it.",
-        );
-    };
-    let span = tracing::info_span!("edge_request", route_key = %key);
-    let _guard = span.enter();
-    match route_owner::Entity::find_by_id(key.clone())
-        .one(&state.db)
-        .await
-    {
-        Ok(None) => page(
-            StatusCode::NOT_FOUND,
-            "No app here",
-            &format!(
-                "No app is deployed at {key}. Check the host name, or deploy to it with `rhone deploy`."
-            ),
-        ),
-        Ok(Some(owner)) => {
-            tracing::info!(epoch = owner.epoch, "route owner has no ready allocation");
-            let mut resp = page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Starting",
-                &format!("{key} has no ready instance yet. Retry in a few seconds."),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            resp
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "route lookup failed");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "The route table cannot be read right now. Retry shortly.",
-            )
-        }
-    }
-}
-
-fn page(status: StatusCode, title: &str, text: &str) -> Response {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    let body = format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>{t}</title></head>\
-         <body style=\"font-family:system-ui;max-width:40rem;margin:4rem auto\">\
-         <h1>{t}</h1><p>{x}</p><p><small>Rhone edge · {code}</small></p></body></html>",
-        t = esc(title),
-        x = esc(text),
-        code = status.as_u16()
+async fn handle<R: RouteSource>(
+    State(edge): State<Arc<Edge<R>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let key = route_key(req.headers());
+    let span = tracing::info_span!(
+        "edge_request",
+        route_key = key.as_deref().unwrap_or(""),
+        epoch = tracing::field::Empty,
+        allocation = tracing::field::Empty,
+        method = %req.method(),
+        path = req.uri().path(),
     );
-    (status, Html(body)).into_response()
+    async move {
+        let resp = match route_and_forward(&edge, key, peer, req).await {
+            Ok(resp) => resp,
+            Err(err) => error::respond(&err),
+        };
+        tracing::debug!(status = resp.status().as_u16(), "answered");
+        resp
+    }
+    .instrument(span)
+    .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(host: Option<&str>, expected: Option<&str>) {
-        let mut h = HeaderMap::new();
-        if let Some(v) = host {
-            h.insert(
-                header::HOST,
-                HeaderValue::from_str(v).expect("valid header"),
-            );
-        }
-        assert_eq!(route_key(&h).as_deref(), expected, "{host:?}");
-    }
-
-    #[test]
-    fn route_keys() {
-        check(Some("Shop.Example.COM"), Some("shop.example.com"));
-        check(Some("shop.localhost:8081"), Some("shop.localhost"));
-        check(Some(""), None);
-        check(None, None);
-    }
+async fn route_and_forward<R: RouteSource>(
+    edge: &Edge<R>,
+    key: Option<String>,
+    peer: SocketAddr,
+    req: Request,
+) -> Result<Response, EdgeError> {
+    let route_key = key.ok_or(EdgeError::MissingHost)?;
+    let route = edge
+        .routes
+        .route(&route_key)
+        .await?
+        .ok_or_else(|| EdgeError::NoRouteOwner {
+            route_key: route_key.clone(),
+        })?;
+    let span = tracing::Span::current();
+    span.record("epoch", route.owner.epoch);
+    let session = affinity_key(req.headers(), req.uri());
+    let target = edge
+        .picker
+        .pick(&route, session.as_deref())
+        .ok_or_else(|| EdgeError::NoReadyAllocation {
+            route_key,
+            epoch: route.owner.epoch,
+        })?;
+    span.record("allocation", tracing::field::display(target.allocation_id));
+    edge.proxy.forward(req, target, peer).await
 }

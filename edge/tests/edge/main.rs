@@ -1,0 +1,328 @@
+//! The edge against a real SQLite control DB and real backends: routing inside the
+//! RouteOwner's authority, forwarding headers, streaming, WebSocket upgrades, affinity and
+//! the error pages.
+
+mod backends;
+mod fixtures;
+
+use std::{collections::HashSet, net::SocketAddr};
+
+use anyhow::{Context, Result, ensure};
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use rhone_edge::EdgeState;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use backends::{BIG_BODY, closed_port, echo};
+use fixtures::Db;
+
+const HOST: &str = "shop-preview.localhost";
+
+/// A control DB and an edge serving from it.
+struct Harness {
+    db: Db,
+    edge: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Result<Self> {
+        let db = Db::new().await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let edge = listener.local_addr()?;
+        let state = EdgeState {
+            db: db.conn.clone(),
+        };
+        tokio::spawn(rhone_edge::serve(listener, state, std::future::pending()));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .resolve(HOST, edge)
+            .resolve("nowhere.localhost", edge)
+            .build()?;
+        Ok(Self { db, edge, http })
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.edge.port())
+    }
+
+    /// GETs `path` on `HOST` and returns the echo backend's description of the request.
+    async fn describe(&self, path: &str, cookie: Option<&str>) -> Result<Value> {
+        let mut req = self.http.get(self.url(HOST, path));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let resp = req.send().await?;
+        ensure!(resp.status() == StatusCode::OK, "status {}", resp.status());
+        Ok(resp.json().await?)
+    }
+
+    /// Opens `/_vango/live` through the edge and returns the socket and the name of the
+    /// backend that greeted it.
+    async fn live(
+        &self,
+        query: &str,
+    ) -> Result<(tokio_tungstenite::WebSocketStream<TcpStream>, String)> {
+        let stream = TcpStream::connect(self.edge).await?;
+        let url = format!("ws://{HOST}:{}/_vango/live?{query}", self.edge.port());
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await?;
+        ensure!(resp.status().as_u16() == 101, "status {}", resp.status());
+        let greeting = ws.next().await.context("no greeting")??;
+        let name = greeting
+            .into_text()?
+            .as_str()
+            .trim_start_matches("backend ")
+            .to_owned();
+        Ok((ws, name))
+    }
+}
+
+fn header<'a>(described: &'a Value, name: &str) -> Option<&'a str> {
+    described["headers"][name].as_str()
+}
+
+#[tokio::test]
+async fn get_is_routed_to_the_owners_ready_allocation() -> Result<()> {
+    let h = Harness::start().await?;
+    let (good, other) = (echo("a").await?, echo("x").await?);
+    let digest = h.db.artifact(1).await?;
+    let dep = h.db.deployment(&digest).await?;
+    h.db.owner(HOST, &dep, 7).await?;
+    h.db.ready(&dep, &good.address).await?;
+    // Same deployment, but not eligible: still starting, desired stop, an older artifact.
+    h.db.allocation(&dep, &digest, "starting", "run", Some(&other.address))
+        .await?;
+    h.db.allocation(&dep, &digest, "ready", "stop", Some(&other.address))
+        .await?;
+    let old = h.db.artifact(2).await?;
+    h.db.allocation(&dep, &old, "ready", "run", Some(&other.address))
+        .await?;
+
+    for _ in 0..4 {
+        let d = h.describe("/dashboard?tab=1", None).await?;
+        assert_eq!(d["backend"], "a");
+        assert_eq!(d["path"], "/dashboard");
+        assert_eq!(d["query"], "tab=1");
+        let host = format!("{HOST}:{}", h.edge.port());
+        assert_eq!(header(&d, "host"), Some(host.as_str()));
+        assert_eq!(header(&d, "x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(header(&d, "x-forwarded-proto"), Some("http"));
+        assert_eq!(header(&d, "x-forwarded-host"), Some(host.as_str()));
+        let forwarded = format!("for=127.0.0.1;host=\"{host}\";proto=http");
+        assert_eq!(header(&d, "forwarded"), Some(forwarded.as_str()));
+    }
+    assert_eq!((good.hits(), other.hits()), (4, 0));
+    Ok(())
+}
+
+/// Sends `request` as written and returns the status line and the whole answer.
+async fn raw(edge: SocketAddr, request: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(edge).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8(answer)?)
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() -> Result<()> {
+    let h = Harness::start().await?;
+    let backend = echo("a").await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    h.db.ready(&dep, &backend.address).await?;
+
+    let answer = raw(
+        h.edge,
+        &format!(
+            "GET /x HTTP/1.1\r\nHost: {HOST}\r\nConnection: close, X-Hop-Secret\r\n\
+             X-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x-sum\r\n\
+             Proxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\n\
+             X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n"
+        ),
+    )
+    .await?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no header end")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let d: Value = serde_json::from_str(body)?;
+    for gone in [
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert_eq!(header(&d, gone), None, "{gone} was forwarded");
+    }
+    assert_eq!(header(&d, "accept"), Some("*/*"));
+    assert_eq!(
+        header(&d, "x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(header(&d, "x-forwarded-proto"), Some("http"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_round_trips_through_the_edge() -> Result<()> {
+    let h = Harness::start().await?;
+    let backend = echo("a").await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    h.db.ready(&dep, &backend.address).await?;
+
+    let (mut ws, name) = h.live("path=/&session=s1").await?;
+    assert_eq!(name, "a");
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await?;
+        let echoed = ws.next().await.context("socket closed")??;
+        assert_eq!(echoed.into_text()?.as_str(), format!("hello {i}"));
+    }
+    let blob: Vec<u8> = (0..=255).collect();
+    ws.send(Message::binary(blob.clone())).await?;
+    let echoed = ws.next().await.context("socket closed")??;
+    assert_eq!(echoed.into_data().as_ref(), blob.as_slice());
+    ws.close(None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_deployments_ready_allocation_is_never_chosen() -> Result<()> {
+    let h = Harness::start().await?;
+    let b_backend = echo("b").await?;
+    // A and B run the same artifact; B is healthy, A is not ready yet.
+    let digest = h.db.artifact(1).await?;
+    let (a, b) = (
+        h.db.deployment(&digest).await?,
+        h.db.deployment(&digest).await?,
+    );
+    h.db.owner(HOST, &a, 3).await?;
+    h.db.allocation(&a, &digest, "starting", "run", None)
+        .await?;
+    h.db.ready(&b, &b_backend.address).await?;
+
+    let resp = h.http.get(h.url(HOST, "/")).send().await?;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert_eq!(b_backend.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_owner_is_a_404_page() -> Result<()> {
+    let h = Harness::start().await?;
+    let resp = h.http.get(h.url("nowhere.localhost", "/")).send().await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let page = resp.text().await?;
+    assert!(
+        page.contains("No app is deployed at nowhere.localhost"),
+        "{page}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn owner_without_a_ready_allocation_is_503_with_retry_after() -> Result<()> {
+    let h = Harness::start().await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    let resp = h.http.get(h.url(HOST, "/")).send().await?;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let page = resp.text().await?;
+    assert!(page.contains("has no ready instance yet"), "{page}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_is_502() -> Result<()> {
+    let h = Harness::start().await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    let address = closed_port().await?;
+    h.db.ready(&dep, &address).await?;
+    let resp = h.http.get(h.url(HOST, "/")).send().await?;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let page = resp.text().await?;
+    assert!(
+        !page.contains("127.0.0.1"),
+        "the page leaks the address: {page}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() -> Result<()> {
+    let h = Harness::start().await?;
+    let backend = echo("a").await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    h.db.ready(&dep, &backend.address).await?;
+
+    let sent: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
+    let resp = h
+        .http
+        .post(h.url(HOST, "/upload"))
+        .body(sent.clone())
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echoed = resp.bytes().await?;
+    assert_eq!(echoed.len(), sent.len());
+    assert!(echoed == sent, "the 1 MiB body came back changed");
+
+    let resp = h.http.get(h.url(HOST, "/big")).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await?.len(), BIG_BODY);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_sticks_to_one_allocation() -> Result<()> {
+    let h = Harness::start().await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep, 1).await?;
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        let b = echo(name).await?;
+        h.db.ready(&dep, &b.address).await?;
+        backends.push(b);
+    }
+
+    let mut used = HashSet::new();
+    for s in 0..12 {
+        let cookie = format!("theme=dark; vango_session=s{s}");
+        let first = h.describe("/", Some(&cookie)).await?["backend"].clone();
+        for _ in 0..3 {
+            assert_eq!(h.describe("/", Some(&cookie)).await?["backend"], first);
+        }
+        // The live socket of the same session lands where its pages do.
+        let (_ws, live) = h.live(&format!("path=/&session=s{s}")).await?;
+        assert_eq!(Some(live.as_str()), first.as_str());
+        used.insert(first.as_str().map(str::to_owned));
+    }
+    assert!(
+        used.len() > 1,
+        "12 sessions all landed on one of 3 allocations"
+    );
+
+    // Without a session, requests take turns.
+    let mut turns = HashSet::new();
+    for _ in 0..3 {
+        turns.insert(
+            h.describe("/", None).await?["backend"]
+                .as_str()
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(turns.len(), 3);
+    Ok(())
+}
