@@ -3,6 +3,7 @@
 //! and does not repeat it. They decide retryability explicitly: refusals (validation,
 //! conflict, illegal transition) are non-retryable; transient I/O is retried.
 
+pub mod deploy;
 pub mod error;
 pub mod operation;
 pub mod temporal;

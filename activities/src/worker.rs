@@ -8,6 +8,7 @@ use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, WorkerOptions};
 
+use crate::deploy::{DeployActivities, DeployConfig};
 use crate::{operation::OperationActivities, tenancy::TenancyActivities};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +27,16 @@ pub enum WorkerError {
 pub struct WorkerConfig {
     /// The task queue to poll; tests use their own so they run in parallel.
     pub task_queue: String,
+    /// Work directory, artifact store and git of the deploy activities; see
+    /// [`DeployConfig`] for the defaults.
+    pub deploy: DeployConfig,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             task_queue: TASK_QUEUE.to_owned(),
+            deploy: DeployConfig::default(),
         }
     }
 }
@@ -113,7 +118,11 @@ impl Worker {
             .register_workflow::<EnvironmentCreateWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_activities(OperationActivities { db: db.clone() })
-            .register_activities(TenancyActivities { db })
+            .register_activities(TenancyActivities { db: db.clone() })
+            .register_activities(DeployActivities {
+                db,
+                config: config.deploy.clone(),
+            })
             .build();
         let mut worker = temporalio_sdk::Worker::new(&runtime, client, options)
             .map_err(|e| WorkerError::Start(e.to_string()))?;

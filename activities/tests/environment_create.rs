@@ -50,6 +50,7 @@ impl Harness {
         let worker = Worker::spawn(
             WorkerConfig {
                 task_queue: queue.clone(),
+                ..WorkerConfig::default()
             },
             client.clone(),
             db.clone(),

@@ -6,10 +6,13 @@
 //! a deferred SQLite transaction that upgrades to a writer fails at once with `SQLITE_BUSY`
 //! when another connection wrote meanwhile, instead of waiting.
 
+pub mod allocations;
 pub mod entity;
 mod error;
+pub mod logs;
 pub mod migration;
 pub mod ops;
+pub mod routes;
 pub mod topology;
 
 use std::time::Duration;

@@ -7,6 +7,7 @@ pub mod api_token;
 pub mod app;
 pub mod artifact;
 pub mod audit_log;
+pub mod build_log;
 pub mod cell;
 pub mod deployment;
 pub mod edge_ack;

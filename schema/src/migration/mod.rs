@@ -10,6 +10,7 @@ mod m20261123_000002_operations;
 mod m20261123_000003_topology;
 mod m20261123_000004_release;
 mod m20261123_000005_bindings;
+mod m20261123_000006_build_logs;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_topology::Migration),
             Box::new(m20261123_000004_release::Migration),
             Box::new(m20261123_000005_bindings::Migration),
+            Box::new(m20261123_000006_build_logs::Migration),
         ]
     }
 }

@@ -2,6 +2,9 @@
 
 mod support;
 
+mod allocations;
 mod fixtures;
+mod logs;
 mod migrations;
 mod ops;
+mod routes;
