@@ -34,6 +34,24 @@ pub enum ClientCommand {
     /// Operations: every meaningful mutation, with its stages.
     #[command(subcommand)]
     Ops(OpsCmd),
+    /// Deploy a repository (a local path or a git URL) to an environment, showing each
+    /// stage until the preview is ready, or why it stopped and what to run next.
+    Deploy {
+        /// A local repository path (default: the current directory) or a git URL.
+        source: Option<String>,
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment to deploy to.
+        #[arg(long = "env", short, default_value = "preview")]
+        environment: String,
+        /// Branch, tag or commit (default: HEAD).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -296,6 +314,48 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 table(v, &["id", "kind", "status", "currentStage", "createdAt"])
             });
         }
+        ClientCommand::Deploy {
+            source,
+            workspace,
+            project,
+            app,
+            environment,
+            git_ref,
+        } => {
+            let a = resolve_app(&api, &workspace, &project, &app).await?;
+            let d = api
+                .call(
+                    "query($a: UUID!) { environments(appId: $a) { id name } }",
+                    json!({ "a": a }),
+                )
+                .await?;
+            let env = pick(&d["environments"], &environment, "environment")?;
+            let repository = repository_arg(source.as_deref())?;
+            let q = format!(
+                "mutation($e: UUID!, $r: String!, $g: String) {{ deploy(environmentId: $e, repository: $r, ref: $g) {{ {OP_FIELDS} }} }}"
+            );
+            let d = api
+                .call(&q, json!({ "e": env, "r": repository, "g": git_ref }))
+                .await?;
+            let op = follow(&api, &d["deploy"], json_out).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&op)?);
+            } else if status_of(&op) == "succeeded" {
+                let url = op["stages"]
+                    .as_array()
+                    .and_then(|s| s.last())
+                    .and_then(|s| s["evidence"]["url"].as_str());
+                println!("preview ready: {}", url.unwrap_or("(no URL recorded)"));
+            }
+            if status_of(&op) != "succeeded" {
+                bail!(
+                    "deploy {} is {} at {}",
+                    op["id"].as_str().unwrap_or("?"),
+                    status_of(&op),
+                    op["currentStage"].as_str().unwrap_or("?")
+                );
+            }
+        }
         ClientCommand::Ops(OpsCmd::Show { id }) => {
             let d = api
                 .call(
@@ -316,6 +376,23 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A git URL as given, or a local path made absolute (the builder clones it).
+fn repository_arg(source: Option<&str>) -> Result<String> {
+    let s = source.unwrap_or(".");
+    if s.contains("://") || s.starts_with("git@") {
+        return Ok(s.to_owned());
+    }
+    let path = std::fs::canonicalize(s)
+        .with_context(|| format!("{s} is neither a git URL nor an existing directory"))?;
+    if !path.join(".git").exists() {
+        bail!(
+            "{} is not a git repository (no .git): commit your app first, or pass a git URL",
+            path.display()
+        );
+    }
+    Ok(path.display().to_string())
 }
 
 async fn login(api_url: &str, token: &str, json_out: bool) -> Result<()> {
@@ -424,6 +501,11 @@ async fn follow(api: &Api, op: &Value, json_out: bool) -> Result<Value> {
                     "needs_attention" => println!(
                         "needs attention: {}\n  rhone ops retry {id}  |  rhone ops abort {id}",
                         op["error"].as_str().unwrap_or("")
+                    ),
+                    "failed" | "aborted" => println!(
+                        "{status} at {}: {}",
+                        op["currentStage"].as_str().unwrap_or("?"),
+                        op["error"].as_str().unwrap_or("no reason recorded")
                     ),
                     _ => println!("{status}"),
                 }

@@ -85,8 +85,135 @@ impl TenancyActivities {
     }
 }
 
+/// Where a deployment's source comes from: a git URL or a local repository path, at a ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub repository: String,
+    /// A branch, tag or commit; `HEAD` by default.
+    pub git_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloneInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub source: SourceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cloned {
+    /// The full commit sha the ref resolved to; every later step uses it, not the ref.
+    pub commit_sha: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub source: SourceSpec,
+    pub commit_sha: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Built {
+    /// `sha256:<hex>` of the artifact archive, as stored.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub build_millis: u64,
+    pub log_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidateInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub environment_id: Uuid,
+    pub digest: String,
+}
+
+/// One gate of validation and what it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    /// `generated_artifacts_current`, `vango_state_impact`, `db_impact`, `secrets_bound`,
+    /// `providers_bound`.
+    pub gate: String,
+    pub passed: bool,
+    pub evidence: serde_json::Value,
+}
+
+/// Why a deploy cannot go to preview yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocker {
+    pub gate: String,
+    pub reason: String,
+    /// True where an explicit approval lets the deploy proceed (a cold state change);
+    /// false where something must be fixed first (a missing secret, a migration to run),
+    /// after which `retry` validates again.
+    pub approvable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub gates: Vec<GateResult>,
+    /// Failures no decision can clear (stale generated artifacts): the deploy fails.
+    pub fatal: Vec<String>,
+    pub blockers: Vec<Blocker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub environment_id: Uuid,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    /// The preview host, the route key of the preview RouteOwner.
+    pub route_key: String,
+    pub url: String,
+    pub allocation_id: Uuid,
+    /// The RouteOwner epoch the preview was written at.
+    pub epoch: i64,
+}
+
+pub struct DeployActivities;
+
+#[activity_definitions]
+impl DeployActivities {
+    #[activity(name = "clone_source")]
+    pub fn clone_source(input: CloneInput) -> Result<Cloned, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "build_artifact")]
+    pub fn build_artifact(input: BuildInput) -> Result<Built, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "validate_deployment")]
+    pub fn validate_deployment(input: ValidateInput) -> Result<Validation, ActivityError> {
+        unimplemented!()
+    }
+}
+
+pub struct PreviewActivities;
+
+#[activity_definitions]
+impl PreviewActivities {
+    /// Starts an allocation of the exact artifact on a runner, waits until it is ready and
+    /// writes the preview RouteOwner.
+    #[activity(name = "start_preview")]
+    pub fn start_preview(input: PreviewInput) -> Result<Preview, ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
+    pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::operation_activities::{RecordStage, SetStatus};
+    pub use super::preview_activities::StartPreview;
     pub use super::tenancy_activities::CreateEnvironment;
 }

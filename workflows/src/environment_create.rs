@@ -14,9 +14,7 @@ use temporalio_workflow::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
 
 use crate::{
     activities::{CreateEnvironmentInput, TenancyActivities},
-    stages::{
-        Decision, DecisionKind, DecisionSlot, Decisions, Operation, StepFailure, step_options,
-    },
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,14 +29,7 @@ pub struct EnvironmentCreateWorkflow {
     decisions: DecisionSlot,
 }
 
-impl Decisions for EnvironmentCreateWorkflow {
-    fn pending(&self) -> Option<&(DecisionKind, Decision)> {
-        self.decisions.pending()
-    }
-    fn take(&mut self) -> Option<(DecisionKind, Decision)> {
-        self.decisions.take()
-    }
-}
+crate::decisions_in_slot!(EnvironmentCreateWorkflow);
 
 #[workflow_methods]
 impl EnvironmentCreateWorkflow {

@@ -3,9 +3,11 @@
 //! activity implemented in `rhone-activities`.
 
 pub mod activities;
+pub mod deploy;
 pub mod environment_create;
 pub mod stages;
 
+pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
 pub use stages::{Decision, DecisionKind, DecisionSignal};
 

@@ -38,6 +38,23 @@ pub trait Decisions {
     fn take(&mut self) -> Option<(DecisionKind, Decision)>;
 }
 
+/// Implements [`Decisions`] for a workflow whose `decisions` field is a [`DecisionSlot`].
+/// (Its `approve`/`retry`/`abort` signal methods must be written out in the workflow's own
+/// `#[workflow_methods]` block, which sees them before any macro would expand.)
+#[macro_export]
+macro_rules! decisions_in_slot {
+    ($workflow:ty) => {
+        impl $crate::stages::Decisions for $workflow {
+            fn pending(&self) -> Option<&($crate::DecisionKind, $crate::Decision)> {
+                self.decisions.pending()
+            }
+            fn take(&mut self) -> Option<($crate::DecisionKind, $crate::Decision)> {
+                self.decisions.take()
+            }
+        }
+    };
+}
+
 /// The decision slot a workflow embeds; the latest signal wins.
 #[derive(Debug, Default)]
 pub struct DecisionSlot(Option<(DecisionKind, Decision)>);

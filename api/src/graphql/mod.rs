@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod audit;
+pub(crate) mod deploys;
 pub(crate) mod enums;
 pub(crate) mod environments;
 pub(crate) mod operations;
@@ -36,6 +37,7 @@ pub struct Mutation(
     access::AccessMutation,
     tenancy::TenancyMutation,
     environments::EnvironmentMutation,
+    // deploys::DeployMutation: registered once the worker runs DeployWorkflow.
     operations::OperationMutation,
 );
 

@@ -171,7 +171,11 @@ pub(crate) async fn create_environment(
 
 /// Marks the operation failed because its workflow could not be started, and names the
 /// error to answer with.
-async fn start_failed(db: &DatabaseConnection, m: &Mutation, err: WorkflowStartError) -> ApiError {
+pub(crate) async fn start_failed(
+    db: &DatabaseConnection,
+    m: &Mutation,
+    err: WorkflowStartError,
+) -> ApiError {
     let (reason, answer) = match err {
         WorkflowStartError::Rpc(status) => (
             "the workflow could not be started: Temporal is unavailable",

@@ -1,0 +1,277 @@
+//! Deploy: `queued → cloning → building → validating → preview_ready`, or `blocked` /
+//! `failed`. Each stage's record carries the evidence of the step before it (the commit on
+//! `building`, the digest on `validating`, the gates on `blocked` and `preview_ready`).
+//! `blocked` waits for a decision: `approve` clears approvable blockers (a cold state
+//! change), `retry` validates again (after a secret was added, a migration run), `abort`
+//! ends the deploy.
+
+use std::time::Duration;
+
+use rhone_core::{OperationId, OperationKind, OperationStatus, stage::DeployStage};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_workflow::{
+    SyncWorkflowContext, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
+use uuid::Uuid;
+
+use crate::{
+    activities::{
+        BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
+        ValidateInput, Validation,
+    },
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub environment_id: Uuid,
+    pub source: SourceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployOutcome {
+    pub deployment_id: Uuid,
+    pub digest: String,
+    pub url: String,
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct DeployWorkflow {
+    decisions: DecisionSlot,
+}
+
+crate::decisions_in_slot!(DeployWorkflow);
+
+/// How a deploy ends early: the stage it fails in is recorded with the reason.
+enum Stop {
+    Failed(String),
+    Aborted(Decision),
+}
+
+impl From<StepFailure> for Stop {
+    fn from(f: StepFailure) -> Self {
+        match f {
+            StepFailure::Rejected(m) => Stop::Failed(m),
+            StepFailure::Aborted(d) => Stop::Aborted(d),
+        }
+    }
+}
+
+type Flow<T> = Result<Result<T, Stop>, WorkflowTermination>;
+
+#[workflow_methods]
+impl DeployWorkflow {
+    #[run(name = "deploy")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: DeployInput,
+    ) -> WorkflowResult<DeployOutcome> {
+        let mut op = Operation::new(input.operation_id, OperationKind::Deploy);
+        match Self::pipeline(ctx, &mut op, &input).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(stop) => {
+                let (status, message) = match stop {
+                    Stop::Failed(m) => (None, m),
+                    Stop::Aborted(d) => (
+                        Some(OperationStatus::Aborted),
+                        format!("aborted by {}", d.actor),
+                    ),
+                };
+                op.enter_with_status(
+                    ctx,
+                    DeployStage::Failed,
+                    json!({}),
+                    Some(message.clone()),
+                    status,
+                )
+                .await?;
+                Err(ApplicationFailure::non_retryable(message).into())
+            }
+        }
+    }
+
+    async fn pipeline(
+        ctx: &WorkflowContext<Self>,
+        op: &mut Operation,
+        input: &DeployInput,
+    ) -> Flow<DeployOutcome> {
+        let source = &input.source;
+        op.enter(
+            ctx,
+            DeployStage::Cloning,
+            json!({ "repository": source.repository, "ref": source.git_ref }),
+            None,
+        )
+        .await?;
+        let clone = CloneInput {
+            operation_id: input.operation_id,
+            deployment_id: input.deployment_id,
+            source: source.clone(),
+        };
+        let cloned = match op
+            .step(
+                ctx,
+                || DeployActivities::clone_source,
+                clone,
+                step_options(Duration::from_secs(300), 3),
+            )
+            .await?
+        {
+            Ok(c) => c,
+            Err(f) => return Ok(Err(f.into())),
+        };
+
+        op.enter(
+            ctx,
+            DeployStage::Building,
+            json!({ "commit_sha": cloned.commit_sha }),
+            None,
+        )
+        .await?;
+        let build = BuildInput {
+            operation_id: input.operation_id,
+            deployment_id: input.deployment_id,
+            source: source.clone(),
+            commit_sha: cloned.commit_sha.clone(),
+        };
+        // The build's own time limit comes from rhone.toml (at most 2 h); this bounds a lost worker.
+        let built = match op
+            .step(
+                ctx,
+                || DeployActivities::build_artifact,
+                build,
+                step_options(Duration::from_secs(7500), 2),
+            )
+            .await?
+        {
+            Ok(b) => b,
+            Err(f) => return Ok(Err(f.into())),
+        };
+        let build_evidence = json!({
+            "digest": built.digest, "size_bytes": built.size_bytes,
+            "build_millis": built.build_millis, "log_bytes": built.log_bytes,
+        });
+
+        let mut evidence = build_evidence;
+        let mut approved_by: Option<Decision> = None;
+        loop {
+            op.enter(ctx, DeployStage::Validating, evidence.clone(), None)
+                .await?;
+            let validate = ValidateInput {
+                operation_id: input.operation_id,
+                deployment_id: input.deployment_id,
+                environment_id: input.environment_id,
+                digest: built.digest.clone(),
+            };
+            let validation = match op
+                .step(
+                    ctx,
+                    || DeployActivities::validate_deployment,
+                    validate,
+                    step_options(Duration::from_secs(300), 3),
+                )
+                .await?
+            {
+                Ok(v) => v,
+                Err(f) => return Ok(Err(f.into())),
+            };
+            if !validation.fatal.is_empty() {
+                return Ok(Err(Stop::Failed(validation.fatal.join("; "))));
+            }
+            let open = open_blockers(&validation, approved_by.is_some());
+            if open.is_empty() {
+                let preview = PreviewInput {
+                    operation_id: input.operation_id,
+                    deployment_id: input.deployment_id,
+                    environment_id: input.environment_id,
+                    digest: built.digest.clone(),
+                };
+                let started = match op
+                    .step(
+                        ctx,
+                        || PreviewActivities::start_preview,
+                        preview,
+                        step_options(Duration::from_secs(300), 3),
+                    )
+                    .await?
+                {
+                    Ok(p) => p,
+                    Err(f) => return Ok(Err(f.into())),
+                };
+                let evidence = json!({
+                    "gates": validation.gates, "digest": built.digest, "url": started.url,
+                    "route_key": started.route_key, "epoch": started.epoch,
+                    "allocation_id": started.allocation_id,
+                    "approved_by": approved_by.as_ref().map(|d| &d.actor),
+                });
+                op.enter(ctx, DeployStage::PreviewReady, evidence, None)
+                    .await?;
+                return Ok(Ok(DeployOutcome {
+                    deployment_id: input.deployment_id,
+                    digest: built.digest,
+                    url: started.url,
+                }));
+            }
+            let reason = open
+                .iter()
+                .map(|b| b.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let blocked = json!({ "gates": validation.gates, "blockers": open });
+            op.enter(ctx, DeployStage::Blocked, blocked, Some(reason))
+                .await?;
+            // Wait for a decision that can change something.
+            loop {
+                ctx.wait_condition(|w| w.decisions.pending().is_some())
+                    .await?;
+                match ctx.state_mut(|w| w.decisions.take()) {
+                    Some((DecisionKind::Abort, d)) => return Ok(Err(Stop::Aborted(d))),
+                    Some((DecisionKind::Retry, d)) => {
+                        evidence = json!({ "retried_by": d.actor, "reason": d.reason });
+                        break;
+                    }
+                    Some((DecisionKind::Approve, d)) => {
+                        let approvable = open.iter().all(|b| b.approvable);
+                        if approvable {
+                            evidence = json!({ "approved_by": d.actor, "reason": d.reason });
+                            approved_by = Some(d);
+                            break;
+                        }
+                        // An approval cannot clear a missing secret or a pending migration.
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    #[signal(name = "approve")]
+    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
+        self.decisions.put(DecisionKind::Approve, decision);
+    }
+
+    #[signal(name = "retry")]
+    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
+        self.decisions.put(DecisionKind::Retry, decision);
+    }
+
+    #[signal(name = "abort")]
+    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
+        self.decisions.put(DecisionKind::Abort, decision);
+    }
+}
+
+/// The blockers still standing: approvable ones are cleared by an approval given earlier.
+fn open_blockers(v: &Validation, approved: bool) -> Vec<crate::activities::Blocker> {
+    v.blockers
+        .iter()
+        .filter(|b| !(approved && b.approvable))
+        .cloned()
+        .collect()
+}
