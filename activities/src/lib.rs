@@ -6,6 +6,7 @@
 pub mod deploy;
 pub mod error;
 pub mod operation;
+pub mod preview;
 pub mod temporal;
 pub mod tenancy;
 pub mod worker;

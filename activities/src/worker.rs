@@ -3,12 +3,13 @@
 
 use std::future::Future;
 
-use rhone_workflows::{EnvironmentCreateWorkflow, TASK_QUEUE};
+use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, TASK_QUEUE};
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, WorkerOptions};
 
 use crate::deploy::{DeployActivities, DeployConfig};
+use crate::preview::{PreviewActivities, PreviewConfig};
 use crate::{operation::OperationActivities, tenancy::TenancyActivities};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub struct WorkerConfig {
     /// Work directory, artifact store and git of the deploy activities; see
     /// [`DeployConfig`] for the defaults.
     pub deploy: DeployConfig,
+    /// Where previews are published; see [`PreviewConfig`].
+    pub preview: PreviewConfig,
 }
 
 impl Default for WorkerConfig {
@@ -37,6 +40,7 @@ impl Default for WorkerConfig {
         Self {
             task_queue: TASK_QUEUE.to_owned(),
             deploy: DeployConfig::default(),
+            preview: PreviewConfig::default(),
         }
     }
 }
@@ -117,6 +121,13 @@ impl Worker {
         let options = WorkerOptions::new(config.task_queue.clone())
             .register_workflow::<EnvironmentCreateWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<DeployWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_activities(PreviewActivities {
+                db: db.clone(),
+                config: config.preview.clone(),
+                http: reqwest::Client::new(),
+            })
             .register_activities(OperationActivities { db: db.clone() })
             .register_activities(TenancyActivities { db: db.clone() })
             .register_activities(DeployActivities {

@@ -123,7 +123,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
         runner_secret: Some(runner_secret.clone()),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
-    let worker = Worker::spawn(WorkerConfig::default(), client, db.clone())?;
+    // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
+    let worker_config = WorkerConfig {
+        deploy: rhone_activities::deploy::DeployConfig::under(&data_dir),
+        preview: rhone_activities::preview::PreviewConfig {
+            domain: "rhone.localhost".to_owned(),
+            port_suffix: format!(":{}", args.edge_port),
+        },
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::spawn(worker_config, client, db.clone())?;
     tasks.spawn(serve::named(
         "edge",
         rhone_edge::serve(edge, rhone_edge::EdgeState { db: db.clone() }, stopped()),

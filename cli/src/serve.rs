@@ -41,6 +41,13 @@ pub struct Config {
     pub runner_name: String,
     pub region: String,
     pub cell: String,
+    /// `RHONE_DATA_DIR` (worker): build scratch space in `work/` and the local artifact
+    /// store in `artifacts/` below it, which the runners of the host read. Default: the
+    /// system temporary directory.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `RHONE_PREVIEW_DOMAIN` (worker): preview hosts are `<env>.<app>.<project>.<workspace>.`
+    /// followed by it. Default `rhone.localhost`.
+    pub preview_domain: String,
 }
 
 impl Config {
@@ -78,6 +85,9 @@ impl Config {
             runner_name: get("RHONE_RUNNER_NAME").unwrap_or_else(|| "runner-1".to_owned()),
             region: get("RHONE_REGION").unwrap_or_else(|| "local".to_owned()),
             cell: get("RHONE_CELL").unwrap_or_else(|| "local-a".to_owned()),
+            data_dir: get("RHONE_DATA_DIR").map(std::path::PathBuf::from),
+            preview_domain: get("RHONE_PREVIEW_DOMAIN")
+                .unwrap_or_else(|| "rhone.localhost".to_owned()),
         };
         if errors.is_empty() {
             Ok(config)
@@ -194,10 +204,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         Role::Worker => {
             let client = temporal::connect(&temporal_config).await?;
-            let wc = WorkerConfig {
+            let mut wc = WorkerConfig {
                 task_queue: config.task_queue,
                 ..WorkerConfig::default()
             };
+            if let Some(dir) = &config.data_dir {
+                wc.deploy = rhone_activities::deploy::DeployConfig::under(dir);
+            }
+            wc.preview.domain = config.preview_domain;
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }
         Role::Edge => {

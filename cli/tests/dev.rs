@@ -215,6 +215,169 @@ fn rhone_dev_runs_the_platform_for_the_cli() -> Result<()> {
     Ok(())
 }
 
+/// A fresh git repository holding the example app, committed.
+fn example_repo(dir: &Path) -> Result<std::path::PathBuf> {
+    let repo = dir.join("counter");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/counter");
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&repo)
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "copying the example app");
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.email=dev@rhone.local",
+            "-c",
+            "user.name=dev",
+            "commit",
+            "-qm",
+            "counter",
+        ],
+    ] {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "git {args:?}");
+    }
+    Ok(repo)
+}
+
+/// One WebSocket text round trip by hand (RFC 6455: masked client frame, plain server frame).
+fn websocket_echo(edge_port: u16, host: &str, path: &str, text: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", edge_port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+    // The app greets first with its session id, then echoes.
+    let hello = read_text_frame(&mut s)?;
+    anyhow::ensure!(hello.contains("\"session\""), "greeting: {hello}");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len())?];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame)?;
+    read_text_frame(&mut s)
+}
+
+fn read_text_frame(s: &mut std::net::TcpStream) -> Result<String> {
+    use std::io::Read;
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr)?;
+    let len = match hdr[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l)?;
+            usize::from(u16::from_be_bytes(l))
+        }
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok(String::from_utf8(payload)?)
+}
+
+fn http_get(edge_port: u16, host: &str, path: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "10", "-H", &format!("Host: {host}")])
+        .arg(format!("http://127.0.0.1:{edge_port}{path}"))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "GET {host}{path} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn deploy_serves_the_validated_artifact_at_the_preview_host() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
+    let dev = start_dev(dir.path(), &ports)?;
+    let repo = example_repo(dir.path())?;
+    dev.ok(&["workspaces", "create", "acme"])?;
+    dev.ok(&["projects", "create", "-w", "acme", "shop"])?;
+    dev.ok(&["apps", "create", "-w", "acme", "-p", "shop", "web"])?;
+    dev.ok(&[
+        "envs", "create", "-w", "acme", "-p", "shop", "-a", "web", "preview", "--kind", "preview",
+    ])?;
+
+    let repo_arg = repo.display().to_string();
+    let out = dev.ok(&[
+        "deploy", &repo_arg, "-w", "acme", "-p", "shop", "-a", "web", "--env", "preview",
+    ])?;
+    for stage in [
+        "queued",
+        "cloning",
+        "building",
+        "validating",
+        "preview_ready",
+    ] {
+        assert!(out.contains(stage), "{stage} missing in:\n{out}");
+    }
+    let host = "preview.web.shop.acme.rhone.localhost";
+    assert!(
+        out.contains(&format!("preview ready: http://{host}:{}/", ports[1])),
+        "{out}"
+    );
+
+    let ops: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["--json", "ops", "list", "--kind", "deploy"])?)?;
+    let id = ops[0]["id"].as_str().context("a deploy operation")?;
+    let op: serde_json::Value = serde_json::from_str(&dev.ok(&["--json", "ops", "show", id])?)?;
+    let recorded = op["stages"]
+        .as_array()
+        .and_then(|s| s.last())
+        .map(|s| s["evidence"]["digest"].clone());
+    let recorded = recorded
+        .and_then(|d| d.as_str().map(str::to_owned))
+        .context("preview_ready records the digest")?;
+    assert!(recorded.starts_with("sha256:"), "{recorded}");
+
+    let page = http_get(ports[1], host, "/")?;
+    assert!(page.contains("<h1>Counter</h1>"), "{page}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(ports[1], host, "/_rhone/stats")?)?;
+    assert_eq!(
+        stats["artifact_digest"],
+        recorded.as_str(),
+        "the edge serves exactly the validated artifact"
+    );
+
+    let echo: serde_json::Value = serde_json::from_str(&websocket_echo(
+        ports[1],
+        host,
+        "/_vango/live?path=/",
+        "hello",
+    )?)?;
+    assert_eq!(echo["echo"], "hello", "{echo}");
+    assert!(
+        echo["session"].as_str().is_some_and(|s| !s.is_empty()),
+        "{echo}"
+    );
+    Ok(())
+}
+
 #[test]
 fn missing_temporal_is_one_clear_line() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -37,7 +37,7 @@ pub struct Mutation(
     access::AccessMutation,
     tenancy::TenancyMutation,
     environments::EnvironmentMutation,
-    // deploys::DeployMutation: registered once the worker runs DeployWorkflow.
+    deploys::DeployMutation,
     operations::OperationMutation,
 );
 

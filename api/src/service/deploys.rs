@@ -136,6 +136,8 @@ pub(crate) async fn deploy(
         tracing::info_span!("deploy", operation_id = %operation_id, deployment_id = %deployment_id);
     async {
         let txn = begin_write(db).await?;
+        // The operation first: the deployment row refers to it.
+        let op = record::requested(&txn, &m).await?;
         let now = Utc::now();
         deployment::ActiveModel {
             id: Set(deployment_id),
@@ -151,7 +153,6 @@ pub(crate) async fn deploy(
         }
         .insert(&txn)
         .await?;
-        let op = record::requested(&txn, &m).await?;
         txn.commit().await?;
 
         let input = DeployInput {
