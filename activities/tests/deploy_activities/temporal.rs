@@ -35,6 +35,7 @@ async fn start_worker(fx: &Fixture, test: &str) -> Result<Running> {
     let config = WorkerConfig {
         task_queue: queue.clone(),
         deploy: fx.config.clone(),
+        ..WorkerConfig::default()
     };
     let worker = Worker::spawn(config, client.clone(), fx.db.clone())?;
     Ok(Running {
