@@ -517,7 +517,7 @@ async fn follow(api: &Api, op: &Value, json_out: bool) -> Result<Value> {
                 "operation {id} is still {status} after 10 minutes: follow it with `rhone ops show {id}`"
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
