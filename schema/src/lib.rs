@@ -9,6 +9,8 @@
 pub mod allocations;
 pub mod entity;
 mod error;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod logs;
 pub mod migration;
 pub mod ops;

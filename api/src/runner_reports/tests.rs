@@ -2,14 +2,12 @@
 //! secret, refuses bad tokens and bodies, applies reports fenced by generation.
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 use rhone_schema::{
-    allocations::{Desired, NewAllocation, create_allocation, set_desired},
-    entity::{allocation, app, artifact, cell, deployment, environment, project, workspace},
-    new_id,
-    topology::ensure_runner,
+    allocations::{Desired, set_desired},
+    entity::allocation,
+    fixtures, new_id,
 };
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -29,86 +27,11 @@ async fn serve(db: DatabaseConnection, secret: Option<RunnerSecret>) -> Result<S
 async fn db_with_allocation() -> Result<(DatabaseConnection, allocation::Model)> {
     let db = rhone_schema::connect("sqlite::memory:").await?;
     rhone_schema::migrate(&db).await?;
-    let now = Utc::now();
-    let ws = workspace::ActiveModel {
-        id: Set(new_id()),
-        name: Set("reports".into()),
-        display_name: Set("Reports".into()),
-        created_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let p = project::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        name: Set("shop".into()),
-        created_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let a = app::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        project_id: Set(p.id),
-        name: Set("web".into()),
-        created_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let env = environment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(a.id),
-        name: Set("preview".into()),
-        kind: Set("preview".into()),
-        requires_approval: Set(false),
-        scale_to_zero: Set(false),
-        wake_budget_ms: Set(10_000),
-        created_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let digest = format!("sha256:{}", "b".repeat(64));
-    artifact::ActiveModel {
-        digest: Set(digest.clone()),
-        size_bytes: Set(1),
-        manifest: Set(json!({})),
-        store_uri: Set("local".into()),
-        created_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let d = deployment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(a.id),
-        environment_id: Set(env.id),
-        artifact_digest: Set(Some(digest.clone())),
-        source: Set(json!({})),
-        stage: Set("validating".into()),
-        operation_id: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(&db)
-    .await?;
-    let runner = ensure_runner(&db, "local", "local-a", "r1", "http://127.0.0.1:1").await?;
-    let cell = cell::Entity::find_by_id(runner.cell_id)
-        .one(&db)
-        .await?
-        .context("the runner's cell")?;
-    let row = create_allocation(
-        &db,
-        NewAllocation {
-            id: new_id(),
-            deployment_id: d.id,
-            artifact_digest: digest,
-            runner_id: Some(runner.id),
-            region_id: cell.region_id,
-            cell_id: cell.id,
-        },
-    )
-    .await?;
+    let t = fixtures::tenancy(&db, "reports", "preview").await?;
+    let digest = fixtures::digest(0xbb);
+    fixtures::artifact(&db, &digest).await?;
+    let d = fixtures::deployment(&db, &t, &digest, "validating").await?;
+    let row = fixtures::allocation(&db, &d).await?;
     Ok((db, row))
 }
 

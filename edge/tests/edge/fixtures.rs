@@ -4,11 +4,8 @@
 use anyhow::Result;
 use chrono::Utc;
 use rhone_schema::{
-    entity::{
-        allocation, app, artifact, cell, deployment, environment, project, region, route_owner,
-        workspace,
-    },
-    new_id,
+    entity::{allocation, deployment, route_owner},
+    fixtures, new_id,
 };
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection};
 use serde_json::json;
@@ -41,66 +38,14 @@ impl Db {
         );
         let conn = rhone_schema::connect(&url).await?;
         rhone_schema::migrate(&conn).await?;
-        let now = Utc::now();
-        let ws = workspace::ActiveModel {
-            id: Set(new_id()),
-            name: Set("acme".into()),
-            display_name: Set("Acme".into()),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
-        let project = project::ActiveModel {
-            id: Set(new_id()),
-            workspace_id: Set(ws.id),
-            name: Set("shop".into()),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
-        let app = app::ActiveModel {
-            id: Set(new_id()),
-            workspace_id: Set(ws.id),
-            project_id: Set(project.id),
-            name: Set("web".into()),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
-        let environment = environment::ActiveModel {
-            id: Set(new_id()),
-            workspace_id: Set(ws.id),
-            app_id: Set(app.id),
-            name: Set("preview".into()),
-            kind: Set("preview".into()),
-            requires_approval: Set(false),
-            scale_to_zero: Set(false),
-            wake_budget_ms: Set(10_000),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
-        let region = region::ActiveModel {
-            id: Set(new_id()),
-            name: Set("local".into()),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
-        let cell = cell::ActiveModel {
-            id: Set(new_id()),
-            region_id: Set(region.id),
-            name: Set("cell-1".into()),
-            created_at: Set(now),
-        }
-        .insert(&conn)
-        .await?;
+        let t = fixtures::tenancy(&conn, "acme", "preview").await?;
+        let (cell, _) = fixtures::local_cell(&conn).await?;
         Ok(Self {
             conn,
-            workspace: ws.id,
-            app: app.id,
-            environment: environment.id,
-            region: region.id,
+            workspace: t.workspace.id,
+            app: t.app.id,
+            environment: t.environment.id,
+            region: cell.region_id,
             cell: cell.id,
             _dir: dir,
         })
@@ -108,16 +53,8 @@ impl Db {
 
     /// An artifact whose digest is made from `n`.
     pub async fn artifact(&self, n: u64) -> Result<String> {
-        let digest = format!("sha256:{n:064x}");
-        artifact::ActiveModel {
-            digest: Set(digest.clone()),
-            size_bytes: Set(1),
-            manifest: Set(json!({})),
-            store_uri: Set(format!("local://{digest}")),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&self.conn)
-        .await?;
+        let digest = fixtures::digest(n);
+        fixtures::artifact(&self.conn, &digest).await?;
         Ok(digest)
     }
 

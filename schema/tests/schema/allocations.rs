@@ -3,22 +3,15 @@
 //! idempotent, and a newer generation is accepted.
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 use rhone_core::{StageError, stage::AllocationStage};
 use rhone_schema::{
     SchemaError,
-    allocations::{
-        Desired, NewAllocation, ReportOutcome, RunnerReport, apply_report, create_allocation,
-        set_desired,
-    },
-    entity::{allocation, app, artifact, cell, deployment, environment, project},
-    new_id,
-    topology::ensure_runner,
+    allocations::{Desired, ReportOutcome, RunnerReport, apply_report, set_desired},
+    entity::allocation,
+    fixtures, new_id,
 };
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
-use serde_json::json;
+use sea_orm::{DatabaseConnection, EntityTrait};
 
-use crate::fixtures::workspace;
 use crate::support::on_both_backends;
 
 on_both_backends!(
@@ -36,78 +29,10 @@ const DIGEST: &str = "sha256:000000000000000000000000000000000000000000000000000
 
 /// An allocation with everything it refers to.
 async fn new_allocation(db: &DatabaseConnection) -> Result<allocation::Model> {
-    let now = Utc::now();
-    let ws = workspace(db, "allocs").await?;
-    let p = project::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        name: Set("shop".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let a = app::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        project_id: Set(p.id),
-        name: Set("web".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let env = environment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(a.id),
-        name: Set("preview".into()),
-        kind: Set("preview".into()),
-        requires_approval: Set(false),
-        scale_to_zero: Set(false),
-        wake_budget_ms: Set(10_000),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    artifact::ActiveModel {
-        digest: Set(DIGEST.into()),
-        size_bytes: Set(1),
-        manifest: Set(json!({})),
-        store_uri: Set("local".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let d = deployment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(a.id),
-        environment_id: Set(env.id),
-        artifact_digest: Set(Some(DIGEST.into())),
-        source: Set(json!({})),
-        stage: Set("validating".into()),
-        operation_id: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let runner = ensure_runner(db, "local", "local-a", "r1", "http://127.0.0.1:1").await?;
-    let cell = cell::Entity::find_by_id(runner.cell_id)
-        .one(db)
-        .await?
-        .context("the runner's cell")?;
-    Ok(create_allocation(
-        db,
-        NewAllocation {
-            id: new_id(),
-            deployment_id: d.id,
-            artifact_digest: DIGEST.into(),
-            runner_id: Some(runner.id),
-            region_id: cell.region_id,
-            cell_id: cell.id,
-        },
-    )
-    .await?)
+    let t = fixtures::tenancy(db, "allocs", "preview").await?;
+    fixtures::artifact(db, DIGEST).await?;
+    let d = fixtures::deployment(db, &t, DIGEST, "validating").await?;
+    Ok(fixtures::allocation(db, &d).await?)
 }
 
 fn report(row: &allocation::Model, generation: i64, stage: AllocationStage) -> RunnerReport {

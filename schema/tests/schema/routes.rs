@@ -2,19 +2,15 @@
 //! order, a retried write is a no-op, and a stale compare-and-swap loses.
 
 use anyhow::Result;
-use chrono::Utc;
 use rhone_schema::{
     SchemaError,
-    entity::{app, artifact, deployment, environment, project, route_change},
-    new_id,
+    entity::route_change,
+    fixtures,
     routes::{OwnerWrite, write_owner},
-    topology::ensure_runner,
 };
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, QueryOrder};
-use serde_json::json;
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
 use uuid::Uuid;
 
-use crate::fixtures::workspace;
 use crate::support::on_both_backends;
 
 on_both_backends!(
@@ -30,73 +26,18 @@ struct Chain {
 }
 
 async fn chain(db: &DatabaseConnection) -> Result<Chain> {
-    let now = Utc::now();
-    let ws = workspace(db, "routes").await?;
-    let p = project::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        name: Set("shop".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let a = app::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        project_id: Set(p.id),
-        name: Set("web".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let env = environment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(a.id),
-        name: Set("preview".into()),
-        kind: Set("preview".into()),
-        requires_approval: Set(false),
-        scale_to_zero: Set(true),
-        wake_budget_ms: Set(10_000),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
+    let t = fixtures::tenancy(db, "routes", "preview").await?;
     let mut deployments = [Uuid::nil(); 2];
     for (i, d) in deployments.iter_mut().enumerate() {
-        let digest = format!("sha256:{:064x}", i + 1);
-        artifact::ActiveModel {
-            digest: Set(digest.clone()),
-            size_bytes: Set(1),
-            manifest: Set(json!({})),
-            store_uri: Set("local".into()),
-            created_at: Set(now),
-        }
-        .insert(db)
-        .await?;
-        *d = deployment::ActiveModel {
-            id: Set(new_id()),
-            workspace_id: Set(ws.id),
-            app_id: Set(a.id),
-            environment_id: Set(env.id),
-            artifact_digest: Set(Some(digest)),
-            source: Set(json!({})),
-            stage: Set("preview_ready".into()),
-            operation_id: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-        .insert(db)
-        .await?
-        .id;
+        let digest = fixtures::digest(i as u64 + 1);
+        fixtures::artifact(db, &digest).await?;
+        *d = fixtures::deployment(db, &t, &digest, "preview_ready")
+            .await?
+            .id;
     }
-    let runner = ensure_runner(db, "local", "local-a", "r1", "http://127.0.0.1:1").await?;
-    let cell = rhone_schema::entity::cell::Entity::find_by_id(runner.cell_id)
-        .one(db)
-        .await?
-        .expect("cell");
+    let (cell, _) = fixtures::local_cell(db).await?;
     Ok(Chain {
-        env: env.id,
+        env: t.environment.id,
         deployments,
         region: cell.region_id,
         cell: cell.id,
@@ -108,7 +49,7 @@ fn write(c: &Chain, i: usize, expected_epoch: Option<i64>) -> OwnerWrite {
         route_key: "preview.web.shop.routes.rhone.localhost".into(),
         environment_id: c.env,
         deployment_id: c.deployments[i],
-        artifact_digest: format!("sha256:{:064x}", i + 1),
+        artifact_digest: fixtures::digest(i as u64 + 1),
         region_id: c.region,
         cell_id: c.cell,
         operation_id: None,
