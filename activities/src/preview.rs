@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use rhone_core::stage::AllocationStage;
+use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_manifest::artifact::ArtifactManifest;
 use rhone_runner::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
 use rhone_schema::{
@@ -130,6 +130,36 @@ impl PreviewActivities {
             .address
             .clone()
             .ok_or_else(|| transient("the runner reported ready without an address"))?;
+        // The runner reports `pulling` and `starting` to the API on its own, possibly after
+        // it answers ready here, or never (no report URL): record the steps it has evidently
+        // passed, so the move to `ready` is a legal one. A step a concurrent report already
+        // recorded is skipped; the `ready` report below decides.
+        for step in [AllocationStage::Pulling, AllocationStage::Starting] {
+            let row = allocation::Entity::find_by_id(alloc.id)
+                .one(db)
+                .await
+                .map_err(db_err)?
+                .ok_or_else(|| transient(format!("allocation {} is gone", alloc.id)))?;
+            let behind = row
+                .stage
+                .parse::<AllocationStage>()
+                .is_ok_and(|current| current.can_transition_to(step));
+            if !behind {
+                continue;
+            }
+            let report = RunnerReport {
+                allocation_id: alloc.id,
+                generation: status.generation,
+                stage: step,
+                address: None,
+                exit_status: None,
+                message: None,
+                last_log_lines: Vec::new(),
+            };
+            if let Err(e) = allocations::apply_report(db, &report).await {
+                tracing::debug!(error = %e, %step, "a concurrent report got there first");
+            }
+        }
         allocations::apply_report(
             db,
             &RunnerReport {

@@ -34,6 +34,9 @@ pub enum ClientCommand {
     /// Operations: every meaningful mutation, with its stages.
     #[command(subcommand)]
     Ops(OpsCmd),
+    /// Logs of an operation: `rhone logs build OPERATION_ID` prints a deploy's build log.
+    #[command(subcommand)]
+    Logs(LogsCmd),
     /// Deploy a repository (a local path or a git URL) to an environment, showing each
     /// stage until the preview is ready, or why it stopped and what to run next.
     Deploy {
@@ -125,6 +128,17 @@ pub enum EnvsCmd {
         /// How long the edge holds a request while the app wakes (default 10000).
         #[arg(long)]
         wake_budget_ms: Option<i64>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum LogsCmd {
+    /// The build log of a deploy operation.
+    Build {
+        id: String,
+        /// Keep printing until the operation is over.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -356,6 +370,9 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 );
             }
         }
+        ClientCommand::Logs(LogsCmd::Build { id, follow }) => {
+            build_log(&api, &id, follow, json_out).await?
+        }
         ClientCommand::Ops(OpsCmd::Show { id }) => {
             let d = api
                 .call(
@@ -376,6 +393,39 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a build log from the start; with `follow`, until the operation is over.
+async fn build_log(api: &Api, id: &str, follow: bool, json_out: bool) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let d = api
+            .call(
+                "query($id: UUID!, $a: Int!) { buildLog(operationId: $id, afterSeq: $a, first: 500) { seq attempt text createdAt } operation(id: $id) { status } }",
+                json!({ "id": id, "a": after }),
+            )
+            .await?;
+        let chunks = d["buildLog"].as_array().cloned().unwrap_or_default();
+        for c in &chunks {
+            if json_out {
+                println!("{c}");
+            } else {
+                print!("{}", c["text"].as_str().unwrap_or(""));
+            }
+            after = c["seq"].as_i64().unwrap_or(after);
+        }
+        let over = matches!(
+            status_of(&d["operation"]).as_str(),
+            "succeeded" | "failed" | "aborted"
+        );
+        if chunks.len() == 500 {
+            continue;
+        }
+        if !follow || over {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// A git URL as given, or a local path made absolute (the builder clones it).

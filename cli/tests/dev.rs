@@ -25,7 +25,19 @@ struct Dev {
 }
 
 impl Drop for Dev {
+    /// Ctrl-C first, so `rhone dev` stops its runner's apps and Temporal; a kill only if it
+    /// does not stop within 20 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -13,6 +13,17 @@ use crate::{
     service::{operations, validate},
 };
 
+/// A piece of a build's output, as the build wrote it (stdout and stderr interleaved).
+#[derive(async_graphql::SimpleObject)]
+pub struct BuildLogChunk {
+    /// Orders the chunks of one operation, from 1, across attempts.
+    pub seq: i32,
+    /// The build attempt the chunk belongs to, from 1.
+    pub attempt: i32,
+    pub text: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(Default)]
 pub struct OperationQuery;
 
@@ -23,6 +34,38 @@ impl OperationQuery {
         Ok(Operation::try_from(
             operations::operation(&state.db, actor, id).await?,
         )?)
+    }
+
+    /// The build log of a deploy operation, in chunks after `afterSeq` (0 for the start);
+    /// poll with the last chunk's `seq` to follow a running build.
+    async fn build_log(
+        &self,
+        ctx: &Context<'_>,
+        operation_id: Uuid,
+        #[graphql(default = 0)] after_seq: i32,
+        #[graphql(desc = "Chunks to return, 1 to 500. Default: 200.", default = 200)] first: i32,
+    ) -> async_graphql::Result<Vec<BuildLogChunk>> {
+        let (state, actor) = caller(ctx)?;
+        if !(1..=500).contains(&first) || after_seq < 0 {
+            return Err(crate::error::ApiError::invalid(
+                "first",
+                "must be from 1 to 500, with afterSeq at least 0",
+            )
+            .into());
+        }
+        operations::operation(&state.db, actor, operation_id).await?;
+        let rows = rhone_schema::logs::read(&state.db, operation_id, after_seq, first as u64)
+            .await
+            .map_err(crate::error::ApiError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BuildLogChunk {
+                seq: r.seq,
+                attempt: r.attempt,
+                text: r.chunk,
+                created_at: r.created_at,
+            })
+            .collect())
     }
 
     /// A workspace's operations, newest first.

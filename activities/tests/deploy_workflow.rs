@@ -1,0 +1,246 @@
+//! The Deploy workflow end to end on a real Temporal dev server, a real worker, real git and
+//! Python builds of `examples/counter`, and an in-test runner: the blocked paths and their
+//! decisions (approve, retry, abort) and the failures, each with its stage sequence, its
+//! reason in `operations.error`, and no half-written preview left behind. The happy path
+//! through `rhone dev` is `cli/tests/dev.rs`; a build digest mismatch and archive path
+//! traversal are covered at the activity and store level (`deploy_activities`, `store`).
+
+#[allow(dead_code)]
+mod deploy_support;
+#[path = "deploy_workflow/harness.rs"]
+mod harness;
+
+use anyhow::{Context, Result};
+use deploy_support::{commit, replace_in};
+use harness::{Harness, stages};
+use rhone_workflows::DecisionKind;
+
+const TO_VALIDATING: [&str; 4] = ["queued", "cloning", "building", "validating"];
+
+fn after_validating(rest: &[&str]) -> Vec<String> {
+    stages(&[&TO_VALIDATING[..], rest].concat())
+}
+
+/// The first deploy reaches preview_ready; a second that changes a persisted primitive's
+/// codec waits for approval, then takes the preview host over at the next epoch.
+#[tokio::test]
+async fn a_cold_deploy_waits_for_approval_then_proceeds() -> Result<()> {
+    let h = Harness::start("deploy_wf_cold").await?;
+    let repo = h.repo("repo", |_| Ok(()))?;
+    let first = h.deploy(&repo).await?;
+    let seen = h.wait_status(first, "succeeded", 1).await?;
+    assert_eq!(seen.op.current_stage, "preview_ready");
+    assert_eq!(seen.stages, after_validating(&["preview_ready"]));
+    let [owner] = h.route_owners().await?.try_into().expect("one route owner");
+    assert_eq!((owner.deployment_id, owner.epoch), (first.id, 1));
+    assert!(
+        owner.route_key.starts_with("preview.web.shop.ws-"),
+        "{}",
+        owner.route_key
+    );
+
+    replace_in(
+        &repo.path.join("vango_state_schema.json"),
+        "\"json:int:v1\"",
+        "\"json:int:v2\"",
+    )?;
+    let output = std::process::Command::new("python3")
+        .args(["build.py", "--write-schema-hash"])
+        .current_dir(&repo.path)
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let repo = commit(&repo.path, "change the counter's codec")?;
+    let second = h.deploy(&repo).await?;
+    let seen = h.wait_status(second, "waiting", 1).await?;
+    assert_eq!(seen.op.current_stage, "blocked");
+    assert_eq!(seen.stages, after_validating(&["blocked"]));
+    assert!(
+        seen.error()
+            .starts_with("cold deploy: the state schema changes the codec of counter.count")
+            && seen.error().ends_with("approve to proceed"),
+        "{}",
+        seen.error()
+    );
+    h.assert_no_preview(second).await?;
+    let [owner] = h.route_owners().await?.try_into().expect("one route owner");
+    assert_eq!(
+        (owner.deployment_id, owner.epoch),
+        (first.id, 1),
+        "unchanged while blocked"
+    );
+
+    h.signal(second, DecisionKind::Approve).await?;
+    let seen = h.wait_status(second, "succeeded", 1).await?;
+    assert_eq!(seen.op.current_stage, "preview_ready");
+    assert_eq!(
+        seen.stages,
+        after_validating(&["blocked", "validating", "preview_ready"])
+    );
+    assert_eq!(seen.op.error, None, "the blocker's reason is cleared");
+    let [after] = h.route_owners().await?.try_into().expect("one route owner");
+    assert_eq!(after.route_key, owner.route_key);
+    assert_eq!((after.deployment_id, after.epoch), (second.id, 2));
+    assert_eq!(h.allocations(second).await?.len(), 1);
+    h.stop().await
+}
+
+/// Approval cannot clear a missing secret: the deploy stays blocked until aborted.
+#[tokio::test]
+async fn a_missing_secret_is_not_approvable_and_abort_ends_it() -> Result<()> {
+    let h = Harness::start("deploy_wf_secret").await?;
+    let repo = h.repo("repo", |dir| {
+        replace_in(
+            &dir.join("rhone.toml"),
+            "[wake]",
+            "[secrets]\nrequired = [\"STRIPE_API_KEY\"]\n\n[wake]",
+        )
+    })?;
+    let d = h.deploy(&repo).await?;
+    let blocked = h.wait_status(d, "waiting", 1).await?;
+    assert_eq!(blocked.op.current_stage, "blocked");
+    assert_eq!(
+        blocked.error(),
+        "missing secret STRIPE_API_KEY on environment preview: set it, then retry"
+    );
+
+    h.signal(d, DecisionKind::Approve).await?;
+    let seen = h.stays(d, &blocked).await?;
+    assert_eq!(seen.error(), blocked.error());
+
+    h.signal(d, DecisionKind::Abort).await?;
+    let seen = h.wait_status(d, "aborted", 1).await?;
+    assert_eq!(seen.op.current_stage, "failed");
+    assert_eq!(seen.stages, after_validating(&["blocked", "failed"]));
+    assert_eq!(seen.error(), "aborted by user:oncall");
+    h.assert_no_preview(d).await?;
+    h.stop().await
+}
+
+/// A migration blocks the preview; a retry with nothing changed validates again and blocks
+/// again.
+#[tokio::test]
+async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
+    let h = Harness::start("deploy_wf_migration").await?;
+    let repo = h.repo("repo", |dir| {
+        std::fs::create_dir_all(dir.join("migrations"))?;
+        std::fs::write(
+            dir.join("migrations/0001_counts.sql"),
+            "CREATE TABLE counts (n int);\n",
+        )?;
+        let toml = dir.join("rhone.toml");
+        let command = "python3 build.py && cp -r migrations dist/migrations";
+        replace_in(
+            &toml,
+            "command = \"python3 build.py\"",
+            &format!("command = '{command}'"),
+        )?;
+        replace_in(
+            &toml,
+            "[wake]",
+            "[migrations]\ndir = \"migrations\"\n\n[wake]",
+        )
+    })?;
+    let d = h.deploy(&repo).await?;
+    let seen = h.wait_status(d, "waiting", 1).await?;
+    assert_eq!(seen.op.current_stage, "blocked");
+    assert!(
+        seen.error().starts_with(
+            "migration blocks preview: 1 migration file(s) (migrations/0001_counts.sql)"
+        ),
+        "{}",
+        seen.error()
+    );
+
+    h.signal(d, DecisionKind::Retry).await?;
+    let seen = h.wait_status(d, "waiting", 2).await?;
+    assert_eq!(
+        seen.stages,
+        after_validating(&["blocked", "validating", "blocked"])
+    );
+    assert!(
+        seen.error().starts_with("migration blocks preview"),
+        "{}",
+        seen.error()
+    );
+    h.assert_no_preview(d).await?;
+
+    h.signal(d, DecisionKind::Abort).await?;
+    let seen = h.wait_status(d, "aborted", 1).await?;
+    assert_eq!(seen.op.current_stage, "failed");
+    h.stop().await
+}
+
+/// A fingerprinted file whose content no longer matches its name fails validation.
+#[tokio::test]
+async fn stale_generated_artifacts_fail_the_deploy() -> Result<()> {
+    let h = Harness::start("deploy_wf_stale").await?;
+    let repo = h.repo("repo", |dir| {
+        let command =
+            "python3 build.py && for f in dist/public/app.*.css; do printf tampered >> $f; done";
+        replace_in(
+            &dir.join("rhone.toml"),
+            "command = \"python3 build.py\"",
+            &format!("command = '{command}'"),
+        )
+    })?;
+    let d = h.deploy(&repo).await?;
+    let seen = h.wait_status(d, "failed", 1).await?;
+    assert_eq!(seen.op.current_stage, "failed");
+    assert_eq!(seen.stages, after_validating(&["failed"]));
+    assert!(
+        seen.error()
+            .starts_with("stale generated artifact public/app.css: manifest says app."),
+        "{}",
+        seen.error()
+    );
+    h.assert_no_preview(d).await?;
+    h.stop().await
+}
+
+/// A failing build command and a malformed rhone.toml fail the deploy in `building`, with
+/// the exit status and the manifest's line, column and field.
+#[tokio::test]
+async fn build_failures_fail_the_deploy_with_the_reason() -> Result<()> {
+    let h = Harness::start("deploy_wf_build").await?;
+    let failing = h.repo("failing", |dir| {
+        replace_in(
+            &dir.join("rhone.toml"),
+            "command = \"python3 build.py\"",
+            "command = 'echo boom: syntax error >&2; exit 3'",
+        )
+    })?;
+    let malformed = h.repo("malformed", |dir| {
+        replace_in(&dir.join("rhone.toml"), "port = 8080", "port = \"eighty\"")
+    })?;
+    let line = std::fs::read_to_string(malformed.path.join("rhone.toml"))?
+        .lines()
+        .position(|l| l.starts_with("port = "))
+        .context("port line")?
+        + 1;
+    let failing = h.deploy(&failing).await?;
+    let malformed = h.deploy(&malformed).await?;
+    let to_failed = stages(&["queued", "cloning", "building", "failed"]);
+
+    let seen = h.wait_status(failing, "failed", 1).await?;
+    assert_eq!(seen.stages, to_failed);
+    assert!(
+        seen.error()
+            .starts_with("build command exited with status 3; last lines of the build log:\n")
+            && seen.error().ends_with("boom: syntax error"),
+        "{}",
+        seen.error()
+    );
+
+    let seen = h.wait_status(malformed, "failed", 1).await?;
+    assert_eq!(seen.stages, to_failed);
+    assert_eq!(
+        seen.error(),
+        format!(
+            "rhone.toml:{line}:8: run.port: expected an integer between 1 and 65535, found \"eighty\""
+        )
+    );
+    for d in [failing, malformed] {
+        h.assert_no_preview(d).await?;
+    }
+    h.stop().await
+}

@@ -1,0 +1,247 @@
+//! Per test: a temp SQLite DB with an environment (the `deploy_support` fixture), a local
+//! artifact store shared by a worker on its own task queue and an in-test runner registered
+//! as the one ready runner, and deploys started as the API starts them.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rhone_activities::temporal::{self, Client, TemporalConfig};
+use rhone_activities::{Worker, WorkerConfig, WorkerHandle};
+use rhone_core::{OperationKind, workflow_id};
+use rhone_runner::{ArtifactStore, RunnerConfig, RunnerIdentity, RunnerState};
+use rhone_schema::entity::{allocation, operation, route_owner};
+use rhone_workflows::{Decision, DecisionKind, DecisionSignal, DeployInput, DeployWorkflow};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use temporalio_client::WorkflowStartOptions;
+
+use super::deploy_support::{Deployment, Fixture, Repo};
+
+pub struct Harness {
+    pub fx: Fixture,
+    client: Client,
+    queue: String,
+    worker: WorkerHandle,
+    runner_stop: tokio::sync::oneshot::Sender<()>,
+    runner: tokio::task::JoinHandle<Result<(), rhone_runner::RunnerError>>,
+}
+
+/// The operation row and its recorded stage names, in order.
+pub struct Seen {
+    pub op: operation::Model,
+    pub stages: Vec<String>,
+}
+
+impl Seen {
+    pub fn error(&self) -> &str {
+        self.op.error.as_deref().unwrap_or("")
+    }
+}
+
+impl Harness {
+    pub async fn start(test: &str) -> Result<Harness> {
+        let fx = Fixture::new().await?;
+        let server = rhone_testkit::temporal::server().await?;
+        let client = temporal::connect(&TemporalConfig {
+            address: Some(server.target.clone()),
+            namespace: Some(server.namespace.clone()),
+        })
+        .await?;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = format!("http://{}", listener.local_addr()?);
+        let mut config = RunnerConfig::new(fx.tmp.path().join("runner"));
+        config.artifact_dir = fx.tmp.path().join("artifacts");
+        let state = RunnerState {
+            identity: RunnerIdentity {
+                name: "runner-1".into(),
+                region: "local".into(),
+                cell: "cell-1".into(),
+            },
+            store: ArtifactStore::local(config.artifact_dir.clone()),
+            config,
+        };
+        let (runner_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runner = tokio::spawn(rhone_runner::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        rhone_schema::topology::ensure_runner(&fx.db, "local", "cell-1", "runner-1", &address)
+            .await?;
+
+        let queue = rhone_testkit::unique_name(test);
+        let worker = Worker::spawn(
+            WorkerConfig {
+                task_queue: queue.clone(),
+                deploy: fx.config.clone(),
+                ..WorkerConfig::default()
+            },
+            client.clone(),
+            fx.db.clone(),
+        )?;
+        Ok(Harness {
+            fx,
+            client,
+            queue,
+            worker,
+            runner_stop,
+            runner,
+        })
+    }
+
+    /// Stops the worker, then the runner (which stops the apps it started).
+    pub async fn stop(self) -> Result<()> {
+        tokio::time::timeout(Duration::from_secs(30), self.worker.shutdown())
+            .await
+            .context("worker shutdown")??;
+        let _ = self.runner_stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.runner)
+            .await
+            .context("runner shutdown")???;
+        Ok(())
+    }
+
+    /// A test repository: `examples/counter` with `edit` applied.
+    pub fn repo(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<Repo> {
+        self.fx.repo(name, edit)
+    }
+
+    /// Records the deployment and its operation as the API does, then starts the workflow.
+    pub async fn deploy(&self, repo: &Repo) -> Result<Deployment> {
+        let source = Fixture::source(repo, "main");
+        let d = self.fx.deployment(&source).await?;
+        let input = DeployInput {
+            operation_id: d.operation_id,
+            deployment_id: d.id,
+            environment_id: self.fx.env.id,
+            source,
+        };
+        let id = workflow_id(OperationKind::Deploy, d.operation_id);
+        self.client
+            .start_workflow(
+                DeployWorkflow::run,
+                input,
+                WorkflowStartOptions::new(self.queue.clone(), id).build(),
+            )
+            .await?;
+        Ok(d)
+    }
+
+    pub async fn signal(&self, d: Deployment, kind: DecisionKind) -> Result<()> {
+        let id = workflow_id(OperationKind::Deploy, d.operation_id);
+        self.client
+            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(id)
+            .signal(
+                DecisionSignal(kind),
+                Decision {
+                    actor: "user:oncall".into(),
+                    reason: Some(format!("test {}", kind.as_str())),
+                },
+                Default::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn seen(&self, d: Deployment) -> Result<Seen> {
+        let op = operation::Entity::find_by_id(d.operation_id.0)
+            .one(&self.fx.db)
+            .await?
+            .context("operation row")?;
+        let stages = rhone_schema::ops::stages(&self.fx.db, d.operation_id.0)
+            .await?
+            .into_iter()
+            .map(|s| s.stage)
+            .collect();
+        Ok(Seen { op, stages })
+    }
+
+    /// Polls until `done` holds, failing with what was last seen once the deploy has ended
+    /// otherwise or a deadline has passed.
+    pub async fn wait(&self, d: Deployment, done: impl Fn(&Seen) -> bool) -> Result<Seen> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = self.seen(d).await?;
+            if done(&seen) {
+                return Ok(seen);
+            }
+            let ended = ["succeeded", "failed", "aborted"].contains(&seen.op.status.as_str());
+            if ended || tokio::time::Instant::now() > deadline {
+                bail!(
+                    "deploy is {} at {} (stages {:?}, error {:?})",
+                    seen.op.status,
+                    seen.op.current_stage,
+                    seen.stages,
+                    seen.op.error
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the deploy has `status` with `count` records of its current stage.
+    pub async fn wait_status(&self, d: Deployment, status: &str, count: usize) -> Result<Seen> {
+        self.wait(d, |s| {
+            s.op.status == status
+                && s.stages
+                    .iter()
+                    .filter(|x| **x == s.op.current_stage)
+                    .count()
+                    == count
+        })
+        .await
+    }
+
+    /// Checks that the deploy's state stays as it is for a moment (a decision that must not
+    /// move it has had time to be handled).
+    pub async fn stays(&self, d: Deployment, before: &Seen) -> Result<Seen> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        loop {
+            let seen = self.seen(d).await?;
+            if (&seen.op.status, &seen.op.current_stage, &seen.stages)
+                != (&before.op.status, &before.op.current_stage, &before.stages)
+            {
+                bail!(
+                    "deploy moved to {} at {} ({:?})",
+                    seen.op.status,
+                    seen.op.current_stage,
+                    seen.stages
+                );
+            }
+            if tokio::time::Instant::now() > until {
+                return Ok(seen);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn route_owners(&self) -> Result<Vec<route_owner::Model>> {
+        Ok(route_owner::Entity::find().all(&self.fx.db).await?)
+    }
+
+    pub async fn allocations(&self, d: Deployment) -> Result<Vec<allocation::Model>> {
+        Ok(allocation::Entity::find()
+            .filter(allocation::Column::DeploymentId.eq(d.id))
+            .all(&self.fx.db)
+            .await?)
+    }
+
+    /// Nothing of a preview was written for `d`: no allocation, no route owner names it.
+    pub async fn assert_no_preview(&self, d: Deployment) -> Result<()> {
+        let allocations = self.allocations(d).await?;
+        assert!(allocations.is_empty(), "no allocation: {allocations:?}");
+        let owners = self.route_owners().await?;
+        assert!(
+            owners.iter().all(|o| o.deployment_id != d.id),
+            "no route owner: {owners:?}"
+        );
+        Ok(())
+    }
+}
+
+/// Stage names, for comparing with [`Seen::stages`].
+pub fn stages(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
