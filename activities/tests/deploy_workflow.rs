@@ -244,3 +244,26 @@ async fn build_failures_fail_the_deploy_with_the_reason() -> Result<()> {
     }
     h.stop().await
 }
+
+/// The same deploy with the S3 artifact store (a real S3 API server) shared by the worker and
+/// the runner: the artifact is stored in the bucket by digest and the preview runs it.
+#[tokio::test]
+async fn deploy_with_the_s3_artifact_store_reaches_preview() -> Result<()> {
+    let h = Harness::start_s3("deploy_wf_s3").await?;
+    let repo = h.repo("repo", |_| Ok(()))?;
+    let d = h.deploy(&repo).await?;
+    let seen = h.wait_status(d, "succeeded", 1).await?;
+    assert_eq!(seen.stages, after_validating(&["preview_ready"]));
+    let [owner] = h.route_owners().await?.try_into().expect("one route owner");
+    assert_eq!(owner.deployment_id, d.id);
+    let digest: rhone_store::Digest = owner.artifact_digest.parse()?;
+    assert!(
+        h.fx.config.store.exists(&digest).await?,
+        "the artifact is in the bucket"
+    );
+    assert!(matches!(
+        h.fx.config.store,
+        rhone_store::ArtifactStore::S3(_)
+    ));
+    h.stop().await
+}

@@ -39,7 +39,38 @@ impl Seen {
 
 impl Harness {
     pub async fn start(test: &str) -> Result<Harness> {
-        let fx = Fixture::new().await?;
+        Self::start_with(test, None).await
+    }
+
+    /// A harness whose worker and runner share an artifact store in a fresh bucket of the
+    /// test S3 API server, instead of a local directory.
+    pub async fn start_s3(test: &str) -> Result<Harness> {
+        let s3 = rhone_testkit::s3::server().await?;
+        // Bucket names allow `-` but not `_`.
+        let bucket = rhone_testkit::unique_name(test).replace('_', "-");
+        let store = rhone_store::S3Store::new(&rhone_store::S3Config {
+            endpoint: s3.endpoint,
+            region: s3.region,
+            bucket,
+            prefix: "artifacts".into(),
+            access_key_id: s3.access_key,
+            secret_access_key: rhone_store::SecretKey::new(s3.secret_key),
+        })?;
+        store
+            .client()
+            .create_bucket()
+            .bucket(store.bucket())
+            .send()
+            .await
+            .with_context(|| format!("creating bucket {}", store.bucket()))?;
+        Self::start_with(test, Some(ArtifactStore::S3(store))).await
+    }
+
+    async fn start_with(test: &str, store: Option<ArtifactStore>) -> Result<Harness> {
+        let mut fx = Fixture::new().await?;
+        if let Some(store) = store {
+            fx.config.store = store;
+        }
         let server = rhone_testkit::temporal::server().await?;
         let client = temporal::connect(&TemporalConfig {
             address: Some(server.target.clone()),
@@ -57,7 +88,7 @@ impl Harness {
                 region: "local".into(),
                 cell: "cell-1".into(),
             },
-            store: ArtifactStore::local(config.artifact_dir.clone()),
+            store: fx.config.store.clone(),
             config,
         };
         let (runner_stop, stopped) = tokio::sync::oneshot::channel::<()>();
