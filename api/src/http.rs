@@ -1,19 +1,33 @@
 //! The HTTP surface: `POST /graphql` runs a GraphQL request, `GET /graphql` serves
-//! GraphiQL, `GET /healthz` answers `ok`. Bodies are capped at [`MAX_BODY_BYTES`];
-//! authentication happens here, before execution, so an unauthenticated request never
-//! reaches a resolver.
+//! GraphiQL, `GET /graphql/ws` serves subscriptions over WebSocket (`graphql-transport-ws`
+//! and `graphql-ws`), `GET /healthz` answers `ok`. Bodies and WebSocket messages are capped
+//! at [`MAX_BODY_BYTES`]; authentication happens here, before execution (from the
+//! `connection_init` payload on a WebSocket), so an unauthenticated request never reaches a
+//! resolver.
 
 use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
+use async_graphql::http::{
+    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWebSocket, WebSocketProtocols,
+    WsMessage,
+};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header::AUTHORIZATION},
+    extract::{
+        DefaultBodyLimit, State, WebSocketUpgrade,
+        rejection::BytesRejection,
+        ws::{CloseFrame, Message, WebSocket},
+    },
+    http::{
+        HeaderMap, StatusCode,
+        header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL},
+    },
     response::{Html, IntoResponse, Response},
     routing::get,
 };
+use futures::{SinkExt, StreamExt, future};
+use sea_orm::DatabaseConnection;
 use tracing::Instrument;
 
 use crate::{
@@ -44,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
     });
     Router::new()
         .route("/graphql", get(graphiql).post(graphql_post))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::runner_reports::router(&shared.state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -127,4 +142,98 @@ async fn graphql_post(
 /// A refusal before execution, as a GraphQL response with the HTTP status to match.
 fn refuse(status: StatusCode, err: &ApiError) -> Response {
     (status, Json(err.to_response())).into_response()
+}
+
+/// Upgrades to a GraphQL WebSocket. The client must offer `graphql-transport-ws` or
+/// `graphql-ws`; the connection is authenticated by its `connection_init`.
+async fn graphql_ws(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let protocol = headers
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|offered| {
+            offered
+                .split(',')
+                .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+        });
+    let Some(protocol) = protocol else {
+        let err = ApiError::invalid(
+            "Sec-WebSocket-Protocol",
+            "offer `graphql-transport-ws` or `graphql-ws`",
+        );
+        return refuse(StatusCode::BAD_REQUEST, &err);
+    };
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY_BYTES)
+        .max_frame_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| serve_ws(shared, socket, protocol))
+}
+
+/// Runs async-graphql's protocol driver over `socket` until either side closes.
+async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketProtocols) {
+    let (mut sink, stream) = socket.split();
+    let incoming = stream
+        .take_while(|message| future::ready(message.is_ok()))
+        .filter_map(|message| {
+            future::ready(match message {
+                Ok(message @ (Message::Text(_) | Message::Binary(_))) => Some(message.into_data()),
+                _ => None,
+            })
+        });
+    let db = shared.state.db.clone();
+    let mut outgoing = GraphQLWebSocket::new(shared.schema.clone(), incoming, protocol)
+        .on_connection_init(move |payload| async move {
+            let actor = ws_actor(&db, &payload).await.map_err(|err| {
+                let message = match err {
+                    ApiError::Unauthenticated => WS_UNAUTHENTICATED.to_owned(),
+                    other => other.to_graphql().message,
+                };
+                async_graphql::Error::new(message)
+            })?;
+            tracing::info!(actor = actor.subject(), "GraphQL WebSocket authenticated");
+            let mut data = async_graphql::Data::default();
+            data.insert(actor);
+            Ok(data)
+        });
+    while let Some(message) = outgoing.next().await {
+        let message = match message {
+            WsMessage::Text(text) => Message::Text(text.into()),
+            WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        };
+        if sink.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Why a WebSocket was refused at `connection_init`. A close frame's reason holds at most 123
+/// bytes, so this is short.
+const WS_UNAUTHENTICATED: &str =
+    r#"authentication required: send {"Authorization": "Bearer <token>"} in connection_init"#;
+
+/// The actor of a `connection_init` payload: `Authorization` (or `authorization`) holds
+/// `Bearer <token>`, or `token` holds the token, with or without `Bearer `. No token is
+/// UNAUTHENTICATED: a WebSocket never runs anonymously.
+async fn ws_actor(db: &DatabaseConnection, payload: &serde_json::Value) -> Result<Actor, ApiError> {
+    let value = ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|key| payload.get(key))
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .ok_or(ApiError::Unauthenticated)?;
+    let header = if value.starts_with("Bearer ") {
+        value.to_owned()
+    } else {
+        format!("Bearer {value}")
+    };
+    auth::authenticate(db, Some(&header))
+        .await?
+        .ok_or(ApiError::Unauthenticated)
 }

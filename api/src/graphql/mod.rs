@@ -1,5 +1,6 @@
-//! The GraphQL schema: one query and one mutation object per domain module, merged. Each
-//! resolver makes one service call and maps its entities to the types of [`types`].
+//! The GraphQL schema: one query and one mutation object per domain module, merged, and the
+//! subscriptions. Each resolver makes one service call and maps its entities to the types of
+//! [`types`].
 
 pub(crate) mod access;
 pub(crate) mod audit;
@@ -10,7 +11,7 @@ pub(crate) mod operations;
 pub(crate) mod tenancy;
 pub(crate) mod types;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 
 use crate::{ApiState, auth::Actor, error::ApiError};
 
@@ -41,13 +42,20 @@ pub struct Mutation(
     operations::OperationMutation,
 );
 
-pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(operations::OperationSubscription);
+
+pub type ApiSchema = Schema<Query, Mutation, Subscription>;
 
 /// The schema with the limits of ordinary requests, or of introspection-only ones.
 pub(crate) fn build(state: Option<ApiState>, max_depth: usize) -> ApiSchema {
-    let builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_depth(max_depth)
-        .limit_complexity(MAX_COMPLEXITY);
+    let builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(max_depth)
+    .limit_complexity(MAX_COMPLEXITY);
     match state {
         Some(state) => builder.data(state).finish(),
         None => builder.finish(),

@@ -1,6 +1,7 @@
-//! Operations: reads and decisions.
+//! Operations: reads, decisions, and the stream of an operation's stages.
 
-use async_graphql::{Context, Object, connection::Connection};
+use async_graphql::{Context, Object, Subscription, connection::Connection};
+use futures::{StreamExt, stream::BoxStream};
 use uuid::Uuid;
 
 use crate::{
@@ -8,7 +9,7 @@ use crate::{
     graphql::{
         caller,
         enums::{Decision, OperationKind, OperationStatus},
-        types::Operation,
+        types::{Operation, OperationStage},
     },
     service::{operations, validate},
 };
@@ -119,5 +120,31 @@ impl OperationMutation {
         let (state, actor) = caller(ctx)?;
         let op = operations::decide(state, actor, id, decision.into(), reason).await?;
         Ok(Operation::try_from(op)?)
+    }
+}
+
+#[derive(Default)]
+pub struct OperationSubscription;
+
+#[Subscription]
+impl OperationSubscription {
+    /// Every stage record of an operation, in `seq` order and each once: those recorded so
+    /// far, then new ones as they are written. Completes after the last record once the
+    /// operation is final (succeeded, failed or aborted), and after one hour in any case.
+    /// Served over WebSocket at `/graphql/ws`.
+    async fn operation_stages(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<OperationStage>>> {
+        let (state, actor) = caller(ctx)?;
+        operations::operation(&state.db, actor, id).await?;
+        Ok(operations::follow_stages(state.db.clone(), id)
+            .map(|record| {
+                record
+                    .map(OperationStage::from)
+                    .map_err(async_graphql::Error::from)
+            })
+            .boxed())
     }
 }

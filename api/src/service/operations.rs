@@ -1,17 +1,24 @@
 //! Operations: reads scoped by the caller's grants, and `decideOperation`, which sends an
 //! approve, retry or abort signal to the operation's workflow. The API never writes a
 //! stage of a workflow-run operation; the workflow records what the decision changed.
+//! [`follow_stages`] streams an operation's stage records by polling the control DB.
 
+use std::{collections::VecDeque, time::Duration};
+
+use futures::{Stream, stream};
 use rhone_core::{OperationKind, OperationStatus, Role};
 use rhone_schema::{
     entity::{operation, operation_stage},
     ops::{self, OperationFilter, Page},
 };
 use rhone_workflows::{Decision, DecisionKind, DecisionSignal};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+};
 use serde_json::json;
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_common::UntypedWorkflow;
+use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -64,6 +71,88 @@ pub(crate) async fn stages(
     operation_id: Uuid,
 ) -> Result<Vec<operation_stage::Model>, ApiError> {
     Ok(ops::stages(db, operation_id).await?)
+}
+
+/// How often [`follow_stages`] looks for new stage records.
+pub(crate) const STAGE_POLL: Duration = Duration::from_millis(200);
+/// The longest [`follow_stages`] streams, whatever the operation does.
+pub(crate) const STAGE_FOLLOW_LIMIT: Duration = Duration::from_secs(60 * 60);
+
+/// Where a [`follow_stages`] stream is.
+struct Follow {
+    db: DatabaseConnection,
+    operation_id: Uuid,
+    /// The `seq` of the last record yielded (0 before the first).
+    after: i32,
+    /// Read and not yet yielded, in `seq` order.
+    pending: VecDeque<operation_stage::Model>,
+    /// The operation was final when `pending` was read: nothing follows it.
+    finished: bool,
+    polled: bool,
+    deadline: Instant,
+}
+
+impl Follow {
+    /// Reads the status, then the records after `after`. In that order: a record and the
+    /// status it sets are written in one transaction, so a final status read first means
+    /// the read that follows has every record.
+    async fn poll(&mut self) -> Result<(), ApiError> {
+        let op = operation::Entity::find_by_id(self.operation_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| ApiError::not_found("operation", self.operation_id))?;
+        let status: OperationStatus = op
+            .status
+            .parse()
+            .map_err(|e| ApiError::internal("reading an operation's status", e))?;
+        let rows = operation_stage::Entity::find()
+            .filter(operation_stage::Column::OperationId.eq(self.operation_id))
+            .filter(operation_stage::Column::Seq.gt(self.after))
+            .order_by_asc(operation_stage::Column::Seq)
+            .all(&self.db)
+            .await?;
+        self.pending.extend(rows);
+        self.finished = status.is_final();
+        Ok(())
+    }
+}
+
+/// The stage records of an operation the caller has already been allowed to read, in `seq`
+/// order, each once: those recorded so far, then new ones as they are written (polled every
+/// [`STAGE_POLL`]). Ends after the last record of a final operation, after
+/// [`STAGE_FOLLOW_LIMIT`], or after the first error, which it yields.
+pub(crate) fn follow_stages(
+    db: DatabaseConnection,
+    operation_id: Uuid,
+) -> impl Stream<Item = Result<operation_stage::Model, ApiError>> + Send + 'static {
+    let follow = Follow {
+        db,
+        operation_id,
+        after: 0,
+        pending: VecDeque::new(),
+        finished: false,
+        polled: false,
+        deadline: Instant::now() + STAGE_FOLLOW_LIMIT,
+    };
+    stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(record) = f.pending.pop_front() {
+                f.after = record.seq;
+                return Some((Ok(record), f));
+            }
+            if f.finished || Instant::now() >= f.deadline {
+                return None;
+            }
+            if f.polled {
+                tokio::time::sleep_until((Instant::now() + STAGE_POLL).min(f.deadline)).await;
+            }
+            f.polled = true;
+            if let Err(err) = f.poll().await {
+                f.finished = true;
+                return Some((Err(err), f));
+            }
+        }
+    })
 }
 
 /// One page of a workspace's operations, newest first, and whether more follow.

@@ -7,4 +7,5 @@ mod harness;
 mod http;
 mod isolation;
 mod mutations;
+mod subscriptions;
 mod workflows;

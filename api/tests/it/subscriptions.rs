@@ -1,0 +1,207 @@
+//! Subscriptions over a real WebSocket at `/graphql/ws` (`graphql-transport-ws`): an
+//! operation's stages streamed to completion, and the refusals (no token, a bad token,
+//! another workspace's operation).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+use crate::harness::{Api, Caller, tenancy};
+
+const CREATE_ENV: &str = "mutation($a: UUID!, $n: String!) {
+    createEnvironment(appId: $a, name: $n, kind: PRODUCTION) { id status } }";
+const STAGES: &str =
+    "subscription($id: UUID!) { operationStages(id: $id) { stage seq attempt error } }";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the server sent: a protocol message, or the close frame's code and reason.
+#[derive(Debug)]
+enum Received {
+    Json(Value),
+    Closed(u16, String),
+}
+
+/// A `graphql-transport-ws` client.
+struct Ws(WebSocketStream<TcpStream>);
+
+impl Ws {
+    async fn connect(api: &Api) -> Result<Ws> {
+        let addr = api.url.trim_start_matches("http://");
+        let stream = TcpStream::connect(addr).await?;
+        let mut request = format!("ws://{addr}/graphql/ws").into_client_request()?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
+        ensure!(
+            response.status().as_u16() == 101,
+            "status {}",
+            response.status()
+        );
+        Ok(Ws(ws))
+    }
+
+    async fn send(&mut self, message: Value) -> Result<()> {
+        Ok(self.0.send(Message::text(message.to_string())).await?)
+    }
+
+    async fn recv(&mut self) -> Result<Received> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.0.next())
+                .await
+                .context("no message in time")?
+                .context("the socket ended without a close frame")??;
+            match message {
+                Message::Text(text) => return Ok(Received::Json(serde_json::from_str(&text)?)),
+                Message::Close(frame) => {
+                    return Ok(frame.map_or(Received::Closed(1005, String::new()), |f| {
+                        Received::Closed(f.code.into(), f.reason.to_string())
+                    }));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn recv_json(&mut self) -> Result<Value> {
+        match self.recv().await? {
+            Received::Json(value) => Ok(value),
+            closed => bail!("expected a message, got {closed:?}"),
+        }
+    }
+
+    /// Connects and sends `connection_init` with `payload`.
+    async fn init(api: &Api, payload: Value) -> Result<Ws> {
+        let mut ws = Ws::connect(api).await?;
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
+            .await?;
+        Ok(ws)
+    }
+
+    /// Connects as `caller` and waits for `connection_ack`.
+    async fn acked(api: &Api, caller: &Caller) -> Result<Ws> {
+        let token = caller.token().context("a caller with a token")?;
+        let mut ws = Ws::init(api, json!({ "Authorization": format!("Bearer {token}") })).await?;
+        let ack = ws.recv_json().await?;
+        ensure!(ack["type"] == "connection_ack", "expected an ack: {ack}");
+        Ok(ws)
+    }
+
+    async fn subscribe(&mut self, id: &str, query: &str, variables: Value) -> Result<()> {
+        self.send(json!({
+            "id": id, "type": "subscribe",
+            "payload": { "query": query, "variables": variables }
+        }))
+        .await
+    }
+}
+
+#[tokio::test]
+async fn operation_stages_streams_until_the_operation_is_final() -> Result<()> {
+    let api = Api::start("operation_stages_streams_until_the_operation_is_final").await?;
+    let admin = api.admin().await?;
+    let (_, _, app) = tenancy(&admin, "subs").await?;
+    let _worker = api.worker()?;
+
+    let mut ws = Ws::acked(&api, &admin).await?;
+    let op = admin
+        .data(CREATE_ENV, json!({ "a": app, "n": "prod" }))
+        .await?["createEnvironment"]
+        .clone();
+    let id = op["id"].as_str().context("operation id")?;
+    ws.subscribe("1", STAGES, json!({ "id": id })).await?;
+
+    let mut stages = Vec::new();
+    loop {
+        let message = ws.recv_json().await?;
+        ensure!(message["id"] == "1", "{message}");
+        match message["type"].as_str() {
+            Some("next") => {
+                ensure!(
+                    message["payload"].get("errors").is_none(),
+                    "unexpected errors: {message}"
+                );
+                let stage = &message["payload"]["data"]["operationStages"];
+                stages.push((stage["stage"].clone(), stage["seq"].clone()));
+            }
+            Some("complete") => break,
+            _ => bail!("unexpected message: {message}"),
+        }
+    }
+    assert_eq!(
+        stages,
+        [(json!("requested"), json!(1)), (json!("applied"), json!(2))]
+    );
+    let done = admin
+        .data(
+            "query($id: UUID!) { operation(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await?;
+    assert_eq!(done["operation"]["status"], "SUCCEEDED");
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriptions_refuse_strangers() -> Result<()> {
+    let api = Api::start("subscriptions_refuse_strangers").await?;
+    let alice = api.admin().await?;
+    let bob = api.user("bob@example.com").await?;
+    tenancy(&alice, "alpha").await?;
+    let (b_ws, ..) = tenancy(&bob, "beta").await?;
+    let b_op = bob
+        .data(
+            "query($w: UUID!) { operations(workspaceId: $w) { nodes { id } } }",
+            json!({ "w": b_ws }),
+        )
+        .await?["operations"]["nodes"][0]["id"]
+        .as_str()
+        .context("an operation of beta")?
+        .to_owned();
+
+    // No token, or a token that is not one: the connection is closed with the reason.
+    let well_formed_unknown = format!("Bearer rhone_{}", "x".repeat(43));
+    for payload in [
+        json!({}),
+        json!({ "Authorization": "Bearer nope" }),
+        json!({ "token": well_formed_unknown }),
+    ] {
+        let mut ws = Ws::init(&api, payload.clone()).await?;
+        match ws.recv().await? {
+            Received::Closed(code, reason) => {
+                assert_eq!(code, 1002, "{payload}");
+                assert!(reason.contains("Authorization"), "{payload}: {reason}");
+            }
+            other => bail!("{payload}: expected a close, got {other:?}"),
+        }
+    }
+
+    // `token` holds the bare token as well.
+    let token = alice.token().context("alice's token")?;
+    let mut ws = Ws::init(&api, json!({ "token": token })).await?;
+    let ack = ws.recv_json().await?;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+
+    // Another workspace's operation does not exist for alice.
+    ws.subscribe("x", STAGES, json!({ "id": b_op })).await?;
+    let message = ws.recv_json().await?;
+    assert_eq!(message["type"], "next", "{message}");
+    let error = &message["payload"]["errors"][0];
+    assert_eq!(error["extensions"]["code"], "NOT_FOUND", "{message}");
+    assert_eq!(
+        error["message"],
+        format!("operation {b_op} not found"),
+        "{message}"
+    );
+    let complete = ws.recv_json().await?;
+    assert_eq!(complete["type"], "complete", "{complete}");
+    Ok(())
+}
