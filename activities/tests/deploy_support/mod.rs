@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use rhone_activities::deploy::{DeployConfig, DeployError, build_artifact, clone_source};
 use rhone_core::{OperationId, OperationKind, workflow_id};
-use rhone_schema::entity::{app, deployment, environment, project, workspace};
+use rhone_schema::entity::{deployment, environment};
 use rhone_schema::{new_id, ops};
 use rhone_store::ArtifactStore;
 use rhone_workflows::activities::{BuildInput, Built, CloneInput, SourceSpec};
@@ -222,43 +222,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 async fn environment(db: &DatabaseConnection) -> Result<environment::Model> {
-    let now = Utc::now();
-    let ws = workspace::ActiveModel {
-        id: Set(new_id()),
-        name: Set(format!("ws-{}", &new_id().simple().to_string()[20..])),
-        display_name: Set("Test".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let project = project::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        name: Set("shop".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    let app = app::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        project_id: Set(project.id),
-        name: Set("web".into()),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?;
-    Ok(environment::ActiveModel {
-        id: Set(new_id()),
-        workspace_id: Set(ws.id),
-        app_id: Set(app.id),
-        name: Set("preview".into()),
-        kind: Set("preview".into()),
-        requires_approval: Set(false),
-        scale_to_zero: Set(false),
-        wake_budget_ms: Set(10_000),
-        created_at: Set(now),
-    }
-    .insert(db)
-    .await?)
+    let name = format!("ws-{}", &new_id().simple().to_string()[20..]);
+    Ok(rhone_schema::fixtures::tenancy(db, &name, "preview")
+        .await?
+        .environment)
 }
