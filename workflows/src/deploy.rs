@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use rhone_core::{OperationId, OperationKind, OperationStatus, stage::DeployStage};
+use rhone_core::{OperationId, OperationKind, stage::DeployStage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
     SyncWorkflowContext, WorkflowContext, WorkflowResult, WorkflowTermination,
@@ -48,22 +47,8 @@ pub struct DeployWorkflow {
 
 crate::decisions_in_slot!(DeployWorkflow);
 
-/// How a deploy ends early: the stage it fails in is recorded with the reason.
-enum Stop {
-    Failed(String),
-    Aborted(Decision),
-}
-
-impl From<StepFailure> for Stop {
-    fn from(f: StepFailure) -> Self {
-        match f {
-            StepFailure::Rejected(m) => Stop::Failed(m),
-            StepFailure::Aborted(d) => Stop::Aborted(d),
-        }
-    }
-}
-
-type Flow<T> = Result<Result<T, Stop>, WorkflowTermination>;
+/// A step of the pipeline: the workflow's own termination, or the deploy's outcome.
+type Flow<T> = Result<Result<T, StepFailure>, WorkflowTermination>;
 
 #[workflow_methods]
 impl DeployWorkflow {
@@ -75,24 +60,7 @@ impl DeployWorkflow {
         let mut op = Operation::new(input.operation_id, OperationKind::Deploy);
         match Self::pipeline(ctx, &mut op, &input).await? {
             Ok(outcome) => Ok(outcome),
-            Err(stop) => {
-                let (status, message) = match stop {
-                    Stop::Failed(m) => (None, m),
-                    Stop::Aborted(d) => (
-                        Some(OperationStatus::Aborted),
-                        format!("aborted by {}", d.actor),
-                    ),
-                };
-                op.enter_with_status(
-                    ctx,
-                    DeployStage::Failed,
-                    json!({}),
-                    Some(message.clone()),
-                    status,
-                )
-                .await?;
-                Err(ApplicationFailure::non_retryable(message).into())
-            }
+            Err(failure) => op.end_failed(ctx, DeployStage::Failed, failure).await,
         }
     }
 
@@ -182,7 +150,7 @@ impl DeployWorkflow {
                 Err(f) => return Ok(Err(f.into())),
             };
             if !validation.fatal.is_empty() {
-                return Ok(Err(Stop::Failed(validation.fatal.join("; "))));
+                return Ok(Err(StepFailure::Rejected(validation.fatal.join("; "))));
             }
             let open = open_blockers(&validation, approved_by.is_some());
             if open.is_empty() {
@@ -231,7 +199,7 @@ impl DeployWorkflow {
                 ctx.wait_condition(|w| w.decisions.pending().is_some())
                     .await?;
                 match ctx.state_mut(|w| w.decisions.take()) {
-                    Some((DecisionKind::Abort, d)) => return Ok(Err(Stop::Aborted(d))),
+                    Some((DecisionKind::Abort, d)) => return Ok(Err(StepFailure::Aborted(d))),
                     Some((DecisionKind::Retry, d)) => {
                         evidence = json!({ "retried_by": d.actor, "reason": d.reason });
                         break;

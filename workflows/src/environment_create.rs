@@ -5,16 +5,15 @@
 
 use std::time::Duration;
 
-use rhone_core::{OperationId, OperationKind, OperationStatus, stage::MutationStage};
+use rhone_core::{OperationId, OperationKind, stage::MutationStage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
 
 use crate::{
     activities::{CreateEnvironmentInput, TenancyActivities},
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, step_options},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,24 +56,7 @@ impl EnvironmentCreateWorkflow {
                     .await?;
                 Ok(created.environment_id.to_string())
             }
-            Err(failure) => {
-                let (status, message) = match &failure {
-                    StepFailure::Rejected(m) => (None, m.clone()),
-                    StepFailure::Aborted(d) => (
-                        Some(OperationStatus::Aborted),
-                        format!("aborted by {}", d.actor),
-                    ),
-                };
-                op.enter_with_status(
-                    ctx,
-                    MutationStage::Failed,
-                    json!({}),
-                    Some(message.clone()),
-                    status,
-                )
-                .await?;
-                Err(ApplicationFailure::non_retryable(message).into())
-            }
+            Err(failure) => op.end_failed(ctx, MutationStage::Failed, failure).await,
         }
     }
 

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use rhone_core::{OperationId, OperationKind, OperationStatus, StateMachine};
 use serde::{Deserialize, Serialize};
+use temporalio_common::error::ApplicationFailure;
 use temporalio_common::{ActivityDefinition, RetryPolicy, data_converters::TemporalDeserializable};
 use temporalio_workflow::{
     ActivityExecutionError, ActivityOptions, RetryState, WorkflowContext, WorkflowTermination,
@@ -181,6 +182,33 @@ impl Operation {
         Ok(ctx
             .execute_activity(OperationActivities::set_status, input, record_options())
             .await?)
+    }
+
+    /// Ends the operation in `stage` (its machine's failure stage) with the failure's reason
+    /// and status (`aborted` for an abort), and fails the workflow with the same reason so
+    /// the Temporal UI agrees with the API.
+    pub async fn end_failed<W, S: StateMachine, T>(
+        &mut self,
+        ctx: &WorkflowContext<W>,
+        stage: S,
+        failure: StepFailure,
+    ) -> Result<T, WorkflowTermination> {
+        let (status, message) = match failure {
+            StepFailure::Rejected(m) => (None, m),
+            StepFailure::Aborted(d) => (
+                Some(OperationStatus::Aborted),
+                format!("aborted by {}", d.actor),
+            ),
+        };
+        self.enter_with_status(
+            ctx,
+            stage,
+            serde_json::json!({}),
+            Some(message.clone()),
+            status,
+        )
+        .await?;
+        Err(ApplicationFailure::non_retryable(message).into())
     }
 
     /// Runs one activity (given as `|| Activities::name`) as a step. A refusal comes back as [`StepFailure::Rejected`]; a
