@@ -81,6 +81,7 @@ async fn a_cold_deploy_waits_for_approval_then_proceeds() -> Result<()> {
     assert_eq!(after.route_key, owner.route_key);
     assert_eq!((after.deployment_id, after.epoch), (second.id, 2));
     assert_eq!(h.allocations(second).await?.len(), 1);
+    h.record_history(second, "deploy_cold_approved").await?;
     h.stop().await
 }
 
@@ -113,6 +114,7 @@ async fn a_missing_secret_is_not_approvable_and_abort_ends_it() -> Result<()> {
     assert_eq!(seen.stages, after_validating(&["blocked", "failed"]));
     assert_eq!(seen.error(), "aborted by user:oncall");
     h.assert_no_preview(d).await?;
+    h.record_history(d, "deploy_blocked_aborted").await?;
     h.stop().await
 }
 
@@ -167,6 +169,8 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
     h.signal(d, DecisionKind::Abort).await?;
     let seen = h.wait_status(d, "aborted", 1).await?;
     assert_eq!(seen.op.current_stage, "failed");
+    h.record_history(d, "deploy_blocked_retried_aborted")
+        .await?;
     h.stop().await
 }
 
@@ -194,6 +198,7 @@ async fn stale_generated_artifacts_fail_the_deploy() -> Result<()> {
         seen.error()
     );
     h.assert_no_preview(d).await?;
+    h.record_history(d, "deploy_failed_stale_artifacts").await?;
     h.stop().await
 }
 

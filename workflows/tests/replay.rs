@@ -1,11 +1,11 @@
 //! Replays recorded workflow histories against today's workflow code, so a change that breaks
 //! determinism fails here before it reaches a running operation. The histories are recorded
 //! by the activities tests: `RHONE_RECORD_HISTORIES=$PWD/workflows/tests/histories
-//! cargo test -p rhone-activities --test environment_create`.
+//! cargo test -p rhone-activities --test environment_create --test deploy_workflow`.
 
 use std::path::Path;
 
-use rhone_workflows::EnvironmentCreateWorkflow;
+use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow};
 use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
@@ -26,6 +26,8 @@ async fn recorded_histories_replay() {
 
     let options = WorkflowReplayerOptions::new()
         .register_workflow::<EnvironmentCreateWorkflow>()
+        .expect("registers")
+        .register_workflow::<DeployWorkflow>()
         .expect("registers")
         .build();
     let replayer = WorkflowReplayer::new(options).expect("replayer");

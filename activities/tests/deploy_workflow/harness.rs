@@ -176,6 +176,28 @@ impl Harness {
         Ok(())
     }
 
+    /// With `RHONE_RECORD_HISTORIES=DIR`, saves the deploy's workflow history as
+    /// `DIR/NAME.json` for the replay test in `workflows/tests/replay.rs`.
+    pub async fn record_history(&self, d: Deployment, name: &str) -> Result<()> {
+        let Ok(dir) = std::env::var("RHONE_RECORD_HISTORIES") else {
+            return Ok(());
+        };
+        let json = self
+            .client
+            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(workflow_id(
+                OperationKind::Deploy,
+                d.operation_id,
+            ))
+            .fetch_history(Default::default())
+            .to_json()
+            .await?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("{name}.json")),
+            json,
+        )?;
+        Ok(())
+    }
+
     pub async fn seen(&self, d: Deployment) -> Result<Seen> {
         let op = operation::Entity::find_by_id(d.operation_id.0)
             .one(&self.fx.db)
