@@ -177,8 +177,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let outcome = tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C").map(|()| None),
+    let outcome: Result<Option<_>> = tokio::select! {
+        () = serve::shutdown_signal() => Ok(None),
         Some(done) = tasks.join_next() => Ok(Some(done)),
         () = worker_stopped => Ok(None),
     };

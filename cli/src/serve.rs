@@ -127,8 +127,26 @@ pub async fn register_dev_topology(
     Ok(identity)
 }
 
-async fn shutdown_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, the signals people and supervisors stop servers
+/// with. Both handlers are installed explicitly, so a SIGINT ignored by the parent shell
+/// (background jobs) does not make the server unstoppable.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
