@@ -10,7 +10,7 @@ use rhone_schema::{
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 use serde_json::json;
 use tracing::Instrument;
@@ -128,6 +128,24 @@ pub(crate) async fn apps(
         .await?)
 }
 
+/// Writes a created row (by `insert`) and its applied operation, stage records and audit row
+/// in one transaction; a unique-key violation of the insert answers `taken()` and writes
+/// nothing. The database's unique keys are the duplicate check: no lookup before.
+async fn create_applied<T>(
+    db: &DatabaseConnection,
+    m: &Mutation,
+    taken: impl Fn() -> ApiError,
+    insert: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, DbErr>,
+) -> Result<(T, operation::Model), ApiError> {
+    let txn = begin_write(db).await?;
+    let row = insert(&txn)
+        .await
+        .map_err(|e| conflict_as(e.into(), &taken))?;
+    let op = record::applied(&txn, m).await?;
+    txn.commit().await?;
+    Ok((row, op))
+}
+
 /// Creates a workspace; the creator becomes its owner. Any user may; no runtime identity.
 pub(crate) async fn create_workspace(
     db: &DatabaseConnection,
@@ -147,13 +165,6 @@ pub(crate) async fn create_workspace(
             name.as_str()
         ))
     };
-    let exists = workspace::Entity::find()
-        .filter(workspace::Column::Name.eq(name.as_str()))
-        .one(db)
-        .await?;
-    if exists.is_some() {
-        return Err(taken());
-    }
     let id = new_id();
     let m = Mutation {
         operation_id: new_id(),
@@ -168,30 +179,30 @@ pub(crate) async fn create_workspace(
     let span =
         tracing::info_span!("create_workspace", operation_id = %m.operation_id, workspace_id = %id);
     async {
-        let now = Utc::now();
-        let txn = begin_write(db).await?;
-        let row = workspace::ActiveModel {
-            id: Set(id),
-            name: Set(name.to_string()),
-            display_name: Set(display_name.clone()),
-            created_at: Set(now),
-        }
-        .insert(&txn)
-        .await
-        .map_err(|e| conflict_as(e.into(), taken))?;
-        grant::ActiveModel {
-            id: Set(new_id()),
-            workspace_id: Set(id),
-            user_id: Set(user_id),
-            role: Set(Role::Owner.as_str().to_owned()),
-            created_at: Set(now),
-        }
-        .insert(&txn)
+        let created = create_applied(db, &m, taken, async |txn| {
+            let now = Utc::now();
+            let row = workspace::ActiveModel {
+                id: Set(id),
+                name: Set(name.to_string()),
+                display_name: Set(display_name.clone()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            grant::ActiveModel {
+                id: Set(new_id()),
+                workspace_id: Set(id),
+                user_id: Set(user_id),
+                role: Set(Role::Owner.as_str().to_owned()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            Ok(row)
+        })
         .await?;
-        let op = record::applied(&txn, &m).await?;
-        txn.commit().await?;
         tracing::info!("workspace created");
-        Ok((row, op))
+        Ok(created)
     }
     .instrument(span)
     .await
@@ -213,14 +224,6 @@ pub(crate) async fn create_project(
             ws.name
         ))
     };
-    let exists = project::Entity::find()
-        .filter(project::Column::WorkspaceId.eq(workspace_id))
-        .filter(project::Column::Name.eq(name.as_str()))
-        .one(db)
-        .await?;
-    if exists.is_some() {
-        return Err(taken());
-    }
     let id = new_id();
     let m = Mutation {
         operation_id: new_id(),
@@ -235,20 +238,19 @@ pub(crate) async fn create_project(
     let span =
         tracing::info_span!("create_project", operation_id = %m.operation_id, project_id = %id);
     async {
-        let txn = begin_write(db).await?;
-        let row = project::ActiveModel {
-            id: Set(id),
-            workspace_id: Set(workspace_id),
-            name: Set(name.to_string()),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&txn)
-        .await
-        .map_err(|e| conflict_as(e.into(), taken))?;
-        let op = record::applied(&txn, &m).await?;
-        txn.commit().await?;
+        let created = create_applied(db, &m, taken, async |txn| {
+            project::ActiveModel {
+                id: Set(id),
+                workspace_id: Set(workspace_id),
+                name: Set(name.to_string()),
+                created_at: Set(Utc::now()),
+            }
+            .insert(txn)
+            .await
+        })
+        .await?;
         tracing::info!("project created");
-        Ok((row, op))
+        Ok(created)
     }
     .instrument(span)
     .await
@@ -270,14 +272,6 @@ pub(crate) async fn create_app(
             project.name
         ))
     };
-    let exists = app::Entity::find()
-        .filter(app::Column::ProjectId.eq(project_id))
-        .filter(app::Column::Name.eq(name.as_str()))
-        .one(db)
-        .await?;
-    if exists.is_some() {
-        return Err(taken());
-    }
     let id = new_id();
     let m = Mutation {
         operation_id: new_id(),
@@ -291,21 +285,20 @@ pub(crate) async fn create_app(
     };
     let span = tracing::info_span!("create_app", operation_id = %m.operation_id, app_id = %id);
     async {
-        let txn = begin_write(db).await?;
-        let row = app::ActiveModel {
-            id: Set(id),
-            workspace_id: Set(project.workspace_id),
-            project_id: Set(project_id),
-            name: Set(name.to_string()),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&txn)
-        .await
-        .map_err(|e| conflict_as(e.into(), taken))?;
-        let op = record::applied(&txn, &m).await?;
-        txn.commit().await?;
+        let created = create_applied(db, &m, taken, async |txn| {
+            app::ActiveModel {
+                id: Set(id),
+                workspace_id: Set(project.workspace_id),
+                project_id: Set(project_id),
+                name: Set(name.to_string()),
+                created_at: Set(Utc::now()),
+            }
+            .insert(txn)
+            .await
+        })
+        .await?;
         tracing::info!("app created");
-        Ok((row, op))
+        Ok(created)
     }
     .instrument(span)
     .await
