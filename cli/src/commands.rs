@@ -209,13 +209,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                     json!({ "n": name, "d": display_name }),
                 )
                 .await?;
-            out(&d["createWorkspace"]["workspace"], &|v| {
-                println!(
-                    "created workspace {} ({})",
-                    v["name"].as_str().unwrap_or(""),
-                    v["id"].as_str().unwrap_or("")
-                )
-            });
+            out(&d["createWorkspace"]["workspace"], &created("workspace"));
         }
         ClientCommand::Projects(ProjectsCmd::List { workspace }) => {
             let ws = resolve_workspace(&api, &workspace).await?;
@@ -232,13 +226,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             let d = api
                 .call("mutation($w: UUID!, $n: String!) { createProject(workspaceId: $w, name: $n) { project { id name } } }", json!({ "w": ws, "n": name }))
                 .await?;
-            out(&d["createProject"]["project"], &|v| {
-                println!(
-                    "created project {} ({})",
-                    v["name"].as_str().unwrap_or(""),
-                    v["id"].as_str().unwrap_or("")
-                )
-            });
+            out(&d["createProject"]["project"], &created("project"));
         }
         ClientCommand::Apps(AppsCmd::List { workspace, project }) => {
             let p = resolve_project(&api, &workspace, &project).await?;
@@ -259,13 +247,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             let d = api
                 .call("mutation($p: UUID!, $n: String!) { createApp(projectId: $p, name: $n) { app { id name } } }", json!({ "p": p, "n": name }))
                 .await?;
-            out(&d["createApp"]["app"], &|v| {
-                println!(
-                    "created app {} ({})",
-                    v["name"].as_str().unwrap_or(""),
-                    v["id"].as_str().unwrap_or("")
-                )
-            });
+            out(&d["createApp"]["app"], &created("app"));
         }
         ClientCommand::Envs(EnvsCmd::List {
             workspace,
@@ -612,6 +594,14 @@ fn show_operation(op: &Value) {
         if s["evidence"].as_object().is_some_and(|o| !o.is_empty()) {
             println!("        evidence {}", s["evidence"]);
         }
+    }
+}
+
+/// Prints `created <what> <name> (<id>)` for a created object.
+fn created(what: &'static str) -> impl Fn(&Value) {
+    move |v| {
+        let f = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        println!("created {what} {} ({})", f("name"), f("id"));
     }
 }
 
