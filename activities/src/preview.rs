@@ -200,7 +200,7 @@ impl PreviewActivities {
         })
     }
 
-    /// `<env>.<app>.<project>.<workspace>.<domain>`: names are DNS labels already.
+    /// The environment's host ([`rhone_core::environment_route_key`]).
     async fn route_key(&self, dep: &deployment::Model) -> Result<String, ActivityError> {
         let db = &self.db;
         let missing = |what: &str| refuse(format!("the {what} of deployment {} is gone", dep.id));
@@ -224,9 +224,13 @@ impl PreviewActivities {
             .await
             .map_err(db_err)?
             .ok_or_else(|| missing("workspace"))?;
-        Ok(format!(
-            "{}.{}.{}.{}.{}",
-            env.name, app.name, project.name, ws.name, self.config.domain
+        Ok(rhone_core::environment_route_key(
+            &env.name,
+            &env.kind,
+            &app.name,
+            &project.name,
+            &ws.name,
+            &self.config.domain,
         ))
     }
 

@@ -43,6 +43,24 @@ pub fn operation_id_of_workflow(workflow_id: &str) -> Option<OperationId> {
     id.parse().ok()
 }
 
+/// The route key (host) of an environment: `<app>.<project>.<workspace>.<domain>` for the
+/// `production` kind, `<env>.<app>.<project>.<workspace>.<domain>` for every other. Names
+/// are DNS labels already ([`crate::Name`]), so the key is a valid host.
+pub fn environment_route_key(
+    env_name: &str,
+    env_kind: &str,
+    app: &str,
+    project: &str,
+    workspace: &str,
+    domain: &str,
+) -> String {
+    if env_kind == "production" {
+        format!("{app}.{project}.{workspace}.{domain}")
+    } else {
+        format!("{env_name}.{app}.{project}.{workspace}.{domain}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +75,18 @@ mod tests {
         }
         assert_eq!(operation_id_of_workflow("not-a-workflow"), None);
         assert_eq!(operation_id_of_workflow(&format!("bogus-{id}")), None);
+    }
+
+    #[test]
+    fn production_gets_the_short_host() {
+        let key = |name, kind| {
+            environment_route_key(name, kind, "web", "shop", "acme", "rhone.localhost")
+        };
+        assert_eq!(key("prod", "production"), "web.shop.acme.rhone.localhost");
+        assert_eq!(
+            key("preview", "preview"),
+            "preview.web.shop.acme.rhone.localhost"
+        );
+        assert_eq!(key("qa", "staging"), "qa.web.shop.acme.rhone.localhost");
     }
 }

@@ -84,6 +84,7 @@ class App:
                 "sessions": len(self.sessions),
                 "pid": os.getpid(),
                 "artifact_digest": os.environ.get("RHONE_ARTIFACT_DIGEST"),
+                "allocation_id": os.environ.get("RHONE_ALLOCATION_ID"),
             }
 
     def attach(self, requested):

@@ -115,6 +115,7 @@ pub async fn deployment<C: ConnectionTrait>(
         source: Set(json!({ "repository": "test", "ref": "main" })),
         stage: Set(stage.to_owned()),
         operation_id: Set(None),
+        promoted_from: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

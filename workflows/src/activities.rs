@@ -210,10 +210,180 @@ impl PreviewActivities {
     }
 }
 
+/// What a promotion or rollback asks the policy check to confirm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyInput {
+    pub operation_id: OperationId,
+    /// `promotion` or `rollback`.
+    pub kind: OperationKind,
+    /// The environment whose RouteOwner moves (production).
+    pub environment_id: Uuid,
+    /// The deployment of that environment the RouteOwner will point at.
+    pub deployment_id: Uuid,
+    /// For a promotion, the validated preview deployment whose artifact is promoted.
+    pub source_deployment_id: Option<Uuid>,
+    /// The route epoch the operation started from (0: the route has no owner yet).
+    pub expected_epoch: i64,
+    /// How many allocations to run.
+    pub instances: u32,
+}
+
+/// Where a route key pointed, or will point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    pub deployment_id: Uuid,
+    pub artifact_digest: String,
+    pub epoch: i64,
+}
+
+/// The policy check's answer: every gate with its evidence, and what the next steps need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub route_key: String,
+    /// The exact artifact to run: the preview's (promotion) or the target's (rollback).
+    pub digest: String,
+    /// The owner the route key has now, which a failed health window returns to.
+    pub previous: Option<RouteTarget>,
+    /// The environment requires an approval before the route moves.
+    pub approval_required: bool,
+    pub gates: Vec<GateResult>,
+    /// Timings from the worker's configuration (read here so the workflow stays pure).
+    pub health_window_ms: u64,
+    pub drain_grace_ms: u64,
+    pub propagation_deadline_ms: u64,
+}
+
+/// Start (or find again) the operation's allocations of `digest` and wait until ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationsInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub digest: String,
+    pub instances: u32,
+    /// Distinguishes sets one operation starts (`route`, `rollback`): allocation ids are
+    /// derived from (operation, purpose, index), so a retried activity never duplicates one.
+    pub purpose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationsReady {
+    pub allocation_ids: Vec<Uuid>,
+    /// Ready allocations of the deployment that were there already and are reused.
+    pub reused: Vec<Uuid>,
+}
+
+/// Compare-and-swap of the RouteOwner from `expected_epoch` to `expected_epoch + 1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveRouteInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub environment_id: Uuid,
+    pub deployment_id: Uuid,
+    pub digest: String,
+    pub expected_epoch: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMoved {
+    pub epoch: i64,
+    /// The route change log's sequence number of this change, which edges acknowledge.
+    pub seq: i64,
+}
+
+/// Wait until every live edge acknowledges change `seq`, at most `deadline_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwaitEdgesInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub seq: i64,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgesAcked {
+    /// Every live edge, each having acknowledged `seq` or later.
+    pub edges: Vec<String>,
+    pub waited_ms: u64,
+}
+
+/// Watch the new allocations for `window_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthInput {
+    pub operation_id: OperationId,
+    pub allocation_ids: Vec<Uuid>,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub healthy: bool,
+    /// Why not, naming the allocation (and its last log lines where the runner has them).
+    pub reason: Option<String>,
+    pub checks: u32,
+}
+
+/// Drain (never kill) the allocations of `deployment_id` that no RouteOwner points at any
+/// more, or exactly `allocation_ids` when given (a losing operation's own allocations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainInput {
+    pub operation_id: OperationId,
+    pub deployment_id: Uuid,
+    pub allocation_ids: Option<Vec<Uuid>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drained {
+    pub allocation_ids: Vec<Uuid>,
+    /// Left running because a RouteOwner points at their deployment again.
+    pub kept: Vec<Uuid>,
+}
+
+pub struct PromotionActivities;
+
+#[activity_definitions]
+impl PromotionActivities {
+    /// The gates: exact preview artifact (or a safe rollback target), route epoch still
+    /// current, approval rule, runtime services ready for more than one allocation.
+    #[activity(name = "check_promotion_policy")]
+    pub fn check_policy(input: PolicyInput) -> Result<Policy, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "start_allocations")]
+    pub fn start_allocations(input: AllocationsInput) -> Result<AllocationsReady, ActivityError> {
+        unimplemented!()
+    }
+
+    /// A stale epoch is a non-retryable route-epoch conflict, also written to the audit log.
+    #[activity(name = "move_route")]
+    pub fn move_route(input: MoveRouteInput) -> Result<RouteMoved, ActivityError> {
+        unimplemented!()
+    }
+
+    /// A deadline passed with live edges behind is a non-retryable edge replay gap naming them.
+    #[activity(name = "await_edges")]
+    pub fn await_edges(input: AwaitEdgesInput) -> Result<EdgesAcked, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "watch_health")]
+    pub fn watch_health(input: HealthInput) -> Result<Health, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "drain_allocations")]
+    pub fn drain_allocations(input: DrainInput) -> Result<Drained, ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::operation_activities::{RecordStage, SetStatus};
     pub use super::preview_activities::StartPreview;
+    pub use super::promotion_activities::{
+        AwaitEdges, CheckPolicy, DrainAllocations, MoveRoute, StartAllocations, WatchHealth,
+    };
     pub use super::tenancy_activities::CreateEnvironment;
 }

@@ -5,10 +5,12 @@
 pub mod activities;
 pub mod deploy;
 pub mod environment_create;
+pub mod promotion;
 pub mod stages;
 
 pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
+pub use promotion::{PromotionInput, PromotionOutcome, PromotionWorkflow};
 pub use stages::{Decision, DecisionKind, DecisionSignal};
 
 /// The task queue the control-plane worker polls.

@@ -168,7 +168,9 @@ impl Operation {
             .await?)
     }
 
-    async fn set_status<W>(
+    /// Moves the status without a stage change (`needs_attention`, back to `running`, or
+    /// `succeeded` once a stage entered as `running` has done its work).
+    pub async fn set_status<W>(
         &self,
         ctx: &WorkflowContext<W>,
         status: OperationStatus,
@@ -193,6 +195,18 @@ impl Operation {
         stage: S,
         failure: StepFailure,
     ) -> Result<T, WorkflowTermination> {
+        self.end_with(ctx, stage, failure, serde_json::json!({}))
+            .await
+    }
+
+    /// [`Operation::end_failed`] with evidence on the final stage record.
+    pub async fn end_with<W, S: StateMachine, T>(
+        &mut self,
+        ctx: &WorkflowContext<W>,
+        stage: S,
+        failure: StepFailure,
+        evidence: serde_json::Value,
+    ) -> Result<T, WorkflowTermination> {
         let (status, message) = match failure {
             StepFailure::Rejected(m) => (None, m),
             StepFailure::Aborted(d) => (
@@ -200,14 +214,8 @@ impl Operation {
                 format!("aborted by {}", d.actor),
             ),
         };
-        self.enter_with_status(
-            ctx,
-            stage,
-            serde_json::json!({}),
-            Some(message.clone()),
-            status,
-        )
-        .await?;
+        self.enter_with_status(ctx, stage, evidence, Some(message.clone()), status)
+            .await?;
         Err(ApplicationFailure::non_retryable(message).into())
     }
 

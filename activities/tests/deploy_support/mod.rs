@@ -108,6 +108,7 @@ impl Fixture {
             source: Set(json!({ "repository": source.repository, "ref": source.git_ref })),
             stage: Set("queued".into()),
             operation_id: Set(Some(operation_id.0)),
+            promoted_from: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }

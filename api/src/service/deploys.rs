@@ -148,6 +148,7 @@ pub(crate) async fn deploy(
             source: Set(json!({ "repository": source.repository, "ref": source.git_ref })),
             stage: Set(OperationKind::Deploy.initial_stage().to_owned()),
             operation_id: Set(Some(operation_id)),
+            promoted_from: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }

@@ -153,7 +153,8 @@ machine! {
 
 machine! {
     /// Production Promotion (and rollback, which is a promotion to an earlier deployment).
-    /// `healthy` holds the health window; its failure rolls the route back.
+    /// `healthy` holds the health window; its failure rolls the route back (or fails, when
+    /// there is no earlier owner to return to).
     PromotionStage, "promotion", initial Requested,
     success [Healthy], failure [RolledBack, Failed], blocked [],
     {
@@ -161,7 +162,7 @@ machine! {
         PolicyCheck = "policy_check" => [RouteCas, Failed],
         RouteCas = "route_cas" => [EdgePropagating, Failed],
         EdgePropagating = "edge_propagating" => [Healthy, RolledBack, Failed],
-        Healthy = "healthy" => [RolledBack],
+        Healthy = "healthy" => [RolledBack, Failed],
         RolledBack = "rolled_back" => [],
         Failed = "failed" => [],
     }

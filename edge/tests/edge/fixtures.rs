@@ -69,6 +69,7 @@ impl Db {
             source: Set(json!({"repo": "test", "ref": "main", "commit": "0"})),
             stage: Set("preview_ready".into()),
             operation_id: Set(None),
+            promoted_from: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -91,6 +92,7 @@ impl Db {
             cell_id: Set(self.cell),
             epoch: Set(epoch),
             operation_id: Set(None),
+            promoted_from: Set(None),
             updated_at: Set(Utc::now()),
         }
         .insert(&self.conn)

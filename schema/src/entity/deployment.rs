@@ -17,6 +17,8 @@ pub struct Model {
     pub source: Json,
     pub stage: String,
     pub operation_id: Option<Uuid>,
+    /// The preview deployment a production deployment was promoted from (same artifact).
+    pub promoted_from: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     #[sea_orm(belongs_to, from = "workspace_id", to = "id")]

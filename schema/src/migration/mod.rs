@@ -11,6 +11,7 @@ mod m20261123_000003_topology;
 mod m20261123_000004_release;
 mod m20261123_000005_bindings;
 mod m20261123_000006_build_logs;
+mod m20261124_000007_promotion;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_release::Migration),
             Box::new(m20261123_000005_bindings::Migration),
             Box::new(m20261123_000006_build_logs::Migration),
+            Box::new(m20261124_000007_promotion::Migration),
         ]
     }
 }
