@@ -3,12 +3,16 @@
 //! and does not repeat it. They decide retryability explicitly: refusals (validation,
 //! conflict, illegal transition) are non-retryable; transient I/O is retried.
 
+mod allocate;
 pub mod deploy;
 pub mod error;
 pub mod operation;
 pub mod preview;
+pub mod promotion;
 pub mod temporal;
 pub mod tenancy;
 pub mod worker;
 
+pub use allocate::Heartbeat;
+pub use promotion::{PromotionActivities, PromotionConfig};
 pub use worker::{Worker, WorkerConfig, WorkerHandle};

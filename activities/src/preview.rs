@@ -1,29 +1,24 @@
 //! The preview step of a deploy: start an allocation of the exact validated artifact on a
 //! runner, wait until the runner reports it ready, and point the preview RouteOwner at the
 //! deployment. Idempotent: a retry reuses the deployment's allocation (the runner takes the
-//! same spec and generation again) and rewriting the same owner is a no-op.
+//! same spec and generation again) and rewriting the same owner is a no-op. The start itself
+//! (spec, PUT, poll until ready, reports) is `allocate.rs`, shared with promotion.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use rhone_core::{StateMachine, stage::AllocationStage};
-use rhone_manifest::artifact::ArtifactManifest;
-use rhone_runner::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
 use rhone_schema::{
-    SchemaError,
-    allocations::{self, NewAllocation, RunnerReport},
-    entity::{
-        allocation, app, artifact, cell, deployment, environment, project, runner, workspace,
-    },
+    allocations::{self, NewAllocation},
+    entity::{allocation, app, deployment, environment, project, runner, workspace},
     new_id,
     routes::{self, OwnerWrite},
 };
 use rhone_workflows::activities::{Preview, PreviewInput, defs};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tracing::Instrument;
 
-use crate::error::activity_error;
+use crate::allocate::{self, Heartbeat, db_err, refuse};
 
 /// Where previews are published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,38 +45,27 @@ pub struct PreviewActivities {
     pub http: reqwest::Client,
 }
 
-/// A refusal no retry can fix.
-fn refuse(message: impl Into<String>) -> ActivityError {
-    let message = message.into();
-    tracing::warn!(%message, "preview refused");
-    ActivityError::application(ApplicationFailure::non_retryable(message))
-}
-
-/// Something a later attempt may get past (a runner restarting, a slow start).
-fn transient(message: impl Into<String>) -> ActivityError {
-    ActivityError::application(ApplicationFailure::new(message.into()))
-}
-
-fn db_err(e: impl Into<SchemaError>) -> ActivityError {
-    activity_error(e.into())
-}
-
 #[activities]
 impl PreviewActivities {
     #[activity(definition = defs::StartPreview)]
     pub async fn start_preview(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: PreviewInput,
     ) -> Result<Preview, ActivityError> {
         let span = tracing::info_span!("start_preview", operation_id = %input.operation_id, deployment_id = %input.deployment_id);
-        let _guard = span.enter();
-        self.preview(input).await
+        self.preview(input, Heartbeat::of(&ctx))
+            .instrument(span)
+            .await
     }
 }
 
 impl PreviewActivities {
-    async fn preview(&self, input: PreviewInput) -> Result<Preview, ActivityError> {
+    async fn preview(
+        &self,
+        input: PreviewInput,
+        heartbeat: Heartbeat<'_>,
+    ) -> Result<Preview, ActivityError> {
         let db = &self.db;
         let dep = deployment::Entity::find_by_id(input.deployment_id)
             .one(db)
@@ -94,86 +78,14 @@ impl PreviewActivities {
                 dep.id, dep.artifact_digest, input.digest
             )));
         }
-        let art = artifact::Entity::find_by_id(input.digest.clone())
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| refuse(format!("artifact {} is not recorded", input.digest)))?;
-        let manifest: ArtifactManifest = serde_json::from_value(art.manifest).map_err(|e| {
-            refuse(format!(
-                "artifact {} has an unreadable manifest: {e}",
-                input.digest
-            ))
-        })?;
+        let manifest = allocate::manifest(db, &input.digest).await?;
         let route_key = self.route_key(&dep).await?;
 
         let (alloc, runner) = self.allocation(&dep, &input.digest).await?;
-        let process = &manifest.app.process;
-        let spec = AllocationSpec {
-            allocation_id: alloc.id,
-            generation: alloc.generation,
-            artifact_digest: input.digest.parse().map_err(|e| refuse(format!("{e}")))?,
-            process: ProcessSpec {
-                command: process.command.clone(),
-                health_path: process.health_path.clone(),
-                readiness_timeout_ms: process.readiness_timeout_secs.saturating_mul(1000),
-                drain_timeout_ms: None,
-            },
-            env: Default::default(),
-            secrets: Default::default(),
-            desired: Desired::Run,
-        };
-        let status = self
-            .run_on(&runner, &spec, process.readiness_timeout_secs)
-            .await?;
-        let address = status
-            .address
-            .clone()
-            .ok_or_else(|| transient("the runner reported ready without an address"))?;
-        // The runner reports `pulling` and `starting` to the API on its own, possibly after
-        // it answers ready here, or never (no report URL): record the steps it has evidently
-        // passed, so the move to `ready` is a legal one. A step a concurrent report already
-        // recorded is skipped; the `ready` report below decides.
-        for step in [AllocationStage::Pulling, AllocationStage::Starting] {
-            let row = allocation::Entity::find_by_id(alloc.id)
-                .one(db)
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| transient(format!("allocation {} is gone", alloc.id)))?;
-            let behind = row
-                .stage
-                .parse::<AllocationStage>()
-                .is_ok_and(|current| current.can_transition_to(step));
-            if !behind {
-                continue;
-            }
-            let report = RunnerReport {
-                allocation_id: alloc.id,
-                generation: status.generation,
-                stage: step,
-                address: None,
-                exit_status: None,
-                message: None,
-                last_log_lines: Vec::new(),
-            };
-            if let Err(e) = allocations::apply_report(db, &report).await {
-                tracing::debug!(error = %e, %step, "a concurrent report got there first");
-            }
-        }
-        allocations::apply_report(
-            db,
-            &RunnerReport {
-                allocation_id: alloc.id,
-                generation: status.generation,
-                stage: AllocationStage::Ready,
-                address: Some(address),
-                exit_status: None,
-                message: None,
-                last_log_lines: Vec::new(),
-            },
+        let alloc = allocate::start(
+            db, &self.http, &runner, &alloc, &manifest, "preview", heartbeat,
         )
-        .await
-        .map_err(db_err)?;
+        .await?;
 
         let owner = routes::write_owner(
             db,
@@ -258,20 +170,7 @@ impl PreviewActivities {
         {
             return Ok((a, r));
         }
-        let runner = runner::Entity::find()
-            .filter(runner::Column::Status.eq("ready"))
-            .order_by_asc(runner::Column::Name)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| {
-                transient("no ready runner is registered; start one (`rhone serve runner`)")
-            })?;
-        let cell = cell::Entity::find_by_id(runner.cell_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| refuse(format!("runner {} has no cell", runner.name)))?;
+        let (runner, cell) = allocate::ready_runner(db).await?;
         let alloc = allocations::create_allocation(
             db,
             NewAllocation {
@@ -286,88 +185,5 @@ impl PreviewActivities {
         .await
         .map_err(db_err)?;
         Ok((alloc, runner))
-    }
-
-    /// Sends the spec and polls the runner until the allocation is ready or failed.
-    async fn run_on(
-        &self,
-        runner: &runner::Model,
-        spec: &AllocationSpec,
-        readiness_secs: u64,
-    ) -> Result<AllocationStatus, ActivityError> {
-        let url = format!(
-            "{}/v1/allocations/{}",
-            runner.address.trim_end_matches('/'),
-            spec.allocation_id
-        );
-        let resp = self
-            .http
-            .put(&url)
-            .json(spec)
-            .send()
-            .await
-            .map_err(|e| transient(format!("runner {} unreachable: {e}", runner.name)))?;
-        let code = resp.status();
-        if code.is_client_error() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(refuse(format!(
-                "runner {} refused the allocation ({code}): {body}",
-                runner.name
-            )));
-        }
-        if !code.is_success() {
-            return Err(transient(format!("runner {} answered {code}", runner.name)));
-        }
-        // Pulling and unpacking come before the app's own readiness time.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(readiness_secs + 120);
-        loop {
-            let status: AllocationStatus = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| transient(format!("runner {} status: {e}", runner.name)))?
-                .json()
-                .await
-                .map_err(|e| transient(format!("runner {} status unreadable: {e}", runner.name)))?;
-            match status.stage {
-                AllocationStage::Ready => return Ok(status),
-                AllocationStage::Failed | AllocationStage::Stopped | AllocationStage::Draining => {
-                    let lines = status
-                        .last_log_lines
-                        .iter()
-                        .rev()
-                        .take(10)
-                        .rev()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    return Err(refuse(format!(
-                        "the preview allocation {} {}: {}{}{}",
-                        spec.allocation_id,
-                        status.stage,
-                        status.message.as_deref().unwrap_or("no reason given"),
-                        status
-                            .exit_status
-                            .as_deref()
-                            .map(|s| format!(" ({s})"))
-                            .unwrap_or_default(),
-                        if lines.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; last log lines:\n{lines}")
-                        },
-                    )));
-                }
-                _ if tokio::time::Instant::now() > deadline => {
-                    return Err(transient(format!(
-                        "allocation {} is still {} on runner {}",
-                        spec.allocation_id, status.stage, runner.name
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
     }
 }

@@ -1,15 +1,16 @@
 //! The control-plane worker: registers every workflow and activity on the task queue and
 //! runs until its shutdown future resolves.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
-use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, TASK_QUEUE};
+use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow, TASK_QUEUE};
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, WorkerOptions};
 
 use crate::deploy::{DeployActivities, DeployConfig};
 use crate::preview::{PreviewActivities, PreviewConfig};
+use crate::promotion::{PromotionActivities, PromotionConfig};
 use crate::{operation::OperationActivities, tenancy::TenancyActivities};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub struct WorkerConfig {
     pub deploy: DeployConfig,
     /// Where previews are published; see [`PreviewConfig`].
     pub preview: PreviewConfig,
+    /// Health window, drain grace, edge propagation deadline and edge liveness of
+    /// promotions; see [`PromotionConfig`] for the defaults.
+    pub promotion: PromotionConfig,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +45,7 @@ impl Default for WorkerConfig {
             task_queue: TASK_QUEUE.to_owned(),
             deploy: DeployConfig::default(),
             preview: PreviewConfig::default(),
+            promotion: PromotionConfig::default(),
         }
     }
 }
@@ -118,15 +123,30 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let runtime = Runtime::from_current_tokio(Default::default())
             .map_err(|e| WorkerError::Runtime(e.to_string()))?;
+        // Runner requests are small; a runner that does not answer in time is retried (and
+        // long activities heartbeat every 5 s).
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| WorkerError::Start(e.to_string()))?;
         let options = WorkerOptions::new(config.task_queue.clone())
             .register_workflow::<EnvironmentCreateWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<DeployWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<PromotionWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_activities(PreviewActivities {
                 db: db.clone(),
                 config: config.preview.clone(),
-                http: reqwest::Client::new(),
+                http: http.clone(),
+            })
+            .register_activities(PromotionActivities {
+                db: db.clone(),
+                config: config.promotion.clone(),
+                domain: config.preview.domain.clone(),
+                http,
             })
             .register_activities(OperationActivities { db: db.clone() })
             .register_activities(TenancyActivities { db: db.clone() })

@@ -31,8 +31,10 @@ pub struct OwnerWrite {
 }
 
 /// Points `write.route_key` at a deployment at the next epoch (1 for a new key) and logs the
-/// change. Writing what the owner already says is a no-op that returns it (a retried
-/// activity). A stale `expected_epoch` is a [`SchemaError::Conflict`] naming both epochs.
+/// change. Writing what the owner already says (the same deployment and artifact, at the
+/// epoch after `expected_epoch` when given, written by the same operation when one is
+/// named) is a no-op that returns it: a retried activity. A stale `expected_epoch` is a
+/// [`SchemaError::Conflict`] naming both epochs.
 #[tracing::instrument(skip_all, fields(route_key = %write.route_key))]
 pub async fn write_owner<C>(db: &C, write: OwnerWrite) -> Result<route_owner::Model, SchemaError>
 where
@@ -51,6 +53,9 @@ where
         && cur.deployment_id == write.deployment_id
         && cur.artifact_digest == write.artifact_digest
         && write.expected_epoch.is_none_or(|e| e + 1 == cur.epoch)
+        && write
+            .operation_id
+            .is_none_or(|op| cur.operation_id == Some(op))
     {
         txn.rollback().await?;
         return Ok(cur.clone());

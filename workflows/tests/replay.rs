@@ -1,11 +1,12 @@
 //! Replays recorded workflow histories against today's workflow code, so a change that breaks
 //! determinism fails here before it reaches a running operation. The histories are recorded
 //! by the activities tests: `RHONE_RECORD_HISTORIES=$PWD/workflows/tests/histories
-//! cargo test -p rhone-activities --test environment_create --test deploy_workflow`.
+//! cargo test -p rhone-activities --test environment_create --test deploy_workflow
+//! --test promotion_workflow`.
 
 use std::path::Path;
 
-use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow};
+use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow};
 use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
@@ -28,6 +29,8 @@ async fn recorded_histories_replay() {
         .register_workflow::<EnvironmentCreateWorkflow>()
         .expect("registers")
         .register_workflow::<DeployWorkflow>()
+        .expect("registers")
+        .register_workflow::<PromotionWorkflow>()
         .expect("registers")
         .build();
     let replayer = WorkflowReplayer::new(options).expect("replayer");

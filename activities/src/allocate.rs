@@ -1,0 +1,372 @@
+//! Allocations on runners, shared by the preview and promotion activities: the spec an
+//! artifact runs with (one function, so a later command for the same allocation is the same
+//! workload), placement on a ready runner, the PUT, the poll until the runner reports ready
+//! (heartbeating every poll), the reports that bring the row to `ready`, and the stop
+//! command a drain sends.
+//!
+//! Also the retryability helpers of these activities: [`refuse`] is final, [`transient`] is
+//! retried.
+
+use std::time::Duration;
+
+use rhone_core::{StateMachine, stage::AllocationStage};
+use rhone_manifest::artifact::ArtifactManifest;
+use rhone_runner::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
+use rhone_schema::{
+    SchemaError,
+    allocations::{self, RunnerReport},
+    entity::{allocation, artifact, cell, runner},
+};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use temporalio_common::error::ApplicationFailure;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use uuid::Uuid;
+
+use crate::error::activity_error;
+
+/// How often a start is polled.
+const POLL: Duration = Duration::from_millis(100);
+/// Pulling and unpacking come before the app's own readiness time.
+const PULL_ALLOWANCE: Duration = Duration::from_secs(120);
+/// A status request is a read of the runner's memory; one slower than this counts as a
+/// runner that did not answer (and leaves room for the 5 s heartbeat timeout).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The log lines a failure message quotes.
+const LOG_LINES: usize = 10;
+
+/// A refusal no retry can fix.
+pub(crate) fn refuse(message: impl Into<String>) -> ActivityError {
+    let message = message.into();
+    tracing::warn!(%message, "activity refused");
+    ActivityError::application(ApplicationFailure::non_retryable(message))
+}
+
+/// Something a later attempt may get past (a runner restarting, a slow start).
+pub(crate) fn transient(message: impl Into<String>) -> ActivityError {
+    ActivityError::application(ApplicationFailure::new(message.into()))
+}
+
+pub(crate) fn db_err(e: impl Into<SchemaError>) -> ActivityError {
+    activity_error(e.into())
+}
+
+/// Records heartbeats of the running activity; does nothing when the activity's logic is
+/// called directly (tests).
+#[derive(Clone, Copy, Default)]
+pub struct Heartbeat<'a>(Option<&'a ActivityContext>);
+
+impl<'a> Heartbeat<'a> {
+    pub fn of(ctx: &'a ActivityContext) -> Self {
+        Heartbeat(Some(ctx))
+    }
+
+    /// No activity context: nothing is recorded.
+    pub fn none() -> Self {
+        Heartbeat(None)
+    }
+
+    pub async fn beat(&self, details: serde_json::Value) {
+        if let Some(ctx) = self.0
+            && let Err(e) = ctx.record_heartbeat(details).await
+        {
+            tracing::debug!(error = %e, "heartbeat not recorded");
+        }
+    }
+}
+
+/// The stored manifest of artifact `digest`.
+pub(crate) async fn manifest(
+    db: &DatabaseConnection,
+    digest: &str,
+) -> Result<ArtifactManifest, ActivityError> {
+    let art = artifact::Entity::find_by_id(digest.to_owned())
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| refuse(format!("artifact {digest} is not recorded")))?;
+    serde_json::from_value(art.manifest)
+        .map_err(|e| refuse(format!("artifact {digest} has an unreadable manifest: {e}")))
+}
+
+/// The command for `alloc` at its current generation. Every command for one allocation is
+/// built here, so the runner sees the same workload and only `generation`/`desired` move.
+pub(crate) fn spec(
+    alloc: &allocation::Model,
+    manifest: &ArtifactManifest,
+    desired: Desired,
+) -> Result<AllocationSpec, ActivityError> {
+    let process = &manifest.app.process;
+    Ok(AllocationSpec {
+        allocation_id: alloc.id,
+        generation: alloc.generation,
+        artifact_digest: alloc
+            .artifact_digest
+            .parse()
+            .map_err(|e| refuse(format!("allocation {}: {e}", alloc.id)))?,
+        process: ProcessSpec {
+            command: process.command.clone(),
+            health_path: process.health_path.clone(),
+            readiness_timeout_ms: process.readiness_timeout_secs.saturating_mul(1000),
+            drain_timeout_ms: None,
+        },
+        env: Default::default(),
+        secrets: Default::default(),
+        desired,
+    })
+}
+
+/// The first ready runner (by name) and its cell: where new allocations are placed.
+pub(crate) async fn ready_runner(
+    db: &DatabaseConnection,
+) -> Result<(runner::Model, cell::Model), ActivityError> {
+    let runner = runner::Entity::find()
+        .filter(runner::Column::Status.eq("ready"))
+        .order_by_asc(runner::Column::Name)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| {
+            transient("no ready runner is registered; start one (`rhone serve runner`)")
+        })?;
+    let cell = cell::Entity::find_by_id(runner.cell_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| refuse(format!("runner {} has no cell", runner.name)))?;
+    Ok((runner, cell))
+}
+
+/// The runner an allocation is placed on, if it has one that is still registered.
+pub(crate) async fn runner_of(
+    db: &DatabaseConnection,
+    alloc: &allocation::Model,
+) -> Result<Option<runner::Model>, ActivityError> {
+    let Some(id) = alloc.runner_id else {
+        return Ok(None);
+    };
+    runner::Entity::find_by_id(id).one(db).await.map_err(db_err)
+}
+
+fn url(runner: &runner::Model, allocation_id: Uuid) -> String {
+    format!(
+        "{}/v1/allocations/{allocation_id}",
+        runner.address.trim_end_matches('/')
+    )
+}
+
+/// Sends `spec` to the runner (`PUT /v1/allocations/{id}`): a new allocation starts, the
+/// same generation again is a no-op, a newer one updates it.
+pub(crate) async fn put_spec(
+    http: &reqwest::Client,
+    runner: &runner::Model,
+    spec: &AllocationSpec,
+) -> Result<(), ActivityError> {
+    let resp = http
+        .put(url(runner, spec.allocation_id))
+        .json(spec)
+        .send()
+        .await
+        .map_err(|e| transient(format!("runner {} unreachable: {e}", runner.name)))?;
+    let code = resp.status();
+    if code.is_client_error() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(refuse(format!(
+            "runner {} refused the allocation ({code}): {body}",
+            runner.name
+        )));
+    }
+    if !code.is_success() {
+        return Err(transient(format!("runner {} answered {code}", runner.name)));
+    }
+    Ok(())
+}
+
+/// What a runner says about one allocation.
+pub(crate) enum Observed {
+    Status(Box<AllocationStatus>),
+    /// 404: the runner does not know the allocation (never sent, or the runner restarted).
+    Unknown,
+}
+
+/// `GET /v1/allocations/{id}`; an error is the reason the runner could not be asked.
+pub(crate) async fn observe(
+    http: &reqwest::Client,
+    runner: &runner::Model,
+    allocation_id: Uuid,
+) -> Result<Observed, String> {
+    let resp = http
+        .get(url(runner, allocation_id))
+        .timeout(STATUS_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("runner {} unreachable: {e}", runner.name))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Observed::Unknown);
+    }
+    let resp = resp
+        .error_for_status()
+        .map_err(|e| format!("runner {} status: {e}", runner.name))?;
+    let status: AllocationStatus = resp
+        .json()
+        .await
+        .map_err(|e| format!("runner {} status unreadable: {e}", runner.name))?;
+    Ok(Observed::Status(Box::new(status)))
+}
+
+/// `DELETE /v1/allocations/{id}`: the runner drains the allocation (SIGTERM, then SIGKILL
+/// at its drain deadline). An allocation the runner does not know is already gone.
+pub(crate) async fn delete(
+    http: &reqwest::Client,
+    runner: &runner::Model,
+    allocation_id: Uuid,
+) -> Result<(), ActivityError> {
+    let resp = http
+        .delete(url(runner, allocation_id))
+        .send()
+        .await
+        .map_err(|e| transient(format!("runner {} unreachable: {e}", runner.name)))?;
+    let code = resp.status();
+    if code.is_success() || code == reqwest::StatusCode::NOT_FOUND {
+        Ok(())
+    } else {
+        Err(transient(format!(
+            "runner {} answered {code} to the drain of {allocation_id}",
+            runner.name
+        )))
+    }
+}
+
+/// Why an allocation is not running: its stage, the runner's reason, the exit status and
+/// its last log lines.
+pub(crate) fn failure(status: &AllocationStatus) -> String {
+    let start = status.last_log_lines.len().saturating_sub(LOG_LINES);
+    let lines = status.last_log_lines[start..].join("\n");
+    format!(
+        "{}: {}{}{}",
+        status.stage,
+        status.message.as_deref().unwrap_or("no reason given"),
+        status
+            .exit_status
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last log lines:\n{lines}")
+        },
+    )
+}
+
+/// Polls the runner until the allocation is ready (its status) or failed (a refusal naming
+/// it as `the {what} allocation …`). Still starting after the readiness time and a pull
+/// allowance is retried.
+pub(crate) async fn await_ready(
+    http: &reqwest::Client,
+    runner: &runner::Model,
+    allocation_id: Uuid,
+    readiness_secs: u64,
+    what: &str,
+    heartbeat: Heartbeat<'_>,
+) -> Result<AllocationStatus, ActivityError> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(readiness_secs) + PULL_ALLOWANCE;
+    loop {
+        let status = match observe(http, runner, allocation_id)
+            .await
+            .map_err(transient)?
+        {
+            Observed::Status(status) => *status,
+            Observed::Unknown => {
+                return Err(transient(format!(
+                    "allocation {allocation_id} is not known to runner {} (restarted?)",
+                    runner.name
+                )));
+            }
+        };
+        heartbeat
+            .beat(serde_json::json!({
+                "allocation_id": allocation_id, "stage": status.stage.as_str(),
+            }))
+            .await;
+        match status.stage {
+            AllocationStage::Ready => return Ok(status),
+            AllocationStage::Failed | AllocationStage::Stopped | AllocationStage::Draining => {
+                return Err(refuse(format!(
+                    "the {what} allocation {allocation_id} {}",
+                    failure(&status)
+                )));
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(transient(format!(
+                    "allocation {allocation_id} is still {} on runner {}",
+                    status.stage, runner.name
+                )));
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Brings the row to `ready` with the runner's address. The runner reports `pulling` and
+/// `starting` to the API on its own, possibly after it answers ready here, or never (no
+/// report URL): the steps it has evidently passed are recorded first, so the move to
+/// `ready` is a legal one. A step a concurrent report already recorded is skipped; the
+/// `ready` report decides.
+pub(crate) async fn record_ready(
+    db: &DatabaseConnection,
+    allocation_id: Uuid,
+    status: &AllocationStatus,
+) -> Result<allocation::Model, ActivityError> {
+    let address = status
+        .address
+        .clone()
+        .ok_or_else(|| transient("the runner reported ready without an address"))?;
+    let report = |stage, address| RunnerReport {
+        allocation_id,
+        generation: status.generation,
+        stage,
+        address,
+        exit_status: None,
+        message: None,
+        last_log_lines: Vec::new(),
+    };
+    for step in [AllocationStage::Pulling, AllocationStage::Starting] {
+        let row = allocation::Entity::find_by_id(allocation_id)
+            .one(db)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| transient(format!("allocation {allocation_id} is gone")))?;
+        let behind = row
+            .stage
+            .parse::<AllocationStage>()
+            .is_ok_and(|current| current.can_transition_to(step));
+        if !behind {
+            continue;
+        }
+        if let Err(e) = allocations::apply_report(db, &report(step, None)).await {
+            tracing::debug!(error = %e, %step, "a concurrent report got there first");
+        }
+    }
+    let outcome = allocations::apply_report(db, &report(AllocationStage::Ready, Some(address)))
+        .await
+        .map_err(db_err)?;
+    Ok(outcome.allocation().clone())
+}
+
+/// Sends the spec of `alloc` and waits until the runner reports it ready, then records
+/// that: the whole start of one allocation.
+pub(crate) async fn start(
+    db: &DatabaseConnection,
+    http: &reqwest::Client,
+    runner: &runner::Model,
+    alloc: &allocation::Model,
+    manifest: &ArtifactManifest,
+    what: &str,
+    heartbeat: Heartbeat<'_>,
+) -> Result<allocation::Model, ActivityError> {
+    put_spec(http, runner, &spec(alloc, manifest, Desired::Run)?).await?;
+    let readiness = manifest.app.process.readiness_timeout_secs;
+    let status = await_ready(http, runner, alloc.id, readiness, what, heartbeat).await?;
+    record_ready(db, alloc.id, &status).await
+}
