@@ -10,12 +10,15 @@ use axum::{
 
 use crate::page::page;
 
-/// A cause a route table may give for not answering at all (a DB error today, a gap in the
-/// route change log later).
+/// A cause a route source may give for not answering at all (a DB error, a table that has
+/// not loaded its first snapshot).
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "5";
+/// Seconds to wait on a route key held closed by the route table: a gap closes or a reload
+/// ends within about a second.
+const RETRY_AFTER_HELD_SECS: &str = "1";
 
 /// Everything that stops the edge from handing a request to an allocation.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,21 @@ pub enum EdgeError {
     NoReadyAllocation { route_key: String, epoch: i64 },
     #[error("the route table cannot be read")]
     RouteTableUnavailable(#[source] BoxError),
+    /// The change log skipped a sequence number and a change to this key came after it: the
+    /// key is refused until the missing change is read or a snapshot is reloaded.
+    #[error("route table gap: {route_key} changed after change {missing_seq}, which is missing")]
+    RouteTableGap { route_key: String, missing_seq: i64 },
+    /// The last snapshot's RouteOwner row and change log disagree about this key: it is
+    /// refused until a later snapshot agrees.
+    #[error(
+        "{route_key} is held closed: its RouteOwner is at epoch {owner_epoch}, its latest route change at {}",
+        log_epoch.map_or_else(|| "none".to_owned(), |e| format!("epoch {e}"))
+    )]
+    RouteUnverified {
+        route_key: String,
+        owner_epoch: i64,
+        log_epoch: Option<i64>,
+    },
     #[error("the request to allocation {allocation} at {address} failed")]
     Backend {
         allocation: uuid::Uuid,
@@ -75,6 +93,20 @@ pub(crate) fn respond(err: &EdgeError) -> Response {
             "Unavailable",
             "The route table cannot be read right now. Retry shortly.".to_owned(),
         ),
+        RouteTableGap { route_key, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Route table gap",
+            format!(
+                "This edge missed a route change for {route_key} (route table gap) and is catching up. Retry in a second."
+            ),
+        ),
+        RouteUnverified { route_key, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Route held closed",
+            format!(
+                "This edge cannot yet confirm which deployment serves {route_key}. Retry shortly."
+            ),
+        ),
         Backend { .. } if timed_out(err) => gateway_timeout(),
         BackendTimeout { .. } => gateway_timeout(),
         Backend { .. } | UnexpectedUpgrade { .. } => (
@@ -97,10 +129,12 @@ pub(crate) fn respond(err: &EdgeError) -> Response {
     }
     let mut resp = page(status, title, &text);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
+        let secs = match err {
+            RouteTableGap { .. } | RouteUnverified { .. } => RETRY_AFTER_HELD_SECS,
+            _ => RETRY_AFTER_SECS,
+        };
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
     }
     resp
 }
@@ -143,11 +177,13 @@ impl fmt::Display for Chain<'_> {
 mod tests {
     use super::*;
 
-    fn check(err: EdgeError, status: u16, retry_after: bool) {
+    fn check(err: EdgeError, status: u16, retry_after: Option<&str>) {
         let resp = respond(&err);
         assert_eq!(resp.status().as_u16(), status, "{err}");
         assert_eq!(
-            resp.headers().contains_key(header::RETRY_AFTER),
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
             retry_after,
             "{err}"
         );
@@ -156,20 +192,37 @@ mod tests {
     #[test]
     fn statuses() {
         let key = || "shop.example.com".to_owned();
-        check(EdgeError::MissingHost, 400, false);
-        check(EdgeError::NoRouteOwner { route_key: key() }, 404, false);
+        check(EdgeError::MissingHost, 400, None);
+        check(EdgeError::NoRouteOwner { route_key: key() }, 404, None);
         check(
             EdgeError::NoReadyAllocation {
                 route_key: key(),
                 epoch: 3,
             },
             503,
-            true,
+            Some("5"),
         );
         check(
             EdgeError::RouteTableUnavailable("db down".into()),
             503,
-            true,
+            Some("5"),
+        );
+        check(
+            EdgeError::RouteTableGap {
+                route_key: key(),
+                missing_seq: 7,
+            },
+            503,
+            Some("1"),
+        );
+        check(
+            EdgeError::RouteUnverified {
+                route_key: key(),
+                owner_epoch: 5,
+                log_epoch: Some(4),
+            },
+            503,
+            Some("1"),
         );
         let allocation = uuid::Uuid::nil();
         let after = Duration::from_secs(60);
@@ -181,9 +234,9 @@ mod tests {
                 after,
             },
             504,
-            false,
+            None,
         );
-        check(EdgeError::UnexpectedUpgrade { allocation }, 502, false);
+        check(EdgeError::UnexpectedUpgrade { allocation }, 502, None);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use axum::http::{HeaderMap, Uri, header, uri};
@@ -16,7 +19,7 @@ use rhone_schema::{
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
-use crate::error::EdgeError;
+use crate::{error::EdgeError, table::TableStatus};
 
 /// The cookie Vango keeps its session id in.
 const SESSION_COOKIE: &str = "vango_session";
@@ -76,33 +79,108 @@ impl Target {
 pub struct Route {
     pub owner: Owner,
     pub targets: Vec<Target>,
+    /// The next round-robin position; per route, so no lock is shared between routes.
+    turns: Turns,
 }
 
-/// Where the edge reads route authority from. Today a DB read per request ([`DbRoutes`]); the
-/// in-memory route table fed by the change log will implement the same trait.
+impl Route {
+    pub fn new(owner: Owner, targets: Vec<Target>) -> Self {
+        Self {
+            owner,
+            targets,
+            turns: Turns::default(),
+        }
+    }
+
+    /// This route with `targets` instead, continuing the round robin where it was.
+    pub(crate) fn with_targets(&self, targets: Vec<Target>) -> Self {
+        Self {
+            owner: self.owner.clone(),
+            targets,
+            turns: self.turns.clone(),
+        }
+    }
+
+    /// The target for a request: with a session, the target of highest rendezvous score for
+    /// it, so the same session lands on the same allocation on every edge and only sessions
+    /// of a removed allocation move; without one, the targets in turn.
+    pub fn pick(&self, session: Option<&str>) -> Option<&Target> {
+        match (self.targets.as_slice(), session) {
+            ([], _) => None,
+            ([only], _) => Some(only),
+            (targets, Some(session)) => targets
+                .iter()
+                .max_by_key(|t| rendezvous(session, t.allocation_id)),
+            (targets, None) => {
+                let n = self.turns.0.fetch_add(1, Ordering::Relaxed);
+                targets.get(n % targets.len())
+            }
+        }
+    }
+}
+
+/// A round-robin counter that does not take part in a route's equality.
+#[derive(Debug, Default)]
+struct Turns(AtomicUsize);
+
+impl Clone for Turns {
+    fn clone(&self) -> Self {
+        Self(AtomicUsize::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for Turns {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Turns {}
+
+/// Where the edge reads route authority from: the in-memory [`crate::RouteTable`] fed by the
+/// route change log (what [`crate::serve`] uses), or [`DbRoutes`], a DB read per request.
 pub trait RouteSource: Send + Sync + 'static {
     /// The route of `route_key`, or `None` when no RouteOwner claims it.
     fn route(
         &self,
         route_key: &str,
-    ) -> impl Future<Output = Result<Option<Route>, EdgeError>> + Send;
+    ) -> impl Future<Output = Result<Option<Arc<Route>>, EdgeError>> + Send;
+
+    /// What `GET /_rhone/status` reports, for a source that keeps state worth reporting.
+    fn status(&self) -> Option<TableStatus> {
+        None
+    }
 }
 
 /// Route authority read from the control DB: two indexed reads per request (the owner by
-/// primary key, then the owner's deployment's allocations).
+/// primary key, then the owner's deployment's allocations). Simple, and a peer to measure
+/// the route table against; [`crate::serve`] does not use it.
 #[derive(Clone)]
 pub struct DbRoutes {
     db: DatabaseConnection,
+    /// The round-robin position of each key, since every request builds a fresh route.
+    turns: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl DbRoutes {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            turns: Arc::default(),
+        }
+    }
+
+    fn next_turn(&self, route_key: &str) -> usize {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = turns.entry(route_key.to_owned()).or_insert(0);
+        let turn = *n;
+        *n = n.wrapping_add(1);
+        turn
     }
 }
 
 impl RouteSource for DbRoutes {
-    async fn route(&self, route_key: &str) -> Result<Option<Route>, EdgeError> {
+    async fn route(&self, route_key: &str) -> Result<Option<Arc<Route>>, EdgeError> {
         let unavailable = |e: sea_orm::DbErr| EdgeError::RouteTableUnavailable(Box::new(e));
         let Some(owner) = route_owner::Entity::find_by_id(route_key.to_owned())
             .one(&self.db)
@@ -134,15 +212,18 @@ impl RouteSource for DbRoutes {
                 target
             })
             .collect();
-        Ok(Some(Route {
-            owner: Owner {
-                route_key: owner.route_key,
-                deployment_id: owner.deployment_id,
-                artifact_digest: owner.artifact_digest,
-                epoch: owner.epoch,
-            },
-            targets,
-        }))
+        let owner = Owner {
+            route_key: owner.route_key,
+            deployment_id: owner.deployment_id,
+            artifact_digest: owner.artifact_digest,
+            epoch: owner.epoch,
+        };
+        let route = Route::new(owner, targets);
+        route
+            .turns
+            .0
+            .store(self.next_turn(route_key), Ordering::Relaxed);
+        Ok(Some(Arc::new(route)))
     }
 }
 
@@ -183,35 +264,6 @@ pub fn affinity_key(headers: &HeaderMap, uri: &Uri) -> Option<String> {
             .map(|(_, v)| v.to_owned())
     };
     from_query().or_else(from_cookie)
-}
-
-/// Chooses one target of a route.
-#[derive(Default)]
-pub(crate) struct Picker {
-    /// The next round-robin position of each route key with more than one target.
-    next: Mutex<HashMap<String, usize>>,
-}
-
-impl Picker {
-    /// With a session, the target of highest rendezvous score for it, so the same session
-    /// lands on the same allocation on every edge, and only sessions of a removed allocation
-    /// move. Without one, the route's targets in turn.
-    pub(crate) fn pick<'a>(&self, route: &'a Route, session: Option<&str>) -> Option<&'a Target> {
-        match (route.targets.as_slice(), session) {
-            ([], _) => None,
-            ([only], _) => Some(only),
-            (targets, Some(session)) => targets
-                .iter()
-                .max_by_key(|t| rendezvous(session, t.allocation_id)),
-            (targets, None) => {
-                let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-                let n = next.entry(route.owner.route_key.clone()).or_insert(0);
-                let i = *n % targets.len();
-                *n = n.wrapping_add(1);
-                targets.get(i)
-            }
-        }
-    }
 }
 
 /// A stable 64-bit score of (session, allocation): FNV-1a, then a splitmix64 finalizer to
@@ -311,39 +363,38 @@ mod tests {
             })
             .collect::<Option<Vec<_>>>()
             .expect("targets");
-        Route {
-            owner: Owner {
-                route_key: "shop.localhost".into(),
-                deployment_id: Uuid::nil(),
-                artifact_digest: "sha256:00".into(),
-                epoch: 1,
-            },
-            targets,
-        }
+        let owner = Owner {
+            route_key: "shop.localhost".into(),
+            deployment_id: Uuid::nil(),
+            artifact_digest: "sha256:00".into(),
+            epoch: 1,
+        };
+        Route::new(owner, targets)
     }
 
     #[test]
     fn round_robin_visits_every_target() {
-        let picker = Picker::default();
         let r = route(3);
         let picks: Vec<u128> = (0..6)
-            .filter_map(|_| picker.pick(&r, None))
+            .filter_map(|_| r.pick(None))
             .map(|t| t.allocation_id.as_u128())
             .collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
-        assert_eq!(picker.pick(&route(0), None), None);
+        assert_eq!(route(0).pick(None), None);
+        // A route rebuilt with new targets goes on from where the old one was.
+        let next = r.with_targets(r.targets.clone());
+        assert_eq!(next.pick(None).map(|t| t.allocation_id.as_u128()), Some(1));
     }
 
     #[test]
     fn a_session_sticks_and_sessions_spread() {
-        let picker = Picker::default();
         let r = route(3);
         let mut seen = std::collections::HashSet::new();
         for s in 0..64 {
             let session = format!("session-{s}");
-            let first = picker.pick(&r, Some(&session)).expect("a target");
+            let first = r.pick(Some(&session)).expect("a target");
             for _ in 0..3 {
-                assert_eq!(picker.pick(&r, Some(&session)), Some(first));
+                assert_eq!(r.pick(Some(&session)), Some(first));
             }
             seen.insert(first.allocation_id);
         }
@@ -352,14 +403,13 @@ mod tests {
 
     #[test]
     fn removing_an_allocation_moves_only_its_sessions() {
-        let picker = Picker::default();
         let full = route(3);
         for s in 0..64 {
             let session = format!("session-{s}");
-            let before = picker.pick(&full, Some(&session)).expect("a target");
+            let before = full.pick(Some(&session)).expect("a target");
             let mut smaller = full.clone();
             smaller.targets.retain(|t| t.allocation_id.as_u128() != 3);
-            let after = picker.pick(&smaller, Some(&session)).expect("a target");
+            let after = smaller.pick(Some(&session)).expect("a target");
             if before.allocation_id.as_u128() != 3 {
                 assert_eq!(after, before, "{session} moved");
             }

@@ -1,50 +1,52 @@
-//! The edge against a real SQLite control DB and real backends: routing inside the
-//! RouteOwner's authority, forwarding headers, streaming, WebSocket upgrades, affinity and
-//! the error pages.
+//! The edge against a real control DB and real backends: routing inside the RouteOwner's
+//! authority, forwarding headers, streaming, WebSocket upgrades, affinity and the error
+//! pages (SQLite); the in-memory route table following the change log, its gaps, snapshot
+//! verification and acknowledgements (`table`, SQLite and PostgreSQL).
 
 mod backends;
 mod fixtures;
+mod harness;
+mod table;
 
 use std::{collections::HashSet, net::SocketAddr};
 
 use anyhow::{Context, Result, ensure};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use rhone_edge::EdgeState;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message;
 
 use backends::{BIG_BODY, closed_port, echo};
 use fixtures::Db;
-
-const HOST: &str = "shop-preview.localhost";
+use harness::{Edge, HOST, NOWHERE};
 
 /// A control DB and an edge serving from it.
 struct Harness {
     db: Db,
     edge: SocketAddr,
     http: reqwest::Client,
+    running: Edge,
 }
 
 impl Harness {
     async fn start() -> Result<Self> {
-        let db = Db::new().await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let edge = listener.local_addr()?;
-        let state = EdgeState {
-            db: db.conn.clone(),
-        };
-        tokio::spawn(rhone_edge::serve(listener, state, std::future::pending()));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .resolve(HOST, edge)
-            .resolve("nowhere.localhost", edge)
-            .build()?;
-        Ok(Self { db, edge, http })
+        let db = Db::sqlite().await?;
+        let running = Edge::start(&db, "edge-test", |_| {}).await?;
+        Ok(Self {
+            db,
+            edge: running.addr,
+            http: running.http.clone(),
+            running,
+        })
+    }
+
+    /// Waits until the edge serves what the DB holds now.
+    async fn settle(&self) -> Result<()> {
+        self.running.settle(&self.db).await.map(drop)
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -92,7 +94,7 @@ async fn get_is_routed_to_the_owners_ready_allocation() -> Result<()> {
     let (good, other) = (echo("a").await?, echo("x").await?);
     let digest = h.db.artifact(1).await?;
     let dep = h.db.deployment(&digest).await?;
-    h.db.owner(HOST, &dep, 7).await?;
+    h.db.owner(HOST, &dep).await?;
     h.db.ready(&dep, &good.address).await?;
     // Same deployment, but not eligible: still starting, desired stop, an older artifact.
     h.db.allocation(&dep, &digest, "starting", "run", Some(&other.address))
@@ -102,6 +104,7 @@ async fn get_is_routed_to_the_owners_ready_allocation() -> Result<()> {
     let old = h.db.artifact(2).await?;
     h.db.allocation(&dep, &old, "ready", "run", Some(&other.address))
         .await?;
+    h.settle().await?;
 
     for _ in 0..4 {
         let d = h.describe("/dashboard?tab=1", None).await?;
@@ -134,8 +137,9 @@ async fn hop_by_hop_headers_are_not_forwarded() -> Result<()> {
     let h = Harness::start().await?;
     let backend = echo("a").await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
     h.db.ready(&dep, &backend.address).await?;
+    h.settle().await?;
 
     let answer = raw(
         h.edge,
@@ -176,8 +180,9 @@ async fn websocket_round_trips_through_the_edge() -> Result<()> {
     let h = Harness::start().await?;
     let backend = echo("a").await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
     h.db.ready(&dep, &backend.address).await?;
+    h.settle().await?;
 
     let (mut ws, name) = h.live("path=/&session=s1").await?;
     assert_eq!(name, "a");
@@ -195,31 +200,10 @@ async fn websocket_round_trips_through_the_edge() -> Result<()> {
 }
 
 #[tokio::test]
-async fn another_deployments_ready_allocation_is_never_chosen() -> Result<()> {
-    let h = Harness::start().await?;
-    let b_backend = echo("b").await?;
-    // A and B run the same artifact; B is healthy, A is not ready yet.
-    let digest = h.db.artifact(1).await?;
-    let (a, b) = (
-        h.db.deployment(&digest).await?,
-        h.db.deployment(&digest).await?,
-    );
-    h.db.owner(HOST, &a, 3).await?;
-    h.db.allocation(&a, &digest, "starting", "run", None)
-        .await?;
-    h.db.ready(&b, &b_backend.address).await?;
-
-    let resp = h.http.get(h.url(HOST, "/")).send().await?;
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(resp.headers()["retry-after"], "5");
-    assert_eq!(b_backend.hits(), 0);
-    Ok(())
-}
-
-#[tokio::test]
 async fn no_owner_is_a_404_page() -> Result<()> {
     let h = Harness::start().await?;
-    let resp = h.http.get(h.url("nowhere.localhost", "/")).send().await?;
+    h.settle().await?;
+    let resp = h.http.get(h.url(NOWHERE, "/")).send().await?;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let page = resp.text().await?;
     assert!(
@@ -233,7 +217,8 @@ async fn no_owner_is_a_404_page() -> Result<()> {
 async fn owner_without_a_ready_allocation_is_503_with_retry_after() -> Result<()> {
     let h = Harness::start().await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
+    h.settle().await?;
     let resp = h.http.get(h.url(HOST, "/")).send().await?;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "5");
@@ -246,9 +231,10 @@ async fn owner_without_a_ready_allocation_is_503_with_retry_after() -> Result<()
 async fn a_backend_that_is_down_is_502() -> Result<()> {
     let h = Harness::start().await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
     let address = closed_port().await?;
     h.db.ready(&dep, &address).await?;
+    h.settle().await?;
     let resp = h.http.get(h.url(HOST, "/")).send().await?;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let page = resp.text().await?;
@@ -264,8 +250,9 @@ async fn large_bodies_stream_both_ways() -> Result<()> {
     let h = Harness::start().await?;
     let backend = echo("a").await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
     h.db.ready(&dep, &backend.address).await?;
+    h.settle().await?;
 
     let sent: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
     let resp = h
@@ -289,13 +276,14 @@ async fn large_bodies_stream_both_ways() -> Result<()> {
 async fn a_session_sticks_to_one_allocation() -> Result<()> {
     let h = Harness::start().await?;
     let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
-    h.db.owner(HOST, &dep, 1).await?;
+    h.db.owner(HOST, &dep).await?;
     let mut backends = Vec::new();
     for name in ["a", "b", "c"] {
         let b = echo(name).await?;
         h.db.ready(&dep, &b.address).await?;
         backends.push(b);
     }
+    h.settle().await?;
 
     let mut used = HashSet::new();
     for s in 0..12 {
