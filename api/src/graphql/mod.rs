@@ -8,6 +8,8 @@ pub(crate) mod deploys;
 pub(crate) mod enums;
 pub(crate) mod environments;
 pub(crate) mod operations;
+pub(crate) mod promotions;
+pub(crate) mod routes;
 pub(crate) mod tenancy;
 pub(crate) mod types;
 
@@ -30,6 +32,7 @@ pub struct Query(
     tenancy::TenancyQuery,
     environments::EnvironmentQuery,
     operations::OperationQuery,
+    routes::RouteQuery,
     audit::AuditQuery,
 );
 
@@ -39,6 +42,7 @@ pub struct Mutation(
     tenancy::TenancyMutation,
     environments::EnvironmentMutation,
     deploys::DeployMutation,
+    promotions::PromotionMutation,
     operations::OperationMutation,
 );
 

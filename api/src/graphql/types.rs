@@ -4,7 +4,8 @@
 use async_graphql::{ComplexObject, Context, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use rhone_schema::entity::{
-    app, audit_log, environment, grant, operation, operation_stage, project, user, workspace,
+    app, audit_log, deployment, environment, grant, operation, operation_stage, project,
+    route_owner, user, workspace,
 };
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ use crate::{
         enums::{OperationKind, OperationStatus, Role},
         state,
     },
-    service::{environments::EnvironmentKind, operations},
+    service::{environments::EnvironmentKind, operations, routes},
 };
 
 #[derive(SimpleObject)]
@@ -77,6 +78,7 @@ impl From<app::Model> for App {
 }
 
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Environment {
     pub id: Uuid,
     pub workspace_id: Uuid,
@@ -88,6 +90,15 @@ pub struct Environment {
     /// How long the edge holds a request while the app wakes.
     pub wake_budget_ms: i32,
     pub created_at: DateTime<Utc>,
+}
+
+#[ComplexObject]
+impl Environment {
+    /// Who serves the environment's host now; null before its first deploy or promotion.
+    async fn route_owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RouteOwner>> {
+        let view = routes::owner_of_environment(&state(ctx)?.db, self.id).await?;
+        Ok(view.map(RouteOwner::try_from).transpose()?)
+    }
 }
 
 impl TryFrom<environment::Model> for Environment {
@@ -110,6 +121,83 @@ impl TryFrom<environment::Model> for Environment {
             wake_budget_ms: i32::try_from(m.wake_budget_ms)
                 .map_err(|e| ApiError::internal("reading an environment's wake budget", e))?,
             created_at: m.created_at,
+        })
+    }
+}
+
+/// A release of an app into an environment: its source, the immutable artifact once built,
+/// and the stage of the operation that made it.
+#[derive(SimpleObject)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub app_id: Uuid,
+    pub environment_id: Uuid,
+    /// `sha256:<hex>`, once built (a promoted deployment has its preview's from the start).
+    pub artifact_digest: Option<String>,
+    /// `{repository, ref}` as deployed.
+    pub source: Json<serde_json::Value>,
+    pub stage: String,
+    /// The deploy or promotion operation that made it.
+    pub operation_id: Option<Uuid>,
+    /// The preview deployment whose exact artifact this one was promoted from.
+    pub promoted_from: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<deployment::Model> for Deployment {
+    fn from(m: deployment::Model) -> Self {
+        Self {
+            id: m.id,
+            workspace_id: m.workspace_id,
+            app_id: m.app_id,
+            environment_id: m.environment_id,
+            artifact_digest: m.artifact_digest,
+            source: Json(m.source),
+            stage: m.stage,
+            operation_id: m.operation_id,
+            promoted_from: m.promoted_from,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// The authority for a host: the deployment and exact artifact it serves, at a monotonic
+/// `epoch` that only promotion and rollback advance (a deploy advances a preview host's).
+#[derive(SimpleObject)]
+pub struct RouteOwner {
+    /// The host, e.g. `web.shop.acme.rhone.localhost`.
+    pub route_key: String,
+    pub epoch: i64,
+    pub deployment: Deployment,
+    pub artifact_digest: String,
+    pub environment: Environment,
+    /// The operation that moved the route to this epoch.
+    pub operation_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<routes::OwnerView> for RouteOwner {
+    type Error = ApiError;
+    fn try_from(v: routes::OwnerView) -> Result<Self, ApiError> {
+        let route_owner::Model {
+            route_key,
+            epoch,
+            artifact_digest,
+            operation_id,
+            updated_at,
+            ..
+        } = v.owner;
+        Ok(Self {
+            route_key,
+            epoch,
+            deployment: v.deployment.into(),
+            artifact_digest,
+            environment: v.environment.try_into()?,
+            operation_id,
+            updated_at,
         })
     }
 }

@@ -6,6 +6,8 @@ pub(crate) mod audit;
 pub(crate) mod deploys;
 pub(crate) mod environments;
 pub(crate) mod operations;
+pub(crate) mod promotions;
+pub(crate) mod routes;
 pub(crate) mod tenancy;
 pub(crate) mod validate;
 

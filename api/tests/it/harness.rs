@@ -10,8 +10,8 @@ use rhone_activities::{
 };
 use rhone_api::ApiState;
 use rhone_schema::entity::{
-    api_token, app, audit_log, environment, grant, operation, operation_stage, project, user,
-    workspace,
+    api_token, app, audit_log, deployment, environment, grant, operation, operation_stage, project,
+    user, workspace,
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
@@ -38,13 +38,30 @@ impl Api {
         Api::start_with(name, temporal_client().await?).await
     }
 
+    /// An API for the test `name` over a fresh PostgreSQL database of its own.
+    pub async fn start_postgres(name: &str) -> Result<Api> {
+        let url = rhone_testkit::postgres::database(&rhone_testkit::unique_name(name)).await?;
+        Api::start_on(name, temporal_client().await?, Some(url)).await
+    }
+
     /// An API whose Temporal client is `temporal`.
     pub async fn start_with(name: &str, temporal: temporalio_client::Client) -> Result<Api> {
+        Api::start_on(name, temporal, None).await
+    }
+
+    /// An API over the database at `db_url`, else over a fresh SQLite file.
+    async fn start_on(
+        name: &str,
+        temporal: temporalio_client::Client,
+        db_url: Option<String>,
+    ) -> Result<Api> {
         let dir = tempfile::Builder::new().prefix("rhone-api-").tempdir()?;
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("control.db").display()
-        );
+        let url = db_url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("control.db").display()
+            )
+        });
         let db = rhone_schema::connect(&url).await?;
         rhone_schema::migrate(&db).await?;
         let task_queue = rhone_testkit::unique_name(name);
@@ -145,6 +162,7 @@ impl Api {
             "projects": project::Entity::find().count(db).await?,
             "apps": app::Entity::find().count(db).await?,
             "environments": environment::Entity::find().count(db).await?,
+            "deployments": deployment::Entity::find().count(db).await?,
             "users": user::Entity::find().count(db).await?,
             "grants": grant::Entity::find().count(db).await?,
             "api_tokens": api_token::Entity::find().count(db).await?,

@@ -7,5 +7,6 @@ mod harness;
 mod http;
 mod isolation;
 mod mutations;
+mod promotions;
 mod subscriptions;
 mod workflows;
