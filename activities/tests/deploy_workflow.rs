@@ -7,6 +7,7 @@
 
 #[allow(dead_code)]
 mod deploy_support;
+#[allow(dead_code)]
 #[path = "deploy_workflow/harness.rs"]
 mod harness;
 

@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 
 use crate::client::{Api, Credentials};
 
+mod follow;
+mod release;
+
+use follow::{OnWait, follow, print_stage};
+
 #[derive(clap::Subcommand)]
 pub enum ClientCommand {
     /// Store the API address and a token for the other commands.
@@ -54,6 +59,46 @@ pub enum ClientCommand {
         /// Branch, tag or commit (default: HEAD).
         #[arg(long = "ref")]
         git_ref: Option<String>,
+    },
+    /// Promote a validated preview deployment (its deploy reached preview_ready) to an
+    /// environment: the exact artifact, no rebuild. Shows each stage until the route has
+    /// moved and the new allocations are healthy; an environment that requires approval
+    /// waits for `rhone ops approve ID` (run it in another terminal).
+    Promote {
+        /// The preview deployment's id (`rhone deploy` prints it).
+        deployment: String,
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment to promote to.
+        #[arg(long = "env", short, default_value = "production")]
+        environment: String,
+        /// How many allocations to run, 1 to 20.
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
+    },
+    /// Point an environment's route back at a deployment that served it before (default:
+    /// the one before the current owner), showing each stage like `promote`.
+    Rollback {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        #[arg(long = "env", short, default_value = "production")]
+        environment: String,
+        /// The deployment to return to.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Who serves a host: its route owner's deployment, artifact and epoch.
+    Route {
+        /// A host, e.g. web.shop.acme.rhone.localhost (a port is ignored).
+        host: String,
     },
 }
 
@@ -280,7 +325,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             let d = api
                 .call(&q, json!({ "a": a, "n": name, "k": kind.to_uppercase(), "r": requires_approval, "s": scale_to_zero, "w": wake_budget_ms }))
                 .await?;
-            let op = follow(&api, &d["createEnvironment"], json_out).await?;
+            let op = follow(&api, &d["createEnvironment"], json_out, OnWait::Return).await?;
             out(&op, &|_| {});
             if status_of(&op) != "succeeded" {
                 bail!(
@@ -318,14 +363,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             environment,
             git_ref,
         } => {
-            let a = resolve_app(&api, &workspace, &project, &app).await?;
-            let d = api
-                .call(
-                    "query($a: UUID!) { environments(appId: $a) { id name } }",
-                    json!({ "a": a }),
-                )
-                .await?;
-            let env = pick(&d["environments"], &environment, "environment")?;
+            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
             let repository = repository_arg(source.as_deref())?;
             let q = format!(
                 "mutation($e: UUID!, $r: String!, $g: String) {{ deploy(environmentId: $e, repository: $r, ref: $g) {{ {OP_FIELDS} }} }}"
@@ -333,7 +371,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             let d = api
                 .call(&q, json!({ "e": env, "r": repository, "g": git_ref }))
                 .await?;
-            let op = follow(&api, &d["deploy"], json_out).await?;
+            let op = follow(&api, &d["deploy"], json_out, OnWait::Return).await?;
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&op)?);
             } else if status_of(&op) == "succeeded" {
@@ -342,16 +380,42 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                     .and_then(|s| s.last())
                     .and_then(|s| s["evidence"]["url"].as_str());
                 println!("preview ready: {}", url.unwrap_or("(no URL recorded)"));
+                println!(
+                    "promote it with: rhone promote {} -w {workspace} -p {project} -a {app} --env ENV",
+                    op["targetId"].as_str().unwrap_or("DEPLOYMENT_ID")
+                );
             }
             if status_of(&op) != "succeeded" {
                 bail!(
                     "deploy {} is {} at {}",
                     op["id"].as_str().unwrap_or("?"),
                     status_of(&op),
-                    op["currentStage"].as_str().unwrap_or("?")
+                    follow::stopped_at(&op)
                 );
             }
         }
+        ClientCommand::Promote {
+            deployment,
+            workspace,
+            project,
+            app,
+            environment,
+            instances,
+        } => {
+            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
+            release::promote(&api, &deployment, &env, instances, json_out).await?
+        }
+        ClientCommand::Rollback {
+            workspace,
+            project,
+            app,
+            environment,
+            to,
+        } => {
+            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
+            release::rollback(&api, &env, to.as_deref(), json_out).await?
+        }
+        ClientCommand::Route { host } => release::route(&api, &host, json_out).await?,
         ClientCommand::Logs(LogsCmd::Build { id, follow }) => {
             build_log(&api, &id, follow, json_out).await?
         }
@@ -493,85 +557,6 @@ async fn decide(
     Ok(())
 }
 
-/// Polls an operation until it is final or waits for someone, printing each new stage.
-async fn follow(api: &Api, op: &Value, json_out: bool) -> Result<Value> {
-    let id = op["id"]
-        .as_str()
-        .context("the API returned an operation without id")?
-        .to_owned();
-    if !json_out {
-        println!("operation {id} ({})", op["kind"].as_str().unwrap_or("?"));
-    }
-    let mut shown = 0usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let d = api
-            .call(
-                &format!("query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} }} }}"),
-                json!({ "id": id }),
-            )
-            .await?;
-        let op = d["operation"].clone();
-        let stages = op["stages"].as_array().cloned().unwrap_or_default();
-        for s in stages.iter().skip(shown) {
-            if !json_out {
-                print_stage(s);
-            }
-        }
-        shown = stages.len();
-        let status = status_of(&op);
-        let status = status.as_str();
-        if matches!(
-            status,
-            "succeeded" | "failed" | "aborted" | "waiting" | "needs_attention"
-        ) {
-            if !json_out {
-                match status {
-                    "waiting" => println!(
-                        "waiting for a decision: rhone ops approve {id}  |  rhone ops abort {id}"
-                    ),
-                    "needs_attention" => println!(
-                        "needs attention: {}\n  rhone ops retry {id}  |  rhone ops abort {id}",
-                        op["error"].as_str().unwrap_or("")
-                    ),
-                    "failed" | "aborted" => println!(
-                        "{status} at {}: {}",
-                        op["currentStage"].as_str().unwrap_or("?"),
-                        op["error"].as_str().unwrap_or("no reason recorded")
-                    ),
-                    _ => println!("{status}"),
-                }
-            }
-            return Ok(op);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "operation {id} is still {status} after 10 minutes: follow it with `rhone ops show {id}`"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn print_stage(s: &Value) {
-    let attempt = s["attempt"].as_i64().unwrap_or(1);
-    let retry = if attempt > 1 {
-        format!(" (attempt {attempt})")
-    } else {
-        String::new()
-    };
-    let err = s["error"]
-        .as_str()
-        .map(|e| format!("  error: {e}"))
-        .unwrap_or_default();
-    println!(
-        "  {:<3} {:<16} {}{retry}{err}",
-        s["seq"],
-        s["stage"].as_str().unwrap_or("?"),
-        s["enteredAt"].as_str().unwrap_or("")
-    );
-}
-
 fn show_operation(op: &Value) {
     let f = |k: &str| op[k].as_str().unwrap_or("-").to_owned();
     println!(
@@ -681,6 +666,18 @@ async fn resolve_project(api: &Api, ws: &str, name: &str) -> Result<String> {
         )
         .await?;
     pick(&d["projects"], name, "project")
+}
+
+/// An environment of an app, by name or id.
+async fn resolve_env(api: &Api, ws: &str, project: &str, app: &str, name: &str) -> Result<String> {
+    let a = resolve_app(api, ws, project, app).await?;
+    let d = api
+        .call(
+            "query($a: UUID!) { environments(appId: $a) { id name } }",
+            json!({ "a": a }),
+        )
+        .await?;
+    pick(&d["environments"], name, "environment")
 }
 
 async fn resolve_app(api: &Api, ws: &str, project: &str, name: &str) -> Result<String> {

@@ -13,6 +13,9 @@ use tokio::{net::TcpListener, process::Command, sync::watch, task::JoinSet};
 
 use crate::{client::Credentials, serve};
 
+/// The domain of `rhone dev`'s hosts, which resolves to the loopback address.
+const DEV_DOMAIN: &str = "rhone.localhost";
+
 #[derive(clap::Args)]
 pub struct DevArgs {
     /// Directory for the SQLite control DB, Temporal's DB, logs and the admin token.
@@ -39,6 +42,11 @@ pub struct DevArgs {
     /// Email of the first user, who owns the platform's bootstrap token.
     #[arg(long, default_value = "admin@rhone.local")]
     admin_email: String,
+    /// Start everything but the worker, and print the RHONE_* variables with which a
+    /// separately started `rhone serve worker` joins this platform (to stop and restart
+    /// the worker on its own, e.g. to kill it in the middle of an operation).
+    #[arg(long)]
+    no_worker: bool,
 }
 
 /// The dev runner: work files in `<data>/runner`, artifacts from the local store in
@@ -99,7 +107,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let client = wait_for_temporal(&temporal_address, temporal_child.as_mut()).await?;
 
     let db_path = data_dir.join("rhone.db");
-    let db = rhone_schema::connect(&format!("sqlite://{}?mode=rwc", db_path.display())).await?;
+    let db_url = format!("sqlite://{}?mode=rwc", db_path.display());
+    let db = rhone_schema::connect(&db_url).await?;
     rhone_schema::migrate(&db).await?;
     let token = admin_token(&db, &data_dir, &args.admin_email).await?;
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
@@ -127,15 +136,26 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let worker_config = WorkerConfig {
         deploy: rhone_activities::deploy::DeployConfig::under(&data_dir),
         preview: rhone_activities::preview::PreviewConfig {
-            domain: "rhone.localhost".to_owned(),
+            domain: DEV_DOMAIN.to_owned(),
             port_suffix: format!(":{}", args.edge_port),
         },
         ..WorkerConfig::default()
     };
-    let worker = Worker::spawn(worker_config, client, db.clone())?;
+    let worker = if args.no_worker {
+        None
+    } else {
+        Some(Worker::spawn(worker_config, client, db.clone())?)
+    };
+    let edge_state = rhone_edge::EdgeState {
+        db: db.clone(),
+        config: rhone_edge::EdgeConfig {
+            edge_id: "dev-edge".to_owned(),
+            ..rhone_edge::EdgeConfig::for_address(edge.local_addr()?)
+        },
+    };
     tasks.spawn(serve::named(
         "edge",
-        rhone_edge::serve(edge, rhone_edge::EdgeState { db: db.clone() }, stopped()),
+        rhone_edge::serve(edge, edge_state, stopped()),
     ));
     tasks.spawn(serve::named(
         "runner",
@@ -161,6 +181,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.edge_port
     );
     println!("  Runner    http://127.0.0.1:{}", args.runner_port);
+    if args.no_worker {
+        println!("  Worker    not started (--no-worker); run `rhone serve worker` with:");
+        for (key, value) in worker_env(&db_url, &temporal_address, &data_dir, args.edge_port) {
+            println!("    {key}={value}");
+        }
+    }
     println!(
         "  Admin token in {}{}",
         data_dir.join("admin-token").display(),
@@ -173,8 +199,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("Press Ctrl-C to stop.");
 
     let worker_stopped = async {
-        while !worker.is_finished() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        match &worker {
+            Some(worker) => {
+                while !worker.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            None => std::future::pending().await,
         }
     };
     let outcome: Result<Option<_>> = tokio::select! {
@@ -188,7 +219,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Some(Err(join)) => Err(anyhow::anyhow!("a server task panicked: {join}")),
         None => Ok(()),
     };
-    let worker_result = worker.shutdown().await;
+    let worker_result = match worker {
+        Some(worker) => worker.shutdown().await,
+        None => Ok(()),
+    };
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "server stopped with an error");
@@ -199,6 +233,25 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     first?;
     worker_result.context("worker stopped")
+}
+
+/// The `rhone serve worker` configuration (see `serve::Config`) that matches this `rhone
+/// dev`'s own worker: the same control DB, Temporal, task queue, data directory (build work
+/// and the artifact store the runner reads) and preview domain.
+fn worker_env(
+    db_url: &str,
+    temporal_address: &str,
+    data_dir: &std::path::Path,
+    edge_port: u16,
+) -> [(&'static str, String); 6] {
+    [
+        ("RHONE_DATABASE_URL", db_url.to_owned()),
+        ("RHONE_TEMPORAL_ADDRESS", temporal_address.to_owned()),
+        ("RHONE_TASK_QUEUE", WorkerConfig::default().task_queue),
+        ("RHONE_DATA_DIR", data_dir.display().to_string()),
+        ("RHONE_PREVIEW_DOMAIN", DEV_DOMAIN.to_owned()),
+        ("RHONE_PREVIEW_PORT_SUFFIX", format!(":{edge_port}")),
+    ]
 }
 
 async fn start_temporal(

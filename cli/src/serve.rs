@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, future::Future, net::SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use rhone_activities::{
-    Worker, WorkerConfig,
+    PromotionConfig, Worker, WorkerConfig,
     temporal::{self, TemporalConfig},
 };
 use tokio::net::TcpListener;
@@ -48,6 +48,20 @@ pub struct Config {
     /// `RHONE_PREVIEW_DOMAIN` (worker): preview hosts are `<env>.<app>.<project>.<workspace>.`
     /// followed by it. Default `rhone.localhost`.
     pub preview_domain: String,
+    /// `RHONE_EDGE_ID` (edge): the edge's name in `edge_acks`, unique per control DB.
+    /// Default `edge-<hostname>-<port>`.
+    pub edge_id: Option<String>,
+    /// `RHONE_EDGE_POLL_MS` (edge): how often the edge polls the route change log and the
+    /// allocations, in milliseconds. Default 20.
+    pub edge_poll_interval: Option<std::time::Duration>,
+    /// `RHONE_PREVIEW_PORT_SUFFIX` (worker): appended to preview URLs, e.g. `:8081` when the
+    /// edge is not on port 80. Default empty.
+    pub preview_port_suffix: String,
+    /// Promotion timings (worker), in milliseconds: `RHONE_PROMOTION_HEALTH_WINDOW_MS`
+    /// (default 5000), `RHONE_PROMOTION_DRAIN_GRACE_MS` (30000),
+    /// `RHONE_PROMOTION_PROPAGATION_DEADLINE_MS` (10000), `RHONE_EDGE_LIVENESS_MS` (30000:
+    /// a promotion waits only for edges seen this recently).
+    pub promotion: PromotionConfig,
 }
 
 impl Config {
@@ -68,6 +82,27 @@ impl Config {
                 None
             }
         });
+        let mut millis = |key: &str| {
+            get(key).and_then(|v| match v.parse::<u64>() {
+                Ok(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms)),
+                _ => {
+                    errors.push(format!(
+                        "{key}={v:?} is not a positive number of milliseconds"
+                    ));
+                    None
+                }
+            })
+        };
+        let edge_poll_interval = millis("RHONE_EDGE_POLL_MS");
+        let defaults = PromotionConfig::default();
+        let promotion = PromotionConfig {
+            health_window: millis("RHONE_PROMOTION_HEALTH_WINDOW_MS")
+                .unwrap_or(defaults.health_window),
+            drain_grace: millis("RHONE_PROMOTION_DRAIN_GRACE_MS").unwrap_or(defaults.drain_grace),
+            propagation_deadline: millis("RHONE_PROMOTION_PROPAGATION_DEADLINE_MS")
+                .unwrap_or(defaults.propagation_deadline),
+            edge_liveness: millis("RHONE_EDGE_LIVENESS_MS").unwrap_or(defaults.edge_liveness),
+        };
         let database_url = get("RHONE_DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("sqlite:")
@@ -88,6 +123,10 @@ impl Config {
             data_dir: get("RHONE_DATA_DIR").map(std::path::PathBuf::from),
             preview_domain: get("RHONE_PREVIEW_DOMAIN")
                 .unwrap_or_else(|| "rhone.localhost".to_owned()),
+            edge_id: get("RHONE_EDGE_ID"),
+            edge_poll_interval,
+            preview_port_suffix: get("RHONE_PREVIEW_PORT_SUFFIX").unwrap_or_default(),
+            promotion,
         };
         if errors.is_empty() {
             Ok(config)
@@ -230,16 +269,26 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 wc.deploy = rhone_activities::deploy::DeployConfig::under(dir);
             }
             wc.preview.domain = config.preview_domain;
+            wc.preview.port_suffix = config.preview_port_suffix;
+            wc.promotion = config.promotion;
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }
         Role::Edge => {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            tracing::info!(%listen, "edge serving");
+            let mut edge = rhone_edge::EdgeConfig::for_address(listener.local_addr()?);
+            if let Some(id) = config.edge_id {
+                edge.edge_id = id;
+            }
+            if let Some(poll) = config.edge_poll_interval {
+                edge.poll_interval = poll;
+            }
+            tracing::info!(%listen, edge_id = %edge.edge_id, "edge serving");
+            let state = rhone_edge::EdgeState { db, config: edge };
             named(
                 "edge",
-                rhone_edge::serve(listener, rhone_edge::EdgeState { db }, shutdown_signal()),
+                rhone_edge::serve(listener, state, shutdown_signal()),
             )
             .await
         }
@@ -264,6 +313,27 @@ mod tests {
         assert_eq!(c.task_queue, "rhone-control");
         assert_eq!(c.listen, None);
         assert_eq!(c.region, "local");
+        assert_eq!(c.edge_id, None);
+        assert_eq!(c.edge_poll_interval, None);
+    }
+
+    #[test]
+    fn edge_keys() {
+        let c = Config::parse(&env(&[
+            ("RHONE_EDGE_ID", "edge-eu-1"),
+            ("RHONE_EDGE_POLL_MS", "50"),
+        ]))
+        .expect("valid edge keys");
+        assert_eq!(c.edge_id.as_deref(), Some("edge-eu-1"));
+        assert_eq!(
+            c.edge_poll_interval,
+            Some(std::time::Duration::from_millis(50))
+        );
+        for bad in ["0", "-1", "fast"] {
+            let errors =
+                Config::parse(&env(&[("RHONE_EDGE_POLL_MS", bad)])).expect_err("a bad poll");
+            assert!(errors[0].contains("RHONE_EDGE_POLL_MS"), "{errors:?}");
+        }
     }
 
     #[test]
@@ -271,10 +341,12 @@ mod tests {
         let errors = Config::parse(&env(&[
             ("RHONE_LISTEN", "nope"),
             ("RHONE_DATABASE_URL", "mysql://x"),
+            ("RHONE_EDGE_POLL_MS", "soon"),
         ]))
-        .expect_err("two bad keys");
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        .expect_err("three bad keys");
+        assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].contains("RHONE_LISTEN"));
-        assert!(errors[1].contains("RHONE_DATABASE_URL"));
+        assert!(errors[1].contains("RHONE_EDGE_POLL_MS"));
+        assert!(errors[2].contains("RHONE_DATABASE_URL"));
     }
 }

@@ -30,7 +30,7 @@ pub struct Repo {
 }
 
 /// A deployment row with its Deploy operation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Deployment {
     pub id: Uuid,
     pub operation_id: OperationId,

@@ -18,8 +18,8 @@ use super::deploy_support::{Deployment, Fixture, Repo};
 
 pub struct Harness {
     pub fx: Fixture,
-    client: Client,
-    queue: String,
+    pub client: Client,
+    pub queue: String,
     worker: WorkerHandle,
     runner_stop: tokio::sync::oneshot::Sender<()>,
     runner: tokio::task::JoinHandle<Result<(), rhone_runner::RunnerError>>,
@@ -39,7 +39,15 @@ impl Seen {
 
 impl Harness {
     pub async fn start(test: &str) -> Result<Harness> {
-        Self::start_with(test, None).await
+        Self::start_with(test, None, |_| {}).await
+    }
+
+    /// A harness whose worker's configuration is adjusted by `configure` first.
+    pub async fn start_configured(
+        test: &str,
+        configure: impl FnOnce(&mut WorkerConfig),
+    ) -> Result<Harness> {
+        Self::start_with(test, None, configure).await
     }
 
     /// A harness whose worker and runner share an artifact store in a fresh bucket of the
@@ -63,10 +71,14 @@ impl Harness {
             .send()
             .await
             .with_context(|| format!("creating bucket {}", store.bucket()))?;
-        Self::start_with(test, Some(ArtifactStore::S3(store))).await
+        Self::start_with(test, Some(ArtifactStore::S3(store)), |_| {}).await
     }
 
-    async fn start_with(test: &str, store: Option<ArtifactStore>) -> Result<Harness> {
+    async fn start_with(
+        test: &str,
+        store: Option<ArtifactStore>,
+        configure: impl FnOnce(&mut WorkerConfig),
+    ) -> Result<Harness> {
         let mut fx = Fixture::new().await?;
         if let Some(store) = store {
             fx.config.store = store;
@@ -99,15 +111,13 @@ impl Harness {
             .await?;
 
         let queue = rhone_testkit::unique_name(test);
-        let worker = Worker::spawn(
-            WorkerConfig {
-                task_queue: queue.clone(),
-                deploy: fx.config.clone(),
-                ..WorkerConfig::default()
-            },
-            client.clone(),
-            fx.db.clone(),
-        )?;
+        let mut worker_config = WorkerConfig {
+            task_queue: queue.clone(),
+            deploy: fx.config.clone(),
+            ..WorkerConfig::default()
+        };
+        configure(&mut worker_config);
+        let worker = Worker::spawn(worker_config, client.clone(), fx.db.clone())?;
         Ok(Harness {
             fx,
             client,
@@ -161,7 +171,17 @@ impl Harness {
     }
 
     pub async fn signal(&self, d: Deployment, kind: DecisionKind) -> Result<()> {
-        let id = workflow_id(OperationKind::Deploy, d.operation_id);
+        self.signal_operation(OperationKind::Deploy, d, kind).await
+    }
+
+    /// Sends a decision to the workflow of `d`'s operation of kind `op`.
+    pub async fn signal_operation(
+        &self,
+        op: OperationKind,
+        d: Deployment,
+        kind: DecisionKind,
+    ) -> Result<()> {
+        let id = workflow_id(op, d.operation_id);
         self.client
             .get_workflow_handle::<temporalio_common::UntypedWorkflow>(id)
             .signal(
@@ -179,13 +199,24 @@ impl Harness {
     /// With `RHONE_RECORD_HISTORIES=DIR`, saves the deploy's workflow history as
     /// `DIR/NAME.json` for the replay test in `workflows/tests/replay.rs`.
     pub async fn record_history(&self, d: Deployment, name: &str) -> Result<()> {
+        self.record_operation_history(OperationKind::Deploy, d, name)
+            .await
+    }
+
+    /// [`Harness::record_history`] of `d`'s operation of kind `kind`.
+    pub async fn record_operation_history(
+        &self,
+        kind: OperationKind,
+        d: Deployment,
+        name: &str,
+    ) -> Result<()> {
         let Ok(dir) = std::env::var("RHONE_RECORD_HISTORIES") else {
             return Ok(());
         };
         let json = self
             .client
             .get_workflow_handle::<temporalio_common::UntypedWorkflow>(workflow_id(
-                OperationKind::Deploy,
+                kind,
                 d.operation_id,
             ))
             .fetch_history(Default::default())

@@ -1,0 +1,332 @@
+//! Promotion and rollback through the real binaries: `rhone dev` (Temporal, API, edge,
+//! runner) and the `rhone` CLI; in the kill test the worker is a separate
+//! `rhone serve worker` process that is SIGKILLed in each Promotion stage and restarted.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use support::{Dev, RHONE, example_repo, free_ports, http_get, start_dev, start_dev_with};
+
+const APP: [&str; 6] = ["-w", "acme", "-p", "shop", "-a", "web"];
+const PROD_HOST: &str = "web.shop.acme.rhone.localhost";
+
+/// Workspace `acme`, project `shop`, app `web`, a `preview` environment and a `production`
+/// one that promotes without approval.
+fn tenancy(dev: &Dev) -> Result<()> {
+    dev.ok(&["workspaces", "create", "acme"])?;
+    dev.ok(&["projects", "create", "-w", "acme", "shop"])?;
+    dev.ok(&["apps", "create", "-w", "acme", "-p", "shop", "web"])?;
+    let envs = |name: &str, kind: &str, approval: &str| {
+        let args = [
+            &["envs", "create"][..],
+            &APP,
+            &[name, "--kind", kind, "--requires-approval", approval],
+        ];
+        dev.ok(&args.concat())
+    };
+    envs("preview", "preview", "false")?;
+    envs("production", "production", "false")?;
+    Ok(())
+}
+
+/// Deploys `repo` to preview; the deployment id the CLI prints.
+fn deploy(dev: &Dev, repo: &Path) -> Result<String> {
+    let repo = repo.display().to_string();
+    let out = dev.ok(&[&["deploy", repo.as_str()][..], &APP, &["--env", "preview"]].concat())?;
+    let line = out
+        .lines()
+        .find_map(|l| l.split("rhone promote ").nth(1))
+        .with_context(|| format!("no promote hint in:\n{out}"))?;
+    Ok(line
+        .split_whitespace()
+        .next()
+        .context("a deployment id")?
+        .to_owned())
+}
+
+/// The digest the production host serves through the edge.
+fn served_digest(edge_port: u16) -> Result<String> {
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(edge_port, PROD_HOST, "/_rhone/stats")?)?;
+    Ok(stats["artifact_digest"]
+        .as_str()
+        .context("artifact_digest")?
+        .to_owned())
+}
+
+fn route(dev: &Dev) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &dev.ok(&["--json", "route", PROD_HOST])?,
+    )?)
+}
+
+/// deploy → preview → promote → the production host serves the preview's digest →
+/// promote a second deployment → rollback → the first deployment serves again, one epoch
+/// per change, every step through the CLI.
+#[test]
+fn promote_and_roll_back_through_the_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev(dir.path(), &ports)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let first = deploy(&dev, &repo)?;
+
+    let out = dev.ok(&[
+        &["promote", first.as_str()][..],
+        &APP,
+        &["--env", "production"],
+    ]
+    .concat())?;
+    for stage in ["policy_check", "route_cas", "edge_propagating", "healthy"] {
+        assert!(out.contains(stage), "{stage} missing in:\n{out}");
+    }
+    let owner = route(&dev)?;
+    assert_eq!(owner["epoch"], 1, "{owner}");
+    let digest1 = owner["artifactDigest"]
+        .as_str()
+        .context("digest")?
+        .to_owned();
+    assert_eq!(served_digest(ports[1])?, digest1);
+
+    std::fs::write(repo.join("NOTES.md"), "version 2\n")?;
+    for args in [
+        &["add", "-A"][..],
+        &[
+            "-c",
+            "user.email=dev@rhone.local",
+            "-c",
+            "user.name=dev",
+            "commit",
+            "-qm",
+            "v2",
+        ],
+    ] {
+        anyhow::ensure!(
+            Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .status()?
+                .success()
+        );
+    }
+    let second = deploy(&dev, &repo)?;
+    dev.ok(&[
+        &["promote", second.as_str()][..],
+        &APP,
+        &["--env", "production"],
+    ]
+    .concat())?;
+    let owner = route(&dev)?;
+    assert_eq!(owner["epoch"], 2, "{owner}");
+    let digest2 = owner["artifactDigest"]
+        .as_str()
+        .context("digest")?
+        .to_owned();
+    assert_ne!(digest1, digest2);
+    assert_eq!(served_digest(ports[1])?, digest2);
+
+    let out = dev.ok(&[&["rollback"][..], &APP, &["--env", "production"]].concat())?;
+    assert!(out.contains("healthy"), "{out}");
+    let owner = route(&dev)?;
+    assert_eq!(owner["epoch"], 3, "{owner}");
+    assert_eq!(owner["artifactDigest"], digest1.as_str());
+    assert_eq!(served_digest(ports[1])?, digest1);
+    Ok(())
+}
+
+/// A `rhone serve worker` process, killed with SIGKILL when dropped.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_worker(env: &[(String, String)], log: &Path) -> Result<Worker> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Worker(
+        Command::new(RHONE)
+            .args(["serve", "worker"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RHONE_PROMOTION_HEALTH_WINDOW_MS", "3000")
+            .env("RHONE_PROMOTION_DRAIN_GRACE_MS", "500")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ))
+}
+
+/// The `KEY=VALUE` lines `rhone dev --no-worker` prints for a separate worker.
+fn worker_env(dev: &Dev) -> Vec<(String, String)> {
+    dev.lines
+        .iter()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, _)| k.starts_with("RHONE_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn json(dev: &Dev, args: &[&str]) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &dev.ok(&[&["--json"][..], args].concat())?,
+    )?)
+}
+
+/// The stage names an operation has recorded.
+fn stages(op: &serde_json::Value) -> Vec<String> {
+    op["stages"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|r| r["stage"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills the worker (SIGKILL) once a promotion has entered each stage in turn, restarts it,
+/// and checks that every promotion finishes healthy with exactly one route CAS and no
+/// duplicate allocation.
+#[test]
+fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev_with(dir.path(), &ports, &["--no-worker"])?;
+    let env = worker_env(&dev);
+    anyhow::ensure!(
+        env.iter().any(|(k, _)| k == "RHONE_DATABASE_URL"),
+        "no worker settings in {:?}",
+        dev.lines
+    );
+    let log = dir.path().join("worker.log");
+    let mut worker = start_worker(&env, &log)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let preview = deploy(&dev, &repo)?;
+
+    let db_url = &env
+        .iter()
+        .find(|(k, _)| k == "RHONE_DATABASE_URL")
+        .context("db")?
+        .1;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = runtime.block_on(rhone_schema::connect(db_url))?;
+
+    let mut seen_ops = std::collections::HashSet::new();
+    for (epoch, stage) in ["policy_check", "route_cas", "edge_propagating", "healthy"]
+        .into_iter()
+        .enumerate()
+    {
+        let promote = Command::new(RHONE)
+            .args(
+                [
+                    &["promote", preview.as_str()][..],
+                    &APP,
+                    &["--env", "production"],
+                ]
+                .concat(),
+            )
+            .env("RHONE_CONFIG", &dev.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // The new promotion's operation id.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let ops = json(&dev, &["ops", "list", "--kind", "promotion"])?;
+            let new = ops.as_array().into_iter().flatten().find_map(|o| {
+                let id = o["id"].as_str()?;
+                (!seen_ops.contains(id)).then(|| id.to_owned())
+            });
+            if let Some(id) = new {
+                break id;
+            }
+            if Instant::now() > deadline {
+                bail!("no promotion operation appeared");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen_ops.insert(id.clone());
+        // Kill the worker as soon as the operation has entered `stage`.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let op = json(&dev, &["ops", "show", &id])?;
+            if stages(&op).iter().any(|s| s == stage) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{id} never reached {stage}: {op}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let killed_at = Instant::now();
+        drop(worker);
+        std::thread::sleep(Duration::from_millis(300));
+        worker = start_worker(&env, &log)?;
+
+        let out = promote.wait_with_output()?;
+        eprintln!("killed in {stage}: finished {:?} after the kill", killed_at.elapsed());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "promotion killed in {stage} did not finish:\n{stdout}\n{}\nworker log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let op = json(&dev, &["ops", "show", &id])?;
+        assert_eq!(
+            stages(&op),
+            [
+                "requested",
+                "policy_check",
+                "route_cas",
+                "edge_propagating",
+                "healthy"
+            ],
+            "killed in {stage}: {op}"
+        );
+
+        let (cas, allocations) = runtime.block_on(counts(&db, &id))?;
+        assert_eq!(cas, 1, "killed in {stage}: exactly one CAS");
+        assert_eq!(allocations, 1, "killed in {stage}: no duplicate allocation");
+        let owner = route(&dev)?;
+        assert_eq!(owner["epoch"], epoch + 1, "{owner}");
+    }
+    Ok(())
+}
+
+/// Route changes written by operation `id`, and allocations of the deployment it promoted.
+async fn counts(db: &sea_orm::DatabaseConnection, id: &str) -> Result<(u64, u64)> {
+    use rhone_schema::entity::{allocation, operation, route_change};
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let id: uuid::Uuid = id.parse()?;
+    let op = operation::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .context("operation")?;
+    let deployment: uuid::Uuid = op.target_id.parse()?;
+    let cas = route_change::Entity::find()
+        .filter(route_change::Column::OperationId.eq(id))
+        .count(db)
+        .await?;
+    let allocations = allocation::Entity::find()
+        .filter(allocation::Column::DeploymentId.eq(deployment))
+        .count(db)
+        .await?;
+    Ok((cas, allocations))
+}
