@@ -280,7 +280,10 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
         worker = start_worker(&env, &log)?;
 
         let out = promote.wait_with_output()?;
-        eprintln!("killed in {stage}: finished {:?} after the kill", killed_at.elapsed());
+        eprintln!(
+            "killed in {stage}: finished {:?} after the kill",
+            killed_at.elapsed()
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
