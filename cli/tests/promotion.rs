@@ -228,9 +228,15 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     let db = runtime.block_on(rhone_schema::connect(db_url))?;
 
     let mut seen_ops = std::collections::HashSet::new();
-    for (epoch, stage) in ["policy_check", "route_cas", "edge_propagating", "healthy"]
-        .into_iter()
-        .enumerate()
+    for (epoch, stage) in [
+        "requested",
+        "policy_check",
+        "route_cas",
+        "edge_propagating",
+        "healthy",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let promote = Command::new(RHONE)
             .args(

@@ -15,7 +15,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::entity::allocation;
+use crate::entity::{allocation, audit_log, deployment};
 use crate::{SchemaError, begin_write};
 
 /// The desired state of an allocation (`allocations.desired`).
@@ -144,7 +144,8 @@ where
 /// Applies a runner's report to its allocation, in one transaction holding the row:
 ///
 /// - a report whose generation is lower than the row's is a [`SchemaError::Conflict`]
-///   ("stale report from generation N, current is M") and writes nothing;
+///   ("stale report from generation N, current is M"), leaves the allocation as it is and
+///   writes one `allocation.report_rejected` row to the audit log;
 /// - the row's stage repeated at the row's generation is [`ReportOutcome::Unchanged`] (a
 ///   retried report); repeated at a newer generation, only the generation moves;
 /// - any other stage must be a legal move of the core Allocation machine from the row's
@@ -164,12 +165,36 @@ where
     let txn = begin_write(db).await?;
     let row = locked(&txn, report.allocation_id).await?;
     if report.generation < row.generation {
-        return Err(SchemaError::Conflict {
-            what: format!(
-                "stale report from generation {}, current is {}",
-                report.generation, row.generation
-            ),
-        });
+        let what = format!(
+            "stale report from generation {}, current is {}",
+            report.generation, row.generation
+        );
+        // A late report of a superseded attempt is refused, and on-call can see it was.
+        let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
+            .one(&txn)
+            .await?
+            .map(|d| d.workspace_id);
+        audit_log::ActiveModel {
+            id: Set(crate::new_id()),
+            workspace_id: Set(workspace_id),
+            actor: Set("runner".to_owned()),
+            action: Set("allocation.report_rejected".to_owned()),
+            target_type: Set("allocation".to_owned()),
+            target_id: Set(row.id.to_string()),
+            operation_id: Set(None),
+            detail: Set(serde_json::json!({
+                "reason": what,
+                "report_generation": report.generation,
+                "current_generation": row.generation,
+                "reported_stage": report.stage.as_str(),
+                "current_stage": row.stage,
+            })),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        return Err(SchemaError::Conflict { what });
     }
     let current: AllocationStage = row.stage.parse().map_err(StageError::from)?;
     let now = Utc::now();

@@ -10,14 +10,14 @@ use rhone_schema::{
     entity::allocation,
     fixtures, new_id,
 };
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::support::on_both_backends;
 
 on_both_backends!(
     a_new_allocation_is_planned_at_generation_one,
     reports_walk_the_lifecycle,
-    stale_generation_is_rejected_and_changes_nothing,
+    stale_generation_is_rejected_audited_and_changes_nothing,
     illegal_transition_is_rejected,
     the_same_report_twice_is_idempotent,
     newer_generation_is_accepted,
@@ -98,7 +98,9 @@ async fn reports_walk_the_lifecycle(db: DatabaseConnection) -> Result<()> {
     Ok(())
 }
 
-async fn stale_generation_is_rejected_and_changes_nothing(db: DatabaseConnection) -> Result<()> {
+async fn stale_generation_is_rejected_audited_and_changes_nothing(
+    db: DatabaseConnection,
+) -> Result<()> {
     use AllocationStage::*;
     let a = new_allocation(&db).await?;
     walk(&db, &a, &[Pulling, Starting, Ready]).await?;
@@ -116,8 +118,17 @@ async fn stale_generation_is_rejected_and_changes_nothing(db: DatabaseConnection
     assert_eq!(
         row(&db, a.id).await?,
         before,
-        "a stale report wrote something"
+        "a stale report changed the allocation"
     );
+    // The refusal is in the audit log, once per refused report.
+    let rejected = rhone_schema::entity::audit_log::Entity::find()
+        .filter(rhone_schema::entity::audit_log::Column::TargetId.eq(a.id.to_string()))
+        .all(&db)
+        .await?;
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].action, "allocation.report_rejected");
+    assert_eq!(rejected[0].detail["report_generation"], 1);
+    assert_eq!(rejected[0].detail["current_generation"], 2);
     Ok(())
 }
 
