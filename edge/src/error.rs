@@ -3,12 +3,13 @@
 
 use std::{error::Error as StdError, fmt, io, time::Duration};
 
-use axum::{
-    http::{HeaderValue, StatusCode, header},
-    response::Response,
+use hyper::{
+    Response, StatusCode,
+    header::{self, HeaderValue},
 };
+use uuid::Uuid;
 
-use crate::page::page;
+use crate::{body::Body, page::page};
 
 /// A cause a route source may give for not answering at all (a DB error, a table that has
 /// not loaded its first snapshot).
@@ -51,7 +52,7 @@ pub enum EdgeError {
         allocation: uuid::Uuid,
         address: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("allocation {allocation} at {address} sent no response headers within {after:?}")]
     BackendTimeout {
@@ -62,13 +63,22 @@ pub enum EdgeError {
     #[error("allocation {allocation} switched protocols without being asked to")]
     UnexpectedUpgrade { allocation: uuid::Uuid },
     #[error("the request for the allocation could not be built")]
-    BuildRequest(#[source] axum::http::Error),
+    BuildRequest(#[source] hyper::http::Error),
+}
+
+/// Where a failed request was going, for the log line (the page never says).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Failed<'a> {
+    pub(crate) route_key: Option<&'a str>,
+    pub(crate) epoch: Option<i64>,
+    pub(crate) allocation: Option<Uuid>,
 }
 
 /// How the edge answers `err`: the one mapping from causes to statuses. A backend error is
 /// classified by walking its source chain: a timeout anywhere in it (connecting or waiting)
-/// is a 504, anything else (refused, reset, closed early) a 502.
-pub(crate) fn respond(err: &EdgeError) -> Response {
+/// is a 504, anything else (refused, reset, closed early) a 502. Logged at warn (error for a
+/// 500, debug for a 400 or 404) with the route key, epoch and allocation of `at`.
+pub(crate) fn respond(err: &EdgeError, at: Failed<'_>) -> Response<Body> {
     use EdgeError::*;
     let (status, title, text) = match err {
         MissingHost => (
@@ -122,10 +132,16 @@ pub(crate) fn respond(err: &EdgeError) -> Response {
         ),
     };
     let chain = Chain(err);
+    let (route_key, epoch) = (at.route_key, at.epoch);
+    let allocation = at.allocation.map(tracing::field::display);
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => tracing::debug!(%status, error = %chain),
-        StatusCode::INTERNAL_SERVER_ERROR => tracing::error!(%status, error = %chain),
-        _ => tracing::warn!(%status, error = %chain),
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
+            tracing::debug!(%status, route_key, epoch, allocation, error = %chain)
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::error!(%status, route_key, epoch, allocation, error = %chain)
+        }
+        _ => tracing::warn!(%status, route_key, epoch, allocation, error = %chain),
     }
     let mut resp = page(status, title, &text);
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -178,7 +194,7 @@ mod tests {
     use super::*;
 
     fn check(err: EdgeError, status: u16, retry_after: Option<&str>) {
-        let resp = respond(&err);
+        let resp = respond(&err, Failed::default());
         assert_eq!(resp.status().as_u16(), status, "{err}");
         assert_eq!(
             resp.headers()

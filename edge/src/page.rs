@@ -1,12 +1,14 @@
 //! The edge's own answers: a short human HTML page with a status, and nothing internal in it.
 
-use axum::{
-    http::StatusCode,
-    response::{Html, IntoResponse, Response},
+use hyper::{
+    Response, StatusCode,
+    header::{CONTENT_TYPE, HeaderValue},
 };
 
+use crate::body::Body;
+
 /// A small HTML page titled `title` that says `text`, answered with `status`.
-pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
     let body = format!(
         "<!doctype html><html><head><meta charset=utf-8><title>{t}</title></head>\
          <body style=\"font-family:system-ui;max-width:40rem;margin:4rem auto\">\
@@ -15,7 +17,20 @@ pub(crate) fn page(status: StatusCode, title: &str, text: &str) -> Response {
         x = escape(text),
         code = status.as_u16()
     );
-    (status, Html(body)).into_response()
+    answer(status, "text/html; charset=utf-8", body)
+}
+
+/// A response of `status` with `body` of type `content_type`.
+pub(crate) fn answer(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<hyper::body::Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 fn escape(s: &str) -> String {

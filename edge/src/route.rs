@@ -2,6 +2,7 @@
 //! of one ready allocation inside that authority (session affinity, else round robin).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     future::Future,
     sync::{
@@ -10,7 +11,7 @@ use std::{
     },
 };
 
-use axum::http::{HeaderMap, Uri, header, uri};
+use hyper::http::{HeaderMap, Uri, header, uri};
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_schema::{
     allocations::Desired,
@@ -60,16 +61,9 @@ impl Target {
         format!("http://{}", self.base)
     }
 
-    /// The URI of the request `original` on this allocation: same path and query.
-    pub(crate) fn uri_for(&self, original: &Uri) -> Result<Uri, axum::http::Error> {
-        let pq = original
-            .path_and_query()
-            .map_or("/", uri::PathAndQuery::as_str);
-        Uri::builder()
-            .scheme(uri::Scheme::HTTP)
-            .authority(self.base.clone())
-            .path_and_query(pq)
-            .build()
+    /// `host:port` of the allocation: what the edge connects to, and its pool's key.
+    pub(crate) fn authority(&self) -> &uri::Authority {
+        &self.base
     }
 }
 
@@ -229,15 +223,26 @@ impl RouteSource for DbRoutes {
 
 /// The route key of a request: its host, lowercased, without port.
 pub fn route_key(headers: &HeaderMap) -> Option<String> {
+    request_key(headers).map(Cow::into_owned)
+}
+
+/// [`route_key`], borrowed from the request when the host is already lowercase.
+pub(crate) fn request_key(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
+        if port.bytes().all(|c| c.is_ascii_digit()) {
             h
         } else {
             host
         }
     });
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 /// The session a request belongs to, if it says: `?session=` on Vango's live transport (the
@@ -283,7 +288,7 @@ fn rendezvous(session: &str, allocation: Uuid) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use hyper::http::HeaderValue;
 
     use super::*;
 
@@ -349,8 +354,8 @@ mod tests {
         assert!(Target::new(id, "http://127.0.0.1:8080/app").is_none());
         assert!(Target::new(id, "127.0.0.1:8080").is_none());
         let t = Target::new(id, "http://127.0.0.1:8080").expect("target");
-        let uri = t.uri_for(&"/a/b?c=d".parse().expect("uri")).expect("uri");
-        assert_eq!(uri.to_string(), "http://127.0.0.1:8080/a/b?c=d");
+        assert_eq!(t.authority().as_str(), "127.0.0.1:8080");
+        assert_eq!(t.address(), "http://127.0.0.1:8080");
     }
 
     fn route(n: u128) -> Route {
