@@ -15,7 +15,7 @@ use rhone_runner::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
 use rhone_schema::{
     SchemaError,
     allocations::{self, RunnerReport},
-    entity::{allocation, artifact, cell, runner},
+    entity::{allocation, app, artifact, cell, environment, project, runner, workspace},
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use temporalio_common::error::ApplicationFailure;
@@ -369,4 +369,37 @@ pub(crate) async fn start(
     let readiness = manifest.app.process.readiness_timeout_secs;
     let status = await_ready(http, runner, alloc.id, readiness, what, heartbeat).await?;
     record_ready(db, alloc.id, &status).await
+}
+
+/// The host of `env` ([`rhone_core::environment_route_key`]), the route key its RouteOwner
+/// serves.
+pub(crate) async fn environment_host(
+    db: &DatabaseConnection,
+    env: &environment::Model,
+    domain: &str,
+) -> Result<String, ActivityError> {
+    let missing = |what: &str| refuse(format!("the {what} of environment {} is gone", env.name));
+    let app = app::Entity::find_by_id(env.app_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| missing("app"))?;
+    let project = project::Entity::find_by_id(app.project_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| missing("project"))?;
+    let ws = workspace::Entity::find_by_id(env.workspace_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| missing("workspace"))?;
+    Ok(rhone_core::environment_route_key(
+        &env.name,
+        &env.kind,
+        &app.name,
+        &project.name,
+        &ws.name,
+        domain,
+    ))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rhone_schema::{
     allocations::{self, NewAllocation},
-    entity::{allocation, app, deployment, environment, project, runner, workspace},
+    entity::{allocation, deployment, environment, runner},
     new_id,
     routes::{self, OwnerWrite},
 };
@@ -112,38 +112,14 @@ impl PreviewActivities {
         })
     }
 
-    /// The environment's host ([`rhone_core::environment_route_key`]).
+    /// The host of the deployment's environment.
     async fn route_key(&self, dep: &deployment::Model) -> Result<String, ActivityError> {
-        let db = &self.db;
-        let missing = |what: &str| refuse(format!("the {what} of deployment {} is gone", dep.id));
         let env = environment::Entity::find_by_id(dep.environment_id)
-            .one(db)
+            .one(&self.db)
             .await
             .map_err(db_err)?
-            .ok_or_else(|| missing("environment"))?;
-        let app = app::Entity::find_by_id(dep.app_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("app"))?;
-        let project = project::Entity::find_by_id(app.project_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("project"))?;
-        let ws = workspace::Entity::find_by_id(dep.workspace_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("workspace"))?;
-        Ok(rhone_core::environment_route_key(
-            &env.name,
-            &env.kind,
-            &app.name,
-            &project.name,
-            &ws.name,
-            &self.config.domain,
-        ))
+            .ok_or_else(|| refuse(format!("the environment of deployment {} is gone", dep.id)))?;
+        crate::allocate::environment_host(&self.db, &env, &self.config.domain).await
     }
 
     /// The deployment's allocation of this digest, created on a ready runner the first time.

@@ -98,6 +98,23 @@ fn watched(start_to_close: Duration) -> ActivityOptions {
     options
 }
 
+/// The wait for every live edge to acknowledge change `seq`, and its options: the
+/// deadline, plus time for a retry after a lost worker.
+fn edges_of(
+    input: &PromotionInput,
+    policy: &Policy,
+    seq: i64,
+) -> (AwaitEdgesInput, ActivityOptions) {
+    let edges = AwaitEdgesInput {
+        operation_id: input.operation_id,
+        route_key: policy.route_key.clone(),
+        seq,
+        deadline_ms: policy.propagation_deadline_ms,
+    };
+    let limit = Duration::from_millis(policy.propagation_deadline_ms) + Duration::from_secs(60);
+    (edges, watched(limit))
+}
+
 macro_rules! step {
     ($op:expr, $ctx:expr, $activity:expr, $input:expr, $options:expr) => {
         match $op.step($ctx, || $activity, $input, $options).await? {
@@ -267,20 +284,8 @@ impl PromotionWorkflow {
             None,
         )
         .await?;
-        let acked = step!(
-            op,
-            ctx,
-            PromotionActivities::await_edges,
-            AwaitEdgesInput {
-                operation_id: input.operation_id,
-                route_key: policy.route_key.clone(),
-                seq: moved.seq,
-                deadline_ms: policy.propagation_deadline_ms,
-            },
-            watched(
-                Duration::from_millis(policy.propagation_deadline_ms) + Duration::from_secs(60)
-            )
-        );
+        let (edges, options) = edges_of(input, &policy, moved.seq);
+        let acked = step!(op, ctx, PromotionActivities::await_edges, edges, options);
 
         op.enter_with_status(
             ctx,
@@ -387,20 +392,8 @@ impl PromotionWorkflow {
             },
             quick()
         );
-        let acked = step!(
-            op,
-            ctx,
-            PromotionActivities::await_edges,
-            AwaitEdgesInput {
-                operation_id: input.operation_id,
-                route_key: policy.route_key.clone(),
-                seq: back_moved.seq,
-                deadline_ms: policy.propagation_deadline_ms,
-            },
-            watched(
-                Duration::from_millis(policy.propagation_deadline_ms) + Duration::from_secs(60)
-            )
-        );
+        let (edges, options) = edges_of(input, &policy, back_moved.seq);
+        let acked = step!(op, ctx, PromotionActivities::await_edges, edges, options);
         Self::drain_own(ctx, op, input, started).await?;
         Ok(Err(Ending::RolledBack {
             reason,

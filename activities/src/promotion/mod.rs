@@ -15,7 +15,7 @@ mod route;
 
 use std::{sync::Arc, time::Duration};
 
-use rhone_schema::entity::{app, deployment, environment, project, workspace};
+use rhone_schema::entity::{deployment, environment};
 use rhone_workflows::activities::{
     AllocationsInput, AllocationsReady, AwaitEdgesInput, DrainInput, Drained, EdgesAcked, Health,
     HealthInput, MoveRouteInput, Policy, PolicyInput, RouteMoved, defs,
@@ -152,34 +152,9 @@ impl PromotionActivities {
             .ok_or_else(|| refuse(format!("environment {id} not found")))
     }
 
-    /// The environment's host ([`rhone_core::environment_route_key`]).
+    /// The environment's host, the route key its RouteOwner serves.
     async fn route_key(&self, env: &environment::Model) -> Result<String, ActivityError> {
-        let db = &self.db;
-        let missing =
-            |what: &str| refuse(format!("the {what} of environment {} is gone", env.name));
-        let app = app::Entity::find_by_id(env.app_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("app"))?;
-        let project = project::Entity::find_by_id(app.project_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("project"))?;
-        let ws = workspace::Entity::find_by_id(env.workspace_id)
-            .one(db)
-            .await
-            .map_err(db_err)?
-            .ok_or_else(|| missing("workspace"))?;
-        Ok(rhone_core::environment_route_key(
-            &env.name,
-            &env.kind,
-            &app.name,
-            &project.name,
-            &ws.name,
-            &self.domain,
-        ))
+        crate::allocate::environment_host(&self.db, env, &self.domain).await
     }
 }
 
