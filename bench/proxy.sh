@@ -2,8 +2,9 @@
 # Benchmark: the edge's hot path against nginx and HAProxy, on this machine, in one run.
 #
 # One fast backend (nginx answering `200 ok` from memory, keep-alive) is measured directly
-# first: that is the ceiling. Then the Rhone edge (`rhone serve edge`, release build, over an
-# SQLite control DB this script seeds with one route), nginx and HAProxy, each a keep-alive
+# first: that is the ceiling. Then the Rhone edge (`rhone serve edge`, `dist` profile:
+# release with thin LTO, over an SQLite control DB this script seeds with one route), nginx
+# and HAProxy, each a keep-alive
 # reverse proxy to that same backend with the same number of worker threads and no
 # per-request logging, are driven by the same wrk command (warmup first, then the measured
 # run). Prints requests/s, p50, p99, p99.9 and the CPU each proxy used, then the ratios the
@@ -16,8 +17,8 @@
 #   BENCH_CONNECTIONS=64   wrk connections
 #   BENCH_THREADS=2        wrk threads
 #   BENCH_ROUNDS=1         rounds over all targets (interleaved); the table shows medians
-#   BENCH_WORKERS=$(nproc) worker processes/threads of nginx and HAProxy (Rhone: tokio's
-#                          default, one worker per core)
+#   BENCH_WORKERS=$(nproc) worker processes/threads of nginx and HAProxy (Rhone: its
+#                          default, one worker thread per core; RHONE_EDGE_WORKERS=N sets it)
 #   BENCH_TARGETS="ceiling rhone nginx haproxy"   which to measure, in this order
 #   BENCH_RHONE_LOG        RHONE_LOG for the edge (default: rhone's own default filter)
 #   RHONE_BIN              a prebuilt rhone binary to measure instead of building this tree
@@ -90,14 +91,14 @@ fi
 if [ -n "${RHONE_BIN:-}" ]; then
     rhone=$RHONE_BIN
 else
-    echo "bench/proxy: cargo build --release -p rhone-cli (several minutes the first time)"
+    echo "bench/proxy: cargo build --profile dist -p rhone-cli (thin LTO, one codegen unit: many minutes the first time)"
     start=$(rhone_now_ms)
-    if ! cargo build --release -q -p rhone-cli; then
+    if ! cargo build --profile dist -q -p rhone-cli; then
         echo "bench/proxy: the release build failed; RHONE_BIN=PATH measures a prebuilt rhone" >&2
         exit 1
     fi
     echo "bench/proxy: built in $(rhone_since "$start")"
-    rhone="$CARGO_TARGET_DIR/release/rhone"
+    rhone="$CARGO_TARGET_DIR/dist/rhone"
 fi
 
 # --- processes, ports, cleanup -----------------------------------------------------------
@@ -348,7 +349,7 @@ echo
 echo "setup (the same for every target):"
 echo "  wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}'): wrk -t$threads -c$conns -d$duration --latency -H 'Host: $route_host' -s bench/proxy.lua URL, after a warmup of ${warmup} (same command, unmeasured); wrk runs on the same $cores cores as everything else"
 echo "  backend (ceiling): nginx $(nginx -v 2>&1 | sed 's|.*/||') return 200 \"ok\", worker_processes $workers, keepalive_requests 1000000, access_log off"
-echo "  rhone:   $rhone serve edge (${RHONE_BIN:+given binary, }sha256 $(sha256sum "$rhone" | cut -c1-12)), tokio multi-thread runtime ($cores workers = cores), route from SQLite, RHONE_LOG=${BENCH_RHONE_LOG:-default (info: no per-request lines)}"
+echo "  rhone:   $rhone serve edge (${RHONE_BIN:+given binary, }sha256 $(sha256sum "$rhone" | cut -c1-12)), ${RHONE_EDGE_WORKERS:-$cores} worker threads (one current-thread runtime and accept loop each), route from SQLite, RHONE_LOG=${BENCH_RHONE_LOG:-default (info: no per-request lines)}"
 echo "  nginx:   worker_processes $workers; upstream keepalive 64 (keepalive_requests 1000000); proxy_http_version 1.1; Connection \"\"; X-Forwarded-For/Proto; access_log off"
 echo "  haproxy: $(haproxy -v 2>&1 | head -n1 | awk '{print $3}') mode http, nbthread $workers, http-reuse always, option forwardfor, no log"
 echo

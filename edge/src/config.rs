@@ -19,6 +19,9 @@ pub struct EdgeConfig {
     /// How long a gap in the change log may stay open (a writer may still be committing)
     /// before the edge reloads a snapshot. Default 500 ms.
     pub gap_grace: Duration,
+    /// Threads serving requests, each with its own runtime, accept loop and connection
+    /// pools. Default [`crate::default_workers`]: `RHONE_EDGE_WORKERS`, else one per core.
+    pub workers: usize,
 }
 
 impl EdgeConfig {
@@ -34,6 +37,7 @@ impl EdgeConfig {
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             heartbeat: Self::DEFAULT_HEARTBEAT,
             gap_grace: Self::DEFAULT_GAP_GRACE,
+            workers: crate::default_workers(),
         }
     }
 }
@@ -61,5 +65,6 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_millis(20));
         assert_eq!(c.heartbeat, Duration::from_secs(1));
         assert_eq!(c.gap_grace, Duration::from_millis(500));
+        assert!(c.workers >= 1);
     }
 }

@@ -1,33 +1,47 @@
-//! The reverse proxy: one request to one allocation over a pooled HTTP/1.1 client, bodies
+//! The reverse proxy: one request to one allocation over a pooled HTTP/1.1 connection, bodies
 //! streamed both ways, hop-by-hop headers removed, forwarding headers added, and WebSocket
 //! upgrades spliced into a byte pipe that lives as long as both sides keep it open.
+//!
+//! Each worker (one per core, see `server.rs`) has its own [`Proxy`]: a pool of idle hyper
+//! HTTP/1 client connections per allocation address. A connection is taken for a request and
+//! given back when the response body ends; no task is spawned per request and no lock is
+//! shared between workers.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
-use axum::{
-    body::Body,
-    extract::Request,
-    http::{
-        Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, Version, header,
-        header::{CONNECTION, UPGRADE},
-    },
-    response::Response,
+use hyper::{
+    Request, Response, StatusCode, Uri, Version,
+    body::{Body as HttpBody, Bytes, Frame, Incoming},
+    client::conn::http1::SendRequest,
+    header::{self, CONNECTION, HeaderMap, HeaderName, HeaderValue, UPGRADE},
+    http::{Extensions, uri::Authority},
+    upgrade::OnUpgrade,
 };
-use hyper::upgrade::OnUpgrade;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::{error::EdgeError, route::Target};
+use crate::{
+    body::Body,
+    error::{BoxError, EdgeError},
+    route::Target,
+};
 
 /// How long connecting to an allocation may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an allocation may take to send its response headers (the body may take longer).
 const RESPONSE_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle pooled connection to an allocation is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per allocation address and worker; more are closed.
+const POOL_MAX_IDLE: usize = 512;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -49,22 +63,89 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
-/// The pooled client every request to an allocation goes through.
-#[derive(Clone)]
+/// One worker's client side: its pool of idle connections to allocations.
 pub(crate) struct Proxy {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
+}
+
+/// Idle HTTP/1 connections by allocation address.
+#[derive(Default)]
+pub(crate) struct Pool {
+    slots: Mutex<HashMap<Authority, Arc<Slot>>>,
+}
+
+/// The idle connections to one allocation address. A response body holds its slot to give
+/// its connection back, so no key is cloned or hashed again per request.
+#[derive(Default)]
+pub(crate) struct Slot {
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+impl Pool {
+    /// The slot of `authority`, made on first use.
+    fn slot(&self, authority: &Authority) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get(authority) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(authority.clone(), slot.clone());
+        slot
+    }
+
+    /// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] or closed by the
+    /// allocation, and forgets addresses left with none and no request in flight.
+    pub(crate) fn sweep(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|_, slot| {
+            let mut idle = slot.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < POOL_IDLE_TIMEOUT);
+            !idle.is_empty() || Arc::strong_count(slot) > 1
+        });
+    }
+}
+
+impl Slot {
+    /// An open idle connection, if one is kept.
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next request, unless it is closed.
+    fn put(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 impl Proxy {
     pub(crate) fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        Self { client }
+        Self {
+            pool: Arc::default(),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Sends `req` to `target` and returns its response with the body still streaming. A
@@ -72,25 +153,28 @@ impl Proxy {
     /// allocation's socket in a task of its own.
     pub(crate) async fn forward(
         &self,
-        mut req: Request,
+        mut req: Request<Incoming>,
         target: &Target,
-        peer: SocketAddr,
-    ) -> Result<Response, EdgeError> {
-        let upgrade = is_websocket_upgrade(req.headers());
+        client: &Client,
+    ) -> Result<Response<Body>, EdgeError> {
+        let upgrade = req.headers().contains_key(UPGRADE) && is_websocket_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarding(&mut parts.headers, peer, host.as_ref());
-        parts.uri = target
-            .uri_for(&parts.uri)
-            .map_err(EdgeError::BuildRequest)?;
+        client.forwarding.apply(&mut parts.headers);
+        // The allocation gets the origin form, path and query as the client sent them.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = origin_form(&parts.uri);
+        }
         parts.version = Version::HTTP_11;
-        // The server's extensions (connection info, matched path) are not the backend's.
+        // The server's extensions are not the allocation's.
         parts.extensions = Extensions::new();
+        let req = Request::from_parts(parts, body);
 
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let mut resp = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, sent)
+        let authority = target.authority();
+        let slot = self.pool.slot(authority);
+        let sent = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, send(req, authority, &slot));
+        let (mut resp, sender) = sent
             .await
             .map_err(|_| EdgeError::BackendTimeout {
                 allocation: target.allocation_id,
@@ -104,6 +188,8 @@ impl Proxy {
             })?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The allocation's connection is the upgraded socket now, never pooled again.
+            drop(sender);
             let Some(client_side) = client_side else {
                 return Err(EdgeError::UnexpectedUpgrade {
                     allocation: target.allocation_id,
@@ -117,7 +203,97 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        let mut body = Returning {
+            body,
+            sender: Some(sender),
+            slot,
+        };
+        if body.body.is_end_stream() {
+            body.release();
+        }
+        Ok(Response::from_parts(parts, Body::backend(body)))
+    }
+}
+
+/// Sends `req` on a pooled connection to `authority`, or a new one. A pooled connection found
+/// closed before the request went out is replaced by a new one, once.
+async fn send(
+    mut req: Request<Incoming>,
+    authority: &Authority,
+    slot: &Slot,
+) -> Result<(Response<Incoming>, SendRequest<Incoming>), BoxError> {
+    if let Some(mut sender) = slot.take()
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(e.into_error().into()),
+            },
+        }
+    }
+    let mut sender = connect(authority).await?;
+    let resp = sender.send_request(req).await?;
+    Ok((resp, sender))
+}
+
+/// A new HTTP/1 connection to `authority`, driven by a task of its own on this worker.
+async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, BoxError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "connection to an allocation ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// `uri` in origin form: its path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// An allocation's response body that gives its connection back to the pool when it ends.
+pub(crate) struct Returning {
+    body: Incoming,
+    sender: Option<SendRequest<Incoming>>,
+    slot: Arc<Slot>,
+}
+
+impl Returning {
+    pub(crate) fn body(&self) -> &Incoming {
+        &self.body
+    }
+
+    fn release(&mut self) {
+        if let Some(s) = self.sender.take() {
+            self.slot.put(s);
+        }
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            // A body that failed half way leaves its connection unusable.
+            Poll::Ready(Some(Err(_))) => drop(self.sender.take()),
+            _ => {}
+        }
+        polled
     }
 }
 
@@ -135,6 +311,112 @@ async fn splice(client_side: OnUpgrade, backend_side: OnUpgrade) {
     match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
         Err(err) => tracing::debug!(error = %err, "upgraded connection ended with an error"),
+    }
+}
+
+/// What the edge knows about one client connection, worked out once for all its requests.
+pub(crate) struct Client {
+    pub(crate) peer: SocketAddr,
+    forwarding: Forwarding,
+}
+
+impl Client {
+    pub(crate) fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            forwarding: Forwarding::new(peer),
+        }
+    }
+}
+
+/// The forwarding headers of one client connection.
+struct Forwarding {
+    /// The client's address, as `X-Forwarded-For` lists it.
+    ip: HeaderValue,
+    /// `for=<node>`, as `Forwarded` lists it.
+    for_node: String,
+    /// The `Host` of the connection's first request and the `Forwarded` element for it:
+    /// later requests with the same host reuse it.
+    first: OnceLock<(HeaderValue, HeaderValue)>,
+}
+
+impl Forwarding {
+    fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        let ip_text = ip.to_string();
+        let for_node = if ip.is_ipv6() {
+            format!("for=\"[{ip}]\"")
+        } else {
+            format!("for={ip_text}")
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip_text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            for_node,
+            first: OnceLock::new(),
+        }
+    }
+
+    /// Adds where the request came from: the client address appended to `X-Forwarded-For`
+    /// and `Forwarded`, the original host in `X-Forwarded-Host`, and `X-Forwarded-Proto:
+    /// http` (the edge speaks plain HTTP; whatever a client claimed is replaced). `Host` is
+    /// kept as the client sent it, so an app checking `Origin` against `Host` sees its public
+    /// name.
+    fn apply(&self, headers: &mut HeaderMap) {
+        let host = headers
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned();
+        if headers.contains_key(&X_FORWARDED_FOR) {
+            let ip = self.ip.to_str().unwrap_or("unknown");
+            append_list(headers, &X_FORWARDED_FOR, ip);
+        } else {
+            headers.insert(X_FORWARDED_FOR.clone(), self.ip.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let element = self.element(host.as_ref());
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        if headers.contains_key(&FORWARDED) {
+            let element = element.to_str().unwrap_or("for=unknown");
+            append_list(headers, &FORWARDED, element);
+        } else {
+            headers.insert(FORWARDED.clone(), element);
+        }
+    }
+
+    /// This connection's `Forwarded` element for a request to `host` (visible ASCII).
+    fn element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let Some(host) = host else {
+            return self.build(None);
+        };
+        if let Some((h, v)) = self.first.get() {
+            if h == host {
+                return v.clone();
+            }
+            return self.build(Some(host));
+        }
+        let v = self.build(Some(host));
+        let _ = self.first.set((host.clone(), v.clone()));
+        v
+    }
+
+    fn build(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let host = host
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.contains(['"', '\\']));
+        let mut s = String::with_capacity(self.for_node.len() + host.map_or(0, str::len) + 20);
+        s.push_str(&self.for_node);
+        if let Some(h) = host {
+            s.push_str(";host=\"");
+            s.push_str(h);
+            s.push('"');
+        }
+        s.push_str(";proto=http");
+        HeaderValue::from_maybe_shared(Bytes::from(s))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown;proto=http"))
     }
 }
 
@@ -163,45 +445,40 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes the hop-by-hop headers and those `Connection` names. On an upgrade, keeps
-/// `Upgrade` and leaves `Connection: upgrade` alone.
+/// `Upgrade` and leaves `Connection: upgrade` alone. One pass over the names finds which
+/// are present; a message with none costs no lookup.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        if !(upgrade && (name == UPGRADE || name == CONNECTION)) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 && !upgrade {
+        return;
+    }
+    if present & 1 != 0 {
+        // Names `Connection` lists beyond the fixed ones (rare: no allocation otherwise).
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 && !(upgrade && (name == UPGRADE || name == CONNECTION)) {
             headers.remove(name);
         }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// Adds where the request came from: the client address appended to `X-Forwarded-For` and
-/// `Forwarded`, the original host in `X-Forwarded-Host`, and `X-Forwarded-Proto: http` (the
-/// edge speaks plain HTTP; whatever a client claimed is replaced). `Host` is kept as the
-/// client sent it, so an app checking `Origin` against `Host` sees its public name.
-fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = peer.ip().to_canonical();
-    append_list(headers, &X_FORWARDED_FOR, &ip.to_string());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    let host = host.and_then(|h| h.to_str().ok());
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut element = format!("for={node}");
-    if let Some(h) = host.filter(|h| !h.contains(['"', '\\'])) {
-        element.push_str(&format!(";host=\"{h}\""));
-    }
-    element.push_str(";proto=http");
-    append_list(headers, &FORWARDED, &element);
 }
 
 /// Sets `name` to its current values and `item`, as one comma-separated list. Values that are
@@ -255,6 +532,9 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), ["accept"]);
+        let mut h = headers(&[("accept", "text/html"), ("host", "a")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["accept", "host"]);
     }
 
     #[test]
@@ -281,9 +561,10 @@ mod tests {
         let mut h = headers(&[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
+            ("host", "shop.localhost:8081"),
         ]);
-        let host = HeaderValue::from_static("shop.localhost:8081");
-        add_forwarding(&mut h, "10.1.2.3:5555".parse().expect("addr"), Some(&host));
+        let f = Forwarding::new("10.1.2.3:5555".parse().expect("addr"));
+        f.apply(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.7, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "shop.localhost:8081");
@@ -291,13 +572,35 @@ mod tests {
             h[&FORWARDED],
             "for=10.1.2.3;host=\"shop.localhost:8081\";proto=http"
         );
+        // The same connection, another host: not the first host's element.
+        let mut h = headers(&[("host", "other.localhost"), ("forwarded", "for=192.0.2.1")]);
+        f.apply(&mut h);
+        assert_eq!(
+            h[&FORWARDED],
+            "for=192.0.2.1, for=10.1.2.3;host=\"other.localhost\";proto=http"
+        );
+        let mut h = headers(&[("host", "shop.localhost:8081")]);
+        f.apply(&mut h);
+        assert_eq!(
+            h[&FORWARDED],
+            "for=10.1.2.3;host=\"shop.localhost:8081\";proto=http"
+        );
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "[::1]:5555".parse().expect("addr"), None);
+        Forwarding::new("[::1]:5555".parse().expect("addr")).apply(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "::1");
         assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=http");
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "[::ffff:10.0.0.1]:1".parse().expect("addr"), None);
+        Forwarding::new("[::ffff:10.0.0.1]:1".parse().expect("addr")).apply(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        let uri: Uri = "http://shop.localhost/a/b?c=d".parse().expect("uri");
+        assert_eq!(origin_form(&uri), "/a/b?c=d");
+        let uri: Uri = "http://shop.localhost".parse().expect("uri");
+        assert_eq!(origin_form(&uri), "/");
     }
 }
