@@ -12,7 +12,7 @@ mod deploy_support;
 mod harness;
 
 use anyhow::{Context, Result};
-use deploy_support::{commit, replace_in};
+use deploy_support::{change_counter_codec, replace_in};
 use harness::{Harness, stages};
 use rhone_workflows::DecisionKind;
 
@@ -40,17 +40,7 @@ async fn a_cold_deploy_waits_for_approval_then_proceeds() -> Result<()> {
         owner.route_key
     );
 
-    replace_in(
-        &repo.path.join("vango_state_schema.json"),
-        "\"json:int:v1\"",
-        "\"json:int:v2\"",
-    )?;
-    let output = std::process::Command::new("python3")
-        .args(["build.py", "--write-schema-hash"])
-        .current_dir(&repo.path)
-        .output()?;
-    assert!(output.status.success(), "{output:?}");
-    let repo = commit(&repo.path, "change the counter's codec")?;
+    let repo = change_counter_codec(&repo)?;
     let second = h.deploy(&repo).await?;
     let seen = h.wait_status(second, "waiting", 1).await?;
     assert_eq!(seen.op.current_stage, "blocked");

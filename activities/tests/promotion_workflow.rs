@@ -16,7 +16,7 @@ mod prod;
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::Result;
-use deploy_support::{Repo, commit, replace_in};
+use deploy_support::{Repo, change_counter_codec, commit, replace_in};
 use harness::stages;
 use prod::Prod;
 use rhone_core::OperationKind;
@@ -350,17 +350,7 @@ async fn a_rollback_across_a_state_schema_change_is_refused() -> Result<()> {
     let first = p.promote(d1, 1).await?;
     assert_eq!(p.ended(first).await?.op.status, "succeeded");
 
-    replace_in(
-        &repo.path.join("vango_state_schema.json"),
-        "\"json:int:v1\"",
-        "\"json:int:v2\"",
-    )?;
-    let output = std::process::Command::new("python3")
-        .args(["build.py", "--write-schema-hash"])
-        .current_dir(&repo.path)
-        .output()?;
-    assert!(output.status.success(), "{output:?}");
-    let repo = commit(&repo.path, "change the counter's codec")?;
+    let repo = change_counter_codec(&repo)?;
     let d2 = p.h.deploy(&repo).await?;
     p.h.wait_status(d2, "waiting", 1).await?;
     p.h.signal(d2, DecisionKind::Approve).await?;

@@ -10,7 +10,7 @@ use rhone_schema::new_id;
 use rhone_workflows::activities::{Built, ValidateInput, Validation};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
 
-use super::deploy_support::{self, Fixture, commit, replace_in};
+use super::deploy_support::{self, Fixture, change_counter_codec, replace_in};
 
 async fn validate(
     fx: &Fixture,
@@ -96,14 +96,7 @@ async fn a_cold_state_change_needs_approval() -> Result<()> {
     row.stage = Set("preview_ready".into());
     row.update(&fx.db).await?;
 
-    let schema = repo.path.join("vango_state_schema.json");
-    replace_in(&schema, "\"json:int:v1\"", "\"json:int:v2\"")?;
-    let output = std::process::Command::new("python3")
-        .args(["build.py", "--write-schema-hash"])
-        .current_dir(&repo.path)
-        .output()?;
-    assert!(output.status.success(), "{output:?}");
-    let repo = commit(&repo.path, "change the counter's codec")?;
+    let repo = change_counter_codec(&repo)?;
     let (second, built) = fx.deploy(&repo).await?;
     let v = validate(&fx, second, &built?).await?;
     assert_eq!(failed_gates(&v), ["vango_state_impact"]);

@@ -168,6 +168,24 @@ pub fn replace_in(path: &Path, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// Changes the codec of the persisted primitive `counter.count` (a cold state change),
+/// regenerates the schema hash as the app's build does, and commits; the new head.
+pub fn change_counter_codec(repo: &Repo) -> Result<Repo> {
+    replace_in(
+        &repo.path.join("vango_state_schema.json"),
+        "\"json:int:v1\"",
+        "\"json:int:v2\"",
+    )?;
+    let output = std::process::Command::new("python3")
+        .args(["build.py", "--write-schema-hash"])
+        .current_dir(&repo.path)
+        .output()?;
+    if !output.status.success() {
+        bail!("build.py --write-schema-hash: {output:?}");
+    }
+    commit(&repo.path, "change the counter's codec")
+}
+
 /// Commits everything in `repo`; the new head.
 pub fn commit(repo: &Path, message: &str) -> Result<Repo> {
     git(repo, &["add", "--all"])?;
