@@ -43,6 +43,25 @@ pub fn operation_id_of_workflow(workflow_id: &str) -> Option<OperationId> {
     id.parse().ok()
 }
 
+/// The Temporal workflow id of the Wake of `route_key` at route epoch `epoch`:
+/// `wake-<route key>-e<epoch>`. Every edge that finds the route asleep names the same
+/// workflow, so concurrent requests coalesce into one run; each awake period is one run of
+/// that id (one Operation, whose id is the run's id, see `rhone_workflows::wake`).
+pub fn wake_workflow_id(route_key: &str, epoch: i64) -> String {
+    format!("wake-{route_key}-e{epoch}")
+}
+
+/// The workflow id and, when given, the run id that `operations.workflow_id` names: a plain
+/// workflow id (an operation whose workflow id is derived from it), or `<workflow id>/<run
+/// id>` (an operation that is one run of a reused workflow id, a Wake: the Temporal UI's path
+/// of the run). Split at the first `/`.
+pub fn workflow_run_of(stored: &str) -> (&str, Option<&str>) {
+    match stored.split_once('/') {
+        Some((workflow_id, run_id)) => (workflow_id, Some(run_id)),
+        None => (stored, None),
+    }
+}
+
 /// The route key (host) of an environment: `<app>.<project>.<workspace>.<domain>` for the
 /// `production` kind, `<env>.<app>.<project>.<workspace>.<domain>` for every other. Names
 /// are DNS labels already ([`crate::Name`]), so the key is a valid host.
@@ -75,6 +94,25 @@ mod tests {
         }
         assert_eq!(operation_id_of_workflow("not-a-workflow"), None);
         assert_eq!(operation_id_of_workflow(&format!("bogus-{id}")), None);
+    }
+
+    #[test]
+    fn wake_workflow_id_names_key_and_epoch() {
+        assert_eq!(
+            wake_workflow_id("web.shop.acme.rhone.localhost", 3),
+            "wake-web.shop.acme.rhone.localhost-e3"
+        );
+        // Not an operation-derived id: the operation is the run, not the id.
+        assert_eq!(operation_id_of_workflow(&wake_workflow_id("a", 1)), None);
+    }
+
+    #[test]
+    fn stored_workflow_ids_name_a_run_when_they_have_one() {
+        assert_eq!(workflow_run_of("deploy-x"), ("deploy-x", None));
+        assert_eq!(
+            workflow_run_of("wake-a.b-e3/0193c1e2-0000-7000-8000-000000000001"),
+            ("wake-a.b-e3", Some("0193c1e2-0000-7000-8000-000000000001"))
+        );
     }
 
     #[test]

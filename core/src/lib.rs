@@ -8,7 +8,7 @@ pub mod operation;
 pub mod role;
 pub mod stage;
 
-pub use ids::{OperationId, environment_route_key, workflow_id};
+pub use ids::{OperationId, environment_route_key, wake_workflow_id, workflow_id, workflow_run_of};
 pub use name::{Name, NameError};
 pub use operation::{OperationKind, OperationStatus, StageError};
 pub use role::Role;

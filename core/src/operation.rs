@@ -66,6 +66,8 @@ text_enum! {
         ProjectCreate = "project_create",
         AppCreate = "app_create",
         EnvironmentCreate = "environment_create",
+        /// A setting of an environment changed (scale to zero), applied at once.
+        EnvironmentUpdate = "environment_update",
         GrantCreate = "grant_create",
         TokenCreate = "token_create",
     }
@@ -163,6 +165,7 @@ impl OperationKind {
             | Self::ProjectCreate
             | Self::AppCreate
             | Self::EnvironmentCreate
+            | Self::EnvironmentUpdate
             | Self::GrantCreate
             | Self::TokenCreate => MachineKind::Mutation,
         }

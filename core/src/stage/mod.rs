@@ -170,11 +170,13 @@ machine! {
 
 machine! {
     /// Wake of a route key at one epoch; `hot → sleeping` after the idle period, and a
-    /// sleeping route wakes again.
+    /// sleeping route wakes again. `cold → hot` is a run that finds the route hot already
+    /// (a promotion, deploy or setting started it to watch the route, or two edges raced);
+    /// its evidence names what made it hot.
     WakeStage, "wake", initial Cold,
     success [Hot, Sleeping], failure [Failed], blocked [],
     {
-        Cold = "cold" => [WakeRequested, Failed],
+        Cold = "cold" => [WakeRequested, Hot, Failed],
         WakeRequested = "wake_requested" => [Starting, Failed],
         Starting = "starting" => [ReadinessWait, Failed],
         ReadinessWait = "readiness_wait" => [Hot, Failed],

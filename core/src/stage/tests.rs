@@ -187,7 +187,9 @@ fn wake() {
         "failed",
     ]);
     legal::<WakeStage>(&["cold", "wake_requested", "failed"]);
-    illegal::<WakeStage>("cold", "hot");
+    // A watch that finds the route hot already.
+    legal::<WakeStage>(&["cold", "hot", "sleeping"]);
+    illegal::<WakeStage>("cold", "starting");
     illegal::<WakeStage>("sleeping", "hot");
     illegal::<WakeStage>("failed", "wake_requested");
 }

@@ -19,6 +19,7 @@ pub mod operation_stage;
 pub mod project;
 pub mod provider_binding;
 pub mod region;
+pub mod route_activity;
 pub mod route_change;
 pub mod route_owner;
 pub mod runner;

@@ -12,6 +12,7 @@ mod m20261123_000004_release;
 mod m20261123_000005_bindings;
 mod m20261123_000006_build_logs;
 mod m20261124_000007_promotion;
+mod m20261124_000008_wake;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_bindings::Migration),
             Box::new(m20261123_000006_build_logs::Migration),
             Box::new(m20261124_000007_promotion::Migration),
+            Box::new(m20261124_000008_wake::Migration),
         ]
     }
 }

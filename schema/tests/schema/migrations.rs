@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use chrono::Utc;
-use rhone_schema::entity::{api_token, user, workspace};
+use rhone_schema::entity::{api_token, environment, route_activity, user, workspace};
 use rhone_schema::{Migrator, SchemaError, migrate, new_id};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
 use sea_orm_migration::MigratorTrait;
@@ -15,6 +15,7 @@ on_both_backends!(
     duplicate_names_are_conflicts,
     missing_references_are_rejected,
     a_token_has_exactly_one_owner,
+    wake_columns_default_and_route_activity_is_per_key_and_edge,
 );
 
 async fn migrating_twice_is_a_no_op(db: DatabaseConnection) -> Result<()> {
@@ -88,5 +89,48 @@ async fn a_token_has_exactly_one_owner(db: DatabaseConnection) -> Result<()> {
     );
     assert!(token("user", None, None).insert(&db).await.is_err());
     assert_eq!(api_token::hash_token("abc").len(), 64);
+    Ok(())
+}
+
+/// Migration 8: environments that existed before it get `sleep_after_ms` 300000 and
+/// `wake_state` `hot`; `route_activity` has one row per (route key, edge); it rolls back
+/// and applies again.
+async fn wake_columns_default_and_route_activity_is_per_key_and_edge(
+    db: DatabaseConnection,
+) -> Result<()> {
+    let t = rhone_schema::fixtures::tenancy(&db, "acme", "production").await?;
+    let mut env: environment::ActiveModel = t.environment.clone().into();
+    env.sleep_after_ms = Set(5);
+    env.wake_state = Set("sleeping".into());
+    env.update(&db).await?;
+    Migrator::down(&db, Some(1)).await?;
+    Migrator::up(&db, None).await?;
+    let env = environment::Entity::find_by_id(t.environment.id)
+        .one(&db)
+        .await?
+        .expect("the environment survives");
+    assert_eq!(env.sleep_after_ms, environment::DEFAULT_SLEEP_AFTER_MS);
+    assert_eq!(env.wake_state, environment::WAKE_STATE_HOT);
+
+    let row = |edge: &str| route_activity::ActiveModel {
+        route_key: Set("web.shop.acme.rhone.localhost".into()),
+        edge_id: Set(edge.into()),
+        last_request_at: Set(Some(Utc::now())),
+        open_sockets: Set(2),
+        updated_at: Set(Utc::now()),
+    };
+    row("edge-a").insert(&db).await?;
+    row("edge-b").insert(&db).await?;
+    let again = route_activity::Entity::insert(row("edge-a"))
+        .exec(&db)
+        .await
+        .map_err(SchemaError::from);
+    assert!(
+        matches!(again, Err(SchemaError::Conflict { .. })),
+        "{again:?}"
+    );
+    let rows = route_activity::Entity::find().all(&db).await?;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.open_sockets == 2));
     Ok(())
 }
