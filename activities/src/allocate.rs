@@ -403,3 +403,33 @@ pub(crate) async fn environment_host(
         domain,
     ))
 }
+
+/// Tells the runner to drain `row`: the stop command at the row's generation (PUT), or a
+/// plain drain request (DELETE) when the runner will not take it. Nothing to do when the
+/// runner no longer knows the allocation or it has ended. The runner drains gracefully
+/// (SIGTERM, requests finish, SIGKILL only at the drain deadline).
+pub(crate) async fn stop_on_runner(
+    db: &DatabaseConnection,
+    http: &reqwest::Client,
+    row: &allocation::Model,
+) -> Result<(), ActivityError> {
+    let Some(runner) = runner_of(db, row).await? else {
+        return Ok(());
+    };
+    match observe(http, &runner, row.id).await.map_err(transient)? {
+        Observed::Unknown => return Ok(()),
+        Observed::Status(s)
+            if matches!(s.stage, AllocationStage::Stopped | AllocationStage::Failed) =>
+        {
+            return Ok(());
+        }
+        Observed::Status(_) => {}
+    }
+    let manifest = manifest(db, &row.artifact_digest).await?;
+    let spec = spec(row, &manifest, Desired::Stop)?;
+    if let Err(e) = put_spec(http, &runner, &spec).await {
+        tracing::info!(allocation_id = %row.id, error = ?e, "stop command not taken; asking the runner to drain");
+        delete(http, &runner, row.id).await?;
+    }
+    Ok(())
+}

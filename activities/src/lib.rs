@@ -11,8 +11,10 @@ pub mod preview;
 pub mod promotion;
 pub mod temporal;
 pub mod tenancy;
+pub mod wake;
 pub mod worker;
 
 pub use allocate::Heartbeat;
 pub use promotion::{PromotionActivities, PromotionConfig};
+pub use wake::{WakeActivities, WakeConfig};
 pub use worker::{Worker, WorkerConfig, WorkerHandle};

@@ -104,11 +104,18 @@ impl PreviewActivities {
         .map_err(db_err)?;
         let url = format!("http://{route_key}{}/", self.config.port_suffix);
         tracing::info!(%url, epoch = owner.epoch, allocation_id = %alloc.id, "preview ready");
+        crate::wake::set_state(db, dep.environment_id, environment::WAKE_STATE_HOT).await?;
+        let scale_to_zero = environment::Entity::find_by_id(dep.environment_id)
+            .one(db)
+            .await
+            .map_err(db_err)?
+            .is_some_and(|e| e.scale_to_zero);
         Ok(Preview {
             route_key,
             url,
             allocation_id: alloc.id,
             epoch: owner.epoch,
+            scale_to_zero,
         })
     }
 

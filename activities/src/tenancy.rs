@@ -44,6 +44,8 @@ impl TenancyActivities {
             requires_approval: Set(input.requires_approval),
             scale_to_zero: Set(input.scale_to_zero),
             wake_budget_ms: Set(input.wake_budget_ms),
+            sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),
+            wake_state: Set(environment::WAKE_STATE_HOT.into()),
             created_at: Set(Utc::now()),
         };
         match environment::Entity::insert(row)

@@ -3,7 +3,9 @@
 
 use std::{future::Future, time::Duration};
 
-use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow, TASK_QUEUE};
+use rhone_workflows::{
+    DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow, TASK_QUEUE, WakeWorkflow,
+};
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, WorkerOptions};
@@ -11,6 +13,7 @@ use temporalio_sdk::{Runtime, WorkerOptions};
 use crate::deploy::{DeployActivities, DeployConfig};
 use crate::preview::{PreviewActivities, PreviewConfig};
 use crate::promotion::{PromotionActivities, PromotionConfig};
+use crate::wake::{WakeActivities, WakeConfig};
 use crate::{operation::OperationActivities, tenancy::TenancyActivities};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub struct WorkerConfig {
     /// Health window, drain grace, edge propagation deadline and edge liveness of
     /// promotions; see [`PromotionConfig`] for the defaults.
     pub promotion: PromotionConfig,
+    /// Scale to zero: how often a hot route is checked for idleness; see [`WakeConfig`].
+    pub wake: WakeConfig,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +51,7 @@ impl Default for WorkerConfig {
             deploy: DeployConfig::default(),
             preview: PreviewConfig::default(),
             promotion: PromotionConfig::default(),
+            wake: WakeConfig::default(),
         }
     }
 }
@@ -137,9 +143,17 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<PromotionWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<WakeWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_activities(PreviewActivities {
                 db: db.clone(),
                 config: config.preview.clone(),
+                http: http.clone(),
+            })
+            .register_activities(WakeActivities {
+                db: db.clone(),
+                config: config.wake.clone(),
+                edge_liveness: config.promotion.edge_liveness,
                 http: http.clone(),
             })
             .register_activities(PromotionActivities {

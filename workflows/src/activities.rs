@@ -176,6 +176,10 @@ pub struct Preview {
     pub allocation_id: Uuid,
     /// The RouteOwner epoch the preview was written at.
     pub epoch: i64,
+    /// The preview environment scales to zero: the deploy starts a Wake run to watch the
+    /// route. Absent from histories recorded before scale to zero (false).
+    #[serde(default)]
+    pub scale_to_zero: bool,
 }
 
 pub struct DeployActivities;
@@ -251,6 +255,10 @@ pub struct Policy {
     pub health_window_ms: u64,
     pub drain_grace_ms: u64,
     pub propagation_deadline_ms: u64,
+    /// The environment scales to zero: a healthy promotion starts a Wake run to watch the
+    /// route. Absent from histories recorded before scale to zero (false).
+    #[serde(default)]
+    pub scale_to_zero: bool,
 }
 
 /// Start (or find again) the operation's allocations of `digest` and wait until ready.
@@ -377,6 +385,198 @@ impl PromotionActivities {
     }
 }
 
+/// Opens (or, for a continued run, finds again) the operation of a Wake run and reads what
+/// the run needs about the route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeOpenInput {
+    pub operation_id: OperationId,
+    /// `<workflow id>/<run id>`, stored as `operations.workflow_id`; a continued run writes
+    /// its own, so signals reach the run that is alive.
+    pub workflow_ref: String,
+    pub route_key: String,
+    pub epoch: i64,
+    /// `system` or `edge:<edge id>`.
+    pub actor: String,
+    /// The run's trigger, as evidence.
+    pub trigger: serde_json::Value,
+}
+
+/// What a Wake run knows about its route when it opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeOpened {
+    /// The owner's epoch when it is not the run's: the run ends failed.
+    pub superseded_by: Option<i64>,
+    pub environment_id: Option<Uuid>,
+    pub deployment_id: Option<Uuid>,
+    pub digest: Option<String>,
+    pub scale_to_zero: bool,
+    pub sleep_after_ms: u64,
+    /// The owner's artifact's `readiness_timeout_secs`.
+    pub readiness_timeout_secs: u64,
+    /// How often the idle watch checks the route (worker configuration).
+    pub idle_check_ms: u64,
+    /// Ready allocations of the owner's deployment and digest, meant to run.
+    pub ready_allocations: Vec<Uuid>,
+    /// The operation that last moved the route (the promotion or deploy that made it hot).
+    pub owner_operation_id: Option<Uuid>,
+}
+
+/// One request an edge held (or answered) while the route was waking, recorded as evidence
+/// on the wake's operation (an audit row `wake.request`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeEvidenceInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub edge_id: String,
+    /// Unique per request within the operation (`trigger`, `attach#N` …): the audit row's
+    /// id is derived from it, so a retried activity writes it once.
+    pub request_key: String,
+    pub request: serde_json::Value,
+}
+
+/// The environment's `wake_state`, written only while `epoch` is the route's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeStateInput {
+    pub route_key: String,
+    pub epoch: i64,
+    pub state: String,
+}
+
+/// Starts the wake's one allocation of the owner's exact deployment and digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeStartInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub epoch: i64,
+    pub deployment_id: Uuid,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeStarted {
+    pub allocation_id: Uuid,
+    pub runner: String,
+}
+
+/// Waits until the wake's allocation is ready, the readiness timeout passes, or the route
+/// moves on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeReadyInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub epoch: i64,
+    pub allocation_id: Uuid,
+    pub readiness_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeReady {
+    pub ready: bool,
+    /// The owner's epoch when the route moved on meanwhile.
+    pub superseded_by: Option<i64>,
+    /// Why not ready: the allocation's stage, the runner's reason and its last log lines.
+    pub reason: Option<String>,
+    /// The allocation's last log lines (at most 20) when it did not become ready.
+    pub log_lines: Vec<String>,
+    /// From the operation's creation (the request that woke the route) to ready.
+    pub since_request_ms: u64,
+}
+
+/// Drains exactly these allocations (the wake's own, after a failure).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeStopInput {
+    pub operation_id: OperationId,
+    pub allocation_ids: Vec<Uuid>,
+}
+
+/// Whether the route at `epoch` is idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteIdleInput {
+    pub route_key: String,
+    pub epoch: i64,
+    /// When the run saw the route hot (Unix ms, workflow time): the idle time of a route no
+    /// edge has reported a request for counts from here.
+    pub hot_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleReport {
+    /// The route moved past `epoch` (or has no owner): the run stops watching.
+    pub superseded: bool,
+    /// The environment still scales to zero; when it does not, the run stops watching.
+    pub scale_to_zero: bool,
+    pub sleep_after_ms: u64,
+    pub idle_ms: u64,
+    /// Open WebSockets reported by live edges.
+    pub open_sockets: u64,
+}
+
+/// Puts the route to sleep if it is still at `epoch` and idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepInput {
+    pub operation_id: OperationId,
+    pub route_key: String,
+    pub epoch: i64,
+    pub hot_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slept {
+    /// False when the re-check under the route lock found traffic, a moved route or a
+    /// setting turned off; `reason` says which.
+    pub slept: bool,
+    pub reason: Option<String>,
+    pub idle_ms: u64,
+    /// The allocations told to drain.
+    pub allocation_ids: Vec<Uuid>,
+}
+
+pub struct WakeActivities;
+
+#[activity_definitions]
+impl WakeActivities {
+    #[activity(name = "wake_open")]
+    pub fn wake_open(input: WakeOpenInput) -> Result<WakeOpened, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "record_wake_request")]
+    pub fn record_wake_request(input: WakeEvidenceInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "set_wake_state")]
+    pub fn set_wake_state(input: WakeStateInput) -> Result<bool, ActivityError> {
+        unimplemented!()
+    }
+
+    /// A route that moved past the run's epoch is a non-retryable "route epoch superseded".
+    #[activity(name = "start_wake_allocation")]
+    pub fn start_wake_allocation(input: WakeStartInput) -> Result<WakeStarted, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "await_wake_ready")]
+    pub fn await_wake_ready(input: WakeReadyInput) -> Result<WakeReady, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "stop_wake_allocations")]
+    pub fn stop_wake_allocations(input: WakeStopInput) -> Result<Vec<Uuid>, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "route_idle")]
+    pub fn route_idle(input: RouteIdleInput) -> Result<IdleReport, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "sleep_route")]
+    pub fn sleep_route(input: SleepInput) -> Result<Slept, ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
@@ -386,4 +586,8 @@ pub mod defs {
         AwaitEdges, CheckPolicy, DrainAllocations, MoveRoute, StartAllocations, WatchHealth,
     };
     pub use super::tenancy_activities::CreateEnvironment;
+    pub use super::wake_activities::{
+        AwaitWakeReady, RecordWakeRequest, RouteIdle, SetWakeState, SleepRoute,
+        StartWakeAllocation, StopWakeAllocations, WakeOpen,
+    };
 }

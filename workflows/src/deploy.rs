@@ -3,7 +3,8 @@
 //! `building`, the digest on `validating`, the gates on `blocked` and `preview_ready`).
 //! `blocked` waits for a decision: `approve` clears approvable blockers (a cold state
 //! change), `retry` validates again (after a secret was added, a migration run), `abort`
-//! ends the deploy.
+//! ends the deploy. A preview environment that scales to zero gets its Wake run in watch
+//! mode once `preview_ready` (`crate::wake::start_watch`).
 
 use std::time::Duration;
 
@@ -180,6 +181,17 @@ impl DeployWorkflow {
                 });
                 op.enter(ctx, DeployStage::PreviewReady, evidence, None)
                     .await?;
+                if started.scale_to_zero {
+                    crate::wake::start_watch(
+                        ctx,
+                        &started.route_key,
+                        started.epoch,
+                        crate::wake::WakeTrigger::Deploy {
+                            operation_id: input.operation_id.0,
+                        },
+                    )
+                    .await?;
+                }
                 return Ok(Ok(DeployOutcome {
                     deployment_id: input.deployment_id,
                     digest: built.digest,

@@ -7,11 +7,15 @@ pub mod deploy;
 pub mod environment_create;
 pub mod promotion;
 pub mod stages;
+pub mod wake;
 
 pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
 pub use promotion::{PromotionInput, PromotionOutcome, PromotionWorkflow};
 pub use stages::{Decision, DecisionKind, DecisionSignal};
+pub use wake::{
+    WakeInput, WakeOutcome, WakeRequest, WakeStatus, WakeTrigger, WakeWorkflow, operation_id_of_run,
+};
 
 /// The task queue the control-plane worker polls.
 pub const TASK_QUEUE: &str = "rhone-control";

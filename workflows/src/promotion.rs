@@ -12,7 +12,9 @@
 //!   passed is an edge replay gap naming the lagging edges.
 //! - `healthy`: a health window on the new allocations (status `running` until it passes).
 //!   Failure moves the route back by a new CAS (N+2) and ends `rolled_back`; success drains
-//!   the previous owner's allocations after a grace period.
+//!   the previous owner's allocations after a grace period. An environment that scales to
+//!   zero then gets its Wake run in watch mode (`crate::wake::start_watch`), which puts the
+//!   route to sleep once idle.
 
 use std::time::Duration;
 
@@ -342,6 +344,18 @@ impl PromotionWorkflow {
                 },
                 watched(Duration::from_secs(600))
             );
+        }
+        // A route that scales to zero is watched from here: idle, it sleeps.
+        if policy.scale_to_zero {
+            crate::wake::start_watch(
+                ctx,
+                &policy.route_key,
+                moved.epoch,
+                crate::wake::WakeTrigger::Promotion {
+                    operation_id: input.operation_id.0,
+                },
+            )
+            .await?;
         }
         Ok(Ok(PromotionOutcome {
             route_key: policy.route_key,

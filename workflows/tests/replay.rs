@@ -2,11 +2,11 @@
 //! determinism fails here before it reaches a running operation. The histories are recorded
 //! by the activities tests: `RHONE_RECORD_HISTORIES=$PWD/workflows/tests/histories
 //! cargo test -p rhone-activities --test environment_create --test deploy_workflow
-//! --test promotion_workflow`.
+//! --test promotion_workflow --test wake_workflow`.
 
 use std::path::Path;
 
-use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow};
+use rhone_workflows::{DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow, WakeWorkflow};
 use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
@@ -31,6 +31,8 @@ async fn recorded_histories_replay() {
         .register_workflow::<DeployWorkflow>()
         .expect("registers")
         .register_workflow::<PromotionWorkflow>()
+        .expect("registers")
+        .register_workflow::<WakeWorkflow>()
         .expect("registers")
         .build();
     let replayer = WorkflowReplayer::new(options).expect("replayer");

@@ -452,31 +452,8 @@ impl PromotionActivities {
         Ok((stopping, kept))
     }
 
-    /// Tells the runner to drain `row`: the stop command at the row's generation (PUT),
-    /// or a plain drain request (DELETE) when the runner will not take it. Nothing to do
-    /// when the runner no longer knows the allocation or it has ended.
+    /// Tells the runner to drain `row` ([`allocate::stop_on_runner`]).
     async fn stop_on_runner(&self, row: &allocation::Model) -> Result<(), ActivityError> {
-        let Some(runner) = allocate::runner_of(&self.db, row).await? else {
-            return Ok(());
-        };
-        match allocate::observe(&self.http, &runner, row.id)
-            .await
-            .map_err(transient)?
-        {
-            Observed::Unknown => return Ok(()),
-            Observed::Status(s)
-                if matches!(s.stage, AllocationStage::Stopped | AllocationStage::Failed) =>
-            {
-                return Ok(());
-            }
-            Observed::Status(_) => {}
-        }
-        let manifest = allocate::manifest(&self.db, &row.artifact_digest).await?;
-        let spec = allocate::spec(row, &manifest, RunnerDesired::Stop)?;
-        if let Err(e) = allocate::put_spec(&self.http, &runner, &spec).await {
-            tracing::info!(allocation_id = %row.id, error = ?e, "stop command not taken; asking the runner to drain");
-            allocate::delete(&self.http, &runner, row.id).await?;
-        }
-        Ok(())
+        allocate::stop_on_runner(&self.db, &self.http, row).await
     }
 }

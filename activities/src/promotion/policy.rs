@@ -122,6 +122,7 @@ impl PromotionActivities {
             health_window_ms: millis(self.config.health_window),
             drain_grace_ms: millis(self.config.drain_grace),
             propagation_deadline_ms: millis(self.config.propagation_deadline),
+            scale_to_zero: env.scale_to_zero,
         })
     }
 

@@ -7,7 +7,7 @@ use chrono::Utc;
 use rhone_schema::{
     SchemaError,
     allocations::Desired,
-    entity::{allocation, audit_log, deployment, edge_ack, route_change, route_owner},
+    entity::{allocation, audit_log, deployment, edge_ack, environment, route_change, route_owner},
     routes::{self, OwnerWrite},
 };
 use rhone_workflows::activities::{AwaitEdgesInput, EdgesAcked, MoveRouteInput, RouteMoved};
@@ -140,6 +140,8 @@ impl PromotionActivities {
             .ok_or_else(|| refuse(format!("route change {key} epoch {epoch} is not logged")))?
             .seq;
         set_stage(self, dep.id, None, LIVE).await?;
+        // The route points at ready allocations: it is hot, whatever it was before.
+        crate::wake::set_state(db, dep.environment_id, environment::WAKE_STATE_HOT).await?;
         if let Some(before) = change(epoch - 1).await.map_err(db_err)?
             && before.deployment_id != dep.id
         {

@@ -173,6 +173,8 @@ impl World {
             requires_approval: Set(false),
             scale_to_zero: Set(false),
             wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
+            sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),
+            wake_state: Set(environment::WAKE_STATE_HOT.into()),
             created_at: Set(Utc::now()),
         }
         .insert(&db)

@@ -83,6 +83,8 @@ impl Prod {
             requires_approval: Set(requires_approval),
             scale_to_zero: Set(false),
             wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
+            sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),
+            wake_state: Set(environment::WAKE_STATE_HOT.into()),
             created_at: Set(Utc::now()),
         }
         .insert(&h.fx.db)
@@ -109,6 +111,14 @@ impl Prod {
                 edge_id: id.to_owned(),
                 ..EdgeConfig::for_address(address)
             },
+            wake: Some(rhone_edge::WakeClient {
+                client: self.h.client.clone(),
+                task_queue: self.h.queue.clone(),
+            }),
+            assets: Some(rhone_edge::Assets::new(
+                self.h.fx.config.store.clone(),
+                rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
+            )),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(rhone_edge::serve(listener, state, async move {

@@ -55,6 +55,7 @@ mirror! {
         ProjectCreate,
         AppCreate,
         EnvironmentCreate,
+        EnvironmentUpdate,
         GrantCreate,
         TokenCreate,
     }

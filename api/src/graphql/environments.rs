@@ -1,6 +1,6 @@
 //! Environments.
 
-use async_graphql::{Context, Object};
+use async_graphql::{Context, Object, SimpleObject};
 use uuid::Uuid;
 
 use crate::{
@@ -8,8 +8,18 @@ use crate::{
         caller,
         types::{Environment, Operation},
     },
-    service::environments::{self, EnvironmentKind, NewEnvironment},
+    service::environments::{self, EnvironmentKind, NewEnvironment, ScaleToZero},
 };
+
+/// What `setScaleToZero` changed.
+#[derive(SimpleObject)]
+pub struct SetScaleToZeroPayload {
+    pub environment: Environment,
+    /// The `environment_update` operation, applied.
+    pub operation: Operation,
+    /// The Wake workflow started to watch the route, when it was hot: it sleeps once idle.
+    pub watch_workflow_id: Option<String>,
+}
 
 #[derive(Default)]
 pub struct EnvironmentQuery;
@@ -65,5 +75,37 @@ impl EnvironmentMutation {
         };
         let op = environments::create_environment(state, actor, app_id, new).await?;
         Ok(Operation::try_from(op)?)
+    }
+
+    /// Turns scale to zero on or off for an environment; needs developer. Applied at once.
+    /// Turned on for a route that is serving, a Wake run starts to watch it: after
+    /// `sleepAfterMs` without a request and with no open WebSocket it sleeps (its allocations
+    /// drain), and the next request wakes it within the wake budget.
+    async fn set_scale_to_zero(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        enabled: bool,
+        #[graphql(
+            desc = "How long the app stays awake without a request, 1000 to 86400000 ms. Default: unchanged (300000 for a new environment)."
+        )]
+        sleep_after_ms: Option<i32>,
+        #[graphql(
+            desc = "How long the edge holds a request while the app wakes, 100 to 300000 ms. Default: unchanged."
+        )]
+        wake_budget_ms: Option<i32>,
+    ) -> async_graphql::Result<SetScaleToZeroPayload> {
+        let (state, actor) = caller(ctx)?;
+        let args = ScaleToZero {
+            enabled,
+            sleep_after_ms,
+            wake_budget_ms,
+        };
+        let set = environments::set_scale_to_zero(state, actor, environment_id, args).await?;
+        Ok(SetScaleToZeroPayload {
+            environment: Environment::try_from(set.environment)?,
+            operation: Operation::try_from(set.operation)?,
+            watch_workflow_id: set.watch,
+        })
     }
 }

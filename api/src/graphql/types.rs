@@ -89,6 +89,11 @@ pub struct Environment {
     pub scale_to_zero: bool,
     /// How long the edge holds a request while the app wakes.
     pub wake_budget_ms: i32,
+    /// How long a scale-to-zero environment stays awake without a request.
+    pub sleep_after_ms: i32,
+    /// The Wake stage of the environment's route: `hot`, `wake_requested`, `starting`,
+    /// `readiness_wait`, `failed` or `sleeping`.
+    pub wake_state: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -120,6 +125,9 @@ impl TryFrom<environment::Model> for Environment {
             scale_to_zero: m.scale_to_zero,
             wake_budget_ms: i32::try_from(m.wake_budget_ms)
                 .map_err(|e| ApiError::internal("reading an environment's wake budget", e))?,
+            sleep_after_ms: i32::try_from(m.sleep_after_ms)
+                .map_err(|e| ApiError::internal("reading an environment's sleep after", e))?,
+            wake_state: m.wake_state,
             created_at: m.created_at,
         })
     }
@@ -255,7 +263,8 @@ pub struct Operation {
     pub target_id: String,
     pub status: OperationStatus,
     pub current_stage: String,
-    /// The Temporal workflow id, derived from the operation id.
+    /// The Temporal workflow id, derived from the operation id; for an operation that is
+    /// one run of a reused workflow id (a Wake), `<workflow id>/<run id>`.
     pub workflow_id: String,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -268,6 +277,14 @@ impl Operation {
     async fn stages(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OperationStage>> {
         let rows = operations::stages(&state(ctx)?.db, self.id).await?;
         Ok(rows.into_iter().map(OperationStage::from).collect())
+    }
+
+    /// The audit entries that name this operation, oldest first: the mutation that started
+    /// it, decisions sent to it, and evidence its workflow recorded (`wake.request`: a
+    /// request an edge held or answered while the route woke; `route.cas_conflict` …).
+    async fn audit_entries(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AuditEntry>> {
+        let rows = operations::audit_entries(&state(ctx)?.db, self.id).await?;
+        Ok(rows.into_iter().map(AuditEntry::from).collect())
     }
 }
 

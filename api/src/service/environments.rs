@@ -9,11 +9,18 @@ use rhone_schema::{
     new_id,
 };
 use rhone_workflows::{
-    EnvironmentCreateInput, EnvironmentCreateWorkflow, activities::CreateEnvironmentInput,
+    EnvironmentCreateInput, EnvironmentCreateWorkflow, WakeInput, WakeTrigger, WakeWorkflow,
+    activities::CreateEnvironmentInput,
 };
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder,
+};
 use serde_json::json;
-use temporalio_client::{WorkflowStartOptions, errors::WorkflowStartError};
+use temporalio_client::{
+    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
+    errors::WorkflowStartError,
+};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -22,7 +29,7 @@ use crate::{
     auth::Actor,
     error::ApiError,
     record::{self, Mutation},
-    service::{tenancy::app_for, validate},
+    service::{promotions, tenancy::app_for, validate},
 };
 
 /// The traffic and policy lane an environment is.
@@ -167,6 +174,111 @@ pub(crate) async fn create_environment(
     }
     .instrument(span)
     .await
+}
+
+/// The arguments of `setScaleToZero`; `None` keeps the current value.
+#[derive(Debug, Clone)]
+pub(crate) struct ScaleToZero {
+    pub enabled: bool,
+    pub sleep_after_ms: Option<i32>,
+    pub wake_budget_ms: Option<i32>,
+}
+
+/// What `setScaleToZero` did.
+pub(crate) struct ScaleToZeroSet {
+    pub environment: environment::Model,
+    pub operation: operation::Model,
+    /// The Wake run started to watch the hot route (`<workflow id>`), when one was.
+    pub watch: Option<String>,
+}
+
+/// Turns scale to zero on or off for an environment (and sets how long it stays awake
+/// without a request, and its wake budget): applied at once, with its operation
+/// (`environment_update`, `applied`) and audit row in the same transaction. Turned on for a
+/// route that is hot, a Wake run starts to watch it (trigger `setting`), so it sleeps once
+/// idle; a run already watching it is kept. Turned off, a watching run stops at its next
+/// check and the route stays up; a sleeping route wakes on its next request and stays up.
+pub(crate) async fn set_scale_to_zero(
+    state: &ApiState,
+    actor: &Actor,
+    environment_id: Uuid,
+    args: ScaleToZero,
+) -> Result<ScaleToZeroSet, ApiError> {
+    let db = &state.db;
+    let sleep_after_ms = args
+        .sleep_after_ms
+        .map(validate::sleep_after_ms)
+        .transpose()?;
+    let wake_budget_ms = args
+        .wake_budget_ms
+        .map(validate::wake_budget_ms)
+        .transpose()?;
+    let txn = begin_write(db).await?;
+    let before = promotions::environment_for(&txn, actor, environment_id).await?;
+    let mut row: environment::ActiveModel = before.clone().into();
+    row.scale_to_zero = Set(args.enabled);
+    if let Some(ms) = sleep_after_ms {
+        row.sleep_after_ms = Set(ms);
+    }
+    if let Some(ms) = wake_budget_ms {
+        row.wake_budget_ms = Set(ms);
+    }
+    let env = row.update(&txn).await?;
+    let m = Mutation {
+        operation_id: new_id(),
+        kind: OperationKind::EnvironmentUpdate,
+        action: "environment.set_scale_to_zero",
+        actor: actor.subject(),
+        workspace_id: Some(env.workspace_id),
+        target_type: "environment",
+        target_id: env.id.to_string(),
+        detail: json!({
+            "scale_to_zero": env.scale_to_zero,
+            "sleep_after_ms": env.sleep_after_ms,
+            "wake_budget_ms": env.wake_budget_ms,
+            "before": {
+                "scale_to_zero": before.scale_to_zero,
+                "sleep_after_ms": before.sleep_after_ms,
+                "wake_budget_ms": before.wake_budget_ms,
+            },
+        }),
+    };
+    let op = record::applied(&txn, &m).await?;
+    let owner = promotions::owner_of(&txn, env.id).await?;
+    txn.commit().await?;
+
+    let mut watch = None;
+    if let Some(owner) = owner.filter(|_| env.scale_to_zero && env.wake_state == "hot") {
+        let workflow_id = rhone_core::wake_workflow_id(&owner.route_key, owner.epoch);
+        let input = WakeInput {
+            route_key: owner.route_key.clone(),
+            epoch: owner.epoch,
+            trigger: WakeTrigger::Setting {
+                operation_id: op.id,
+            },
+        };
+        let options = WorkflowStartOptions::new(state.task_queue.clone(), workflow_id.clone())
+            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+            .build();
+        match state
+            .temporal
+            .start_workflow(WakeWorkflow::run, input, options)
+            .await
+        {
+            Ok(_) => watch = Some(workflow_id),
+            // The setting stands; the next promotion or deploy starts the watch.
+            Err(e) => {
+                tracing::warn!(error = %e, %workflow_id, "the watch of the hot route did not start")
+            }
+        }
+    }
+    tracing::info!(environment_id = %env.id, scale_to_zero = env.scale_to_zero, ?watch, "scale to zero set");
+    Ok(ScaleToZeroSet {
+        environment: env,
+        operation: op,
+        watch,
+    })
 }
 
 /// Marks the operation failed because its workflow could not be started, and names the

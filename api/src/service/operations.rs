@@ -2,13 +2,15 @@
 //! approve, retry or abort signal to the operation's workflow. The API never writes a
 //! stage of a workflow-run operation; the workflow records what the decision changed.
 //! [`follow_stages`] streams an operation's stage records by polling the control DB.
+//! A decision for an operation stored as `<workflow id>/<run id>` (a Wake run) goes to that
+//! run.
 
 use std::{collections::VecDeque, time::Duration};
 
 use futures::{Stream, stream};
 use rhone_core::{OperationKind, OperationStatus, Role};
 use rhone_schema::{
-    entity::{operation, operation_stage},
+    entity::{audit_log, operation, operation_stage},
     ops::{self, OperationFilter, Page},
 };
 use rhone_workflows::{Decision, DecisionKind, DecisionSignal};
@@ -16,7 +18,9 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
 };
 use serde_json::json;
-use temporalio_client::errors::WorkflowInteractionError;
+use temporalio_client::{
+    NamespacedClient, WorkflowExecutionInfo, WorkflowHandle, errors::WorkflowInteractionError,
+};
 use temporalio_common::UntypedWorkflow;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -63,6 +67,20 @@ pub(crate) async fn operation(
     id: Uuid,
 ) -> Result<operation::Model, ApiError> {
     operation_for(db, actor, id, Role::Viewer).await
+}
+
+/// The audit rows naming an operation the caller has already been allowed to read, oldest
+/// first.
+pub(crate) async fn audit_entries(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Vec<audit_log::Model>, ApiError> {
+    Ok(audit_log::Entity::find()
+        .filter(audit_log::Column::OperationId.eq(id))
+        .order_by_asc(audit_log::Column::CreatedAt)
+        .order_by_asc(audit_log::Column::Id)
+        .all(db)
+        .await?)
 }
 
 /// The stage records of an operation the caller has already been allowed to read.
@@ -227,9 +245,7 @@ pub(crate) async fn decide(
             actor: actor.subject(),
             reason: reason.clone(),
         };
-        state
-            .temporal
-            .get_workflow_handle::<UntypedWorkflow>(op.workflow_id.clone())
+        workflow_handle(&state.temporal, &op.workflow_id)
             .signal(DecisionSignal(kind), decision, Default::default())
             .await
             .map_err(|err| signal_error(id, err))?;
@@ -256,6 +272,22 @@ pub(crate) async fn decide(
     }
     .instrument(span)
     .await
+}
+
+/// The handle of an operation's workflow. `operations.workflow_id` is a workflow id, or
+/// `<workflow id>/<run id>` for an operation that is one run of a reused workflow id (a
+/// Wake): the decision goes to that run, never to a later run of the same id.
+fn workflow_handle(
+    client: &temporalio_client::Client,
+    stored: &str,
+) -> WorkflowHandle<temporalio_client::Client, UntypedWorkflow> {
+    let (workflow_id, run_id) = rhone_core::workflow_run_of(stored);
+    WorkflowExecutionInfo::builder()
+        .namespace(client.namespace())
+        .workflow_id(workflow_id)
+        .maybe_run_id(run_id)
+        .build()
+        .bind_untyped(client.clone())
 }
 
 fn signal_error(id: Uuid, err: WorkflowInteractionError) -> ApiError {

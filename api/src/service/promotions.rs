@@ -48,7 +48,7 @@ pub(crate) fn instance_count(n: i32) -> Result<u32, ApiError> {
 
 /// The environment `id` and the actor's standing to move its route (developer, as for a
 /// deploy; an environment that requires approval also waits for one in the workflow).
-async fn environment_for<C: ConnectionTrait>(
+pub(crate) async fn environment_for<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     id: Uuid,

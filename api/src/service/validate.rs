@@ -58,6 +58,24 @@ pub fn email(value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// How long a scale-to-zero environment stays awake without a request: 1 s to 24 h.
+const SLEEP_AFTER_MS: std::ops::RangeInclusive<i32> = 1_000..=86_400_000;
+
+pub fn sleep_after_ms(value: i32) -> Result<i64, ApiError> {
+    if SLEEP_AFTER_MS.contains(&value) {
+        Ok(i64::from(value))
+    } else {
+        Err(ApiError::invalid(
+            "sleepAfterMs",
+            format!(
+                "must be between {} and {} milliseconds, got {value}",
+                SLEEP_AFTER_MS.start(),
+                SLEEP_AFTER_MS.end()
+            ),
+        ))
+    }
+}
+
 pub fn wake_budget_ms(value: i32) -> Result<i64, ApiError> {
     if WAKE_BUDGET_MS.contains(&value) {
         Ok(i64::from(value))
@@ -127,6 +145,8 @@ mod tests {
             Err("invalid displayName: must not be empty"),
         );
         check(wake_budget_ms(100), Ok("100"));
+        check(sleep_after_ms(1_000), Ok("1000"));
+        check(sleep_after_ms(999), Err("sleepAfterMs"));
         check(
             wake_budget_ms(300_001),
             Err("invalid wakeBudgetMs: must be between 100 and 300000"),
