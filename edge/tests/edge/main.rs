@@ -3,6 +3,7 @@
 //! pages (SQLite); the in-memory route table following the change log, its gaps, snapshot
 //! verification and acknowledgements (`table`, SQLite and PostgreSQL).
 
+mod assets;
 mod backends;
 mod fixtures;
 mod harness;

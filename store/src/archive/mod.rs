@@ -4,9 +4,11 @@
 //! modes 0644/0755 (only the executable bit survives), so the same tree always gives the
 //! same bytes and the same [`Digest`]. The archive is not compressed: its digest is then
 //! also its OCI layer digest. [`unpack`] checks the digest before reading a single entry
-//! and refuses anything that could write outside the destination.
+//! and refuses anything that could write outside the destination. [`files`] reads single
+//! files of an archive in memory under the same rules, without writing anything.
 
 mod pack;
+mod read;
 #[cfg(test)]
 mod tests;
 mod unpack;
@@ -15,6 +17,7 @@ use std::ffi::OsStr;
 use std::path::{Component, Path};
 
 pub use pack::pack_dir;
+pub use read::{Files, files};
 pub use unpack::unpack;
 
 use crate::digest::Digest;

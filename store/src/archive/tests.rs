@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tar::{EntryType, Header};
 
-use super::{Packed, pack_dir, unpack};
+use super::{Packed, files, pack_dir, unpack};
 use crate::error::StoreError;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -224,7 +224,61 @@ fn unpack_rejects_unsafe_entries_and_leaves_nothing() -> TestResult {
         ),
     ];
     for (bad, entry, reason) in cases {
-        check_rejected(&malicious(bad), entry, reason)?;
+        let packed = malicious(bad);
+        check_rejected(&packed, entry, reason)?;
+        // `files` refuses the same archives, for the same reason.
+        match files(packed.bytes()) {
+            Err(StoreError::UnsafeEntry { path, reason: why })
+                if path == *entry && why.contains(reason) => {}
+            other => panic!("files: expected UnsafeEntry({entry:?}, ~{reason:?}), got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn files_reads_what_pack_wrote_without_unpacking() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    sample_tree(tmp.path())?;
+    fs::create_dir_all(tmp.path().join("public"))?;
+    // A directory link and a link to a link, both inside the tree.
+    std::os::unix::fs::symlink("../dist/assets", tmp.path().join("public/assets"))?;
+    std::os::unix::fs::symlink("app.js", tmp.path().join("dist/again.js"))?;
+    std::os::unix::fs::symlink("loop", tmp.path().join("loop"))?;
+    let packed = pack_dir(tmp.path())?;
+    let files = files(packed.bytes())?;
+    let read = |path: &str| {
+        files
+            .get(path)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let js = Some("console.log(1)".to_owned());
+    assert_eq!(read("dist/assets/app.1234abcd.js"), js);
+    assert_eq!(read("./dist//assets/app.1234abcd.js"), js);
+    assert_eq!(read("dist/app.js"), js, "a symlink is followed");
+    assert_eq!(read("dist/again.js"), js, "and a link to a link");
+    assert_eq!(
+        read("public/assets/app.1234abcd.js"),
+        js,
+        "and a directory link"
+    );
+    assert_eq!(read("bin/server"), Some("#!/bin/sh\necho hi\n".to_owned()));
+    assert_eq!(
+        read(&format!("dist/{}", "x".repeat(120))),
+        Some("long name".to_owned())
+    );
+    for absent in [
+        "dist",
+        "empty",
+        "dist/missing.js",
+        "bin/server/x",
+        "../dist/app.js",
+        "/dist/app.js",
+        "dist/../dist/app.js",
+        "loop",
+        "",
+    ] {
+        assert_eq!(read(absent), None, "{absent:?}");
     }
     Ok(())
 }
