@@ -174,6 +174,32 @@ pub enum EnvsCmd {
         #[arg(long)]
         wake_budget_ms: Option<i64>,
     },
+    /// Turn scale to zero on or off. On: after `--sleep-after-ms` without a request (and with
+    /// no open WebSocket) the app sleeps, its allocations drained; the next request wakes it
+    /// and the edge holds it up to the wake budget. Turned on while the app serves, a Wake
+    /// run starts watching it at once.
+    ScaleToZero {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment's name.
+        env: String,
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+        /// How long the app stays awake without a request, 1000 to 86400000 (default:
+        /// unchanged; 300000 for a new environment).
+        #[arg(long)]
+        sleep_after_ms: Option<i64>,
+        /// How long the edge holds a request while the app wakes, 100 to 300000 (default:
+        /// unchanged).
+        #[arg(long)]
+        wake_budget_ms: Option<i64>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -301,10 +327,21 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }) => {
             let a = resolve_app(&api, &workspace, &project, &app).await?;
             let d = api
-                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs } }", json!({ "a": a }))
+                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState } }", json!({ "a": a }))
                 .await?;
             out(&d["environments"], &|v| {
-                table(v, &["name", "kind", "wakeBudgetMs", "id"])
+                table(
+                    v,
+                    &[
+                        "name",
+                        "kind",
+                        "scaleToZero",
+                        "wakeState",
+                        "sleepAfterMs",
+                        "wakeBudgetMs",
+                        "id",
+                    ],
+                )
             });
         }
         ClientCommand::Envs(EnvsCmd::Create {
@@ -334,6 +371,50 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                     op["status"].as_str().unwrap_or("?")
                 );
             }
+        }
+        ClientCommand::Envs(EnvsCmd::ScaleToZero {
+            workspace,
+            project,
+            app,
+            env,
+            on,
+            off: _,
+            sleep_after_ms,
+            wake_budget_ms,
+        }) => {
+            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let d = api
+                .call(
+                    "mutation($e: UUID!, $on: Boolean!, $s: Int, $w: Int) { \
+                     setScaleToZero(environmentId: $e, enabled: $on, sleepAfterMs: $s, wakeBudgetMs: $w) { \
+                     environment { id name scaleToZero sleepAfterMs wakeBudgetMs wakeState } \
+                     operation { id status } watchWorkflowId } }",
+                    json!({ "e": e, "on": on, "s": sleep_after_ms, "w": wake_budget_ms }),
+                )
+                .await?;
+            out(&d["setScaleToZero"], &|v| {
+                let env = &v["environment"];
+                let n = |k: &str| env[k].as_i64().unwrap_or_default();
+                if env["scaleToZero"].as_bool() == Some(true) {
+                    println!(
+                        "scale to zero on for {}: sleeps after {} ms without a request; wake budget {} ms; now {}",
+                        env["name"].as_str().unwrap_or("?"),
+                        n("sleepAfterMs"),
+                        n("wakeBudgetMs"),
+                        env["wakeState"].as_str().unwrap_or("?")
+                    );
+                } else {
+                    println!(
+                        "scale to zero off for {}; now {}",
+                        env["name"].as_str().unwrap_or("?"),
+                        env["wakeState"].as_str().unwrap_or("?")
+                    );
+                }
+                if let Some(w) = v["watchWorkflowId"].as_str() {
+                    println!("watching the route: workflow {w}");
+                }
+                println!("operation {}", v["operation"]["id"].as_str().unwrap_or("?"));
+            });
         }
         ClientCommand::Ops(OpsCmd::List {
             workspace,
@@ -422,7 +503,10 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         ClientCommand::Ops(OpsCmd::Show { id }) => {
             let d = api
                 .call(
-                    &format!("query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} }} }}"),
+                    &format!(
+                        "query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} \
+                     auditEntries {{ actor action targetType targetId detail createdAt }} }} }}"
+                    ),
                     json!({ "id": id }),
                 )
                 .await?;
@@ -578,6 +662,20 @@ fn show_operation(op: &Value) {
         print_stage(s);
         if s["evidence"].as_object().is_some_and(|o| !o.is_empty()) {
             println!("        evidence {}", s["evidence"]);
+        }
+    }
+    let entries = op["auditEntries"].as_array().cloned().unwrap_or_default();
+    if !entries.is_empty() {
+        println!("audit:");
+        for e in &entries {
+            let f = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+            println!(
+                "  {}  {:<22} {}  {}",
+                f("createdAt"),
+                f("action"),
+                f("actor"),
+                e["detail"]
+            );
         }
     }
 }

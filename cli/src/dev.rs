@@ -144,7 +144,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let worker = if args.no_worker {
         None
     } else {
-        Some(Worker::spawn(worker_config, client, db.clone())?)
+        Some(Worker::spawn(worker_config, client.clone(), db.clone())?)
     };
     let edge_state = rhone_edge::EdgeState {
         db: db.clone(),
@@ -152,6 +152,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
             edge_id: "dev-edge".to_owned(),
             ..rhone_edge::EdgeConfig::for_address(edge.local_addr()?)
         },
+        wake: Some(rhone_edge::WakeClient {
+            client,
+            task_queue: WorkerConfig::default().task_queue,
+        }),
+        assets: Some(rhone_edge::Assets::new(
+            rhone_activities::deploy::DeployConfig::under(&data_dir).store,
+            rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
+        )),
     };
     tasks.spawn(serve::named(
         "edge",

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, future::Future, net::SocketAddr};
 
 use anyhow::{Context, Result, bail};
 use rhone_activities::{
-    PromotionConfig, Worker, WorkerConfig,
+    PromotionConfig, WakeConfig, Worker, WorkerConfig,
     temporal::{self, TemporalConfig},
 };
 use tokio::net::TcpListener;
@@ -54,6 +54,10 @@ pub struct Config {
     /// `RHONE_EDGE_POLL_MS` (edge): how often the edge polls the route change log and the
     /// allocations, in milliseconds. Default 20.
     pub edge_poll_interval: Option<std::time::Duration>,
+    /// `RHONE_EDGE_ASSET_CACHE_BYTES` (edge): memory kept for asset bytes served to sleeping
+    /// apps' visitors (read from the local artifact store under `RHONE_DATA_DIR`). Default
+    /// 256 MiB.
+    pub edge_asset_cache_bytes: u64,
     /// `RHONE_PREVIEW_PORT_SUFFIX` (worker): appended to preview URLs, e.g. `:8081` when the
     /// edge is not on port 80. Default empty.
     pub preview_port_suffix: String,
@@ -62,6 +66,10 @@ pub struct Config {
     /// `RHONE_PROMOTION_PROPAGATION_DEADLINE_MS` (10000), `RHONE_EDGE_LIVENESS_MS` (30000:
     /// a promotion waits only for edges seen this recently).
     pub promotion: PromotionConfig,
+    /// `RHONE_WAKE_IDLE_CHECK_MS` (worker): the longest interval between two idle checks of a
+    /// hot scale-to-zero route (default 5000; a route is checked every `min(sleep after / 4,
+    /// this)`).
+    pub wake: WakeConfig,
 }
 
 impl Config {
@@ -103,6 +111,19 @@ impl Config {
                 .unwrap_or(defaults.propagation_deadline),
             edge_liveness: millis("RHONE_EDGE_LIVENESS_MS").unwrap_or(defaults.edge_liveness),
         };
+        let wake = WakeConfig {
+            idle_check: millis("RHONE_WAKE_IDLE_CHECK_MS")
+                .unwrap_or(WakeConfig::default().idle_check),
+        };
+        let edge_asset_cache_bytes = match get("RHONE_EDGE_ASSET_CACHE_BYTES") {
+            None => rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
+            Some(v) => v.parse::<u64>().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "RHONE_EDGE_ASSET_CACHE_BYTES={v:?} is not a number of bytes"
+                ));
+                rhone_edge::DEFAULT_ASSET_CACHE_BYTES
+            }),
+        };
         let database_url = get("RHONE_DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("sqlite:")
@@ -125,8 +146,10 @@ impl Config {
                 .unwrap_or_else(|| "rhone.localhost".to_owned()),
             edge_id: get("RHONE_EDGE_ID"),
             edge_poll_interval,
+            edge_asset_cache_bytes,
             preview_port_suffix: get("RHONE_PREVIEW_PORT_SUFFIX").unwrap_or_default(),
             promotion,
+            wake,
         };
         if errors.is_empty() {
             Ok(config)
@@ -271,6 +294,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             wc.preview.domain = config.preview_domain;
             wc.preview.port_suffix = config.preview_port_suffix;
             wc.promotion = config.promotion;
+            wc.wake = config.wake;
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }
         Role::Edge => {
@@ -284,8 +308,35 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             if let Some(poll) = config.edge_poll_interval {
                 edge.poll_interval = poll;
             }
+            // Waking a sleeping app is the one thing the edge asks Temporal; without it the
+            // edge still routes every app that is awake.
+            let wake = match temporal::connect(&temporal_config).await {
+                Ok(client) => Some(rhone_edge::WakeClient {
+                    client,
+                    task_queue: config.task_queue,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "no Temporal: this edge cannot wake sleeping apps");
+                    None
+                }
+            };
             tracing::info!(%listen, edge_id = %edge.edge_id, "edge serving");
-            let state = rhone_edge::EdgeState { db, config: edge };
+            // Assets of sleeping apps come from the artifact store the worker writes to.
+            let assets = config.data_dir.as_ref().map(|dir| {
+                rhone_edge::Assets::new(
+                    rhone_activities::deploy::DeployConfig::under(dir).store,
+                    config.edge_asset_cache_bytes,
+                )
+            });
+            if assets.is_none() {
+                tracing::warn!("RHONE_DATA_DIR is not set: assets of sleeping apps wake them");
+            }
+            let state = rhone_edge::EdgeState {
+                db,
+                config: edge,
+                wake,
+                assets,
+            };
             named(
                 "edge",
                 rhone_edge::serve(listener, state, shutdown_signal()),

@@ -127,7 +127,15 @@ async fn run(backend: &str, url: &str, edges: usize, changes: usize) -> Result<(
             ..EdgeConfig::for_address(addr)
         };
         let db = rhone_schema::connect(url).await?;
-        ready.push((listener, EdgeState { db, config }));
+        ready.push((
+            listener,
+            EdgeState {
+                db,
+                config,
+                wake: None,
+                assets: None,
+            },
+        ));
     }
     // Separate edges poll at unrelated phases: edge i starts i/EDGES of a poll interval after
     // the first, so their ticks stay spread evenly over the interval (every run alike).

@@ -20,6 +20,8 @@ const RETRY_AFTER_SECS: &str = "5";
 /// Seconds to wait on a route key held closed by the route table: a gap closes or a reload
 /// ends within about a second.
 const RETRY_AFTER_HELD_SECS: &str = "1";
+/// Seconds to wait on an app that is waking: most apps are ready within a few.
+const RETRY_AFTER_WAKE_SECS: &str = "2";
 
 /// Everything that stops the edge from handing a request to an allocation.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,88 @@ pub enum EdgeError {
     UnexpectedUpgrade { allocation: uuid::Uuid },
     #[error("the request for the allocation could not be built")]
     BuildRequest(#[source] hyper::http::Error),
+    /// The route's policy (environment, artifact manifest, bindings) could not be read.
+    #[error("the route policy cannot be read")]
+    Policy(#[source] BoxError),
+    /// A held request's wake did not make an allocation ready within the wake budget.
+    #[error(
+        "{route_key} did not wake within its {budget:?} wake budget (epoch {epoch}, operation {})",
+        op(operation)
+    )]
+    WakeTimeout {
+        route_key: String,
+        epoch: i64,
+        budget: Duration,
+        operation: Option<Uuid>,
+    },
+    /// The wake of a held request failed.
+    #[error("the wake of {route_key} at epoch {epoch} failed (operation {operation}): {reason}")]
+    WakeFailed {
+        route_key: String,
+        epoch: i64,
+        operation: Uuid,
+        reason: String,
+    },
+    /// The wake could not be asked for (Temporal unreachable, or this edge has no client).
+    #[error("the wake of {route_key} could not be started")]
+    WakeUnavailable {
+        route_key: String,
+        #[source]
+        source: BoxError,
+    },
+    /// An unsafe request to a cold app that the edge will not replay.
+    #[error("{method} {path} on {route_key} was not forwarded while the app is asleep: {why}")]
+    NotReplayed {
+        route_key: String,
+        method: String,
+        path: String,
+        why: String,
+        operation: Option<Uuid>,
+    },
+    /// A webhook delivery to a cold app whose signature headers fail the route's policy.
+    #[error("webhook {path} on {route_key} blocked: {problem}")]
+    WebhookBlocked {
+        route_key: String,
+        path: String,
+        problem: String,
+    },
+    /// A signed webhook delivery to a cold app: the app is woken, the provider retries.
+    #[error(
+        "webhook {path} on {route_key} deferred while the app wakes (operation {})",
+        op(operation)
+    )]
+    WebhookDeferred {
+        route_key: String,
+        path: String,
+        operation: Option<Uuid>,
+    },
+    /// A request with an `Idempotency-Key` whose first request is still in flight.
+    #[error("a request with Idempotency-Key {key:?} is still in flight")]
+    IdempotencyInFlight { key: String },
+    /// An `Idempotency-Key` used again for a different request.
+    #[error("Idempotency-Key {key:?} was first used for a different request")]
+    IdempotencyMismatch { key: String },
+    /// A request body beyond what the edge buffers for a request it must hold.
+    #[error("the request body is larger than the {limit} bytes the edge holds for a waking app")]
+    BodyTooLarge { limit: usize },
+    /// The client's request body could not be read.
+    #[error("the request body could not be read")]
+    ClientBody(#[source] hyper::Error),
+    /// An immutable asset could not be read from the artifact store: `transient` for store
+    /// I/O (503), otherwise a missing or corrupt asset (502).
+    #[error("an asset could not be served from the artifact store")]
+    Asset {
+        transient: bool,
+        #[source]
+        source: BoxError,
+    },
+    /// The idempotency store could not be read or written.
+    #[error("the idempotency store failed")]
+    IdempotencyStore(#[source] BoxError),
+}
+
+fn op(operation: &Option<Uuid>) -> String {
+    operation.map_or_else(|| "not yet known".to_owned(), |o| o.to_string())
 }
 
 /// Where a failed request was going, for the log line (the page never says).
@@ -130,12 +214,113 @@ pub(crate) fn respond(err: &EdgeError, at: Failed<'_>) -> Response<Body> {
             "Internal error",
             "The edge could not handle this request.".to_owned(),
         ),
+        Asset {
+            transient: true, ..
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "This file cannot be read from the artifact store right now. Retry shortly.".to_owned(),
+        ),
+        Asset { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            "This file of the app's artifact is missing or does not match its digest.".to_owned(),
+        ),
+        Policy(_) | IdempotencyStore(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "The edge cannot read this app's routing policy right now. Retry shortly.".to_owned(),
+        ),
+        WakeTimeout {
+            route_key,
+            budget,
+            operation,
+            ..
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Waking up",
+            format!(
+                "{route_key} was asleep and is starting; it was not ready within {} ms. Retry in a few seconds.{}",
+                budget.as_millis(),
+                operation_line(*operation)
+            ),
+        ),
+        WakeFailed {
+            route_key,
+            operation,
+            ..
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Could not wake",
+            format!(
+                "{route_key} was asleep and failed to start.{} Retry later; the operation says why.",
+                operation_line(Some(*operation))
+            ),
+        ),
+        WakeUnavailable { route_key, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Asleep",
+            format!("{route_key} is asleep and cannot be woken right now. Retry shortly."),
+        ),
+        NotReplayed {
+            method,
+            path,
+            why,
+            operation,
+            ..
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not forwarded",
+            format!(
+                "{method} {path} was not forwarded: the app is asleep and this request cannot be replayed safely ({why}). Nothing was applied. The app is waking; retry in a few seconds, with an Idempotency-Key to make the retry safe.{}",
+                operation_line(*operation)
+            ),
+        ),
+        WebhookBlocked { path, problem, .. } => (
+            StatusCode::UNAUTHORIZED,
+            "Webhook blocked",
+            format!("The delivery to {path} was blocked and not forwarded: {problem}."),
+        ),
+        WebhookDeferred {
+            path, operation, ..
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Webhook deferred",
+            format!(
+                "The app is asleep. The delivery to {path} was not forwarded or stored; the app is waking, so retry this delivery.{}",
+                operation_line(*operation)
+            ),
+        ),
+        IdempotencyInFlight { key } => (
+            StatusCode::CONFLICT,
+            "In flight",
+            format!("A request with Idempotency-Key {key} is still being handled. Retry when it has finished."),
+        ),
+        IdempotencyMismatch { key } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency-Key reused",
+            format!("Idempotency-Key {key} was already used for a different request. Use a new key for a new request."),
+        ),
+        BodyTooLarge { limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            format!("The app is asleep, and the edge holds at most {limit} bytes of a request body while it wakes."),
+        ),
+        ClientBody(_) => (
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request body could not be read.".to_owned(),
+        ),
     };
     let chain = Chain(err);
     let (route_key, epoch) = (at.route_key, at.epoch);
     let allocation = at.allocation.map(tracing::field::display);
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
+        StatusCode::BAD_REQUEST
+        | StatusCode::NOT_FOUND
+        | StatusCode::CONFLICT
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::PAYLOAD_TOO_LARGE => {
             tracing::debug!(%status, route_key, epoch, allocation, error = %chain)
         }
         StatusCode::INTERNAL_SERVER_ERROR => {
@@ -147,12 +332,19 @@ pub(crate) fn respond(err: &EdgeError, at: Failed<'_>) -> Response<Body> {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         let secs = match err {
             RouteTableGap { .. } | RouteUnverified { .. } => RETRY_AFTER_HELD_SECS,
+            WakeTimeout { .. } | NotReplayed { .. } | WebhookDeferred { .. } => {
+                RETRY_AFTER_WAKE_SECS
+            }
             _ => RETRY_AFTER_SECS,
         };
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
     }
     resp
+}
+
+fn operation_line(operation: Option<Uuid>) -> String {
+    operation.map_or_else(String::new, |o| format!(" Operation: {o}."))
 }
 
 fn gateway_timeout() -> (StatusCode, &'static str, String) {
@@ -175,7 +367,7 @@ fn timed_out(err: &(dyn StdError + 'static)) -> bool {
 }
 
 /// An error with its causes, `outer: inner: innermost`, for logs only.
-struct Chain<'a>(&'a EdgeError);
+pub(crate) struct Chain<'a>(pub(crate) &'a EdgeError);
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

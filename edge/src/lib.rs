@@ -11,31 +11,49 @@
 //! Requests are served by one thread per core (`server`), each a current-thread runtime with
 //! its own accept loop, hyper HTTP/1 connections and pool of connections to allocations.
 
+mod activity;
+mod assets;
 mod body;
+mod classify;
+mod cold;
 mod config;
 mod error;
+mod idempotency;
 mod page;
+mod policy;
 mod proxy;
 mod route;
 mod server;
+mod session;
 mod table;
+mod wake;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+pub use assets::{AssetError, AssetIndex, AssetStats, Assets};
 pub use config::{EdgeConfig, default_edge_id};
 pub use error::{BoxError, EdgeError};
 pub use route::{DbRoutes, Owner, Route, RouteSource, Target, affinity_key, route_key};
 pub use server::default_workers;
 pub use table::{ClosedKey, Loaded, RouteTable, TableError, TableStatus};
+pub use wake::WakeClient;
+
+/// The default size of the edge's in-memory cache of asset bytes.
+pub const DEFAULT_ASSET_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What `serve` reads route authority from, and how this edge names itself.
 #[derive(Clone)]
 pub struct EdgeState {
     pub db: DatabaseConnection,
     pub config: EdgeConfig,
+    /// How to ask for a wake; without it, a route that sleeps answers 503.
+    pub wake: Option<WakeClient>,
+    /// Where fingerprinted assets of sleeping apps are served from (the artifact store);
+    /// without it, an asset request to a sleeping app wakes it like any read.
+    pub assets: Option<Assets>,
 }
 
 /// The edge server stopped with an error.
@@ -61,14 +79,29 @@ pub async fn serve(
     let table = RouteTable::new(state.config.edge_id.clone());
     let workers = state.config.workers;
     let (stop, stopped) = watch::channel(false);
+    let cold = Arc::new(cold::Cold::new(
+        state.db.clone(),
+        state.wake,
+        state.assets,
+        state.config.edge_id.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let reporter = AbortOnDrop(Some(tokio::spawn(activity::report(
+        table.clone(),
+        state.db.clone(),
+        state.config.edge_id.clone(),
+        state.config.heartbeat,
+        stopped.clone(),
+    ))));
     let follower = AbortOnDrop(Some(tokio::spawn(table::follow(
         table.clone(),
         state.db,
         state.config,
         stopped,
     ))));
-    let served = server::run(listener, table, shutdown, workers).await;
+    let served = server::run(listener, table, Some(cold), shutdown, workers).await;
     let _ = stop.send(true);
+    reporter.join().await;
     follower.join().await;
     served
 }
@@ -107,5 +140,5 @@ pub async fn serve_routes<R: RouteSource>(
     routes: R,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    server::run(listener, routes, shutdown, default_workers()).await
+    server::run(listener, routes, None, shutdown, default_workers()).await
 }

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::{
+    activity::Activity,
     body::Body,
     error::{BoxError, EdgeError},
     route::Target,
@@ -156,6 +157,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         target: &Target,
         client: &Client,
+        activity: &Arc<Activity>,
     ) -> Result<Response<Body>, EdgeError> {
         let upgrade = req.headers().contains_key(UPGRADE) && is_websocket_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -196,7 +198,16 @@ impl Proxy {
                 });
             };
             let backend_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(client_side, backend_side).in_current_span());
+            // The socket counts as the route's activity while it is open, so an app with a
+            // live session is never put to sleep.
+            let open = activity.socket();
+            tokio::spawn(
+                async move {
+                    splice(client_side, backend_side).await;
+                    drop(open);
+                }
+                .in_current_span(),
+            );
             let (mut parts, _empty) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, Body::empty()));
@@ -212,6 +223,89 @@ impl Proxy {
             body.release();
         }
         Ok(Response::from_parts(parts, Body::backend(body)))
+    }
+}
+
+/// A response read whole, for the idempotency store.
+pub(crate) struct Buffered {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Proxy {
+    /// Sends a request whose body the edge already holds to `target` on a connection of its
+    /// own, once, and reads the response whole, up to `max_body` bytes.
+    pub(crate) async fn forward_buffered(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        body: Bytes,
+        target: &Target,
+        client: &Client,
+        max_body: usize,
+    ) -> Result<Buffered, EdgeError> {
+        strip_hop_by_hop(&mut parts.headers, false);
+        client.forwarding.apply(&mut parts.headers);
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = origin_form(&parts.uri);
+        }
+        parts.version = Version::HTTP_11;
+        parts.extensions = Extensions::new();
+        parts
+            .headers
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let req = Request::from_parts(parts, Body::full(body));
+        let backend = |source: BoxError| EdgeError::Backend {
+            allocation: target.allocation_id,
+            address: target.address(),
+            source,
+        };
+        let exchange = async {
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect(target.authority().as_str()),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+                .handshake::<_, Body>(TokioIo::new(stream))
+                .await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let resp = sender.send_request(req).await?;
+            Ok::<_, BoxError>(resp)
+        };
+        let resp = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, exchange)
+            .await
+            .map_err(|_| EdgeError::BackendTimeout {
+                allocation: target.allocation_id,
+                address: target.address(),
+                after: RESPONSE_HEADERS_TIMEOUT,
+            })?
+            .map_err(backend)?;
+        let (mut parts, mut incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let mut bytes = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut incoming).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| backend(e.into()))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > max_body {
+                    return Err(backend(
+                        format!("the response is larger than the {max_body} bytes kept for an idempotent request").into(),
+                    ));
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(Buffered {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::from(bytes),
+        })
     }
 }
 

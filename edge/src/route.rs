@@ -20,7 +20,7 @@ use rhone_schema::{
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
-use crate::{error::EdgeError, table::TableStatus};
+use crate::{activity::Activity, error::EdgeError, table::TableStatus};
 
 /// The cookie Vango keeps its session id in.
 const SESSION_COOKIE: &str = "vango_session";
@@ -75,6 +75,9 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// The next round-robin position; per route, so no lock is shared between routes.
     turns: Turns,
+    /// When the key last had a request and how many live sockets it holds, for idle
+    /// detection; shared by every version of the route at one epoch.
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl Route {
@@ -83,6 +86,7 @@ impl Route {
             owner,
             targets,
             turns: Turns::default(),
+            activity: Arc::default(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Route {
             owner: self.owner.clone(),
             targets,
             turns: self.turns.clone(),
+            activity: self.activity.clone(),
         }
     }
 
@@ -142,6 +147,12 @@ pub trait RouteSource: Send + Sync + 'static {
 
     /// What `GET /_rhone/status` reports, for a source that keeps state worth reporting.
     fn status(&self) -> Option<TableStatus> {
+        None
+    }
+
+    /// A receiver told of every change, for a source that can say; a request held for a
+    /// wake polls a source that cannot.
+    fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 }

@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::{
     ServeError,
     body::Body,
+    cold::{Cold, Decision, needs_policy},
     error::{self, EdgeError, Failed},
     page::answer,
     proxy::{Client, Proxy},
@@ -58,6 +59,7 @@ pub fn default_workers() -> usize {
 pub(crate) async fn run<R: RouteSource>(
     listener: TcpListener,
     routes: R,
+    cold: Option<Arc<Cold>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     workers: usize,
 ) -> Result<(), ServeError> {
@@ -79,6 +81,7 @@ pub(crate) async fn run<R: RouteSource>(
             routes: routes.clone(),
             proxy: Proxy::new(),
             http: server_builder(),
+            cold: cold.clone(),
         };
         let done = Done(Some(done_tx.clone()));
         let (dispatch, span, stopped) = (dispatch.clone(), span.clone(), stopped.clone());
@@ -151,6 +154,9 @@ struct Worker<R> {
     routes: Arc<R>,
     proxy: Proxy,
     http: http1::Builder,
+    /// Waking, holding and the request classes, for a route with no ready allocation; none
+    /// for an edge that only proxies (`serve_routes`).
+    cold: Option<Arc<Cold>>,
 }
 
 /// One worker thread: accepts and serves until stopped.
@@ -306,7 +312,8 @@ impl<R: RouteSource> Worker<R> {
         client: &Client,
         span: &tracing::Span,
     ) -> Response<Body> {
-        let route = {
+        let mut req = req;
+        let mut route = {
             let Some(key) = request_key(req.headers()) else {
                 return error::respond(&EdgeError::MissingHost, Failed::default());
             };
@@ -331,6 +338,23 @@ impl<R: RouteSource> Worker<R> {
                 Err(e) => return failed(&e),
             }
         };
+        route.activity.touch();
+        let mut pinned = None;
+        if let Some(cold) = &self.cold
+            && (route.targets.is_empty() || needs_policy(req.method(), req.headers()))
+        {
+            match cold
+                .decide(req, route, &*self.routes, &self.proxy, client)
+                .await
+            {
+                Decision::Answer(resp) => return resp,
+                Decision::Forward(r, ready) => (req, route) = (r, ready),
+                Decision::ForwardTo(r, ready, allocation) => {
+                    (req, route) = (r, ready);
+                    pinned = Some(allocation);
+                }
+            }
+        }
         let owner = &route.owner;
         let mut at = Failed {
             route_key: Some(&owner.route_key),
@@ -345,7 +369,11 @@ impl<R: RouteSource> Worker<R> {
         } else {
             None
         };
-        let Some(target) = route.pick(session.as_deref()) else {
+        let picked = match pinned {
+            Some(id) => route.targets.iter().find(|t| t.allocation_id == id),
+            None => route.pick(session.as_deref()),
+        };
+        let Some(target) = picked else {
             let e = EdgeError::NoReadyAllocation {
                 route_key: owner.route_key.clone(),
                 epoch: owner.epoch,
@@ -355,7 +383,11 @@ impl<R: RouteSource> Worker<R> {
         if !span.is_disabled() {
             span.record("allocation", tracing::field::display(target.allocation_id));
         }
-        match self.proxy.forward(req, target, client).await {
+        match self
+            .proxy
+            .forward(req, target, client, &route.activity)
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 at.allocation = Some(target.allocation_id);

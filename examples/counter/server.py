@@ -52,6 +52,7 @@ class App:
         self.counter = 0
         self.handled_posts = 0  # POSTs whose effect was applied
         self.replayed_posts = 0  # POSTs answered from an idempotency record
+        self.handled_webhooks = 0  # webhook deliveries processed
         self.responses = OrderedDict()  # Idempotency-Key -> (body sha256, answer)
         self.sessions = {}  # session id -> messages echoed so far
         self.sockets = set()
@@ -69,6 +70,8 @@ class App:
             self.counter += 1
             self.handled_posts += 1
             answer = {"counter": self.counter, "idempotency_key": key}
+            # One line per applied action: the output outlives the process (scale to zero).
+            log(f"applied increment key={key} counter={self.counter}")
             if key is not None:
                 self.responses[key] = (body_hash, answer)
                 if len(self.responses) > MAX_IDEMPOTENCY_KEYS:
@@ -80,6 +83,7 @@ class App:
             return {
                 "handled_posts": self.handled_posts,
                 "replayed_posts": self.replayed_posts,
+                "handled_webhooks": self.handled_webhooks,
                 "counter": self.counter,
                 "sessions": len(self.sessions),
                 "pid": os.getpid(),
@@ -169,6 +173,12 @@ class Handler(BaseHTTPRequestHandler):
             if replayed:
                 headers.append(("Idempotent-Replayed", "true"))
             return self.respond(status, answer, headers=headers)
+        if url.path == "/webhooks/stripe":
+            # A real app verifies the Stripe-Signature HMAC with its signing secret here.
+            with self.app.lock:
+                self.app.handled_webhooks += 1
+            log(f"applied webhook /webhooks/stripe bytes={len(body)}")
+            return self.respond(200, {"received": True})
         if url.path.startswith("/_vango/"):
             return self.respond(404, {"error": "unknown Vango runtime path"})
         self.respond(404, "not found\n")
@@ -357,6 +367,9 @@ def main():
         sys.exit(f"cannot read {ROOT / 'manifest.json'} (run from the build output): {err}")
     Handler.app = app = App(manifest)
     host, port = os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8080"))
+    # A listen backlog like a production server's (socketserver's default is 5): a woken
+    # app meets every request held for it at once.
+    ThreadingHTTPServer.request_queue_size = 1024
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
 

@@ -19,8 +19,10 @@ use std::{
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::{
+    activity::Activity,
     error::EdgeError,
     route::{Route, RouteSource},
 };
@@ -49,6 +51,8 @@ struct Shared {
     reloads: AtomicU64,
     allocations: AtomicUsize,
     last_reload_at: Mutex<Option<DateTime<Utc>>>,
+    /// Bumped after every change to `hot`, so requests held for a route wake up.
+    version: watch::Sender<u64>,
 }
 
 /// What a request reads.
@@ -180,6 +184,7 @@ impl RouteTable {
                 reloads: AtomicU64::new(0),
                 allocations: AtomicUsize::new(0),
                 last_reload_at: Mutex::default(),
+                version: watch::Sender::new(0),
             }),
         }
     }
@@ -315,11 +320,32 @@ impl RouteTable {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn hot_mut(&self) -> std::sync::RwLockWriteGuard<'_, Hot> {
-        self.shared
-            .hot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The table for writing; readers held for a route are told when the guard drops.
+    fn hot_mut(&self) -> HotMut<'_> {
+        HotMut {
+            guard: Some(
+                self.shared
+                    .hot
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
+            version: &self.shared.version,
+        }
+    }
+
+    /// A receiver that sees a new value after every change to the table: what a request
+    /// held for a wake waits on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
+    /// Every route key with its activity, for the activity reporter.
+    pub(crate) fn activities(&self) -> Vec<(Arc<str>, Arc<Activity>)> {
+        self.hot()
+            .routes
+            .iter()
+            .map(|(k, r)| (k.clone(), r.activity.clone()))
+            .collect()
     }
 
     fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
@@ -327,6 +353,32 @@ impl RouteTable {
             .mirror
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The write guard of the table: releases the lock, then bumps the version.
+struct HotMut<'a> {
+    guard: Option<std::sync::RwLockWriteGuard<'a, Hot>>,
+    version: &'a watch::Sender<u64>,
+}
+
+impl std::ops::Deref for HotMut<'_> {
+    type Target = Hot;
+    fn deref(&self) -> &Hot {
+        self.guard.as_deref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for HotMut<'_> {
+    fn deref_mut(&mut self) -> &mut Hot {
+        self.guard.as_deref_mut().expect("held until drop")
+    }
+}
+
+impl Drop for HotMut<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
@@ -340,5 +392,9 @@ impl RouteSource for RouteTable {
 
     fn status(&self) -> Option<TableStatus> {
         Some(RouteTable::status(self))
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        Some(RouteTable::subscribe(self))
     }
 }

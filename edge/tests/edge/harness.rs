@@ -48,6 +48,8 @@ impl Edge {
         let state = EdgeState {
             db: db.conn.clone(),
             config,
+            wake: None,
+            assets: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(rhone_edge::serve(listener, state, async {

@@ -1,0 +1,181 @@
+//! The edge's idempotency store: `idempotency_records` in the control DB, one row per
+//! (route key, `Idempotency-Key`). A request on a route declared idempotent, with a key and
+//! an idempotency binding, is forwarded only by the request that created the row; a repeat
+//! of the same request is answered from the row, a repeat while the first is in flight gets
+//! 409, the same key with another request 422. A request that was never forwarded (the wake
+//! missed its budget) removes its row, so its retry goes through.
+//!
+//! The stored body is the response's `Content-Type`, a newline, then the response bytes.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use hyper::body::Bytes;
+use rhone_schema::entity::idempotency_record;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    sea_query::OnConflict,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// How long a key's answer is kept.
+const KEEP: ChronoDuration = ChronoDuration::hours(24);
+
+/// What the store says about a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// The first request with this key: forward it, then [`complete`] or [`abandon`] the row.
+    First(Uuid),
+    /// The same request was answered before: send this again.
+    Replay {
+        status: u16,
+        content_type: String,
+        body: Bytes,
+    },
+    /// The first request with this key has not been answered yet.
+    InFlight,
+    /// The key was first used for a different request.
+    Mismatch,
+}
+
+/// The hash that tells the same request from another: method, path and query, and body.
+pub(crate) fn request_hash(method: &str, path_and_query: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(path_and_query.as_bytes());
+    h.update([0]);
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// Claims `key` in `scope` for a request of `hash`, or says what happened to it before.
+pub(crate) async fn begin(
+    db: &DatabaseConnection,
+    scope: &str,
+    key: &str,
+    hash: &str,
+) -> Result<Begin, DbErr> {
+    for _ in 0..2 {
+        let id = Uuid::new_v4();
+        let now = Utc::now();
+        let inserted = idempotency_record::Entity::insert(idempotency_record::ActiveModel {
+            id: Set(id),
+            scope: Set(scope.to_owned()),
+            key: Set(key.to_owned()),
+            request_hash: Set(hash.to_owned()),
+            status_code: Set(None),
+            response_body: Set(None),
+            created_at: Set(now),
+            expires_at: Set(now + KEEP),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                idempotency_record::Column::Scope,
+                idempotency_record::Column::Key,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+        if inserted == 1 {
+            return Ok(Begin::First(id));
+        }
+        let Some(row) = idempotency_record::Entity::find()
+            .filter(idempotency_record::Column::Scope.eq(scope))
+            .filter(idempotency_record::Column::Key.eq(key))
+            .one(db)
+            .await?
+        else {
+            continue; // removed in between: claim it again
+        };
+        if row.expires_at <= now {
+            idempotency_record::Entity::delete_by_id(row.id)
+                .exec(db)
+                .await?;
+            continue;
+        }
+        if row.request_hash != hash {
+            return Ok(Begin::Mismatch);
+        }
+        return Ok(match (row.status_code, row.response_body) {
+            (Some(status), body) => {
+                let (content_type, body) = split(body.unwrap_or_default());
+                Begin::Replay {
+                    status: u16::try_from(status).unwrap_or(500),
+                    content_type,
+                    body,
+                }
+            }
+            (None, _) => Begin::InFlight,
+        });
+    }
+    Ok(Begin::InFlight)
+}
+
+/// Stores the answer of the request that claimed row `id`.
+pub(crate) async fn complete(
+    db: &DatabaseConnection,
+    id: Uuid,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), DbErr> {
+    let mut stored = Vec::with_capacity(content_type.len() + 1 + body.len());
+    stored.extend_from_slice(content_type.as_bytes());
+    stored.push(b'\n');
+    stored.extend_from_slice(body);
+    idempotency_record::Entity::update(idempotency_record::ActiveModel {
+        id: Set(id),
+        status_code: Set(Some(i32::from(status))),
+        response_body: Set(Some(stored)),
+        ..Default::default()
+    })
+    .exec(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes row `id`: its request was never forwarded, so a retry must go through.
+pub(crate) async fn abandon(db: &DatabaseConnection, id: Uuid) -> Result<(), DbErr> {
+    idempotency_record::Entity::delete_by_id(id)
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+fn split(stored: Vec<u8>) -> (String, Bytes) {
+    let stored = Bytes::from(stored);
+    match stored.iter().position(|b| *b == b'\n') {
+        Some(i) => (
+            String::from_utf8_lossy(&stored[..i]).into_owned(),
+            stored.slice(i + 1..),
+        ),
+        None => ("application/octet-stream".to_owned(), stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_tells_requests_apart() {
+        let a = request_hash("POST", "/actions/increment", b"{}");
+        assert_eq!(a, request_hash("POST", "/actions/increment", b"{}"));
+        assert_ne!(a, request_hash("POST", "/actions/increment", b"{ }"));
+        assert_ne!(a, request_hash("PUT", "/actions/increment", b"{}"));
+        assert_ne!(a, request_hash("POST", "/actions/incremen", b"t{}"));
+    }
+
+    #[test]
+    fn stored_bodies_keep_their_content_type() {
+        assert_eq!(
+            split(b"application/json\n{\"a\":1}".to_vec()),
+            (
+                "application/json".to_owned(),
+                Bytes::from_static(b"{\"a\":1}")
+            )
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! What the edge must know of a route key before it holds, wakes, refuses or records a
+//! request: the environment's scale-to-zero setting and wake budget, the request classes the
+//! owner's artifact declares in `rhone.toml` (webhooks, idempotent routes, assets), and which
+//! runtime services are bound. Read from the control DB on the cold path and for idempotent
+//! writes only, and kept for [`POLICY_TTL`]: a request while hot never needs it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use rhone_manifest::{
+    ArtifactManifest,
+    app::{RoutePattern, Service, WebhookRoute},
+};
+use rhone_schema::entity::{artifact, environment, route_owner, runtime_service_binding};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use crate::{
+    assets::{AssetIndex, Assets},
+    error::EdgeError,
+    route::Owner,
+};
+
+/// How long a policy read is used before it is read again: settings changed through the API
+/// reach the edge within this.
+const POLICY_TTL: Duration = Duration::from_secs(2);
+/// A binding's status when the service can be used.
+const READY: &str = "ready";
+
+/// The policy of one route key at one owner.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub workspace_id: Uuid,
+    pub scale_to_zero: bool,
+    /// How long a request may be held for a wake: the artifact's `[wake] budget_ms`, capped
+    /// by the environment's `wake_budget_ms`.
+    pub budget: Duration,
+    pub webhooks: Vec<WebhookRoute>,
+    pub idempotent: Vec<RoutePattern>,
+    /// An `idempotency` runtime service is bound and ready: the edge may record idempotent
+    /// writes and forward one to a waking app.
+    pub idempotency_bound: bool,
+    /// A durable `session_store` is bound and ready: a live session may resume on another
+    /// allocation.
+    pub session_store_bound: bool,
+    /// The owner artifact's fingerprinted assets, by request path.
+    pub assets: AssetIndex,
+}
+
+impl Policy {
+    /// The wake budget, given the artifact's and the environment's (both in ms).
+    pub(crate) fn budget_of(artifact_ms: u32, environment_ms: i64) -> Duration {
+        let env = u64::try_from(environment_ms).unwrap_or(0);
+        Duration::from_millis(u64::from(artifact_ms).min(env))
+    }
+
+    /// The webhook route declared for `path`, if any.
+    pub(crate) fn webhook(&self, path: &str) -> Option<&WebhookRoute> {
+        self.webhooks.iter().find(|w| w.path.matches(path))
+    }
+
+    /// Whether `path` is declared to honour `Idempotency-Key`.
+    pub(crate) fn is_idempotent(&self, path: &str) -> bool {
+        self.idempotent.iter().any(|p| p.matches(path))
+    }
+}
+
+/// Why the policy could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading the policy of {route_key} failed")]
+    Db {
+        route_key: String,
+        #[source]
+        source: sea_orm::DbErr,
+    },
+    #[error("{route_key} has no RouteOwner row")]
+    NoOwner { route_key: String },
+    #[error("the artifact {digest} of {route_key} is not in the control DB")]
+    NoArtifact { route_key: String, digest: String },
+    #[error("the artifact manifest of {digest} does not parse")]
+    Manifest {
+        digest: String,
+        #[source]
+        source: rhone_manifest::ArtifactManifestError,
+    },
+}
+
+/// Policies by route key, each read at most every [`POLICY_TTL`].
+pub(crate) struct Policies {
+    db: DatabaseConnection,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    /// The owner the policy was read for: a new epoch, deployment or digest reads again.
+    deployment_id: Uuid,
+    artifact_digest: String,
+    read_at: Instant,
+    policy: Arc<Policy>,
+}
+
+impl Policies {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            cache: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The policy of `owner`'s route key.
+    pub(crate) async fn get(&self, owner: &Owner) -> Result<Arc<Policy>, EdgeError> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cache.get(&owner.route_key)
+                && c.deployment_id == owner.deployment_id
+                && c.artifact_digest == owner.artifact_digest
+                && c.read_at.elapsed() < POLICY_TTL
+            {
+                return Ok(c.policy.clone());
+            }
+        }
+        let policy = Arc::new(
+            read(&self.db, owner)
+                .await
+                .map_err(|e| EdgeError::Policy(Box::new(e)))?,
+        );
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() > 10_000 {
+            cache.retain(|_, c| c.read_at.elapsed() < POLICY_TTL);
+        }
+        cache.insert(
+            owner.route_key.clone(),
+            Cached {
+                deployment_id: owner.deployment_id,
+                artifact_digest: owner.artifact_digest.clone(),
+                read_at: Instant::now(),
+                policy: policy.clone(),
+            },
+        );
+        Ok(policy)
+    }
+}
+
+async fn read(db: &DatabaseConnection, owner: &Owner) -> Result<Policy, PolicyError> {
+    let route_key = &owner.route_key;
+    let db_err = |source| PolicyError::Db {
+        route_key: route_key.clone(),
+        source,
+    };
+    let row = route_owner::Entity::find_by_id(route_key.clone())
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| PolicyError::NoOwner {
+            route_key: route_key.clone(),
+        })?;
+    let env = environment::Entity::find_by_id(row.environment_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| PolicyError::NoOwner {
+            route_key: route_key.clone(),
+        })?;
+    // The table's owner names the artifact; the row may have moved on since (the next
+    // change will tell the table), so read the artifact the table routes to.
+    let art = artifact::Entity::find_by_id(owner.artifact_digest.clone())
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| PolicyError::NoArtifact {
+            route_key: route_key.clone(),
+            digest: owner.artifact_digest.clone(),
+        })?;
+    let manifest = ArtifactManifest::parse(&art.manifest.to_string()).map_err(|source| {
+        PolicyError::Manifest {
+            digest: owner.artifact_digest.clone(),
+            source,
+        }
+    })?;
+    let bindings = runtime_service_binding::Entity::find()
+        .filter(runtime_service_binding::Column::EnvironmentId.eq(env.id))
+        .filter(runtime_service_binding::Column::Status.eq(READY))
+        .all(db)
+        .await
+        .map_err(db_err)?;
+    let bound = |s: Service| bindings.iter().any(|b| b.service == s.as_str());
+    Ok(Policy {
+        workspace_id: env.workspace_id,
+        scale_to_zero: env.scale_to_zero,
+        budget: Policy::budget_of(manifest.app.wake_budget_ms, env.wake_budget_ms),
+        webhooks: manifest.app.routes.webhooks,
+        idempotent: manifest.app.routes.idempotent,
+        idempotency_bound: bound(Service::Idempotency),
+        session_store_bound: bound(Service::SessionStore),
+        assets: Assets::index(&manifest.assets),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_the_apps_capped_by_the_environments() {
+        assert_eq!(Policy::budget_of(10_000, 10_000), Duration::from_secs(10));
+        assert_eq!(Policy::budget_of(30_000, 10_000), Duration::from_secs(10));
+        assert_eq!(Policy::budget_of(2_000, 10_000), Duration::from_secs(2));
+        assert_eq!(Policy::budget_of(2_000, -1), Duration::ZERO);
+    }
+}

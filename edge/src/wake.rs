@@ -1,0 +1,150 @@
+//! Asking for a wake: the one thing the edge asks Temporal, and only on the cold path. A
+//! request creates or attaches to the Wake workflow of its route key and epoch with
+//! update-with-start (workflow id [`rhone_core::wake_workflow_id`], conflict policy "use
+//! existing"), so concurrent cold requests on every edge coalesce into one Wake operation.
+//! On one edge, reads of the same key and epoch share one call while it is recent.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use rhone_workflows::wake::{WakeInput, WakeRequest, WakeStatus, WakeTrigger, WakeWorkflow};
+use temporalio_client::{
+    Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowUpdateWithStartOptions,
+};
+use tokio::{runtime::Handle, sync::watch};
+
+use crate::route::Owner;
+
+/// How long an answered wake call is shared by later reads of the same key and epoch.
+const SHARE_FOR: Duration = Duration::from_secs(1);
+/// How long the edge waits for Temporal to answer a wake call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the edge needs to ask for wakes: a connected Temporal client and the control
+/// plane's task queue.
+#[derive(Clone)]
+pub struct WakeClient {
+    pub client: Client,
+    pub task_queue: String,
+}
+
+/// The outcome of one wake call, when it has come: the operation and its stage, or why the
+/// call failed.
+pub(crate) type Outcome = Option<Result<WakeStatus, String>>;
+
+/// One edge's wake calls.
+pub(crate) struct Waker {
+    wake: WakeClient,
+    /// The runtime the Temporal client was made on; calls run there.
+    io: Handle,
+    recent: Mutex<HashMap<(String, i64), Recent>>,
+}
+
+struct Recent {
+    at: Instant,
+    outcome: watch::Receiver<Outcome>,
+}
+
+impl Waker {
+    pub(crate) fn new(wake: WakeClient, io: Handle) -> Self {
+        Self {
+            wake,
+            io,
+            recent: Mutex::default(),
+        }
+    }
+
+    /// Asks for the wake of `owner`'s key at its epoch on behalf of `request`, and returns
+    /// where its outcome will show. With `share`, a recent call for the same key and epoch is
+    /// reused (reads); without, every request is its own call, so its evidence is recorded
+    /// on the operation (webhooks, refused writes).
+    pub(crate) fn wake(
+        &self,
+        owner: &Owner,
+        request: WakeRequest,
+        share: bool,
+    ) -> watch::Receiver<Outcome> {
+        let slot = (owner.route_key.clone(), owner.epoch);
+        if share {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.retain(|_, r| {
+                let outcome = r.outcome.borrow();
+                let stale = outcome.is_some() && r.at.elapsed() >= SHARE_FOR;
+                !stale && !ended(&outcome)
+            });
+            if let Some(r) = recent.get(&slot) {
+                return r.outcome.clone();
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        if share {
+            self.recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    slot,
+                    Recent {
+                        at: Instant::now(),
+                        outcome: rx.clone(),
+                    },
+                );
+        }
+        let input = WakeInput {
+            route_key: owner.route_key.clone(),
+            epoch: owner.epoch,
+            trigger: WakeTrigger::Request(request.clone()),
+        };
+        let workflow_id = rhone_core::wake_workflow_id(&owner.route_key, owner.epoch);
+        let options = WorkflowUpdateWithStartOptions::new(
+            self.wake.task_queue.clone(),
+            workflow_id.clone(),
+            WorkflowIdConflictPolicy::UseExisting,
+        )
+        .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+        .build();
+        let client = self.wake.client.clone();
+        let route_key = owner.route_key.clone();
+        let epoch = owner.epoch;
+        self.io.spawn(async move {
+            let call = client.execute_update_with_start_workflow(
+                WakeWorkflow::run,
+                input,
+                WakeWorkflow::attach,
+                request,
+                options,
+            );
+            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(status)) => {
+                    tracing::info!(
+                        %route_key, epoch, %workflow_id, operation = %status.operation_id,
+                        stage = %status.stage, "wake requested"
+                    );
+                    Ok(status)
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%route_key, epoch, %workflow_id, error = %e, "asking for a wake failed");
+                    Err(e.to_string())
+                }
+                Err(_) => {
+                    tracing::warn!(%route_key, epoch, %workflow_id, "asking for a wake timed out");
+                    Err(format!("Temporal did not answer within {CALL_TIMEOUT:?}"))
+                }
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+}
+
+/// Whether a call's answer cannot lead to a wake: it failed, or it reached a run that was
+/// just putting the route to sleep (that run ends; the next call starts a new one).
+pub(crate) fn ended(outcome: &Outcome) -> bool {
+    match outcome {
+        Some(Ok(s)) => s.stage == "failed" || s.stage == "sleeping",
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
