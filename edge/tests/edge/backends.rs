@@ -116,17 +116,28 @@ async fn big(State(echo): State<Echo>) -> Response {
 }
 
 /// Says which backend it is, then echoes every message until the client closes.
-async fn live(State(echo): State<Echo>, ws: WebSocketUpgrade) -> Response {
+/// Greets with `backend NAME resume=… from=…`: its name and how the edge said the session
+/// reaches it (`x-rhone-session-resume`, `x-rhone-session-from`).
+async fn live(State(echo): State<Echo>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     echo.hits.fetch_add(1, Ordering::SeqCst);
-    ws.on_upgrade(move |socket| live_loop(socket, echo.name))
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let greeting = format!(
+        "backend {} resume={} from={}",
+        echo.name,
+        header("x-rhone-session-resume"),
+        header("x-rhone-session-from")
+    );
+    ws.on_upgrade(move |socket| live_loop(socket, greeting))
 }
 
-async fn live_loop(mut socket: WebSocket, name: String) {
-    if socket
-        .send(Message::Text(format!("backend {name}").into()))
-        .await
-        .is_err()
-    {
+async fn live_loop(mut socket: WebSocket, greeting: String) {
+    if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
     }
     while let Some(Ok(msg)) = socket.recv().await {

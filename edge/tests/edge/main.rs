@@ -7,6 +7,7 @@ mod assets;
 mod backends;
 mod fixtures;
 mod harness;
+mod sessions;
 mod table;
 
 use std::{collections::HashSet, net::SocketAddr};
@@ -71,17 +72,22 @@ impl Harness {
         &self,
         query: &str,
     ) -> Result<(tokio_tungstenite::WebSocketStream<TcpStream>, String)> {
+        let (ws, greeting) = self.live_greeting(query).await?;
+        let name = greeting.split(' ').nth(1).unwrap_or("").to_owned();
+        Ok((ws, name))
+    }
+
+    /// A live socket on `HOST` and the backend's greeting: `backend NAME resume=… from=…`.
+    async fn live_greeting(
+        &self,
+        query: &str,
+    ) -> Result<(tokio_tungstenite::WebSocketStream<TcpStream>, String)> {
         let stream = TcpStream::connect(self.edge).await?;
         let url = format!("ws://{HOST}:{}/_vango/live?{query}", self.edge.port());
         let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await?;
         ensure!(resp.status().as_u16() == 101, "status {}", resp.status());
         let greeting = ws.next().await.context("no greeting")??;
-        let name = greeting
-            .into_text()?
-            .as_str()
-            .trim_start_matches("backend ")
-            .to_owned();
-        Ok((ws, name))
+        Ok((ws, greeting.into_text()?.as_str().to_owned()))
     }
 }
 
