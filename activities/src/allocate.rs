@@ -24,6 +24,43 @@ use uuid::Uuid;
 
 use crate::error::activity_error;
 
+/// The ready allocations of `deployment_id` running `digest` that are meant to run, oldest
+/// first: what already serves a route, or could.
+pub(crate) async fn ready_of<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    deployment_id: Uuid,
+    digest: &str,
+) -> Result<Vec<allocation::Model>, sea_orm::DbErr> {
+    allocation::Entity::find()
+        .filter(allocation::Column::DeploymentId.eq(deployment_id))
+        .filter(allocation::Column::ArtifactDigest.eq(digest))
+        .filter(allocation::Column::Desired.eq(rhone_schema::allocations::Desired::Run.as_str()))
+        .filter(allocation::Column::Stage.eq(AllocationStage::Ready.as_str()))
+        .order_by_asc(allocation::Column::CreatedAt)
+        .all(db)
+        .await
+}
+
+/// Tells `row` to stop at its next generation, inside the caller's transaction (which
+/// holds the route lock), as `allocations::set_desired` does; a row told already is
+/// returned as it is.
+pub(crate) async fn stop_in<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    row: allocation::Model,
+) -> Result<allocation::Model, sea_orm::DbErr> {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let stop = rhone_schema::allocations::Desired::Stop.as_str();
+    if row.desired == stop {
+        return Ok(row);
+    }
+    let generation = row.generation + 1;
+    let mut active: allocation::ActiveModel = row.into();
+    active.desired = Set(stop.to_owned());
+    active.generation = Set(generation);
+    active.updated_at = Set(chrono::Utc::now());
+    active.update(txn).await
+}
+
 /// How often a start is polled.
 const POLL: Duration = Duration::from_millis(100);
 /// Pulling and unpacking come before the app's own readiness time.

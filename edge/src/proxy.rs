@@ -162,15 +162,7 @@ impl Proxy {
         let upgrade = req.headers().contains_key(UPGRADE) && is_websocket_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        client.forwarding.apply(&mut parts.headers);
-        // The allocation gets the origin form, path and query as the client sent them.
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            parts.uri = origin_form(&parts.uri);
-        }
-        parts.version = Version::HTTP_11;
-        // The server's extensions are not the allocation's.
-        parts.extensions = Extensions::new();
+        for_allocation(&mut parts, client, upgrade);
         let req = Request::from_parts(parts, body);
 
         let authority = target.authority();
@@ -244,13 +236,7 @@ impl Proxy {
         client: &Client,
         max_body: usize,
     ) -> Result<Buffered, EdgeError> {
-        strip_hop_by_hop(&mut parts.headers, false);
-        client.forwarding.apply(&mut parts.headers);
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            parts.uri = origin_form(&parts.uri);
-        }
-        parts.version = Version::HTTP_11;
-        parts.extensions = Extensions::new();
+        for_allocation(&mut parts, client, false);
         parts
             .headers
             .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -347,6 +333,19 @@ async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, BoxErro
         }
     });
     Ok(sender)
+}
+
+/// A client's request head made the allocation's: hop-by-hop headers out (the upgrade ones
+/// kept for a WebSocket), forwarding headers in, the origin form of its path and query as
+/// the client sent them, HTTP/1.1, and none of the server's extensions.
+fn for_allocation(parts: &mut hyper::http::request::Parts, client: &Client, upgrade: bool) {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    client.forwarding.apply(&mut parts.headers);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
+    parts.version = Version::HTTP_11;
+    parts.extensions = Extensions::new();
 }
 
 /// `uri` in origin form: its path and query only.

@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_runner::Desired as RunnerDesired;
 use rhone_schema::{
@@ -25,8 +24,8 @@ use rhone_workflows::activities::{
     AllocationsInput, AllocationsReady, DrainInput, Drained, Health, HealthInput,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use serde_json::json;
 use temporalio_sdk::activities::ActivityError;
@@ -126,13 +125,7 @@ impl PromotionActivities {
                 _ => None,
             })
             .collect();
-        let mut candidates = allocation::Entity::find()
-            .filter(allocation::Column::DeploymentId.eq(dep.id))
-            .filter(allocation::Column::ArtifactDigest.eq(input.digest.as_str()))
-            .filter(allocation::Column::Desired.eq(Desired::Run.as_str()))
-            .filter(allocation::Column::Stage.eq(AllocationStage::Ready.as_str()))
-            .order_by_asc(allocation::Column::CreatedAt)
-            .all(db)
+        let mut candidates = allocate::ready_of(db, dep.id, &input.digest)
             .await
             .map_err(db_err)?
             .into_iter()
@@ -436,17 +429,7 @@ impl PromotionActivities {
                 kept.push(row.id);
                 continue;
             }
-            if row.desired == Desired::Stop.as_str() {
-                stopping.push(row);
-                continue;
-            }
-            // As `allocations::set_desired` does, inside this transaction.
-            let generation = row.generation + 1;
-            let mut active: allocation::ActiveModel = row.into();
-            active.desired = Set(Desired::Stop.as_str().to_owned());
-            active.generation = Set(generation);
-            active.updated_at = Set(Utc::now());
-            stopping.push(active.update(&txn).await?);
+            stopping.push(allocate::stop_in(&txn, row).await?);
         }
         txn.commit().await?;
         Ok((stopping, kept))

@@ -10,8 +10,7 @@ use rhone_schema::{
 };
 use rhone_workflows::activities::{IdleReport, RouteIdleInput, SleepInput, Slept};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use temporalio_sdk::activities::ActivityError;
@@ -166,16 +165,7 @@ impl WakeActivities {
             .map_err(db_err)?;
         let mut stopping = Vec::new();
         for row in rows {
-            if row.desired == Desired::Stop.as_str() {
-                stopping.push(row);
-                continue;
-            }
-            let generation = row.generation + 1;
-            let mut active: allocation::ActiveModel = row.into();
-            active.desired = Set(Desired::Stop.as_str().to_owned());
-            active.generation = Set(generation);
-            active.updated_at = Set(Utc::now());
-            stopping.push(active.update(&txn).await.map_err(db_err)?);
+            stopping.push(allocate::stop_in(&txn, row).await.map_err(db_err)?);
         }
         set_state(&txn, env.id, SLEEPING).await?;
         txn.commit().await.map_err(db_err)?;

@@ -2,17 +2,14 @@
 //! evidence; the environment's `wake_state`.
 
 use chrono::Utc;
-use rhone_core::{OperationKind, StateMachine, stage::AllocationStage};
+use rhone_core::OperationKind;
 use rhone_schema::{
     SchemaError,
-    allocations::Desired,
-    entity::{allocation, audit_log, environment, operation, route_owner},
+    entity::{audit_log, environment, operation, route_owner},
     ops::{self, NewOperation},
 };
 use rhone_workflows::activities::{WakeEvidenceInput, WakeOpenInput, WakeOpened, WakeStateInput};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use temporalio_sdk::activities::ActivityError;
 
 use super::{WakeActivities, millis, route_locked};
@@ -66,18 +63,13 @@ impl WakeActivities {
         }
         let manifest = allocate::manifest(db, &owner.artifact_digest).await?;
         opened.readiness_timeout_secs = manifest.app.process.readiness_timeout_secs;
-        opened.ready_allocations = allocation::Entity::find()
-            .filter(allocation::Column::DeploymentId.eq(owner.deployment_id))
-            .filter(allocation::Column::ArtifactDigest.eq(owner.artifact_digest.as_str()))
-            .filter(allocation::Column::Desired.eq(Desired::Run.as_str()))
-            .filter(allocation::Column::Stage.eq(AllocationStage::Ready.as_str()))
-            .order_by_asc(allocation::Column::CreatedAt)
-            .all(db)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|a| a.id)
-            .collect();
+        opened.ready_allocations =
+            allocate::ready_of(db, owner.deployment_id, &owner.artifact_digest)
+                .await
+                .map_err(db_err)?
+                .into_iter()
+                .map(|a| a.id)
+                .collect();
         opened.deployment_id = Some(owner.deployment_id);
         opened.digest = Some(owner.artifact_digest);
         opened.owner_operation_id = owner.operation_id;
