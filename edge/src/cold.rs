@@ -17,7 +17,10 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,6 +32,7 @@ use hyper::{
 use rhone_schema::entity::audit_log;
 use rhone_workflows::wake::{WakeRequest, WakeStatus};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+use serde::Serialize;
 use serde_json::json;
 use tokio::{runtime::Handle, sync::watch};
 use uuid::Uuid;
@@ -74,8 +78,68 @@ pub(crate) enum Decision {
     Answer(Response<Body>),
 }
 
+/// What the cold path did since the edge started, for `GET /_rhone/status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ColdStatus {
+    /// Requests held for a wake right now.
+    pub held_now: u64,
+    /// Held requests routed once an allocation was ready.
+    pub held_routed: u64,
+    /// Held requests answered 503 at the end of their wake budget.
+    pub held_timed_out: u64,
+    /// Held requests answered 503 because their wake failed or could not be asked for.
+    pub held_wake_failed: u64,
+    /// Calls to Temporal asking for a wake (shared by the reads of one key and epoch).
+    pub wake_calls: u64,
+    /// Immutable assets answered from the artifact store (200 or 304).
+    pub assets_served: u64,
+    /// Idempotent writes forwarded once, and repeats answered from their record.
+    pub writes_forwarded: u64,
+    pub writes_replayed: u64,
+    /// Unsafe writes to a sleeping app answered 503 and not forwarded.
+    pub writes_refused: u64,
+    /// Webhook deliveries deferred (503, evidence on the wake) and blocked (401).
+    pub webhooks_deferred: u64,
+    pub webhooks_blocked: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    held_now: AtomicU64,
+    held_routed: AtomicU64,
+    held_timed_out: AtomicU64,
+    held_wake_failed: AtomicU64,
+    assets_served: AtomicU64,
+    writes_forwarded: AtomicU64,
+    writes_replayed: AtomicU64,
+    writes_refused: AtomicU64,
+    webhooks_deferred: AtomicU64,
+    webhooks_blocked: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a held request while it is held.
+struct Holding<'a>(&'a AtomicU64);
+
+impl<'a> Holding<'a> {
+    fn new(c: &'a AtomicU64) -> Self {
+        bump(c);
+        Self(c)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The cold path's state, shared by every worker thread.
 pub(crate) struct Cold {
+    counters: Counters,
     policies: Policies,
     assets: Option<Assets>,
     sessions: Sessions,
@@ -94,12 +158,31 @@ impl Cold {
         io: Handle,
     ) -> Self {
         Self {
+            counters: Counters::default(),
             policies: Policies::new(db),
             assets,
             sessions: Sessions::default(),
             waker: wake.map(|w| Waker::new(w, io.clone())),
             edge_id,
             io,
+        }
+    }
+
+    pub(crate) fn status(&self) -> ColdStatus {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ColdStatus {
+            held_now: get(&c.held_now),
+            held_routed: get(&c.held_routed),
+            held_timed_out: get(&c.held_timed_out),
+            held_wake_failed: get(&c.held_wake_failed),
+            wake_calls: self.waker.as_ref().map_or(0, Waker::calls),
+            assets_served: get(&c.assets_served),
+            writes_forwarded: get(&c.writes_forwarded),
+            writes_replayed: get(&c.writes_replayed),
+            writes_refused: get(&c.writes_refused),
+            webhooks_deferred: get(&c.webhooks_deferred),
+            webhooks_blocked: get(&c.webhooks_blocked),
         }
     }
 
@@ -184,7 +267,10 @@ impl Cold {
                 })
                 .await;
             match served {
-                Ok(Some(resp)) => return Decision::Answer(resp),
+                Ok(Some(resp)) => {
+                    bump(&self.counters.assets_served);
+                    return Decision::Answer(resp);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let transient = e.is_transient();
@@ -246,6 +332,7 @@ impl Cold {
                     format!("answered 503 with Retry-After, not forwarded: {why}"),
                     json!({}),
                 );
+                bump(&self.counters.writes_refused);
                 let operation = operation_of(waker.wake(owner, wake, false)).await;
                 let e = EdgeError::NotReplayed {
                     route_key: owner.route_key.clone(),
@@ -260,6 +347,7 @@ impl Cold {
                 let path = req.uri().path().to_owned();
                 match classify::check_signature(hook.signature, req.headers(), unix_now()) {
                     Err(problem) => {
+                        bump(&self.counters.webhooks_blocked);
                         self.record_blocked(&policy, owner, &path, &problem.to_string())
                             .await;
                         let e = EdgeError::WebhookBlocked {
@@ -275,6 +363,7 @@ impl Cold {
                             "answered 503 with Retry-After; the delivery was neither forwarded nor stored, the provider's retry delivers it".to_owned(),
                             json!({ "provider": delivery.provider, "delivery": delivery.id }),
                         );
+                        bump(&self.counters.webhooks_deferred);
                         let operation = operation_of(waker.wake(owner, wake, false)).await;
                         let e = EdgeError::WebhookDeferred {
                             route_key: owner.route_key.clone(),
@@ -324,6 +413,28 @@ impl Cold {
     /// Holds until `owner`'s route key has a ready allocation, following the route to a new
     /// epoch (and asking for that epoch's wake) if it moves, until `deadline`.
     async fn hold<R: RouteSource>(
+        &self,
+        routes: &R,
+        waker: &Waker,
+        owner: Owner,
+        request: WakeRequest,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<Arc<Route>, EdgeError> {
+        let _held = Holding::new(&self.counters.held_now);
+        let held = self
+            .hold_inner(routes, waker, owner, request, deadline, budget)
+            .await;
+        let c = &self.counters;
+        bump(match &held {
+            Ok(_) => &c.held_routed,
+            Err(EdgeError::WakeTimeout { .. }) => &c.held_timed_out,
+            Err(_) => &c.held_wake_failed,
+        });
+        held
+    }
+
+    async fn hold_inner<R: RouteSource>(
         &self,
         routes: &R,
         waker: &Waker,
@@ -462,7 +573,10 @@ impl Cold {
                 status,
                 content_type,
                 body,
-            }) => return replay(status, &content_type, body),
+            }) => {
+                bump(&self.counters.writes_replayed);
+                return replay(status, &content_type, body);
+            }
             Ok(Begin::InFlight) => return fail(&EdgeError::IdempotencyInFlight { key }, &owner),
             Ok(Begin::Mismatch) => return fail(&EdgeError::IdempotencyMismatch { key }, &owner),
             Err(e) => return fail(&EdgeError::IdempotencyStore(Box::new(e)), &owner),
@@ -510,6 +624,7 @@ impl Cold {
             };
             return fail(&e, &owner);
         };
+        bump(&self.counters.writes_forwarded);
         match proxy
             .forward_buffered(parts, bytes, target, client, MAX_STORED_RESPONSE)
             .await

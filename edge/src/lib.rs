@@ -34,6 +34,7 @@ use sea_orm::DatabaseConnection;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use assets::{AssetError, AssetIndex, AssetStats, Assets};
+pub use cold::ColdStatus;
 pub use config::{EdgeConfig, default_edge_id};
 pub use error::{BoxError, EdgeError};
 pub use route::{DbRoutes, Owner, Route, RouteSource, Target, affinity_key, route_key};

@@ -416,7 +416,13 @@ impl<R: RouteSource> Worker<R> {
             return refused;
         }
         match self.routes.status() {
-            Some(s) => match serde_json::to_vec(&s) {
+            Some(s) => match serde_json::to_value(&s).and_then(|mut v| {
+                // What the cold path did (holds, wakes, assets, writes, webhooks).
+                if let Some(cold) = &self.cold {
+                    v["cold"] = serde_json::to_value(cold.status())?;
+                }
+                serde_json::to_vec(&v)
+            }) {
                 Ok(json) => answer(StatusCode::OK, "application/json", json),
                 Err(e) => {
                     tracing::error!(error = %e, "the route table status did not serialize");

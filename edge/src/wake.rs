@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -41,6 +44,7 @@ pub(crate) struct Waker {
     /// The runtime the Temporal client was made on; calls run there.
     io: Handle,
     recent: Mutex<HashMap<(String, i64), Recent>>,
+    calls: AtomicU64,
 }
 
 struct Recent {
@@ -54,7 +58,13 @@ impl Waker {
             wake,
             io,
             recent: Mutex::default(),
+            calls: AtomicU64::new(0),
         }
+    }
+
+    /// Calls made so far.
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     /// Asks for the wake of `owner`'s key at its epoch on behalf of `request`, and returns
@@ -79,6 +89,7 @@ impl Waker {
                 return r.outcome.clone();
             }
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         if share {
             self.recent
