@@ -68,7 +68,8 @@ pub struct Config {
     pub promotion: PromotionConfig,
     /// `RHONE_WAKE_IDLE_CHECK_MS` (worker): the longest interval between two idle checks of a
     /// hot scale-to-zero route (default 5000; a route is checked every `min(sleep after / 4,
-    /// this)`).
+    /// this)`); `RHONE_WAKE_DRAIN_GRACE_MS`: how long a sleep waits between the edges and
+    /// the runners (default 1000).
     pub wake: WakeConfig,
 }
 
@@ -114,6 +115,8 @@ impl Config {
         let wake = WakeConfig {
             idle_check: millis("RHONE_WAKE_IDLE_CHECK_MS")
                 .unwrap_or(WakeConfig::default().idle_check),
+            drain_grace: millis("RHONE_WAKE_DRAIN_GRACE_MS")
+                .unwrap_or(WakeConfig::default().drain_grace),
         };
         let edge_asset_cache_bytes = match get("RHONE_EDGE_ASSET_CACHE_BYTES") {
             None => rhone_edge::DEFAULT_ASSET_CACHE_BYTES,

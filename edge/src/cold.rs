@@ -59,9 +59,6 @@ const HOLD_POLL: Duration = Duration::from_millis(25);
 /// How long a webhook or refused write waits for its evidence to be recorded before the
 /// answer goes out without the operation id.
 const EVIDENCE_WAIT: Duration = Duration::from_secs(2);
-/// How long a held request waits before asking again when its call reached a run that
-/// was putting the route to sleep.
-const ASK_AGAIN_AFTER: Duration = Duration::from_millis(200);
 /// How long after an answer a held request that still sees no allocation asks again.
 const ASK_AGAIN_STILL_COLD: Duration = Duration::from_secs(1);
 /// The error prefix of a wake that ended because the route moved on: the held request
@@ -468,16 +465,6 @@ impl Cold {
                 Some(_) => {}
             }
             let current = outcome.borrow().clone();
-            if let Some(Ok(s)) = &current
-                && s.stage == "sleeping"
-            {
-                // The call reached a run that was just putting the route to sleep: that run
-                // ends, and a new call starts the next one.
-                tokio::time::sleep(ASK_AGAIN_AFTER).await;
-                outcome = waker.wake(&owner, request.clone(), true);
-                asked = Instant::now();
-                continue;
-            }
             if current.is_some() && asked.elapsed() >= ASK_AGAIN_STILL_COLD {
                 // Answered, yet still no allocation here: the run may have answered just
                 // before it put the route to sleep. Asking again attaches to it if it still

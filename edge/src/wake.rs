@@ -23,6 +23,9 @@ use crate::route::Owner;
 
 /// How long an answered wake call is shared by later reads of the same key and epoch.
 const SHARE_FOR: Duration = Duration::from_secs(1);
+/// How long a call waits before asking again when it reached a run that was putting the
+/// route to sleep.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(100);
 /// How long the edge waits for Temporal to answer a wake call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,28 +123,39 @@ impl Waker {
         let route_key = owner.route_key.clone();
         let epoch = owner.epoch;
         self.io.spawn(async move {
-            let call = client.execute_update_with_start_workflow(
-                WakeWorkflow::run,
-                input,
-                WakeWorkflow::attach,
-                request,
-                options,
-            );
-            let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                Ok(Ok(status)) => {
-                    tracing::info!(
-                        %route_key, epoch, %workflow_id, operation = %status.operation_id,
-                        stage = %status.stage, "wake requested"
-                    );
-                    Ok(status)
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(%route_key, epoch, %workflow_id, error = %e, "asking for a wake failed");
-                    Err(e.to_string())
-                }
-                Err(_) => {
-                    tracing::warn!(%route_key, epoch, %workflow_id, "asking for a wake timed out");
-                    Err(format!("Temporal did not answer within {CALL_TIMEOUT:?}"))
+            let started = Instant::now();
+            let outcome = loop {
+                let call = client.execute_update_with_start_workflow(
+                    WakeWorkflow::run,
+                    input.clone(),
+                    WakeWorkflow::attach,
+                    request.clone(),
+                    options.clone(),
+                );
+                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    // A run that has just put the route to sleep answers so and ends; the
+                    // call after it starts the next run, which wakes the route (and
+                    // records this request).
+                    Ok(Ok(status))
+                        if status.stage == "sleeping" && started.elapsed() < CALL_TIMEOUT =>
+                    {
+                        tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                    }
+                    Ok(Ok(status)) => {
+                        tracing::info!(
+                            %route_key, epoch, %workflow_id, operation = %status.operation_id,
+                            stage = %status.stage, "wake requested"
+                        );
+                        break Ok(status);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%route_key, epoch, %workflow_id, error = %e, "asking for a wake failed");
+                        break Err(e.to_string());
+                    }
+                    Err(_) => {
+                        tracing::warn!(%route_key, epoch, %workflow_id, "asking for a wake timed out");
+                        break Err(format!("Temporal did not answer within {CALL_TIMEOUT:?}"));
+                    }
                 }
             };
             let _ = tx.send(Some(outcome));

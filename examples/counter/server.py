@@ -371,7 +371,9 @@ def main():
     # app meets every request held for it at once.
     ThreadingHTTPServer.request_queue_size = 1024
     server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    # Requests in flight finish before the process exits (server_close joins them): a drain
+    # never cuts one. Live sockets are closed first, below.
+    server.daemon_threads = False
 
     def stop(signum, _frame):
         log(f"received {signal.Signals(signum).name}, stopping")

@@ -98,7 +98,8 @@ impl WakeActivities {
     /// epoch, the environment still scales to zero and the route is still idle; then the
     /// owner's allocations are told to stop (desired `stop` at a new generation) and the
     /// environment's `wake_state` becomes `sleeping`, in one transaction. Then each runner
-    /// drains its allocation (SIGTERM, requests in flight finish). A retry after the commit
+    /// drains its allocation (SIGTERM, requests in flight finish), `drain_grace` after the
+    /// commit so the edges have stopped sending it requests. A retry after the commit
     /// finds the route asleep and finishes telling the runners.
     pub async fn sleep(
         &self,
@@ -171,6 +172,11 @@ impl WakeActivities {
         txn.commit().await.map_err(db_err)?;
 
         let ids: Vec<Uuid> = stopping.iter().map(|r| r.id).collect();
+        // The edges stop routing to these within a poll; requests they sent before finish.
+        heartbeat
+            .beat(json!({ "asleep": true, "draining": ids }))
+            .await;
+        tokio::time::sleep(self.config.drain_grace).await;
         for row in &stopping {
             allocate::stop_on_runner(&self.db, &self.http, row).await?;
             heartbeat.beat(json!({ "drained": row.id })).await;

@@ -38,12 +38,17 @@ pub struct WakeConfig {
     /// The longest interval between two idle checks of a hot route (a run checks every
     /// `min(sleep_after / 4, idle_check)`, at least every 250 ms). Default 5 s.
     pub idle_check: Duration,
+    /// How long a sleep waits between telling the edges (desired `stop`, which they follow
+    /// within a poll) and telling the runners, so no request is sent to an app that is
+    /// already stopping. Default 1 s.
+    pub drain_grace: Duration,
 }
 
 impl Default for WakeConfig {
     fn default() -> Self {
         Self {
             idle_check: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(1),
         }
     }
 }
