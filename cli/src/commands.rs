@@ -200,6 +200,49 @@ pub enum EnvsCmd {
         #[arg(long)]
         wake_budget_ms: Option<i64>,
     },
+    /// Show an environment: its settings, route owner and runtime service bindings.
+    Show {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment's name.
+        env: String,
+    },
+    /// Bind a runtime service to an environment, or replace its config. `idempotency` is
+    /// Rhone's own and needs no config; the others name their provider, e.g.
+    /// `--config '{"provider":"redis","url":"redis://cache:6379"}'` or
+    /// `--config '{"provider":"sql","dsn_secret":"SESSION_DSN"}'`. Passwords are never
+    /// given: name the secret that holds them (`password_secret`).
+    Bind {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment's name.
+        env: String,
+        /// session_store, broadcast, idempotency, cache, queue or object_storage.
+        service: String,
+        /// The binding's config, a JSON object.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Remove a runtime service's binding from an environment.
+    Unbind {
+        #[arg(long, short)]
+        workspace: String,
+        #[arg(long, short)]
+        project: String,
+        #[arg(long, short)]
+        app: String,
+        /// The environment's name.
+        env: String,
+        service: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -327,11 +370,21 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }) => {
             let a = resolve_app(&api, &workspace, &project, &app).await?;
             let d = api
-                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState } }", json!({ "a": a }))
+                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState runtimeServices { service status config createdAt } } }", json!({ "a": a }))
                 .await?;
             out(&d["environments"], &|v| {
+                let rows: Vec<Value> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        e["services"] = Value::String(services_cell(&e["runtimeServices"]));
+                        e
+                    })
+                    .collect();
                 table(
-                    v,
+                    &Value::Array(rows),
                     &[
                         "name",
                         "kind",
@@ -339,9 +392,97 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                         "wakeState",
                         "sleepAfterMs",
                         "wakeBudgetMs",
+                        "services",
                         "id",
                     ],
                 )
+            });
+        }
+        ClientCommand::Envs(EnvsCmd::Show {
+            workspace,
+            project,
+            app,
+            env,
+        }) => {
+            let a = resolve_app(&api, &workspace, &project, &app).await?;
+            let d = api
+                .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState createdAt \
+                       routeOwner { routeKey epoch artifactDigest deployment { id } } \
+                       runtimeServices { service status config createdAt } } }", json!({ "a": a }))
+                .await?;
+            let shown = d["environments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == env.as_str() || e["id"] == env.as_str())
+                .cloned()
+                .with_context(|| format!("no environment named {env:?} is visible to you"))?;
+            out(&shown, &show_environment);
+        }
+        ClientCommand::Envs(EnvsCmd::Bind {
+            workspace,
+            project,
+            app,
+            env,
+            service,
+            config,
+        }) => {
+            let service = service_arg(&service)?;
+            let config: Option<Value> = config
+                .map(|c| serde_json::from_str(&c))
+                .transpose()
+                .context("--config is not JSON (a JSON object, e.g. '{\"provider\":\"redis\",\"url\":\"redis://cache:6379\"}')")?;
+            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let d = api
+                .call(
+                    "mutation($e: UUID!, $s: RuntimeService!, $c: JSON) { \
+                     bindRuntimeService(environmentId: $e, service: $s, config: $c) { \
+                     replaced binding { service status config createdAt } \
+                     environment { id name } operation { id status } } }",
+                    json!({ "e": e, "s": service, "c": config }),
+                )
+                .await?;
+            out(&d["bindRuntimeService"], &|v| {
+                let b = &v["binding"];
+                println!(
+                    "{} {} to {}: {} {}",
+                    if v["replaced"] == true {
+                        "rebound"
+                    } else {
+                        "bound"
+                    },
+                    service_name(&b["service"]),
+                    v["environment"]["name"].as_str().unwrap_or("?"),
+                    b["status"].as_str().unwrap_or("?"),
+                    b["config"]
+                );
+                println!("operation {}", v["operation"]["id"].as_str().unwrap_or("?"));
+            });
+        }
+        ClientCommand::Envs(EnvsCmd::Unbind {
+            workspace,
+            project,
+            app,
+            env,
+            service,
+        }) => {
+            let service = service_arg(&service)?;
+            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let d = api
+                .call(
+                    "mutation($e: UUID!, $s: RuntimeService!) { \
+                     unbindRuntimeService(environmentId: $e, service: $s) { \
+                     service environment { id name } operation { id status } } }",
+                    json!({ "e": e, "s": service }),
+                )
+                .await?;
+            out(&d["unbindRuntimeService"], &|v| {
+                println!(
+                    "unbound {} from {}",
+                    service_name(&v["service"]),
+                    v["environment"]["name"].as_str().unwrap_or("?")
+                );
+                println!("operation {}", v["operation"]["id"].as_str().unwrap_or("?"));
             });
         }
         ClientCommand::Envs(EnvsCmd::Create {
@@ -675,6 +816,110 @@ fn show_operation(op: &Value) {
                 f("action"),
                 f("actor"),
                 e["detail"]
+            );
+        }
+    }
+}
+
+/// The runtime services the CLI names (`rhone.toml`'s spelling).
+const SERVICES: [&str; 6] = [
+    "session_store",
+    "broadcast",
+    "idempotency",
+    "cache",
+    "queue",
+    "object_storage",
+];
+
+/// A service as the API's enum (`SESSION_STORE`), from `session_store` or `session-store`.
+fn service_arg(service: &str) -> Result<String> {
+    let name = service.trim().to_lowercase().replace('-', "_");
+    if !SERVICES.contains(&name.as_str()) {
+        bail!(
+            "unknown runtime service {service:?}: one of {}",
+            SERVICES.join(", ")
+        );
+    }
+    Ok(name.to_uppercase())
+}
+
+/// `SESSION_STORE` as `session_store`.
+fn service_name(v: &Value) -> String {
+    v.as_str().unwrap_or("?").to_lowercase()
+}
+
+/// `idempotency, session_store` for a table cell; a binding that is not ready shows its
+/// status (`cache (pending)`).
+fn services_cell(bindings: &Value) -> String {
+    let names: Vec<String> = bindings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| match b["status"].as_str() {
+            Some("ready") => service_name(&b["service"]),
+            status => format!(
+                "{} ({})",
+                service_name(&b["service"]),
+                status.unwrap_or("?")
+            ),
+        })
+        .collect();
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn show_environment(e: &Value) {
+    let f = |k: &str| match &e[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        v => v.to_string(),
+    };
+    println!(
+        "environment    {}\nid             {}\nkind           {}\napproval       {}\nscale to zero  {} (sleeps after {} ms; wake budget {} ms)\nwake state     {}",
+        f("name"),
+        f("id"),
+        f("kind").to_lowercase(),
+        if e["requiresApproval"] == true {
+            "required"
+        } else {
+            "not required"
+        },
+        if e["scaleToZero"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        f("sleepAfterMs"),
+        f("wakeBudgetMs"),
+        f("wakeState"),
+    );
+    let owner = &e["routeOwner"];
+    if owner.is_null() {
+        println!("route          - (nothing deployed or promoted yet)");
+    } else {
+        println!(
+            "route          {} epoch {} deployment {} artifact {}",
+            owner["routeKey"].as_str().unwrap_or("?"),
+            owner["epoch"],
+            owner["deployment"]["id"].as_str().unwrap_or("?"),
+            owner["artifactDigest"].as_str().unwrap_or("?")
+        );
+    }
+    let bindings = e["runtimeServices"].as_array().cloned().unwrap_or_default();
+    if bindings.is_empty() {
+        println!("services       (none bound: rhone envs bind ENV SERVICE)");
+    } else {
+        println!("services:");
+        for b in &bindings {
+            println!(
+                "  {:<15} {:<8} {}  since {}",
+                service_name(&b["service"]),
+                b["status"].as_str().unwrap_or("?"),
+                b["config"],
+                b["createdAt"].as_str().unwrap_or("?")
             );
         }
     }

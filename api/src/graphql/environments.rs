@@ -1,14 +1,17 @@
 //! Environments.
 
-use async_graphql::{Context, Object, SimpleObject};
+use async_graphql::{Context, Json, Object, SimpleObject};
 use uuid::Uuid;
 
 use crate::{
     graphql::{
         caller,
-        types::{Environment, Operation},
+        types::{Environment, Operation, RuntimeServiceBinding},
     },
-    service::environments::{self, EnvironmentKind, NewEnvironment, ScaleToZero},
+    service::{
+        bindings::{self, RuntimeService},
+        environments::{self, EnvironmentKind, NewEnvironment, ScaleToZero},
+    },
 };
 
 /// What `setScaleToZero` changed.
@@ -19,6 +22,26 @@ pub struct SetScaleToZeroPayload {
     pub operation: Operation,
     /// The Wake workflow started to watch the route, when it was hot: it sleeps once idle.
     pub watch_workflow_id: Option<String>,
+}
+
+/// What `bindRuntimeService` did.
+#[derive(SimpleObject)]
+pub struct BindRuntimeServicePayload {
+    pub binding: RuntimeServiceBinding,
+    pub environment: Environment,
+    /// The `environment_update` operation, applied.
+    pub operation: Operation,
+    /// The service was bound already: its config was replaced.
+    pub replaced: bool,
+}
+
+/// What `unbindRuntimeService` did.
+#[derive(SimpleObject)]
+pub struct UnbindRuntimeServicePayload {
+    pub service: RuntimeService,
+    pub environment: Environment,
+    /// The `environment_update` operation, applied.
+    pub operation: Operation,
 }
 
 #[derive(Default)]
@@ -106,6 +129,50 @@ impl EnvironmentMutation {
             environment: Environment::try_from(set.environment)?,
             operation: Operation::try_from(set.operation)?,
             watch_workflow_id: set.watch,
+        })
+    }
+
+    /// Binds a runtime service to an environment, or replaces the config of its binding (one
+    /// binding per environment and service); needs developer. Applied at once, `ready`.
+    /// IDEMPOTENCY is provided by Rhone: no config, or `{"provider": "rhone"}`. The others
+    /// name their provider: SESSION_STORE `{"provider": "redis", "url": "redis://host:6379"}`
+    /// (optional `password_secret`) or `{"provider": "sql", "dsn_secret": "NAME"}`;
+    /// BROADCAST redis, or `{"provider": "nats", "url": "nats://…"}`; CACHE redis; QUEUE
+    /// redis or sql; OBJECT_STORAGE `{"provider": "s3", "bucket": …}` (optional `endpoint`,
+    /// `region`, `credentials_secret`). A URL carrying credentials is refused: secrets are
+    /// named, never given. A refusal names the field (`config.url`).
+    async fn bind_runtime_service(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        service: RuntimeService,
+        config: Option<Json<serde_json::Value>>,
+    ) -> async_graphql::Result<BindRuntimeServicePayload> {
+        let (state, actor) = caller(ctx)?;
+        let bound =
+            bindings::bind(state, actor, environment_id, service, config.map(|c| c.0)).await?;
+        Ok(BindRuntimeServicePayload {
+            binding: RuntimeServiceBinding::try_from(bound.binding)?,
+            environment: Environment::try_from(bound.environment)?,
+            operation: Operation::try_from(bound.operation)?,
+            replaced: bound.replaced,
+        })
+    }
+
+    /// Removes a runtime service's binding from an environment; needs developer. Refused
+    /// (CONFLICT) while the artifact serving the environment requires the service.
+    async fn unbind_runtime_service(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        service: RuntimeService,
+    ) -> async_graphql::Result<UnbindRuntimeServicePayload> {
+        let (state, actor) = caller(ctx)?;
+        let unbound = bindings::unbind(state, actor, environment_id, service).await?;
+        Ok(UnbindRuntimeServicePayload {
+            service,
+            environment: Environment::try_from(unbound.environment)?,
+            operation: Operation::try_from(unbound.operation)?,
         })
     }
 }

@@ -5,7 +5,7 @@ use async_graphql::{ComplexObject, Context, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use rhone_schema::entity::{
     app, audit_log, deployment, environment, grant, operation, operation_stage, project,
-    route_owner, user, workspace,
+    route_owner, runtime_service_binding, user, workspace,
 };
 use uuid::Uuid;
 
@@ -15,7 +15,11 @@ use crate::{
         enums::{OperationKind, OperationStatus, Role},
         state,
     },
-    service::{environments::EnvironmentKind, operations, routes},
+    service::{
+        bindings::{self, RuntimeService},
+        environments::EnvironmentKind,
+        operations, routes,
+    },
 };
 
 #[derive(SimpleObject)]
@@ -103,6 +107,50 @@ impl Environment {
     async fn route_owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RouteOwner>> {
         let view = routes::owner_of_environment(&state(ctx)?.db, self.id).await?;
         Ok(view.map(RouteOwner::try_from).transpose()?)
+    }
+
+    /// The runtime services bound to the environment, by service. The edge and promotion's
+    /// `runtime_services_ready` gate use the `ready` ones.
+    async fn runtime_services(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<RuntimeServiceBinding>> {
+        let rows = bindings::bindings_of(&state(ctx)?.db, self.id).await?;
+        Ok(rows
+            .into_iter()
+            .map(RuntimeServiceBinding::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// A runtime service bound to an environment: its provider and where it is.
+#[derive(SimpleObject)]
+pub struct RuntimeServiceBinding {
+    pub service: RuntimeService,
+    /// `ready` when the service can be used; a binding made through `bindRuntimeService` is
+    /// ready once its config is complete.
+    pub status: String,
+    /// `{"provider": …}` and the provider's fields; secrets appear by name only
+    /// (`password_secret`), and any credential in a URL as `***`.
+    pub config: Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<runtime_service_binding::Model> for RuntimeServiceBinding {
+    type Error = ApiError;
+    fn try_from(m: runtime_service_binding::Model) -> Result<Self, ApiError> {
+        let service = RuntimeService::parse(&m.service).ok_or_else(|| {
+            ApiError::internal(
+                "reading a runtime service binding",
+                format!("unknown service {:?}", m.service),
+            )
+        })?;
+        Ok(Self {
+            service,
+            status: m.status,
+            config: Json(bindings::redact(&m.config)),
+            created_at: m.created_at,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod audit;
+pub(crate) mod bindings;
 pub(crate) mod deploys;
 pub(crate) mod environments;
 pub(crate) mod operations;

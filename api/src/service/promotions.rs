@@ -57,8 +57,14 @@ pub(crate) async fn environment_for<C: ConnectionTrait>(
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("environment", id))?;
-    // Answers NOT_FOUND, not FORBIDDEN, where the caller has no access to the workspace.
-    app_for(db, actor, env.app_id, Role::Developer).await?;
+    // Answers NOT_FOUND, not FORBIDDEN, where the caller has no access to the workspace:
+    // for the environment asked about, so the app's id is not told either.
+    app_for(db, actor, env.app_id, Role::Developer)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound { .. } => ApiError::not_found("environment", id),
+            other => other,
+        })?;
     Ok(env)
 }
 

@@ -11,7 +11,7 @@ use rhone_activities::{
 use rhone_api::ApiState;
 use rhone_schema::entity::{
     api_token, app, audit_log, deployment, environment, grant, operation, operation_stage, project,
-    user, workspace,
+    runtime_service_binding, user, workspace,
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
@@ -169,6 +169,7 @@ impl Api {
             "operations": operation::Entity::find().count(db).await?,
             "operation_stages": operation_stage::Entity::find().count(db).await?,
             "audit_log": audit_log::Entity::find().count(db).await?,
+            "runtime_service_bindings": runtime_service_binding::Entity::find().count(db).await?,
         }))
     }
 
@@ -296,4 +297,52 @@ pub async fn tenancy(caller: &Caller, prefix: &str) -> Result<(String, String, S
         .context("app id")?
         .to_owned();
     Ok((ws, project, app))
+}
+
+/// An environment `name` of kind `kind` (`preview`, `staging`, `production`) of the app
+/// `app_id`, made directly in the DB as the environment workflow would (scale to zero off,
+/// route hot).
+pub async fn environment_row(
+    api: &Api,
+    app_id: &str,
+    name: &str,
+    kind: &str,
+) -> Result<environment::Model> {
+    let app = app::Entity::find_by_id(app_id.parse::<uuid::Uuid>()?)
+        .one(&api.db)
+        .await?
+        .context("app")?;
+    Ok(environment::ActiveModel {
+        id: Set(rhone_schema::new_id()),
+        workspace_id: Set(app.workspace_id),
+        app_id: Set(app.id),
+        name: Set(name.to_owned()),
+        kind: Set(kind.to_owned()),
+        requires_approval: Set(kind == "production"),
+        scale_to_zero: Set(false),
+        wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
+        sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),
+        wake_state: Set(environment::WAKE_STATE_HOT.into()),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&api.db)
+    .await?)
+}
+
+/// Grants `role` (`VIEWER`, `DEVELOPER` …) in workspace `ws` to `email` as `admin`, and
+/// returns that user as a caller.
+pub async fn member(
+    api: &Api,
+    admin: &Caller,
+    ws: &str,
+    email: &str,
+    role: &str,
+) -> Result<Caller> {
+    admin
+        .data(
+            "mutation($w: UUID!, $e: String!, $r: Role!) { grantRole(workspaceId: $w, email: $e, role: $r) { grant { id } } }",
+            json!({ "w": ws, "e": email, "r": role }),
+        )
+        .await?;
+    api.user(email).await
 }

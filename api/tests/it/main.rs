@@ -3,10 +3,12 @@
 //! its own database and task queue, so they run in parallel.
 
 mod access;
+mod bindings;
 mod harness;
 mod http;
 mod isolation;
 mod mutations;
 mod promotions;
+mod scale_to_zero;
 mod subscriptions;
 mod workflows;
