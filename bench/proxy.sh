@@ -20,6 +20,13 @@
 #   BENCH_WORKERS=$(nproc) worker processes/threads of nginx and HAProxy (Rhone: its
 #                          default, one worker thread per core; RHONE_EDGE_WORKERS=N sets it)
 #   BENCH_TARGETS="ceiling rhone nginx haproxy"   which to measure, in this order
+#                          (with BENCH_SCALE_TO_ZERO=1: "ceiling rhone rhone-stz nginx haproxy")
+#   BENCH_SCALE_TO_ZERO=1  also measure `rhone-stz`: a second edge (same binary, same settings,
+#                          its own control DB) whose seeded route's environment has scale to
+#                          zero on (`environments.scale_to_zero = 1`, `wake_state = 'hot'`,
+#                          `sleep_after_ms` one hour: no worker runs, so it never sleeps), so
+#                          the hot path with scale to zero on and off compare in one run; adds
+#                          the rhone-stz/nginx, rhone-stz/haproxy and rhone-stz/rhone ratios
 #   BENCH_RHONE_LOG        RHONE_LOG for the edge (default: rhone's own default filter)
 #   RHONE_BIN              a prebuilt rhone binary to measure instead of building this tree
 #   BENCH_KEEP=1           keep the temporary directory (configs, logs, raw wrk output)
@@ -38,12 +45,18 @@ threads=${BENCH_THREADS:-2}
 rounds=${BENCH_ROUNDS:-1}
 cores=$(nproc)
 workers=${BENCH_WORKERS:-$cores}
-targets=${BENCH_TARGETS:-ceiling rhone nginx haproxy}
+stz=${BENCH_SCALE_TO_ZERO:-0}
+if [ "$stz" = 1 ]; then
+    targets=${BENCH_TARGETS:-ceiling rhone rhone-stz nginx haproxy}
+else
+    targets=${BENCH_TARGETS:-ceiling rhone nginx haproxy}
+fi
 route_host=bench.rhone.localhost
 
 repro="BENCH_DURATION=$duration BENCH_WARMUP=$warmup BENCH_CONNECTIONS=$conns BENCH_THREADS=$threads BENCH_ROUNDS=$rounds BENCH_WORKERS=$workers"
 [ -z "${BENCH_RHONE_LOG:-}" ] || repro+=" BENCH_RHONE_LOG=$BENCH_RHONE_LOG"
 [ -z "${RHONE_BIN:-}" ] || repro+=" RHONE_BIN=$RHONE_BIN"
+[ "$stz" != 1 ] || repro+=" BENCH_SCALE_TO_ZERO=1"
 echo "reproduce: $repro bench/proxy.sh"
 echo "machine: $cores cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(uname -sr)"
 
@@ -128,6 +141,7 @@ trap 'exit 130' INT TERM
 
 backend_port=$(rhone_free_port)
 rhone_port=$(rhone_free_port)
+[ "$stz" != 1 ] || rhone_stz_port=$(rhone_free_port)
 nginx_port=$(rhone_free_port)
 haproxy_port=$(rhone_free_port)
 
@@ -203,39 +217,48 @@ start_nginx backend "$dir"
 wait_ok backend "http://127.0.0.1:$backend_port/" "$backend_pid" "$dir/error.log"
 
 # --- the Rhone edge, over a control DB with one route to the backend ----------------------
-dir="$work/rhone"
-mkdir -p "$dir"
-db="$dir/control.db"
-rhone_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$rhone_port")
-[ -z "${BENCH_RHONE_LOG:-}" ] || rhone_env+=(RHONE_LOG="$BENCH_RHONE_LOG")
-start_rhone() {
-    env "${rhone_env[@]}" "$rhone" serve edge >>"$dir/edge.log" 2>&1 &
-    pids+=($!)
-    rhone_pid=$!
-}
-# `serve` migrates the DB on start: start once for the schema, stop, seed, start again (so
-# an edge that loads its route table at start sees the route too).
-start_rhone
-for i in $(seq 300); do
-    curl -sf --max-time 1 "http://127.0.0.1:$rhone_port/_rhone/healthz" >/dev/null 2>&1 && break
-    kill -0 "$rhone_pid" 2>/dev/null || { cat "$dir/edge.log" >&2; exit 1; }
-    sleep 0.1
-done
-stop_pid "$rhone_pid"
+# setup_rhone NAME PORT SCALE_TO_ZERO: an edge in $work/NAME over its own control DB whose
+# one route's environment has scale_to_zero 0 or 1; sets NAME's pid (rhone_pid, rhone_stz_pid).
+setup_rhone() {
+    local name=$1 port=$2 scale_to_zero=$3 i pid
+    local dir="$work/$name"
+    mkdir -p "$dir"
+    local db="$dir/control.db"
+    local rhone_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$port")
+    [ -z "${BENCH_RHONE_LOG:-}" ] || rhone_env+=(RHONE_LOG="$BENCH_RHONE_LOG")
+    start_rhone() {
+        env "${rhone_env[@]}" "$rhone" serve edge >>"$dir/edge.log" 2>&1 &
+        pids+=($!)
+        pid=$!
+    }
+    # `serve` migrates the DB on start: start once for the schema, stop, seed, start again (so
+    # an edge that loads its route table at start sees the route too).
+    start_rhone
+    for i in $(seq 300); do
+        curl -sf --max-time 1 "http://127.0.0.1:$port/_rhone/healthz" >/dev/null 2>&1 && break
+        kill -0 "$pid" 2>/dev/null || { cat "$dir/edge.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    stop_pid "$pid"
 
-# sea-orm on SQLite stores a Uuid as a 16-byte BLOB and a timestamp as RFC 3339 text.
-now=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
-ws="X'0000000000004000800000000000b001'"
-project="X'0000000000004000800000000000b002'"
-app="X'0000000000004000800000000000b003'"
-env_id="X'0000000000004000800000000000b004'"
-deployment="X'0000000000004000800000000000b005'"
-region="X'0000000000004000800000000000b006'"
-cell="X'0000000000004000800000000000b007'"
-runner="X'0000000000004000800000000000b008'"
-allocation="X'0000000000004000800000000000b009'"
-digest="sha256:$(printf 'rhone proxy bench' | sha256sum | cut -d' ' -f1)"
-sqlite3 -bail "$db" >"$dir/seed.log" 2>&1 <<SQL || { cat "$dir/seed.log" >&2; exit 1; }
+    # sea-orm on SQLite stores a Uuid as a 16-byte BLOB and a timestamp as RFC 3339 text.
+    local now ws project app env_id deployment region cell runner allocation digest stz_sql=
+    now=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
+    ws="X'0000000000004000800000000000b001'"
+    project="X'0000000000004000800000000000b002'"
+    app="X'0000000000004000800000000000b003'"
+    env_id="X'0000000000004000800000000000b004'"
+    deployment="X'0000000000004000800000000000b005'"
+    region="X'0000000000004000800000000000b006'"
+    cell="X'0000000000004000800000000000b007'"
+    runner="X'0000000000004000800000000000b008'"
+    allocation="X'0000000000004000800000000000b009'"
+    digest="sha256:$(printf 'rhone proxy bench' | sha256sum | cut -d' ' -f1)"
+    # Scale to zero on, awake, and no sleep within the run (no worker runs to put it to sleep
+    # anyway); the columns exist from migration 8 (m20261124_000008_wake) on.
+    [ "$scale_to_zero" != 1 ] ||
+        stz_sql="UPDATE environments SET scale_to_zero = 1, sleep_after_ms = 3600000, wake_state = 'hot' WHERE id = $env_id;"
+    sqlite3 -bail "$db" >"$dir/seed.log" 2>&1 <<SQL || { cat "$dir/seed.log" >&2; exit 1; }
 PRAGMA foreign_keys = ON;
 PRAGMA busy_timeout = 5000;
 BEGIN IMMEDIATE;
@@ -244,6 +267,7 @@ INSERT INTO projects (id, workspace_id, name, created_at) VALUES ($project, $ws,
 INSERT INTO apps (id, workspace_id, project_id, name, created_at) VALUES ($app, $ws, $project, 'bench', '$now');
 INSERT INTO environments (id, workspace_id, app_id, name, kind, requires_approval, scale_to_zero, wake_budget_ms, created_at)
     VALUES ($env_id, $ws, $app, 'production', 'production', 0, 0, 10000, '$now');
+$stz_sql
 INSERT INTO artifacts (digest, size_bytes, manifest, store_uri, created_at)
     VALUES ('$digest', 0, '{}', 'bench://none', '$now');
 INSERT INTO deployments (id, workspace_id, app_id, environment_id, artifact_digest, source, stage, operation_id, created_at, updated_at)
@@ -260,8 +284,17 @@ INSERT INTO route_changes (route_key, epoch, deployment_id, artifact_digest, ope
     VALUES ('$route_host', 1, $deployment, '$digest', NULL, '$now');
 COMMIT;
 SQL
-start_rhone
-wait_ok "rhone edge" "http://127.0.0.1:$rhone_port/" "$rhone_pid" "$dir/edge.log"
+    start_rhone
+    if [ "$scale_to_zero" = 1 ]; then
+        rhone_stz_pid=$pid
+        wait_ok "rhone edge (scale to zero on)" "http://127.0.0.1:$port/" "$pid" "$dir/edge.log"
+    else
+        rhone_pid=$pid
+        wait_ok "rhone edge" "http://127.0.0.1:$port/" "$pid" "$dir/edge.log"
+    fi
+}
+setup_rhone rhone "$rhone_port" 0
+[ "$stz" != 1 ] || setup_rhone rhone-stz "$rhone_stz_port" 1
 
 # --- nginx as a keep-alive reverse proxy ---------------------------------------------------
 dir="$work/nginx"
@@ -350,6 +383,7 @@ echo "setup (the same for every target):"
 echo "  wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}'): wrk -t$threads -c$conns -d$duration --latency -H 'Host: $route_host' -s bench/proxy.lua URL, after a warmup of ${warmup} (same command, unmeasured); wrk runs on the same $cores cores as everything else"
 echo "  backend (ceiling): nginx $(nginx -v 2>&1 | sed 's|.*/||') return 200 \"ok\", worker_processes $workers, keepalive_requests 1000000, access_log off"
 echo "  rhone:   $rhone serve edge (${RHONE_BIN:+given binary, }sha256 $(sha256sum "$rhone" | cut -c1-12)), ${RHONE_EDGE_WORKERS:-$cores} worker threads (one current-thread runtime and accept loop each), route from SQLite, RHONE_LOG=${BENCH_RHONE_LOG:-default (info: no per-request lines)}"
+[ "$stz" != 1 ] || echo "  rhone-stz: the same edge and settings over its own control DB; the route's environment has scale_to_zero = 1 (wake_state hot, sleep_after_ms 3600000)"
 echo "  nginx:   worker_processes $workers; upstream keepalive 64 (keepalive_requests 1000000); proxy_http_version 1.1; Connection \"\"; X-Forwarded-For/Proto; access_log off"
 echo "  haproxy: $(haproxy -v 2>&1 | head -n1 | awk '{print $3}') mode http, nbthread $workers, http-reuse always, option forwardfor, no log"
 echo
@@ -361,6 +395,10 @@ declare -A url=(
     [haproxy]="http://127.0.0.1:$haproxy_port/"
 )
 declare -A proc=([ceiling]=$backend_pid [rhone]=$rhone_pid [nginx]=$nginx_pid [haproxy]=$haproxy_pid)
+if [ "$stz" = 1 ]; then
+    url[rhone-stz]="http://127.0.0.1:$rhone_stz_port/"
+    proc[rhone-stz]=$rhone_stz_pid
+fi
 results="$work/results.txt"
 : >"$results"
 for round in $(seq "$rounds"); do
@@ -428,8 +466,9 @@ def other(name):
 def errors(name):
     return max(sum(int(r[k]) for k in ("connect_err", "read_err", "write_err", "status_err", "timeout_err")) for r in rows[name])
 
-order = [n for n in ("ceiling", "rhone", "nginx", "haproxy") if n in rows]
-label = {"ceiling": "backend direct (ceiling)", "rhone": "rhone edge", "nginx": "nginx", "haproxy": "haproxy"}
+order = [n for n in ("ceiling", "rhone", "rhone-stz", "nginx", "haproxy") if n in rows]
+label = {"ceiling": "backend direct (ceiling)", "rhone": "rhone edge", "rhone-stz": "rhone edge, scale to zero",
+         "nginx": "nginx", "haproxy": "haproxy"}
 n = len(next(iter(rows.values())))
 print()
 print(f"results ({'median of ' + str(n) + ' rounds' if n > 1 else 'one round'}, {sys.argv[2]} each; latencies from wrk's histogram)")
@@ -460,6 +499,24 @@ if "rhone" in rows:
               f"goal (throughput >= 1, p99 <= 1): {'met' if ok else 'NOT met'}")
     if "ceiling" in rows:
         print(f"rhone/ceiling  throughput {med('rhone', 'rps') / med('ceiling', 'rps'):5.2f}x")
+if "rhone-stz" in rows:
+    print()
+    for peer in ("nginx", "haproxy"):
+        if peer not in rows:
+            continue
+        tput = med("rhone-stz", "rps") / med(peer, "rps")
+        p99 = med("rhone-stz", "p99") / med(peer, "p99")
+        p999 = med("rhone-stz", "p999") / med(peer, "p999")
+        ok = tput >= 1 and p99 <= 1
+        print(f"rhone-stz/{peer:<8} throughput {tput:5.2f}x   p99 {p99:5.2f}x   p99.9 {p999:5.2f}x   "
+              f"goal (throughput >= 1, p99 <= 1): {'met' if ok else 'NOT met'}")
+    if "rhone" in rows:
+        tput = med("rhone-stz", "rps") / med("rhone", "rps")
+        p50 = med("rhone-stz", "p50") / med("rhone", "p50")
+        p99 = med("rhone-stz", "p99") / med("rhone", "p99")
+        cpu_ratio = us_per_req("rhone-stz") / us_per_req("rhone")
+        print(f"rhone-stz/rhone    throughput {tput:5.2f}x   p50 {p50:5.2f}x   p99 {p99:5.2f}x   CPU/req {cpu_ratio:5.2f}x   "
+              f"(scale to zero on / off; 1.00x is unchanged, run-to-run noise is a few %)")
 PY
 echo
 echo "note: wrk shares the $cores cores with the proxy and the backend, so every figure is a"
