@@ -295,9 +295,6 @@ impl WakeWorkflow {
         if let Some(hot_at_ms) = continued {
             return Self::watch(ctx, op, input, &opened, hot_at_ms, Vec::new()).await;
         }
-        if let WakeTrigger::Request(request) = &input.trigger {
-            Self::record_request(ctx, op.id, key, "trigger".to_owned(), request).await?;
-        }
         let (Some(deployment_id), Some(digest)) = (opened.deployment_id, opened.digest.clone())
         else {
             return Ok(Err(StepFailure::Rejected(format!(
@@ -308,6 +305,9 @@ impl WakeWorkflow {
         };
 
         if !opened.ready_allocations.is_empty() {
+            if let WakeTrigger::Request(request) = &input.trigger {
+                Self::record_request(ctx, op.id, key, "trigger".to_owned(), request).await?;
+            }
             let made_hot_by = match &input.trigger {
                 WakeTrigger::Promotion { operation_id }
                 | WakeTrigger::Deploy { operation_id }
@@ -336,6 +336,24 @@ impl WakeWorkflow {
             .into()));
         }
 
+        // The allocation starts first: the app boots while the stages are recorded (each a
+        // round trip to the control DB), which is what a request held for it waits on.
+        let started = step!(
+            op,
+            ctx,
+            WakeActivities::start_wake_allocation,
+            WakeStartInput {
+                operation_id: op.id,
+                route_key: key.clone(),
+                epoch: input.epoch,
+                deployment_id,
+                digest: digest.clone(),
+            },
+            quick()
+        );
+        if let WakeTrigger::Request(request) = &input.trigger {
+            Self::record_request(ctx, op.id, key, "trigger".to_owned(), request).await?;
+        }
         Self::enter(
             ctx,
             op,
@@ -352,22 +370,12 @@ impl WakeWorkflow {
             op,
             input,
             WakeStage::Starting,
-            json!({ "deployment_id": deployment_id, "digest": digest, "instances": 1 }),
+            json!({
+                "deployment_id": deployment_id, "digest": digest, "instances": 1,
+                "allocation_id": started.allocation_id, "runner": started.runner,
+            }),
         )
         .await?;
-        let started = step!(
-            op,
-            ctx,
-            WakeActivities::start_wake_allocation,
-            WakeStartInput {
-                operation_id: op.id,
-                route_key: key.clone(),
-                epoch: input.epoch,
-                deployment_id,
-                digest: digest.clone(),
-            },
-            quick()
-        );
         Self::enter(
             ctx,
             op,
