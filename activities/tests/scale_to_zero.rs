@@ -73,8 +73,9 @@ async fn wake_state(p: &Prod, env: Uuid) -> Result<String> {
         .wake_state)
 }
 
-/// Waits until `env` sleeps: its wake state is `sleeping` and no allocation of its route's
-/// owner is meant to run.
+/// Waits until `env` sleeps: its wake state is `sleeping`, no allocation of its route's
+/// owner is meant to run, and the Wake run that put it to sleep has recorded `sleeping`
+/// (after its drain grace, so every edge has stopped routing to the drained allocation).
 async fn wait_sleeping(p: &Prod, env: Uuid) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -85,13 +86,16 @@ async fn wait_sleeping(p: &Prod, env: Uuid) -> Result<()> {
             .filter(allocation::Column::Desired.eq("run"))
             .all(&p.h.fx.db)
             .await?;
-        if state == "sleeping" && running.is_empty() {
+        let last = wake_ops(p, &owner.route_key).await?.pop();
+        let recorded = last.as_ref().is_some_and(|w| w.current_stage == "sleeping");
+        if state == "sleeping" && running.is_empty() && recorded {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "environment is {state} with {} allocation(s) running",
-                running.len()
+                "environment is {state} with {} allocation(s) running, last wake {:?}",
+                running.len(),
+                last.map(|w| (w.status, w.current_stage))
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,6 +165,7 @@ fn visit(dir: &Path, f: &mut impl FnMut(&Path) -> Result<()>) -> Result<()> {
 /// production is untouched.
 #[tokio::test]
 async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> Result<()> {
+    logs();
     let p = Prod::start("stz_stampede", false, |_| {}).await?;
     let preview_env = p.h.fx.env.id;
     scale_to_zero(&p, preview_env, 10_000).await?;
@@ -525,6 +530,7 @@ async fn writes_while_cold_are_applied_once_or_never() -> Result<()> {
 /// operation fails at its readiness timeout with the app's last output in its reason.
 #[tokio::test]
 async fn a_wake_that_misses_readiness_answers_within_the_budget() -> Result<()> {
+    logs();
     let p = Prod::start("stz_readiness", false, |_| {}).await?;
     scale_to_zero(&p, p.env.id, 1_000).await?;
     let marker = p.h.fx.tmp.path().join("unhealthy");
@@ -577,6 +583,7 @@ async fn a_wake_that_misses_readiness_answers_within_the_budget() -> Result<()> 
 /// promotion: the wake fails as superseded and the request is routed to the new owner.
 #[tokio::test]
 async fn a_wake_for_an_old_epoch_aborts_and_the_request_follows_the_route() -> Result<()> {
+    logs();
     let p = Prod::start("stz_epoch", false, |_| {}).await?;
     scale_to_zero(&p, p.env.id, 10_000).await?;
     let marker = p.h.fx.tmp.path().join("slow");
