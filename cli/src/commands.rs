@@ -47,12 +47,8 @@ pub enum ClientCommand {
     Deploy {
         /// A local repository path (default: the current directory) or a git URL.
         source: Option<String>,
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment to deploy to.
         #[arg(long = "env", short, default_value = "preview")]
         environment: String,
@@ -67,12 +63,8 @@ pub enum ClientCommand {
     Promote {
         /// The preview deployment's id (`rhone deploy` prints it).
         deployment: String,
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment to promote to.
         #[arg(long = "env", short, default_value = "production")]
         environment: String,
@@ -83,12 +75,8 @@ pub enum ClientCommand {
     /// Point an environment's route back at a deployment that served it before (default:
     /// the one before the current owner), showing each stage like `promote`.
     Rollback {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         #[arg(long = "env", short, default_value = "production")]
         environment: String,
         /// The deployment to return to.
@@ -100,6 +88,19 @@ pub enum ClientCommand {
         /// A host, e.g. web.shop.acme.rhone.localhost (a port is ignored).
         host: String,
     },
+}
+
+// The app a command acts on: its workspace, project and app, each by name or id. A plain
+// comment, not a doc comment: clap would show a doc comment as the about text of the
+// subcommands that have none of their own (`envs list`).
+#[derive(clap::Args)]
+pub struct AppRef {
+    #[arg(long, short)]
+    pub workspace: String,
+    #[arg(long, short)]
+    pub project: String,
+    #[arg(long, short)]
+    pub app: String,
 }
 
 #[derive(clap::Subcommand)]
@@ -145,21 +146,13 @@ pub enum AppsCmd {
 #[derive(clap::Subcommand)]
 pub enum EnvsCmd {
     List {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
     },
     /// Create an environment; waits for its operation and shows each stage.
     Create {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         name: String,
         /// preview, staging or production.
         #[arg(long, default_value = "preview")]
@@ -179,12 +172,8 @@ pub enum EnvsCmd {
     /// and the edge holds it up to the wake budget. Turned on while the app serves, a Wake
     /// run starts watching it at once.
     ScaleToZero {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment's name.
         env: String,
         #[arg(long, conflicts_with = "off", required_unless_present = "off")]
@@ -202,12 +191,8 @@ pub enum EnvsCmd {
     },
     /// Show an environment: its settings, route owner and runtime service bindings.
     Show {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment's name.
         env: String,
     },
@@ -217,12 +202,8 @@ pub enum EnvsCmd {
     /// `--config '{"provider":"sql","dsn_secret":"SESSION_DSN"}'`. Passwords are never
     /// given: name the secret that holds them (`password_secret`).
     Bind {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment's name.
         env: String,
         /// session_store, broadcast, idempotency, cache, queue or object_storage.
@@ -233,12 +214,8 @@ pub enum EnvsCmd {
     },
     /// Remove a runtime service's binding from an environment.
     Unbind {
-        #[arg(long, short)]
-        workspace: String,
-        #[arg(long, short)]
-        project: String,
-        #[arg(long, short)]
-        app: String,
+        #[command(flatten)]
+        app_ref: AppRef,
         /// The environment's name.
         env: String,
         service: String,
@@ -363,12 +340,8 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 .await?;
             out(&d["createApp"]["app"], &created("app"));
         }
-        ClientCommand::Envs(EnvsCmd::List {
-            workspace,
-            project,
-            app,
-        }) => {
-            let a = resolve_app(&api, &workspace, &project, &app).await?;
+        ClientCommand::Envs(EnvsCmd::List { app_ref }) => {
+            let a = resolve_app(&api, &app_ref).await?;
             let d = api
                 .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState runtimeServices { service status config createdAt } } }", json!({ "a": a }))
                 .await?;
@@ -398,13 +371,8 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 )
             });
         }
-        ClientCommand::Envs(EnvsCmd::Show {
-            workspace,
-            project,
-            app,
-            env,
-        }) => {
-            let a = resolve_app(&api, &workspace, &project, &app).await?;
+        ClientCommand::Envs(EnvsCmd::Show { app_ref, env }) => {
+            let a = resolve_app(&api, &app_ref).await?;
             let d = api
                 .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState createdAt \
                        routeOwner { routeKey epoch artifactDigest deployment { id } } \
@@ -420,9 +388,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             out(&shown, &show_environment);
         }
         ClientCommand::Envs(EnvsCmd::Bind {
-            workspace,
-            project,
-            app,
+            app_ref,
             env,
             service,
             config,
@@ -432,7 +398,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 .map(|c| serde_json::from_str(&c))
                 .transpose()
                 .context("--config is not JSON (a JSON object, e.g. '{\"provider\":\"redis\",\"url\":\"redis://cache:6379\"}')")?;
-            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let e = resolve_env(&api, &app_ref, &env).await?;
             let d = api
                 .call(
                     "mutation($e: UUID!, $s: RuntimeService!, $c: JSON) { \
@@ -460,14 +426,12 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             });
         }
         ClientCommand::Envs(EnvsCmd::Unbind {
-            workspace,
-            project,
-            app,
+            app_ref,
             env,
             service,
         }) => {
             let service = service_arg(&service)?;
-            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let e = resolve_env(&api, &app_ref, &env).await?;
             let d = api
                 .call(
                     "mutation($e: UUID!, $s: RuntimeService!) { \
@@ -486,16 +450,14 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             });
         }
         ClientCommand::Envs(EnvsCmd::Create {
-            workspace,
-            project,
-            app,
+            app_ref,
             name,
             kind,
             requires_approval,
             scale_to_zero,
             wake_budget_ms,
         }) => {
-            let a = resolve_app(&api, &workspace, &project, &app).await?;
+            let a = resolve_app(&api, &app_ref).await?;
             let q = format!(
                 "mutation($a: UUID!, $n: String!, $k: EnvironmentKind!, $r: Boolean, $s: Boolean, $w: Int) {{ \
                  createEnvironment(appId: $a, name: $n, kind: $k, requiresApproval: $r, scaleToZero: $s, wakeBudgetMs: $w) {{ {OP_FIELDS} }} }}"
@@ -514,16 +476,14 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             }
         }
         ClientCommand::Envs(EnvsCmd::ScaleToZero {
-            workspace,
-            project,
-            app,
+            app_ref,
             env,
             on,
             off: _,
             sleep_after_ms,
             wake_budget_ms,
         }) => {
-            let e = resolve_env(&api, &workspace, &project, &app, &env).await?;
+            let e = resolve_env(&api, &app_ref, &env).await?;
             let d = api
                 .call(
                     "mutation($e: UUID!, $on: Boolean!, $s: Int, $w: Int) { \
@@ -579,13 +539,11 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }
         ClientCommand::Deploy {
             source,
-            workspace,
-            project,
-            app,
+            app_ref,
             environment,
             git_ref,
         } => {
-            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
+            let env = resolve_env(&api, &app_ref, &environment).await?;
             let repository = repository_arg(source.as_deref())?;
             let q = format!(
                 "mutation($e: UUID!, $r: String!, $g: String) {{ deploy(environmentId: $e, repository: $r, ref: $g) {{ {OP_FIELDS} }} }}"
@@ -603,8 +561,11 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                     .and_then(|s| s["evidence"]["url"].as_str());
                 println!("preview ready: {}", url.unwrap_or("(no URL recorded)"));
                 println!(
-                    "promote it with: rhone promote {} -w {workspace} -p {project} -a {app} --env ENV",
-                    op["targetId"].as_str().unwrap_or("DEPLOYMENT_ID")
+                    "promote it with: rhone promote {} -w {} -p {} -a {} --env ENV",
+                    op["targetId"].as_str().unwrap_or("DEPLOYMENT_ID"),
+                    app_ref.workspace,
+                    app_ref.project,
+                    app_ref.app
                 );
             }
             if status_of(&op) != "succeeded" {
@@ -618,23 +579,19 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         }
         ClientCommand::Promote {
             deployment,
-            workspace,
-            project,
-            app,
+            app_ref,
             environment,
             instances,
         } => {
-            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
+            let env = resolve_env(&api, &app_ref, &environment).await?;
             release::promote(&api, &deployment, &env, instances, json_out).await?
         }
         ClientCommand::Rollback {
-            workspace,
-            project,
-            app,
+            app_ref,
             environment,
             to,
         } => {
-            let env = resolve_env(&api, &workspace, &project, &app, &environment).await?;
+            let env = resolve_env(&api, &app_ref, &environment).await?;
             release::rollback(&api, &env, to.as_deref(), json_out).await?
         }
         ClientCommand::Route { host } => release::route(&api, &host, json_out).await?,
@@ -1012,8 +969,8 @@ async fn resolve_project(api: &Api, ws: &str, name: &str) -> Result<String> {
 }
 
 /// An environment of an app, by name or id.
-async fn resolve_env(api: &Api, ws: &str, project: &str, app: &str, name: &str) -> Result<String> {
-    let a = resolve_app(api, ws, project, app).await?;
+async fn resolve_env(api: &Api, app: &AppRef, name: &str) -> Result<String> {
+    let a = resolve_app(api, app).await?;
     let d = api
         .call(
             "query($a: UUID!) { environments(appId: $a) { id name } }",
@@ -1023,13 +980,13 @@ async fn resolve_env(api: &Api, ws: &str, project: &str, app: &str, name: &str) 
     pick(&d["environments"], name, "environment")
 }
 
-async fn resolve_app(api: &Api, ws: &str, project: &str, name: &str) -> Result<String> {
-    let p = resolve_project(api, ws, project).await?;
+async fn resolve_app(api: &Api, app: &AppRef) -> Result<String> {
+    let p = resolve_project(api, &app.workspace, &app.project).await?;
     let d = api
         .call(
             "query($p: UUID!) { apps(projectId: $p) { id name } }",
             json!({ "p": p }),
         )
         .await?;
-    pick(&d["apps"], name, "app")
+    pick(&d["apps"], &app.app, "app")
 }
