@@ -58,7 +58,8 @@ pub(crate) fn classify<'p>(
     if let Some(hook) = policy.webhook(path) {
         return Class::Webhook(hook);
     }
-    if is_websocket(headers) {
+    // A WebSocket opens with a GET; an upgrade on another method is an unsafe request.
+    if *method == Method::GET && is_websocket(headers) {
         return Class::Live;
     }
     if is_safe(method) {
@@ -287,6 +288,10 @@ mod tests {
         assert_eq!(classify(&Method::HEAD, "/", &none, &p), Class::Read);
         let ws = headers(&[("upgrade", "websocket")]);
         assert_eq!(classify(&Method::GET, "/_vango/live", &ws, &p), Class::Live);
+        assert!(matches!(
+            classify(&Method::POST, "/_vango/live", &ws, &p),
+            Class::UnsafeWrite { .. }
+        ));
         assert!(matches!(
             classify(&Method::POST, "/webhooks/stripe", &keyed, &p),
             Class::Webhook(w) if w.signature == SignaturePolicy::Stripe

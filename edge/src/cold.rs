@@ -44,7 +44,7 @@ use crate::{
     error::{Chain, EdgeError},
     idempotency::{self, Begin},
     policy::{Policies, Policy},
-    proxy::{Client, Proxy},
+    proxy::{self, Client, NotAnswered},
     route::{Owner, Route, RouteSource, affinity_key},
     session::{self, Resume, Sessions},
     wake::{Outcome, WakeClient, Waker},
@@ -191,7 +191,9 @@ impl Cold {
     {
         match self.io.spawn(f(self.clone())).await {
             Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            // A panic there is this request's; a cancellation means the edge is stopping.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => panic!("the edge's control-plane runtime stopped"),
         }
     }
 
@@ -208,7 +210,6 @@ impl Cold {
         req: Request<Incoming>,
         route: Arc<Route>,
         routes: &R,
-        proxy: &Proxy,
         client: &Client,
     ) -> Decision {
         let owner = &route.owner;
@@ -233,7 +234,7 @@ impl Cold {
         if hot {
             return match class {
                 Class::IdempotentWrite { key } => Decision::Answer(
-                    self.idempotent(req, key, route.clone(), &policy, routes, proxy, client)
+                    self.idempotent(req, key, route.clone(), &policy, routes, client)
                         .await,
                 ),
                 Class::Live => self.live(req, route, &policy),
@@ -320,7 +321,7 @@ impl Cold {
                 }
             }
             Class::IdempotentWrite { key } => Decision::Answer(
-                self.idempotent(req, key, route.clone(), &policy, routes, proxy, client)
+                self.idempotent(req, key, route.clone(), &policy, routes, client)
                     .await,
             ),
             Class::UnsafeWrite { why } => {
@@ -378,16 +379,20 @@ impl Cold {
     /// session store binding allows (see `session.rs`), and the session pinned to where it
     /// goes. A socket with no session id is forwarded as any request.
     fn live(&self, mut req: Request<Incoming>, route: Arc<Route>, policy: &Policy) -> Decision {
+        session::strip(req.headers_mut());
         let Some(session) = affinity_key(req.headers(), req.uri()) else {
             return Decision::Forward(req, route);
         };
+        // Records are per route key: the same session id on another app is another session.
+        let record = format!("{} {session}", route.owner.route_key);
         let resume = session::resume(
-            self.sessions.get(&session),
+            self.sessions.get(&record),
             &route,
             policy.session_store_bound,
         );
         let target = match resume {
             Resume::Pinned(id) => Some(id),
+            // Where the session's pages go (rendezvous on the session id).
             _ => route.pick(Some(&session)).map(|t| t.allocation_id),
         };
         let Some(target) = target else {
@@ -403,7 +408,7 @@ impl Cold {
         {
             headers.insert(session::FROM_HEADER, v);
         }
-        self.sessions.pin(&session, target);
+        self.sessions.pin(&record, target);
         Decision::ForwardTo(req, route, target)
     }
 
@@ -465,7 +470,9 @@ impl Cold {
                 Some(_) => {}
             }
             let current = outcome.borrow().clone();
-            if current.is_some() && asked.elapsed() >= ASK_AGAIN_STILL_COLD {
+            // Answered (or its call ended without an answer), yet still no allocation here.
+            let ended = current.is_some() || outcome.has_changed().is_err();
+            if ended && asked.elapsed() >= ASK_AGAIN_STILL_COLD {
                 // Answered, yet still no allocation here: the run may have answered just
                 // before it put the route to sleep. Asking again attaches to it if it still
                 // wakes the route, or starts the next run.
@@ -525,7 +532,6 @@ impl Cold {
         route: Arc<Route>,
         policy: &Policy,
         routes: &R,
-        proxy: &Proxy,
         client: &Client,
     ) -> Response<Body> {
         let owner = route.owner.clone();
@@ -546,7 +552,7 @@ impl Cold {
             .map_or("/", |pq| pq.as_str())
             .to_owned();
         let hash = idempotency::request_hash(parts.method.as_str(), &path_and_query, &bytes);
-        let scope = owner.route_key.clone();
+        let scope = idempotency::scope(&owner.route_key, parts.headers.get(header::AUTHORIZATION));
         let claimed = {
             let (scope, key, hash) = (scope.clone(), key.clone(), hash.clone());
             self.on_io(
@@ -567,6 +573,12 @@ impl Cold {
             Ok(Begin::InFlight) => return fail(&EdgeError::IdempotencyInFlight { key }, &owner),
             Ok(Begin::Mismatch) => return fail(&EdgeError::IdempotencyMismatch { key }, &owner),
             Err(e) => return fail(&EdgeError::IdempotencyStore(Box::new(e)), &owner),
+        };
+        // From here the record is settled however this request ends (see `Claim`).
+        let mut claim = Claim {
+            cold: self.clone(),
+            id,
+            state: ClaimState::Unsent,
         };
         let ready = if route.targets.is_empty() {
             let held = match &self.waker {
@@ -596,7 +608,7 @@ impl Cold {
                 Ok(r) => r,
                 Err(e) => {
                     // Never forwarded: the key is free again for the retry.
-                    self.abandon(id).await;
+                    claim.release().await;
                     return fail(&e, &owner);
                 }
             }
@@ -604,7 +616,7 @@ impl Cold {
             route
         };
         let Some(target) = ready.pick(None) else {
-            self.abandon(id).await;
+            claim.release().await;
             let e = EdgeError::NoReadyAllocation {
                 route_key: owner.route_key.clone(),
                 epoch: owner.epoch,
@@ -612,53 +624,51 @@ impl Cold {
             return fail(&e, &owner);
         };
         bump(&self.counters.writes_forwarded);
-        match proxy
-            .forward_buffered(parts, bytes, target, client, MAX_STORED_RESPONSE)
-            .await
-        {
-            Ok(answer) if !answer.status.is_server_error() => {
+        claim.state = ClaimState::Sent;
+        match proxy::forward_buffered(parts, bytes, target, client, MAX_STORED_RESPONSE).await {
+            Ok(answer) => {
                 let content_type = answer
                     .headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("application/octet-stream")
                     .to_owned();
-                let (status, body) = (answer.status.as_u16(), answer.body.clone());
-                let stored = self
-                    .on_io(|c| async move {
-                        idempotency::complete(c.policies.db(), id, status, &content_type, &body)
-                            .await
-                    })
-                    .await;
-                if let Err(e) = stored {
-                    tracing::error!(route_key = %owner.route_key, error = %e, "storing an idempotent answer failed; a repeat will be refused as in flight until the record expires");
-                }
-                let mut resp = Response::new(Body::full(answer.body));
+                let mut resp = match answer.too_large {
+                    None => {
+                        claim
+                            .keep(answer.status.as_u16(), &content_type, &answer.body)
+                            .await;
+                        Response::new(Body::full(answer.body))
+                    }
+                    Some(n) => {
+                        // Applied, but too large to keep: the status is kept and said.
+                        let text = format!(
+                            "The app answered {} with {n} bytes, more than the {MAX_STORED_RESPONSE} bytes the edge keeps for a request with an Idempotency-Key; the body was not kept.\n",
+                            answer.status
+                        );
+                        claim
+                            .keep(answer.status.as_u16(), TEXT, text.as_bytes())
+                            .await;
+                        let mut resp = Response::new(Body::full(text));
+                        resp.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
+                        *resp.status_mut() = answer.status;
+                        return resp;
+                    }
+                };
                 *resp.status_mut() = answer.status;
                 *resp.headers_mut() = answer.headers;
                 resp
             }
-            Ok(answer) => {
-                // A server error is not kept: the app did not settle the request.
-                self.abandon(id).await;
-                let mut resp = Response::new(Body::full(answer.body));
-                *resp.status_mut() = answer.status;
-                *resp.headers_mut() = answer.headers;
-                resp
+            Err(NotAnswered { error, sent: false }) => {
+                claim.release().await;
+                fail(&error, &owner)
             }
-            Err(e) => {
-                self.abandon(id).await;
-                fail(&e, &owner)
+            Err(NotAnswered { error, sent: true }) => {
+                // It may have been applied: a retry under the key must not apply it again.
+                claim.unknown().await;
+                fail(&error, &owner)
             }
-        }
-    }
-
-    async fn abandon(self: &Arc<Self>, id: Uuid) {
-        let done = self
-            .on_io(|c| async move { idempotency::abandon(c.policies.db(), id).await })
-            .await;
-        if let Err(e) = done {
-            tracing::error!(record = %id, error = %e, "releasing an idempotency record failed; its key stays in flight until it expires");
         }
     }
 
@@ -740,6 +750,84 @@ fn replay(status: u16, content_type: &str, body: Bytes) -> Response<Body> {
     resp.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
+}
+
+/// Text of the edge's own answers kept in the idempotency store.
+const TEXT: &str = "text/plain; charset=utf-8";
+/// What a retry gets when its key's first request was sent and its answer lost.
+const OUTCOME_UNKNOWN: &str = "The first request with this Idempotency-Key reached the app, but its answer was lost; whether it was applied is unknown. Check the app's state; send a new request with a new key.\n";
+
+/// Where a claimed idempotency record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    Unsent,
+    Sent,
+    Settled,
+}
+
+/// A claimed idempotency record, settled however the request ends: never sent, the key is
+/// freed; answered, the answer is kept; sent but unanswered (the app's answer was lost, or
+/// the client went away and the request's future was dropped), an "outcome unknown" 502 is
+/// kept, so a retry under the key is never applied a second time. The normal paths settle
+/// it before answering; `Drop` settles what a dropped future left.
+struct Claim {
+    cold: Arc<Cold>,
+    id: Uuid,
+    state: ClaimState,
+}
+
+impl Claim {
+    async fn release(&mut self) {
+        self.state = ClaimState::Settled;
+        let id = self.id;
+        let done = self
+            .cold
+            .on_io(|c| async move { idempotency::abandon(c.policies.db(), id).await })
+            .await;
+        if let Err(e) = done {
+            tracing::error!(record = %id, error = %e, "releasing an idempotency record failed; its key stays in flight until it expires");
+        }
+    }
+
+    async fn keep(&mut self, status: u16, content_type: &str, body: &[u8]) {
+        self.state = ClaimState::Settled;
+        let (id, content_type, body) = (self.id, content_type.to_owned(), body.to_vec());
+        let done = self
+            .cold
+            .on_io(|c| async move {
+                idempotency::complete(c.policies.db(), id, status, &content_type, &body).await
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::error!(record = %id, error = %e, "storing an idempotent answer failed; a repeat is refused as in flight until the record expires");
+        }
+    }
+
+    async fn unknown(&mut self) {
+        self.keep(502, TEXT, OUTCOME_UNKNOWN.as_bytes()).await;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let (id, state) = (self.id, self.state);
+        let db = self.cold.policies.db().clone();
+        let settle = async move {
+            let done = match state {
+                ClaimState::Settled => return,
+                ClaimState::Unsent => idempotency::abandon(&db, id).await,
+                ClaimState::Sent => {
+                    idempotency::complete(&db, id, 502, TEXT, OUTCOME_UNKNOWN.as_bytes()).await
+                }
+            };
+            if let Err(e) = done {
+                tracing::error!(record = %id, error = %e, "settling an abandoned idempotency record failed");
+            }
+        };
+        if state != ClaimState::Settled {
+            self.cold.io.spawn(settle);
+        }
+    }
 }
 
 /// Reads a request body of at most `limit` bytes; a larger one (by its `Content-Length` or

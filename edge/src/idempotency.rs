@@ -1,9 +1,11 @@
 //! The edge's idempotency store: `idempotency_records` in the control DB, one row per
-//! (route key, `Idempotency-Key`). A request on a route declared idempotent, with a key and
+//! (route key and credential, `Idempotency-Key`; see [`scope`]). A request on a route declared idempotent, with a key and
 //! an idempotency binding, is forwarded only by the request that created the row; a repeat
 //! of the same request is answered from the row, a repeat while the first is in flight gets
 //! 409, the same key with another request 422. A request that was never forwarded (the wake
-//! missed its budget) removes its row, so its retry goes through.
+//! missed its budget, the client went away while it was held) removes its row, so its retry
+//! goes through; one that was sent but whose answer was lost keeps an "outcome unknown" 502,
+//! so its retry is never applied again (`cold.rs`, `Claim`).
 //!
 //! The stored body is the response's `Content-Type`, a newline, then the response bytes.
 
@@ -35,6 +37,20 @@ pub(crate) enum Begin {
     InFlight,
     /// The key was first used for a different request.
     Mismatch,
+}
+
+/// The key space of a request: its route key and, for a client that authenticates with an
+/// `Authorization` header, a hash of it, so one credential never reads another's answers.
+/// Cookie-authenticated clients share the route's key space (cookies change between a
+/// request and its retry): their keys must be unguessable, as the Idempotency-Key draft asks.
+pub(crate) fn scope(route_key: &str, authorization: Option<&hyper::header::HeaderValue>) -> String {
+    match authorization {
+        None => route_key.to_owned(),
+        Some(v) => {
+            let digest = Sha256::digest(v.as_bytes());
+            format!("{route_key} auth:{}", &hex::encode(digest)[..32])
+        }
+    }
 }
 
 /// The hash that tells the same request from another: method, path and query, and body.
@@ -166,6 +182,22 @@ mod tests {
         assert_ne!(a, request_hash("POST", "/actions/increment", b"{ }"));
         assert_ne!(a, request_hash("PUT", "/actions/increment", b"{}"));
         assert_ne!(a, request_hash("POST", "/actions/incremen", b"t{}"));
+    }
+
+    #[test]
+    fn a_credential_has_its_own_key_space() {
+        let a = hyper::header::HeaderValue::from_static("Bearer a");
+        let b = hyper::header::HeaderValue::from_static("Bearer b");
+        assert_eq!(scope("shop.localhost", None), "shop.localhost");
+        assert_ne!(
+            scope("shop.localhost", Some(&a)),
+            scope("shop.localhost", Some(&b))
+        );
+        assert_eq!(
+            scope("shop.localhost", Some(&a)),
+            scope("shop.localhost", Some(&a))
+        );
+        assert!(!scope("shop.localhost", Some(&a)).contains("Bearer"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rhone_manifest::{
 };
 use rhone_schema::entity::{artifact, environment, route_owner, runtime_service_binding};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
@@ -89,7 +90,9 @@ pub enum PolicyError {
     },
 }
 
-/// Policies by route key, each read at most every [`POLICY_TTL`].
+/// Policies by route key, each read at most every [`POLICY_TTL`], one read at a time per
+/// key (requests that need it meanwhile wait for that read), within [`READ_TIMEOUT`]; a
+/// failed read falls back on the last policy read for the same owner.
 pub(crate) struct Policies {
     db: DatabaseConnection,
     cache: Mutex<HashMap<String, Cached>>,
@@ -100,8 +103,13 @@ struct Cached {
     deployment_id: Uuid,
     artifact_digest: String,
     read_at: Instant,
-    policy: Arc<Policy>,
+    policy: Option<Arc<Policy>>,
+    /// A read in flight for this key, which later requests wait on.
+    reading: Option<watch::Receiver<Option<Result<Arc<Policy>, String>>>>,
 }
+
+/// How long one policy read may take before the request goes on without it.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Policies {
     pub(crate) fn new(db: DatabaseConnection) -> Self {
@@ -117,35 +125,94 @@ impl Policies {
 
     /// The policy of `owner`'s route key.
     pub(crate) async fn get(&self, owner: &Owner) -> Result<Arc<Policy>, EdgeError> {
+        let same = |c: &Cached| {
+            c.deployment_id == owner.deployment_id && c.artifact_digest == owner.artifact_digest
+        };
+        let (claim, waiting) = {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = cache.get(&owner.route_key).filter(|c| same(c));
+            if let Some(c) = entry {
+                if let Some(p) = &c.policy
+                    && c.read_at.elapsed() < POLICY_TTL
+                {
+                    return Ok(p.clone());
+                }
+            }
+            let stale = entry.and_then(|c| c.policy.clone());
+            match entry.and_then(|c| c.reading.clone()) {
+                // Someone reads it now: the last policy while it lasts, else wait for it.
+                Some(reading) => match stale {
+                    Some(p) => return Ok(p),
+                    None => (None, Some(reading)),
+                },
+                None => {
+                    if cache.len() > 10_000 {
+                        cache.retain(|_, c| c.read_at.elapsed() < POLICY_TTL);
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    let policy = cache
+                        .get(&owner.route_key)
+                        .filter(|c| same(c))
+                        .and_then(|c| c.policy.clone());
+                    cache.insert(
+                        owner.route_key.clone(),
+                        Cached {
+                            deployment_id: owner.deployment_id,
+                            artifact_digest: owner.artifact_digest.clone(),
+                            read_at: Instant::now(),
+                            policy,
+                            reading: Some(rx),
+                        },
+                    );
+                    (Some((tx, stale)), None)
+                }
+            }
+        };
+        if let Some(mut reading) = waiting {
+            let got = tokio::time::timeout(READ_TIMEOUT, reading.wait_for(Option::is_some)).await;
+            return match got {
+                Ok(Ok(v)) => match v.as_ref() {
+                    Some(Ok(p)) => Ok(p.clone()),
+                    Some(Err(e)) => Err(EdgeError::Policy(e.clone().into())),
+                    None => Err(EdgeError::Policy("the policy read ended".into())),
+                },
+                _ => Err(EdgeError::Policy(
+                    "the policy read did not finish in time".into(),
+                )),
+            };
+        }
+        let Some((tx, stale)) = claim else {
+            return Err(EdgeError::Policy("no policy".into()));
+        };
+        let read = match tokio::time::timeout(READ_TIMEOUT, read(&self.db, owner)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "reading the policy of {} took longer than {READ_TIMEOUT:?}",
+                owner.route_key
+            )),
+        };
+        let result = match read {
+            Ok(p) => Ok(Arc::new(p)),
+            Err(e) => match stale {
+                Some(p) => {
+                    tracing::warn!(route_key = %owner.route_key, error = %e, "the route policy could not be read again; the last one serves");
+                    Ok(p)
+                }
+                None => Err(e),
+            },
+        };
         {
-            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = cache.get(&owner.route_key)
-                && c.deployment_id == owner.deployment_id
-                && c.artifact_digest == owner.artifact_digest
-                && c.read_at.elapsed() < POLICY_TTL
-            {
-                return Ok(c.policy.clone());
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cache.get_mut(&owner.route_key).filter(|c| same(c)) {
+                c.reading = None;
+                if let Ok(p) = &result {
+                    c.policy = Some(p.clone());
+                    c.read_at = Instant::now();
+                }
             }
         }
-        let policy = Arc::new(
-            read(&self.db, owner)
-                .await
-                .map_err(|e| EdgeError::Policy(Box::new(e)))?,
-        );
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() > 10_000 {
-            cache.retain(|_, c| c.read_at.elapsed() < POLICY_TTL);
-        }
-        cache.insert(
-            owner.route_key.clone(),
-            Cached {
-                deployment_id: owner.deployment_id,
-                artifact_digest: owner.artifact_digest.clone(),
-                read_at: Instant::now(),
-                policy: policy.clone(),
-            },
-        );
-        Ok(policy)
+        let _ = tx.send(Some(result.clone()));
+        result.map_err(|e| EdgeError::Policy(e.into()))
     }
 }
 

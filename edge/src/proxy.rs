@@ -223,76 +223,93 @@ pub(crate) struct Buffered {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// The response body was longer than the edge keeps, by this many bytes in all.
+    pub(crate) too_large: Option<usize>,
 }
 
-impl Proxy {
-    /// Sends a request whose body the edge already holds to `target` on a connection of its
-    /// own, once, and reads the response whole, up to `max_body` bytes.
-    pub(crate) async fn forward_buffered(
-        &self,
-        mut parts: hyper::http::request::Parts,
-        body: Bytes,
-        target: &Target,
-        client: &Client,
-        max_body: usize,
-    ) -> Result<Buffered, EdgeError> {
-        for_allocation(&mut parts, client, false);
-        parts
-            .headers
-            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let req = Request::from_parts(parts, Body::full(body));
-        let backend = |source: BoxError| EdgeError::Backend {
+/// Why a request the edge held was not answered, and whether it may have reached the app.
+pub(crate) struct NotAnswered {
+    pub(crate) error: EdgeError,
+    /// The request was (or may have been) sent: the app may have applied it.
+    pub(crate) sent: bool,
+}
+
+/// Sends a request whose body the edge already holds to `target` on a connection of its
+/// own, once, and reads the response whole. A response body past `max_body` bytes is not
+/// kept: `body` is then empty and `too_large` says how many bytes were dropped.
+pub(crate) async fn forward_buffered(
+    mut parts: hyper::http::request::Parts,
+    body: Bytes,
+    target: &Target,
+    client: &Client,
+    max_body: usize,
+) -> Result<Buffered, NotAnswered> {
+    for_allocation(&mut parts, client, false);
+    parts
+        .headers
+        .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let req = Request::from_parts(parts, Body::full(body));
+    let failed = |source: BoxError, sent| NotAnswered {
+        error: EdgeError::Backend {
             allocation: target.allocation_id,
             address: target.address(),
             source,
-        };
-        let exchange = async {
-            let stream = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                TcpStream::connect(target.authority().as_str()),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-                .handshake::<_, Body>(TokioIo::new(stream))
-                .await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let resp = sender.send_request(req).await?;
-            Ok::<_, BoxError>(resp)
-        };
-        let resp = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, exchange)
-            .await
-            .map_err(|_| EdgeError::BackendTimeout {
+        },
+        sent,
+    };
+    // Nothing has left the edge until the handshake is done.
+    let connect = async {
+        let stream = TcpStream::connect(target.authority().as_str()).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok::<_, BoxError>(sender)
+    };
+    let mut sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            let timed_out = io::Error::new(io::ErrorKind::TimedOut, "connecting timed out");
+            failed(timed_out.into(), false)
+        })?
+        .map_err(|e| failed(e, false))?;
+    let resp = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| NotAnswered {
+            error: EdgeError::BackendTimeout {
                 allocation: target.allocation_id,
                 address: target.address(),
                 after: RESPONSE_HEADERS_TIMEOUT,
-            })?
-            .map_err(backend)?;
-        let (mut parts, mut incoming) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        let mut bytes = Vec::new();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| std::pin::Pin::new(&mut incoming).poll_frame(cx)).await
-        {
-            let frame = frame.map_err(|e| backend(e.into()))?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > max_body {
-                    return Err(backend(
-                        format!("the response is larger than the {max_body} bytes kept for an idempotent request").into(),
-                    ));
-                }
+            },
+            sent: true,
+        })?
+        .map_err(|e| failed(e.into(), true))?;
+    let (mut parts, mut incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let mut bytes = Vec::new();
+    let mut dropped = 0usize;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut incoming).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| failed(e.into(), true))?;
+        if let Ok(data) = frame.into_data() {
+            if dropped > 0 || bytes.len() + data.len() > max_body {
+                dropped += bytes.len() + data.len();
+                bytes = Vec::new();
+            } else {
                 bytes.extend_from_slice(&data);
             }
         }
-        Ok(Buffered {
-            status: parts.status,
-            headers: parts.headers,
-            body: Bytes::from(bytes),
-        })
     }
+    Ok(Buffered {
+        status: parts.status,
+        headers: parts.headers,
+        body: Bytes::from(bytes),
+        too_large: (dropped > 0).then_some(dropped),
+    })
 }
 
 /// Sends `req` on a pooled connection to `authority`, or a new one. A pooled connection found
@@ -340,6 +357,11 @@ async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, BoxErro
 /// the client sent them, HTTP/1.1, and none of the server's extensions.
 fn for_allocation(parts: &mut hyper::http::request::Parts, client: &Client, upgrade: bool) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Only the edge says how a live session reaches its allocation (set on upgrades by the
+    // cold path, which removes what a client sent first).
+    if !upgrade {
+        crate::session::strip(&mut parts.headers);
+    }
     client.forwarding.apply(&mut parts.headers);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = origin_form(&parts.uri);

@@ -100,6 +100,16 @@ impl Route {
         }
     }
 
+    /// This route counting its activity in `activity` (a reload keeps a key's activity).
+    pub(crate) fn with_activity(&self, activity: Arc<Activity>) -> Self {
+        Self {
+            owner: self.owner.clone(),
+            targets: self.targets.clone(),
+            turns: self.turns.clone(),
+            activity,
+        }
+    }
+
     /// The target for a request: with a session, the target of highest rendezvous score for
     /// it, so the same session lands on the same allocation on every edge and only sessions
     /// of a removed allocation move; without one, the targets in turn.

@@ -343,10 +343,7 @@ impl<R: RouteSource> Worker<R> {
         if let Some(cold) = &self.cold
             && (route.targets.is_empty() || needs_policy(req.method(), req.headers()))
         {
-            match cold
-                .decide(req, route, &*self.routes, &self.proxy, client)
-                .await
-            {
+            match cold.decide(req, route, &*self.routes, client).await {
                 Decision::Answer(resp) => return resp,
                 Decision::Forward(r, ready) => (req, route) = (r, ready),
                 Decision::ForwardTo(r, ready, allocation) => {

@@ -19,6 +19,14 @@ use crate::route::Route;
 pub(crate) const RESUME_HEADER: &str = "x-rhone-session-resume";
 /// The header naming the allocation a moved session was on.
 pub(crate) const FROM_HEADER: &str = "x-rhone-session-from";
+/// Removes the session headers a client sent: only the edge sets them.
+pub(crate) fn strip(headers: &mut hyper::HeaderMap) {
+    if headers.contains_key(RESUME_HEADER) || headers.contains_key(FROM_HEADER) {
+        headers.remove(RESUME_HEADER);
+        headers.remove(FROM_HEADER);
+    }
+}
+
 /// How long a session's record is kept after its last socket was routed: beyond Vango's
 /// resume window (30 s by default) with room to spare.
 const KEEP: Duration = Duration::from_secs(600);

@@ -233,6 +233,20 @@ impl RouteTable {
             allocations: mirror.allocation_count(),
             allocations_seen,
         };
+        let mut hot = hot;
+        {
+            // A key's activity (last request, open sockets) outlives a reload at its epoch:
+            // a socket opened before it still keeps the app awake. Read under the read lock,
+            // so requests are not held up.
+            let current = self.hot();
+            for (key, route) in hot.routes.iter_mut() {
+                if let Some(old) = current.routes.get(key)
+                    && old.owner.epoch == route.owner.epoch
+                {
+                    *route = Arc::new(route.with_activity(old.activity.clone()));
+                }
+            }
+        }
         let (old_mirror, old_hot, was_loaded) = {
             let mut m = self.mirror();
             let mut h = self.hot_mut();
