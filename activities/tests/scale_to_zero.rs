@@ -307,6 +307,14 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
     assert_eq!(wake_ops(&p, &preview_key).await?.len(), preview_wakes);
 
     // The reverse: production awake, the preview wakes alone and serves its own owner.
+    // (It stays awake for the rest of the test: its app dies while hot below.)
+    let mut env = environment::Entity::find_by_id(preview_env)
+        .one(&p.h.fx.db)
+        .await?
+        .context("preview env")?
+        .into_active_model();
+    env.sleep_after_ms = Set(600_000);
+    env.update(&p.h.fx.db).await?;
     let prod_now = wake_ops(&p, &prod_key).await?.len();
     let resp = http
         .get(url(&p, "/_rhone/stats"))
@@ -335,6 +343,65 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
         prod_now,
         "production untouched"
     );
+
+    // The preview's app dies while hot (its runner reports it failed, as the runner does when
+    // a process exits): its Wake run records `sleeping` for lack of any allocation, and the
+    // next request wakes it again instead of waiting on a route that nothing serves.
+    let dead = allocation::Entity::find_by_id(preview_alloc)
+        .one(&p.h.fx.db)
+        .await?
+        .context("the preview allocation")?;
+    rhone_schema::allocations::apply_report(
+        &p.h.fx.db,
+        &rhone_schema::allocations::RunnerReport {
+            allocation_id: dead.id,
+            generation: dead.generation,
+            stage: rhone_core::stage::AllocationStage::Failed,
+            address: None,
+            exit_status: Some("exit status 1".into()),
+            message: Some("the process exited".into()),
+            last_log_lines: Vec::new(),
+        },
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let died = loop {
+        let last = wake_ops(&p, &preview_key).await?.pop().context("a wake")?;
+        if last.current_stage == "sleeping" {
+            break last;
+        }
+        if Instant::now() > deadline {
+            bail!("the preview's wake is still {}", last.current_stage);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let evidence = operation_stage::Entity::find()
+        .filter(operation_stage::Column::OperationId.eq(died.id))
+        .order_by_desc(operation_stage::Column::Seq)
+        .one(&p.h.fx.db)
+        .await?
+        .context("the sleeping record")?
+        .evidence;
+    assert!(
+        evidence["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no ready allocation"),
+        "{evidence}"
+    );
+    let resp = http
+        .get(url(&p, "/_rhone/stats"))
+        .header("host", &preview_key)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await?;
+    assert_ne!(
+        body["allocation_id"],
+        json!(preview_alloc.to_string()),
+        "a new allocation"
+    );
+    assert_eq!(wake_ops(&p, &preview_key).await?.len(), preview_wakes + 2);
     p.stop().await
 }
 

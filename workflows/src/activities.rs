@@ -509,6 +509,10 @@ pub struct IdleReport {
     pub idle_ms: u64,
     /// Open WebSockets reported by live edges.
     pub open_sockets: u64,
+    /// Ready allocations of the owner meant to run (`None` from a worker that did not count
+    /// them). None left while hot: the app stopped or failed, the route is asleep in effect.
+    #[serde(default)]
+    pub ready_allocations: Option<u64>,
 }
 
 /// Puts the route to sleep if it is still at `epoch` and idle.
@@ -529,6 +533,10 @@ pub struct Slept {
     pub idle_ms: u64,
     /// The allocations told to drain.
     pub allocation_ids: Vec<Uuid>,
+    /// Allocations whose runner could not be told to drain (told again when it reports;
+    /// they no longer serve): `<id>: <why>`.
+    #[serde(default)]
+    pub undrained: Vec<String>,
 }
 
 pub struct WakeActivities;

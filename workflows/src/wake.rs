@@ -485,21 +485,48 @@ impl WakeWorkflow {
         loop {
             let every = Duration::from_millis((sleep_after / 4).min(opened.idle_check_ms));
             ctx.timer(every.max(MIN_CHECK)).await;
-            let idle = step!(
-                op,
-                ctx,
-                WakeActivities::route_idle,
-                RouteIdleInput {
-                    route_key: key.clone(),
-                    epoch: input.epoch,
-                    hot_at_ms,
-                },
-                quick()
-            );
+            let check = RouteIdleInput {
+                route_key: key.clone(),
+                epoch: input.epoch,
+                hot_at_ms,
+            };
+            let idle = match ctx
+                .execute_activity(WakeActivities::route_idle, check, quick())
+                .await
+            {
+                Ok(idle) => idle,
+                // A check that failed all its attempts (the control DB away) decides
+                // nothing: the route stays up and is checked again at the next tick.
+                Err(_) => {
+                    checks += 1;
+                    continue;
+                }
+            };
             if idle.superseded || !idle.scale_to_zero {
                 // A promotion drains the old allocations; a route that stopped scaling to
                 // zero stays up.
                 return hot(started);
+            }
+            if idle.ready_allocations == Some(0) {
+                // The app stopped or failed while hot: nothing serves the route, so it is
+                // asleep in effect, and the next request wakes it (a new run).
+                ctx.state_mut(|w| w.stage = WakeStage::Sleeping.as_str().to_owned());
+                Self::enter(
+                    ctx,
+                    op,
+                    input,
+                    WakeStage::Sleeping,
+                    json!({
+                        "reason": "no ready allocation of the owner is left: it stopped or failed while hot",
+                        "epoch": input.epoch,
+                    }),
+                )
+                .await?;
+                return Ok(Ok(WakeOutcome {
+                    operation_id: op.id.0,
+                    stage: WakeStage::Sleeping.as_str().to_owned(),
+                    allocation_ids: Vec::new(),
+                }));
             }
             sleep_after = idle.sleep_after_ms;
             if idle.idle_ms >= sleep_after && idle.open_sockets == 0 {
@@ -525,6 +552,7 @@ impl WakeWorkflow {
                         json!({
                             "idle_ms": slept.idle_ms, "sleep_after_ms": sleep_after,
                             "drained": slept.allocation_ids, "epoch": input.epoch,
+                            "undrained": slept.undrained,
                         }),
                         None,
                     )

@@ -75,6 +75,7 @@ impl WakeActivities {
                 sleep_after_ms: 0,
                 idle_ms: 0,
                 open_sockets: 0,
+                ready_allocations: None,
             });
         };
         let env = environment::Entity::find_by_id(owner.environment_id)
@@ -85,12 +86,16 @@ impl WakeActivities {
         let traffic = self
             .traffic(db, &input.route_key, input.hot_at_ms, Utc::now())
             .await?;
+        let ready = allocate::ready_of(db, owner.deployment_id, &owner.artifact_digest)
+            .await
+            .map_err(db_err)?;
         Ok(IdleReport {
             superseded: false,
             scale_to_zero: env.scale_to_zero,
             sleep_after_ms: u64::try_from(env.sleep_after_ms).unwrap_or(0),
             idle_ms: traffic.idle_ms,
             open_sockets: traffic.open_sockets,
+            ready_allocations: Some(ready.len() as u64),
         })
     }
 
@@ -113,6 +118,7 @@ impl WakeActivities {
             reason: Some(reason),
             idle_ms,
             allocation_ids: Vec::new(),
+            undrained: Vec::new(),
         };
         let owner = route_owner::Entity::find_by_id(key.clone())
             .one(&txn)
@@ -177,9 +183,17 @@ impl WakeActivities {
             .beat(json!({ "asleep": true, "draining": ids }))
             .await;
         tokio::time::sleep(self.config.drain_grace).await;
+        // The route is asleep from the commit on: a runner that cannot be told now does not
+        // undo that (its allocation no longer serves), it is named in the evidence.
+        let mut undrained = Vec::new();
         for row in &stopping {
-            allocate::stop_on_runner(&self.db, &self.http, row).await?;
-            heartbeat.beat(json!({ "drained": row.id })).await;
+            match allocate::stop_on_runner(&self.db, &self.http, row).await {
+                Ok(()) => heartbeat.beat(json!({ "drained": row.id })).await,
+                Err(e) => {
+                    tracing::warn!(%key, allocation = %row.id, error = ?e, "telling the runner to drain failed");
+                    undrained.push(format!("{}: {e:?}", row.id));
+                }
+            }
         }
         tracing::info!(%key, idle_ms = traffic.idle_ms, drained = ?ids, "route asleep");
         Ok(Slept {
@@ -187,6 +201,7 @@ impl WakeActivities {
             reason: None,
             idle_ms: traffic.idle_ms,
             allocation_ids: ids,
+            undrained,
         })
     }
 }
