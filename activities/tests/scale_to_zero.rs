@@ -120,6 +120,14 @@ async fn wake_ops(p: &Prod, route_key: &str) -> Result<Vec<operation::Model>> {
         .await?)
 }
 
+/// Deploys `repo` to preview and promotes it to production, healthy; the artifact digest.
+async fn preview_and_promote(p: &Prod, repo: &Repo) -> Result<String> {
+    let (preview, digest) = p.preview(repo).await?;
+    let promo = p.promote(preview, 1).await?;
+    assert_eq!(p.ended(promo).await?.op.current_stage, "healthy");
+    Ok(digest)
+}
+
 fn client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -171,9 +179,7 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
     scale_to_zero(&p, preview_env, 10_000).await?;
     scale_to_zero(&p, p.env.id, 10_000).await?;
     let repo = p.h.repo("repo", |_| Ok(()))?;
-    let (d1, digest) = p.preview(&repo).await?;
-    let promo = p.promote(d1, 1).await?;
-    assert_eq!(p.ended(promo).await?.op.current_stage, "healthy");
+    let digest = preview_and_promote(&p, &repo).await?;
     wait_sleeping(&p, p.env.id).await?;
     wait_sleeping(&p, preview_env).await?;
     let prod_key = owner_of(&p, p.env.id).await?.route_key;
@@ -427,9 +433,7 @@ async fn writes_while_cold_are_applied_once_or_never() -> Result<()> {
     .insert(&p.h.fx.db)
     .await?;
     let repo = p.h.repo("repo", |_| Ok(()))?;
-    let (d1, _) = p.preview(&repo).await?;
-    let promo = p.promote(d1, 1).await?;
-    assert_eq!(p.ended(promo).await?.op.current_stage, "healthy");
+    preview_and_promote(&p, &repo).await?;
     wait_sleeping(&p, p.env.id).await?;
     let key = owner_of(&p, p.env.id).await?.route_key;
     let http = client()?;
@@ -603,9 +607,7 @@ async fn a_wake_that_misses_readiness_answers_within_the_budget() -> Result<()> 
     let marker = p.h.fx.tmp.path().join("unhealthy");
     let repo = p.h.repo("repo", |_| Ok(()))?;
     let repo = turn_unhealthy_on(&repo, &marker)?;
-    let (d1, _) = p.preview(&repo).await?;
-    let promo = p.promote(d1, 1).await?;
-    assert_eq!(p.ended(promo).await?.op.current_stage, "healthy");
+    preview_and_promote(&p, &repo).await?;
     wait_sleeping(&p, p.env.id).await?;
     std::fs::write(&marker, "")?;
     let key = owner_of(&p, p.env.id).await?.route_key;
@@ -657,9 +659,7 @@ async fn a_wake_for_an_old_epoch_aborts_and_the_request_follows_the_route() -> R
     let repo = p.h.repo("repo", |_| Ok(()))?;
     let original = std::fs::read_to_string(repo.path.join("server.py"))?;
     let slow = start_slowly_on(&repo, &marker)?;
-    let (d1, _) = p.preview(&slow).await?;
-    let promo = p.promote(d1, 1).await?;
-    assert_eq!(p.ended(promo).await?.op.current_stage, "healthy");
+    preview_and_promote(&p, &slow).await?;
     // The next version is ready to promote before the route sleeps.
     std::fs::write(slow.path.join("server.py"), format!("{original}# fast\n"))?;
     let fast = commit(&slow.path, "fast again")?;
