@@ -106,7 +106,8 @@ impl Drop for SocketGuard {
     }
 }
 
-fn now_ms() -> i64 {
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -161,11 +162,7 @@ pub(crate) async fn write_due(
     edge_id: &str,
 ) -> Result<usize, DbErr> {
     let now = now_ms();
-    let due: Vec<(Arc<str>, Arc<Activity>, i64, i64)> = table
-        .activities()
-        .into_iter()
-        .filter_map(|(key, a)| a.due(now).map(|(last, sockets)| (key, a, last, sockets)))
-        .collect();
+    let due = table.activities(|a| a.due(now));
     if due.is_empty() {
         return Ok(0);
     }
@@ -173,7 +170,7 @@ pub(crate) async fn write_due(
     for chunk in due.chunks(500) {
         let rows = chunk
             .iter()
-            .map(|(key, _, last, sockets)| route_activity::ActiveModel {
+            .map(|(key, _, (last, sockets))| route_activity::ActiveModel {
                 route_key: Set(key.to_string()),
                 edge_id: Set(edge_id.to_owned()),
                 last_request_at: Set(at(*last)),
@@ -196,7 +193,7 @@ pub(crate) async fn write_due(
             .exec_without_returning(db)
             .await?;
     }
-    for (_, a, last, sockets) in &due {
+    for (_, a, (last, sockets)) in &due {
         a.reported(*last, *sockets, now);
     }
     Ok(due.len())

@@ -2,10 +2,10 @@
 //! headers and the route's [`Policy`], with no I/O: what the edge may do with a request when
 //! no allocation is ready.
 
-use hyper::{HeaderMap, Method, header};
+use hyper::{HeaderMap, Method};
 use rhone_manifest::app::{SignaturePolicy, WebhookRoute};
 
-use crate::policy::Policy;
+use crate::{policy::Policy, proxy::is_websocket_upgrade};
 
 /// The header a client names an idempotent request with.
 pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -59,7 +59,7 @@ pub(crate) fn classify<'p>(
         return Class::Webhook(hook);
     }
     // A WebSocket opens with a GET; an upgrade on another method is an unsafe request.
-    if *method == Method::GET && is_websocket(headers) {
+    if *method == Method::GET && is_websocket_upgrade(headers) {
         return Class::Live;
     }
     if is_safe(method) {
@@ -90,13 +90,6 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {
         && v.len() <= MAX_IDEMPOTENCY_KEY
         && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
     ok.then(|| v.to_owned())
-}
-
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// A webhook delivery whose signature headers are present, well formed and fresh.
@@ -286,7 +279,7 @@ mod tests {
         let keyed = headers(&[("idempotency-key", "k-1")]);
         assert_eq!(classify(&Method::GET, "/dashboard", &none, &p), Class::Read);
         assert_eq!(classify(&Method::HEAD, "/", &none, &p), Class::Read);
-        let ws = headers(&[("upgrade", "websocket")]);
+        let ws = headers(&[("upgrade", "websocket"), ("connection", "Upgrade")]);
         assert_eq!(classify(&Method::GET, "/_vango/live", &ws, &p), Class::Live);
         assert!(matches!(
             classify(&Method::POST, "/_vango/live", &ws, &p),

@@ -21,7 +21,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use hyper::{
@@ -38,6 +38,7 @@ use tokio::{runtime::Handle, sync::watch};
 use uuid::Uuid;
 
 use crate::{
+    activity::now_ms,
     assets::Assets,
     body::Body,
     classify::{self, Class},
@@ -343,7 +344,7 @@ impl Cold {
             }
             Class::Webhook(hook) => {
                 let path = req.uri().path().to_owned();
-                match classify::check_signature(hook.signature, req.headers(), unix_now()) {
+                match classify::check_signature(hook.signature, req.headers(), now_ms() / 1000) {
                     Err(problem) => {
                         bump(&self.counters.webhooks_blocked);
                         self.record_blocked(&policy, owner, &path, &problem.to_string())
@@ -856,12 +857,6 @@ async fn read_bounded(
         }
     }
     Ok(Bytes::from(bytes))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Whether a request must take the cold path even though its route is ready: an unsafe

@@ -537,7 +537,7 @@ impl Forwarding {
 
 /// Whether `headers` ask for a WebSocket upgrade: `Connection` names `upgrade` and
 /// `Upgrade` is `websocket`. Any other upgrade is dropped with the hop-by-hop headers.
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let connection_upgrade = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     let websocket = headers
         .get(UPGRADE)

@@ -103,10 +103,8 @@ impl Route {
     /// This route counting its activity in `activity` (a reload keeps a key's activity).
     pub(crate) fn with_activity(&self, activity: Arc<Activity>) -> Self {
         Self {
-            owner: self.owner.clone(),
-            targets: self.targets.clone(),
-            turns: self.turns.clone(),
             activity,
+            ..self.clone()
         }
     }
 

@@ -353,12 +353,16 @@ impl RouteTable {
         self.shared.version.subscribe()
     }
 
-    /// Every route key with its activity, for the activity reporter.
-    pub(crate) fn activities(&self) -> Vec<(Arc<str>, Arc<Activity>)> {
+    /// The route keys whose activity `due` picks, with it, for the activity reporter: only
+    /// those are cloned out of the table.
+    pub(crate) fn activities<T>(
+        &self,
+        mut due: impl FnMut(&Activity) -> Option<T>,
+    ) -> Vec<(Arc<str>, Arc<Activity>, T)> {
         self.hot()
             .routes
             .iter()
-            .map(|(k, r)| (k.clone(), r.activity.clone()))
+            .filter_map(|(k, r)| due(&r.activity).map(|t| (k.clone(), r.activity.clone(), t)))
             .collect()
     }
 
