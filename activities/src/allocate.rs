@@ -41,30 +41,15 @@ pub(crate) async fn ready_of<C: sea_orm::ConnectionTrait>(
         .await
 }
 
-/// Tells `row` to stop at its next generation, inside the caller's transaction (which
-/// holds the route lock), as `allocations::set_desired` does; a row told already is
-/// returned as it is.
-pub(crate) async fn stop_in<C: sea_orm::ConnectionTrait>(
-    txn: &C,
-    row: allocation::Model,
-) -> Result<allocation::Model, sea_orm::DbErr> {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-    let stop = rhone_schema::allocations::Desired::Stop.as_str();
-    if row.desired == stop {
-        return Ok(row);
-    }
-    let generation = row.generation + 1;
-    let mut active: allocation::ActiveModel = row.into();
-    active.desired = Set(stop.to_owned());
-    active.generation = Set(generation);
-    active.updated_at = Set(chrono::Utc::now());
-    active.update(txn).await
+/// Milliseconds of a duration, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// How often a start is polled.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 /// Pulling and unpacking come before the app's own readiness time.
-const PULL_ALLOWANCE: Duration = Duration::from_secs(120);
+pub(crate) const PULL_ALLOWANCE: Duration = Duration::from_secs(120);
 /// A status request is a read of the runner's memory; one slower than this counts as a
 /// runner that did not answer (and leaves room for the 5 s heartbeat timeout).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -127,8 +127,19 @@ where
 {
     let txn = begin_write(db).await?;
     let row = locked(&txn, id).await?;
+    let row = set_desired_in(&txn, row, desired).await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// [`set_desired`] on a row the caller's transaction already holds (under the route lock,
+/// say): a new generation with `desired`, or the row as it is when it already says so.
+pub async fn set_desired_in<C: ConnectionTrait>(
+    txn: &C,
+    row: allocation::Model,
+    desired: Desired,
+) -> Result<allocation::Model, sea_orm::DbErr> {
     if row.desired == desired.as_str() {
-        txn.rollback().await?;
         return Ok(row);
     }
     let generation = row.generation + 1;
@@ -136,9 +147,7 @@ where
     active.desired = Set(desired.as_str().to_owned());
     active.generation = Set(generation);
     active.updated_at = Set(Utc::now());
-    let row = active.update(&txn).await?;
-    txn.commit().await?;
-    Ok(row)
+    active.update(txn).await
 }
 
 /// Applies a runner's report to its allocation, in one transaction holding the row:

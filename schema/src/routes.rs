@@ -30,6 +30,23 @@ pub struct OwnerWrite {
     pub expected_epoch: Option<i64>,
 }
 
+/// A write transaction holding the route lock: every route move, and every decision that
+/// must not race one (a wake's start and sleep, a drain of a previous owner), takes it, so
+/// change-log sequence numbers commit in order. On PostgreSQL, an exclusive lock on
+/// `route_changes`; on SQLite, the writer's `BEGIN IMMEDIATE` is the lock.
+pub async fn begin_locked<C>(db: &C) -> Result<C::Transaction, sea_orm::DbErr>
+where
+    C: TransactionTrait,
+    C::Transaction: ConnectionTrait,
+{
+    let txn = begin_write(db).await?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("LOCK TABLE route_changes IN EXCLUSIVE MODE")
+            .await?;
+    }
+    Ok(txn)
+}
+
 /// Points `write.route_key` at a deployment at the next epoch (1 for a new key) and logs the
 /// change. Writing what the owner already says (the same deployment and artifact, at the
 /// epoch after `expected_epoch` when given, written by the same operation when one is
@@ -40,11 +57,7 @@ pub async fn write_owner<C>(db: &C, write: OwnerWrite) -> Result<route_owner::Mo
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    let txn = begin_write(db).await?;
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_unprepared("LOCK TABLE route_changes IN EXCLUSIVE MODE")
-            .await?;
-    }
+    let txn = begin_locked(db).await?;
     let current = route_owner::Entity::find_by_id(write.route_key.clone())
         .lock_exclusive()
         .one(&txn)

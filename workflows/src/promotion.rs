@@ -32,7 +32,7 @@ use crate::{
         AllocationsInput, AllocationsReady, AwaitEdgesInput, DrainInput, HealthInput,
         MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved, RouteTarget,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step, watched},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,18 +88,6 @@ impl From<StepFailure> for Ending {
 
 type Flow<T> = Result<Result<T, Ending>, WorkflowTermination>;
 
-/// Quick DB steps: a killed worker's attempt is retried after this long.
-fn quick() -> ActivityOptions {
-    step_options(Duration::from_secs(20), 5)
-}
-
-/// Long steps heartbeat, so a killed worker's attempt is retried within seconds.
-fn watched(start_to_close: Duration) -> ActivityOptions {
-    let mut options = step_options(start_to_close, 3);
-    options.heartbeat_timeout = Some(Duration::from_secs(5));
-    options
-}
-
 /// The wait for every live edge to acknowledge change `seq`, and its options: the
 /// deadline, plus time for a retry after a lost worker.
 fn edges_of(
@@ -115,15 +103,6 @@ fn edges_of(
     };
     let limit = Duration::from_millis(policy.propagation_deadline_ms) + Duration::from_secs(60);
     (edges, watched(limit))
-}
-
-macro_rules! step {
-    ($op:expr, $ctx:expr, $activity:expr, $input:expr, $options:expr) => {
-        match $op.step($ctx, || $activity, $input, $options).await? {
-            Ok(out) => out,
-            Err(f) => return Ok(Err(f.into())),
-        }
-    };
 }
 
 #[workflow_methods]

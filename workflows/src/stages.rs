@@ -296,3 +296,27 @@ impl temporalio_common::SignalDefinition for DecisionSignal {
         self.0.as_str()
     }
 }
+
+/// Quick DB steps: a killed worker's attempt is retried after this long.
+pub(crate) fn quick() -> ActivityOptions {
+    step_options(Duration::from_secs(20), 5)
+}
+
+/// Long steps heartbeat, so a killed worker's attempt is retried within seconds.
+pub(crate) fn watched(start_to_close: Duration) -> ActivityOptions {
+    let mut options = step_options(start_to_close, 3);
+    options.heartbeat_timeout = Some(Duration::from_secs(5));
+    options
+}
+
+/// Runs one step of `$op` and yields its output, or ends the flow with its failure: in a
+/// function returning `Result<Result<T, E>, WorkflowTermination>` where `E: From<StepFailure>`.
+macro_rules! step {
+    ($op:expr, $ctx:expr, $activity:expr, $input:expr, $options:expr) => {
+        match $op.step($ctx, || $activity, $input, $options).await? {
+            Ok(out) => out,
+            Err(f) => return Ok(Err(f.into())),
+        }
+    };
+}
+pub(crate) use step;

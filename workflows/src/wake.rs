@@ -41,7 +41,7 @@ use crate::{
         RouteIdleInput, SleepInput, WakeActivities, WakeEvidenceInput, WakeOpenInput, WakeOpened,
         WakeReadyInput, WakeStartInput, WakeStateInput, WakeStopInput,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step, watched},
 };
 
 /// What starts a run.
@@ -163,16 +163,6 @@ impl From<StepFailure> for Ending {
 
 type Flow<T> = Result<Result<T, Ending>, WorkflowTermination>;
 
-fn quick() -> ActivityOptions {
-    step_options(Duration::from_secs(20), 5)
-}
-
-fn watched(start_to_close: Duration) -> ActivityOptions {
-    let mut options = step_options(start_to_close, 3);
-    options.heartbeat_timeout = Some(Duration::from_secs(5));
-    options
-}
-
 /// `route epoch superseded: …`, the failure of a wake whose route moved on.
 pub fn superseded(key: &str, epoch: i64, owner_epoch: i64) -> String {
     if owner_epoch == 0 {
@@ -184,15 +174,6 @@ pub fn superseded(key: &str, epoch: i64, owner_epoch: i64) -> String {
             "route epoch superseded: this wake was for epoch {epoch} of {key}, the owner is at epoch {owner_epoch}"
         )
     }
-}
-
-macro_rules! step {
-    ($op:expr, $ctx:expr, $activity:expr, $input:expr, $options:expr) => {
-        match $op.step($ctx, || $activity, $input, $options).await? {
-            Ok(out) => out,
-            Err(f) => return Ok(Err(f.into())),
-        }
-    };
 }
 
 /// The run's time in Unix milliseconds (workflow time: the same on replay).
@@ -557,7 +538,6 @@ impl WakeWorkflow {
                         None,
                     )
                     .await?;
-                    ctx.state_mut(|w| w.stage = WakeStage::Sleeping.as_str().to_owned());
                     return Ok(Ok(WakeOutcome {
                         operation_id: op.id.0,
                         stage: WakeStage::Sleeping.as_str().to_owned(),

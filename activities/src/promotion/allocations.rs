@@ -17,16 +17,12 @@ use rhone_runner::Desired as RunnerDesired;
 use rhone_schema::{
     SchemaError,
     allocations::{self, Desired, NewAllocation},
-    begin_write,
     entity::{allocation, route_owner, runner},
 };
 use rhone_workflows::activities::{
     AllocationsInput, AllocationsReady, DrainInput, Drained, Health, HealthInput,
 };
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::json;
 use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
@@ -393,11 +389,7 @@ impl PromotionActivities {
         &self,
         input: &DrainInput,
     ) -> Result<(Vec<allocation::Model>, Vec<Uuid>), SchemaError> {
-        let txn = begin_write(&self.db).await?;
-        if txn.get_database_backend() == DbBackend::Postgres {
-            txn.execute_unprepared("LOCK TABLE route_changes IN EXCLUSIVE MODE")
-                .await?;
-        }
+        let txn = rhone_schema::routes::begin_locked(&self.db).await?;
         let select = allocation::Entity::find().order_by_asc(allocation::Column::Id);
         let rows = match &input.allocation_ids {
             Some(ids) => select.filter(allocation::Column::Id.is_in(ids.iter().copied())),
@@ -429,7 +421,8 @@ impl PromotionActivities {
                 kept.push(row.id);
                 continue;
             }
-            stopping.push(allocate::stop_in(&txn, row).await?);
+            stopping
+                .push(rhone_schema::allocations::set_desired_in(&txn, row, Desired::Stop).await?);
         }
         txn.commit().await?;
         Ok((stopping, kept))

@@ -24,7 +24,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use temporalio_sdk::activities::ActivityError;
 
-use super::{PromotionActivities, list, millis};
+use super::{PromotionActivities, list};
+use crate::allocate::millis;
 use crate::allocate::{self, db_err, refuse};
 
 const PREVIEW_READY: &str = "preview_ready";

@@ -172,7 +172,11 @@ impl WakeActivities {
             .map_err(db_err)?;
         let mut stopping = Vec::new();
         for row in rows {
-            stopping.push(allocate::stop_in(&txn, row).await.map_err(db_err)?);
+            stopping.push(
+                rhone_schema::allocations::set_desired_in(&txn, row, Desired::Stop)
+                    .await
+                    .map_err(db_err)?,
+            );
         }
         set_state(&txn, env.id, SLEEPING).await?;
         txn.commit().await.map_err(db_err)?;

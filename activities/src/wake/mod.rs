@@ -24,7 +24,7 @@ use rhone_workflows::activities::{
     IdleReport, RouteIdleInput, SleepInput, Slept, WakeEvidenceInput, WakeOpenInput, WakeOpened,
     WakeReady, WakeReadyInput, WakeStartInput, WakeStarted, WakeStateInput, WakeStopInput, defs,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument;
@@ -156,16 +156,5 @@ impl WakeActivities {
 pub(crate) async fn route_locked(
     db: &DatabaseConnection,
 ) -> Result<DatabaseTransaction, ActivityError> {
-    let txn = rhone_schema::begin_write(db).await.map_err(db_err)?;
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_unprepared("LOCK TABLE route_changes IN EXCLUSIVE MODE")
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(txn)
-}
-
-/// Milliseconds of a duration, saturating.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    rhone_schema::routes::begin_locked(db).await.map_err(db_err)
 }

@@ -12,7 +12,8 @@ use rhone_workflows::activities::{WakeEvidenceInput, WakeOpenInput, WakeOpened, 
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use temporalio_sdk::activities::ActivityError;
 
-use super::{WakeActivities, millis, route_locked};
+use super::{WakeActivities, route_locked};
+use crate::allocate::millis;
 use crate::allocate::{self, db_err};
 use crate::promotion::derived_id;
 

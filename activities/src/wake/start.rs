@@ -22,13 +22,10 @@ use temporalio_sdk::activities::ActivityError;
 use uuid::Uuid;
 
 use super::{WakeActivities, route_locked};
-use crate::allocate::{self, Heartbeat, Observed, db_err, refuse, transient};
+use crate::allocate::{self, Heartbeat, Observed, POLL, PULL_ALLOWANCE, db_err, refuse, transient};
 use crate::promotion::derived_id;
 
 /// How often a starting allocation is polled.
-const POLL: Duration = Duration::from_millis(100);
-/// Pulling and unpacking come before the app's own readiness time.
-const PULL_ALLOWANCE: Duration = Duration::from_secs(120);
 /// The log lines a failed wake quotes.
 const LOG_LINES: usize = 20;
 

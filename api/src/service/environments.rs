@@ -248,7 +248,9 @@ pub(crate) async fn set_scale_to_zero(
     txn.commit().await?;
 
     let mut watch = None;
-    if let Some(owner) = owner.filter(|_| env.scale_to_zero && env.wake_state == "hot") {
+    if let Some(owner) =
+        owner.filter(|_| env.scale_to_zero && env.wake_state == environment::WAKE_STATE_HOT)
+    {
         let workflow_id = rhone_core::wake_workflow_id(&owner.route_key, owner.epoch);
         let input = WakeInput {
             route_key: owner.route_key.clone(),

@@ -142,7 +142,7 @@ async fn serving_instances<C: ConnectionTrait>(
 ) -> Result<u32, ApiError> {
     let running = allocation::Entity::find()
         .filter(allocation::Column::DeploymentId.eq(deployment_id))
-        .filter(allocation::Column::Desired.eq("run"))
+        .filter(allocation::Column::Desired.eq(rhone_schema::allocations::Desired::Run.as_str()))
         .count(db)
         .await?;
     Ok(u32::try_from(running).map_or(MAX_INSTANCES, |n| n.clamp(1, MAX_INSTANCES)))
