@@ -3,12 +3,14 @@
 //! can use all of it.
 
 pub mod ids;
+pub mod limits;
 pub mod name;
 pub mod operation;
 pub mod role;
 pub mod stage;
 
 pub use ids::{OperationId, environment_route_key, wake_workflow_id, workflow_id, workflow_run_of};
+pub use limits::Limits;
 pub use name::{Name, NameError};
 pub use operation::{OperationKind, OperationStatus, StageError};
 pub use role::Role;

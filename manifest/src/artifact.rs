@@ -2,6 +2,7 @@
 //! says what the artifact is, how to run it and where it came from. Promotion and wake read
 //! it; nothing is re-derived from the repository after the build.
 
+use rhone_core::Limits;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{AppManifest, RoutesSection, Service};
@@ -52,6 +53,14 @@ pub struct Process {
     pub port: u16,
     pub health_path: String,
     pub readiness_timeout_secs: u64,
+    /// `[run]`'s sandbox limits; a manifest written before they existed reads as
+    /// [`Limits::RUN_DEFAULT`].
+    #[serde(default = "run_default_limits")]
+    pub limits: Limits,
+}
+
+fn run_default_limits() -> Limits {
+    Limits::RUN_DEFAULT
 }
 
 /// Vango's fingerprinted assets, with the digest of each file.
@@ -117,6 +126,7 @@ impl From<&AppManifest> for AppSubset {
                 port: app.run.port,
                 health_path: app.run.health_path.clone(),
                 readiness_timeout_secs: app.run.readiness_timeout_secs,
+                limits: app.run.limits,
             },
             routes: app.routes.clone(),
             required_secrets: app.secrets.required.clone(),
@@ -199,6 +209,9 @@ mod tests {
         let value = serde_json::to_value(sample()).expect("an artifact manifest serializes");
         assert_eq!(value["format_version"], 1);
         assert_eq!(value["app"]["process"]["port"], 8080);
+        assert_eq!(value["app"]["process"]["limits"]["memory_mb"], 512);
+        assert_eq!(value["app"]["process"]["limits"]["cpu_millis"], 1000);
+        assert_eq!(value["app"]["process"]["limits"]["max_pids"], 256);
         assert_eq!(value["app"]["routes"]["idempotent"][0], "/actions/*");
         assert_eq!(value["app"]["routes"]["webhooks"][0]["signature"], "stripe");
         assert_eq!(value["app"]["required_services"][0], "idempotency");
@@ -211,6 +224,34 @@ mod tests {
             "json:int:v1"
         );
         assert_eq!(value["source"]["commit_sha"], "c".repeat(40));
+    }
+
+    #[test]
+    fn run_limits_travel_with_the_artifact() {
+        let text = "[build]\ncommand = \"make\"\nmemory_mb = 4096\n\
+                    [run]\ncommand = \"./server\"\nmemory_mb = 1024\nmax_pids = 64\n";
+        let app = AppManifest::parse(text).unwrap_or_else(|err| panic!("{err}"));
+        let process = AppSubset::from(&app).process;
+        assert_eq!(
+            process.limits,
+            Limits {
+                memory_mb: 1024,
+                max_pids: 64,
+                ..Limits::RUN_DEFAULT
+            }
+        );
+    }
+
+    #[test]
+    fn a_manifest_written_before_limits_reads_the_run_defaults() {
+        let mut value = serde_json::to_value(sample()).expect("an artifact manifest serializes");
+        let process = value["app"]["process"]
+            .as_object_mut()
+            .expect("process is an object");
+        process.remove("limits").expect("limits were written");
+        let back = ArtifactManifest::parse(&value.to_string()).expect("the old shape parses");
+        assert_eq!(back.app.process.limits, Limits::RUN_DEFAULT);
+        assert_eq!(back, sample());
     }
 
     #[test]

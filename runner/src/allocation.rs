@@ -33,7 +33,8 @@ pub struct AllocationStatus {
     pub artifact_digest: Digest,
     pub port: Option<u16>,
     pub pid: Option<u32>,
-    /// `http://127.0.0.1:PORT` while `ready`.
+    /// `http://ADDRESS:PORT` while `ready`: the allocation's own address on the runner's
+    /// bridge and its declared port.
     pub address: Option<String>,
     /// How the process ended: `exit code 3`, `signal 15 (SIGTERM)`.
     pub exit_status: Option<String>,
@@ -48,6 +49,8 @@ pub struct AllocationStatus {
 #[derive(Debug, Clone)]
 pub(crate) struct Observed {
     pub stage: AllocationStage,
+    /// The allocation's own address on the runner's bridge.
+    pub ip: Option<std::net::Ipv4Addr>,
     pub port: Option<u16>,
     pub pid: Option<u32>,
     pub exit_status: Option<String>,
@@ -110,6 +113,7 @@ impl Allocation {
                 spec: Arc::new(spec),
                 observed: Observed {
                     stage: AllocationStage::INITIAL,
+                    ip: None,
                     port: None,
                     pid: None,
                     exit_status: None,
@@ -268,8 +272,8 @@ impl Allocation {
 }
 
 fn address(observed: &Observed) -> Option<String> {
-    match (observed.stage, observed.port) {
-        (AllocationStage::Ready, Some(port)) => Some(format!("http://127.0.0.1:{port}")),
+    match (observed.stage, observed.ip, observed.port) {
+        (AllocationStage::Ready, Some(ip), Some(port)) => Some(format!("http://{ip}:{port}")),
         _ => None,
     }
 }

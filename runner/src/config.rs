@@ -13,7 +13,8 @@ pub const DEFAULT_ARTIFACT_DIR: &str = "/var/lib/rhone/artifacts";
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Variables of the runner's own environment passed on to apps by default. Nothing else
 /// is: the runner's environment may hold its own credentials.
-pub const DEFAULT_INHERIT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+/// (`PATH` and `HOME` are the sandbox's own.)
+pub const DEFAULT_INHERIT_ENV: &[&str] = &["LANG", "LC_ALL", "TZ"];
 
 /// Settings of one runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,16 @@ pub struct RunnerConfig {
     /// `RHONE_RUNNER_INHERIT_ENV`: comma-separated names of the runner's variables that
     /// apps see. Default [`DEFAULT_INHERIT_ENV`].
     pub inherit_env: Vec<String>,
+    /// `RHONE_RUNNER_RUNTIME`: the OCI runtime that makes the allocations' sandboxes.
+    /// Default `runc` on `PATH`.
+    pub runtime: PathBuf,
+    /// `RHONE_RUNNER_SUBNET`: the subnet of this runner's bridge (`10.213.7.0/24`; the
+    /// runner is its first address, allocations get the next ones). Default: the first
+    /// `10.213.N.0/24` no other runner on the host holds.
+    pub subnet: Option<(std::net::Ipv4Addr, u8)>,
+    /// `RHONE_RUNNER_NET_LOCK_DIR`: where runners of this host lock their bridges. Default
+    /// `/run/rhone/net`.
+    pub net_lock_dir: PathBuf,
 }
 
 impl RunnerConfig {
@@ -52,6 +63,9 @@ impl RunnerConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            runtime: PathBuf::from(rhone_sandbox::DEFAULT_RUNTIME),
+            subnet: None,
+            net_lock_dir: PathBuf::from(rhone_sandbox::net::DEFAULT_LOCK_DIR),
         }
     }
 
@@ -112,6 +126,18 @@ impl RunnerConfig {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(runtime) = get("RHONE_RUNNER_RUNTIME") {
+            config.runtime = runtime.into();
+        }
+        if let Some(subnet) = get("RHONE_RUNNER_SUBNET") {
+            match rhone_sandbox::net::parse_subnet(&subnet) {
+                Ok(subnet) => config.subnet = Some(subnet),
+                Err(e) => errors.push(format!("RHONE_RUNNER_SUBNET={e}")),
+            }
+        }
+        if let Some(dir) = get("RHONE_RUNNER_NET_LOCK_DIR") {
+            config.net_lock_dir = dir.into();
+        }
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -153,7 +179,9 @@ mod tests {
             ("RHONE_RUNNER_SECRET", "t0ken"),
             ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "2500"),
             ("RHONE_RUNNER_INHERIT_ENV", "PATH, LANG"),
+            ("RHONE_RUNNER_SUBNET", "10.213.9.0/24"),
         ]))?;
+        assert_eq!(c.subnet, Some((std::net::Ipv4Addr::new(10, 213, 9, 0), 24)));
         assert_eq!(c.work_dir, PathBuf::from("/srv/runner"));
         assert_eq!(c.report_token.as_ref().map(Secret::expose), Some("t0ken"));
         assert_eq!(c.drain_timeout, Duration::from_millis(2500));
@@ -171,10 +199,12 @@ mod tests {
             ("RHONE_RUNNER_WORK_DIR", "relative"),
             ("RHONE_RUNNER_REPORT_URL", "ftp://x"),
             ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "soon"),
+            ("RHONE_RUNNER_SUBNET", "10.213.0.1/24"),
         ]))
         .err()
         .unwrap_or_default();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[3].contains("RHONE_RUNNER_SUBNET"));
         assert!(errors[0].contains("RHONE_RUNNER_WORK_DIR"));
         assert!(errors[1].contains("RHONE_RUNNER_REPORT_URL"));
         assert!(errors[2].contains("RHONE_RUNNER_DRAIN_TIMEOUT_MS"));

@@ -1,12 +1,13 @@
 //! The runner agent of one host. It takes allocation commands over HTTP (`api`), pulls each
 //! artifact by digest from the artifact store and unpacks it once per digest (`pull`),
-//! starts the app with its env and secrets in a process group of its own (`process`),
-//! probes readiness (`probe`), drains on request, and reports every stage change to the
-//! control plane with the allocation's generation (`report`). One task per allocation
-//! (`lifecycle`) drives the core Allocation machine: planned → pulling → starting → ready →
-//! draining → stopped, or failed. State is in memory (`table`); secret values never leave
-//! the process except into the app's environment (`secret`). Apps left running by a runner
-//! that was killed are stopped when the next one starts (`orphans`).
+//! starts the app with its env and secrets in a sandbox of its own (`process`, on
+//! `rhone_sandbox`: an OCI runtime, cgroup limits, a network namespace on the runner's
+//! bridge with its own address), probes readiness (`probe`), drains on request, and reports
+//! every stage change to the control plane with the allocation's generation (`report`). One
+//! task per allocation (`lifecycle`) drives the core Allocation machine: planned → pulling →
+//! starting → ready → draining → stopped, or failed. State is in memory (`table`); secret
+//! values never leave the process except into the app's environment (`secret`). Sandboxes
+//! left running by a runner that was killed are removed when the next one starts.
 //!
 //! Entry point: [`serve`].
 
@@ -15,7 +16,6 @@ mod api;
 mod config;
 mod lifecycle;
 mod logs;
-mod orphans;
 mod probe;
 mod process;
 mod pull;
@@ -52,6 +52,8 @@ pub enum RunnerError {
     },
     #[error("building the runner's HTTP client failed")]
     HttpClient(#[source] reqwest::Error),
+    #[error("the runner's sandbox cannot be set up: {0}")]
+    Sandbox(#[source] rhone_sandbox::SandboxError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,13 +92,23 @@ pub async fn serve(
                 source,
             })?;
     }
-    // Apps a killed predecessor left running go before anything new starts.
-    let allocations = config.work_dir.join("allocations");
-    if let Ok(killed) = tokio::task::spawn_blocking(move || orphans::reap(&allocations)).await
-        && killed > 0
-    {
-        tracing::warn!(killed, "stopped apps a previous runner left running");
+    let sandbox = rhone_sandbox::Sandbox::new(&rhone_sandbox::SandboxConfig {
+        runtime: config.runtime.clone(),
+        state_dir: config.work_dir.join("sandbox"),
+    })
+    .map_err(RunnerError::Sandbox)?;
+    // Sandboxes a killed predecessor left running go before anything new starts.
+    let killed = sandbox.reap().await;
+    if killed > 0 {
+        tracing::warn!(killed, "removed sandboxes a previous runner left");
     }
+    let network = rhone_sandbox::HostNetwork::claim(&rhone_sandbox::NetworkConfig {
+        subnet: config.subnet,
+        lock_dir: config.net_lock_dir.clone(),
+    })
+    .await
+    .map_err(RunnerError::Sandbox)?;
+    tracing::info!(bridge = network.bridge(), subnet = %network.subnet(), "allocation network ready");
     // No proxy: probes go to loopback ports, reports to the configured URL as given.
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -111,8 +123,10 @@ pub async fn serve(
         cache: pull::ArtifactCache::new(config.work_dir.join("artifacts"), store),
         config,
         http,
+        sandbox,
+        network,
     });
-    let table = Arc::new(table::Table::new(ctx, reporter));
+    let table = Arc::new(table::Table::new(ctx.clone(), reporter));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, runner = %identity.name, "runner listening");
     }
@@ -124,5 +138,6 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     table.shutdown().await;
+    ctx.network.teardown().await;
     served.map_err(RunnerError::Serve)
 }

@@ -1,22 +1,26 @@
 //! The task of one allocation: planned → pulling → starting → ready → draining → stopped,
 //! or failed, driven by what happens to the artifact and the process and by stop requests.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rhone_core::stage::AllocationStage::*;
+use rhone_sandbox::{Bind, HostNetwork, Network, Sandbox, SandboxSpec, describe_exit};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::allocation::{Allocation, Observed};
-use crate::process::{Process, describe, free_port};
+use crate::process::{Ended, Process};
 use crate::pull::ArtifactCache;
 use crate::spec::AllocationSpec;
-use crate::{RunnerConfig, orphans, probe};
+use crate::{RunnerConfig, probe};
 
 /// How long a process that failed readiness gets to exit after SIGTERM.
 const FAILED_GRACE: Duration = Duration::from_secs(2);
+/// Where the artifact is inside the sandbox; the app starts there.
+pub(crate) const APP_DIR: &str = "/app";
 
 /// What the lifecycle needs from the runner.
 #[derive(Debug)]
@@ -24,6 +28,8 @@ pub(crate) struct Context {
     pub config: RunnerConfig,
     pub cache: ArtifactCache,
     pub http: reqwest::Client,
+    pub sandbox: Sandbox,
+    pub network: HostNetwork,
 }
 
 /// Runs the allocation until it is stopped or failed.
@@ -66,16 +72,27 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
         .work_dir
         .join("allocations")
         .join(alloc.id.to_string());
-    let (mut process, port) = match start(ctx, alloc, spec, &root, &dir) {
-        Ok(started) => started,
-        Err(message) => {
-            alloc.enter(Failed, note(&message));
+    let sandbox_id = alloc.id.to_string();
+    let attachment = match ctx
+        .network
+        .attach(&sandbox_id, spec.process.port < 1024)
+        .await
+    {
+        Ok(attachment) => attachment,
+        Err(e) => {
+            alloc.enter(Failed, note(&e.to_string()));
             return;
         }
     };
-    orphans::record(&dir, process.pid());
-    supervise(ctx, alloc, spec, &mut process, port, &mut stop).await;
-    orphans::forget(&dir);
+    match start(ctx, alloc, spec, &root, &dir, &attachment).await {
+        Ok(mut process) => {
+            supervise(ctx, alloc, spec, &mut process, attachment.address, &mut stop).await;
+        }
+        Err(message) => {
+            alloc.enter(Failed, note(&message));
+        }
+    }
+    ctx.network.detach(&attachment).await;
 }
 
 /// Probes readiness, then watches the process until it ends or is drained.
@@ -84,60 +101,79 @@ async fn supervise(
     alloc: &Allocation,
     spec: &AllocationSpec,
     process: &mut Process,
-    port: u16,
+    ip: Ipv4Addr,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let url = format!("http://127.0.0.1:{port}{}", spec.process.health_path);
+    let limit = spec.process.limits.memory_mb;
+    let url = format!("http://{ip}:{}{}", spec.process.port, spec.process.health_path);
     let timeout = Duration::from_millis(spec.process.readiness_timeout_ms);
     tokio::select! {
         ready = probe::wait_ready(&ctx.http, &url, timeout) => match ready {
             Ok(()) => {
-                alloc.enter(Ready, |_| {});
+                let pid = process.pid();
+                alloc.enter(Ready, |o| o.pid = pid);
             }
             Err(not_ready) => {
                 let ended = process.terminate(FAILED_GRACE).await;
-                alloc.enter(Failed, ended_with(ended, &not_ready.to_string()));
+                alloc.enter(Failed, ended_with(ended, &not_ready.to_string(), limit));
                 return;
             }
         },
-        status = process.wait() => {
-            alloc.enter(Failed, ended_with(status.map(|s| (s, false)), "the process exited while starting"));
+        ended = process.wait() => {
+            alloc.enter(Failed, ended_with(ended, "the process exited while starting", limit));
             return;
         }
         _ = stopped(stop) => {
             let ended = process.terminate(drain_deadline(ctx, spec)).await;
-            alloc.enter(Stopped, ended_with(ended, "stopped while starting"));
+            alloc.enter(Stopped, ended_with(ended, "stopped while starting", limit));
             return;
         }
     }
 
     tokio::select! {
-        status = process.wait() => {
-            alloc.enter(Failed, ended_with(status.map(|s| (s, false)), "the process exited on its own"));
+        ended = process.wait() => {
+            alloc.enter(Failed, ended_with(ended, "the process exited on its own", limit));
         }
         _ = stopped(stop) => {
             alloc.enter(Draining, |_| {});
             let deadline = drain_deadline(ctx, spec);
             let ended = process.terminate(deadline).await;
             let message = match &ended {
-                Ok((_, true)) => format!("killed after the {} ms drain deadline", deadline.as_millis()),
+                Ok(e) if e.killed_at_deadline => format!("killed after the {} ms drain deadline", deadline.as_millis()),
                 _ => "drained".to_owned(),
             };
-            alloc.enter(Stopped, ended_with(ended, &message));
+            alloc.enter(Stopped, ended_with(ended, &message, limit));
         }
     }
 }
 
-/// Picks a port and starts the process; the error is the failure message.
-fn start(
+/// Starts the process in its sandbox; the error is the failure message.
+async fn start(
     ctx: &Context,
     alloc: &Allocation,
     spec: &AllocationSpec,
     root: &Path,
     dir: &Path,
-) -> Result<(Process, u16), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+    attachment: &rhone_sandbox::Attachment,
+) -> Result<Process, String> {
+    let sandbox_id = alloc.id.to_string();
+    // The app's own writable directory (its HOME), owned by its sandbox's uid.
+    let home = dir.join("home");
+    let owner = rhone_sandbox::host_uid(&sandbox_id);
+    let made = {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&home)?;
+            rhone_sandbox::chown_tree(&home, owner)
+        })
+        .await
+    };
+    match made {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("creating {}: {e}", home.display())),
+        Err(e) => return Err(format!("creating {}: {e}", home.display())),
+    }
+    let port = spec.process.port;
     let mut env: Vec<(String, String)> = ctx
         .config
         .inherit_env
@@ -156,15 +192,29 @@ fn start(
         "RHONE_ARTIFACT_DIGEST".into(),
         spec.artifact_digest.to_string(),
     ));
-    let process = Process::spawn(&spec.process.command, root, env, &alloc.logs)
-        .map_err(|e| format!("starting `sh -c` in {}: {e}", root.display()))?;
-    let pid = process.pid();
-    tracing::info!(pid, port, "process started");
+    let sandbox_spec = SandboxSpec {
+        id: sandbox_id,
+        command: spec.process.command.clone(),
+        env,
+        cwd: APP_DIR.to_owned(),
+        binds: vec![
+            Bind::read_only(root, APP_DIR),
+            Bind::writable(&home, rhone_sandbox::HOME),
+        ],
+        limits: spec.process.limits,
+        network: Network::Join(attachment.netns_path()),
+        hostname: "app".to_owned(),
+    };
+    let process = Process::spawn(&ctx.sandbox, &sandbox_spec, &alloc.logs)
+        .await
+        .map_err(|e| format!("starting the sandbox: {e}"))?;
+    tracing::info!(address = %attachment.address, port, "process started");
+    let ip = attachment.address;
     alloc.observe(|o| {
+        o.ip = Some(ip);
         o.port = Some(port);
-        o.pid = Some(pid);
     });
-    Ok((process, port))
+    Ok(process)
 }
 
 fn drain_deadline(ctx: &Context, spec: &AllocationSpec) -> Duration {
@@ -182,16 +232,23 @@ fn note(message: &str) -> impl FnOnce(&mut Observed) + '_ {
     move |o| o.message = Some(message.to_owned())
 }
 
-/// Records how the process ended, keeping its port and pid for the record.
+/// Records how the process ended, keeping its port and pid for the record. An end by the
+/// OOM killer says so first, with the limit.
 fn ended_with<'a>(
-    ended: std::io::Result<(std::process::ExitStatus, bool)>,
+    ended: std::io::Result<Ended>,
     why: &'a str,
+    memory_mb: u32,
 ) -> impl FnOnce(&mut Observed) + 'a {
     move |o| match ended {
-        Ok((status, _)) => {
-            o.exit_status = Some(describe(status));
-            o.exit_code = status.code();
-            o.message = Some(format!("{why} ({})", describe(status)));
+        Ok(ended) => {
+            let described = describe_exit(ended.status);
+            o.exit_status = Some(described.clone());
+            o.exit_code = ended.status.code();
+            o.message = Some(if ended.oom_killed {
+                format!("out of memory (limit {memory_mb} MiB): {why} ({described})")
+            } else {
+                format!("{why} ({described})")
+            });
         }
         Err(e) => o.message = Some(format!("{why}; waiting for the process failed: {e}")),
     }

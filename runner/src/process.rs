@@ -1,16 +1,15 @@
-//! An app process: `sh -c COMMAND` in its own process group, so signals reach its children
-//! too; output pumped into the allocation's [`LogBuffer`]; always reaped, and its group
-//! killed when it ends or is dropped, so nothing it started outlives it.
+//! An app process: `sh -c COMMAND` in a sandbox of its own (`rhone_sandbox`), its output
+//! pumped into the allocation's [`LogBuffer`]; signals go to every process of the sandbox,
+//! and when it ends (or is dropped) nothing it started outlives it: the sandbox's PID
+//! namespace ends with its first process, and its container, cgroups and bundle are removed.
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use nix::sys::signal::Signal;
+use rhone_sandbox::{Exit, Sandbox, SandboxSpec};
+use tokio::process::Child;
 use tokio::task::JoinSet;
 
 use crate::logs::{LogBuffer, pump};
@@ -18,37 +17,34 @@ use crate::logs::{LogBuffer, pump};
 /// How long the output pumps may take to drain after the process ended.
 const PUMP_DRAIN: Duration = Duration::from_secs(1);
 
+/// How a process ended: its status, and whether the OOM killer ended it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub status: ExitStatus,
+    pub oom_killed: bool,
+    /// The drain deadline ran out and the sandbox was killed.
+    pub killed_at_deadline: bool,
+}
+
 /// A running (or just ended) app process.
 #[derive(Debug)]
 pub(crate) struct Process {
+    sandbox: Sandbox,
+    id: String,
     child: Child,
-    pid: u32,
     pumps: JoinSet<()>,
-    exited: Option<ExitStatus>,
+    exited: Option<(ExitStatus, Exit)>,
 }
 
 impl Process {
-    /// Starts `sh -c command` in `cwd` with exactly `env`, in a new process group.
-    pub(crate) fn spawn(
-        command: &str,
-        cwd: &Path,
-        env: Vec<(String, String)>,
+    /// Starts `spec` in a sandbox with piped output.
+    pub(crate) async fn spawn(
+        sandbox: &Sandbox,
+        spec: &SandboxSpec,
         logs: &Arc<LogBuffer>,
-    ) -> std::io::Result<Process> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(cwd)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
-        let pid = child
-            .id()
-            .ok_or_else(|| std::io::Error::other("the process ended before it was seen"))?;
+    ) -> Result<Process, rhone_sandbox::SandboxError> {
+        let started = sandbox.start(spec, Stdio::piped(), Stdio::piped()).await?;
+        let mut child = started.child;
         let mut pumps = JoinSet::new();
         let span = tracing::Span::current();
         if let Some(out) = child.stdout.take() {
@@ -64,64 +60,55 @@ impl Process {
             ));
         }
         Ok(Process {
+            sandbox: sandbox.clone(),
+            id: started.id,
             child,
-            pid,
             pumps,
             exited: None,
         })
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
+    /// The host pid of the sandbox's first process, once the runtime has written it.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.sandbox.pid(&self.id)
     }
 
-    /// Waits for the process to end on its own. Cancel-safe; once it has ended, the rest of
-    /// its group is killed and its output read to the end (within [`PUMP_DRAIN`]).
-    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let status = match self.exited {
-            Some(status) => status,
+    /// Waits for the process to end on its own. Cancel-safe; once it has ended, the
+    /// sandbox is removed and its output read to the end (within [`PUMP_DRAIN`]).
+    pub(crate) async fn wait(&mut self) -> std::io::Result<Ended> {
+        let (status, exit) = match self.exited {
+            Some(ended) => ended,
             None => {
                 let status = self.child.wait().await?;
-                self.exited = Some(status);
-                // The leader is gone; anything it left behind in its group goes with it.
-                self.signal_group(Signal::SIGKILL);
-                status
+                let exit = self.sandbox.finish(&self.id).await;
+                self.exited = Some((status, exit));
+                (status, exit)
             }
         };
         // Also after an earlier call was cancelled while draining.
         self.drain_pumps().await;
-        Ok(status)
+        Ok(Ended {
+            status,
+            oom_killed: exit.oom_killed,
+            killed_at_deadline: false,
+        })
     }
 
-    /// Stops the process: SIGTERM to its group, up to `deadline` to exit, then SIGKILL.
-    /// Returns how it ended and whether the deadline ran out.
-    pub(crate) async fn terminate(
-        &mut self,
-        deadline: Duration,
-    ) -> std::io::Result<(ExitStatus, bool)> {
-        if let Some(status) = self.exited {
-            return Ok((status, false));
+    /// Stops the process: SIGTERM to every process of the sandbox, up to `deadline` to
+    /// exit, then SIGKILL.
+    pub(crate) async fn terminate(&mut self, deadline: Duration) -> std::io::Result<Ended> {
+        if self.exited.is_some() {
+            return self.wait().await;
         }
-        self.signal_group(Signal::SIGTERM);
+        self.sandbox.signal(&self.id, Signal::SIGTERM).await;
         match tokio::time::timeout(deadline, self.wait()).await {
-            Ok(status) => Ok((status?, false)),
+            Ok(ended) => ended,
             Err(_) => {
-                tracing::warn!(pid = self.pid, ?deadline, "drain deadline passed; killing");
-                self.signal_group(Signal::SIGKILL);
-                Ok((self.wait().await?, true))
-            }
-        }
-    }
-
-    fn signal_group(&self, signal: Signal) {
-        let Ok(raw) = i32::try_from(self.pid) else {
-            return;
-        };
-        match killpg(Pid::from_raw(raw), signal) {
-            // ESRCH: the whole group is gone already.
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => {
-                tracing::warn!(pid = self.pid, %signal, error = %e, "signalling the process group failed")
+                tracing::warn!(sandbox = %self.id, ?deadline, "drain deadline passed; killing");
+                self.sandbox.signal(&self.id, Signal::SIGKILL).await;
+                let mut ended = self.wait().await?;
+                ended.killed_at_deadline = true;
+                Ok(ended)
             }
         }
     }
@@ -133,7 +120,7 @@ impl Process {
         .await;
         if drained.is_err() {
             tracing::debug!(
-                pid = self.pid,
+                sandbox = %self.id,
                 "app output still open after exit; no longer read"
             );
             self.pumps.abort_all();
@@ -143,29 +130,11 @@ impl Process {
 
 impl Drop for Process {
     /// A process dropped while running (its task was cancelled, the runner is going away)
-    /// is killed with its group; tokio reaps the leader in the background.
+    /// is killed with its whole sandbox; what is left of the sandbox is removed by the
+    /// next runner's `reap`.
     fn drop(&mut self) {
         if self.exited.is_none() {
-            self.signal_group(Signal::SIGKILL);
+            self.sandbox.kill_detached(&self.id);
         }
     }
-}
-
-/// How a process ended, in words: `exit code 3`, `signal 9 (SIGKILL)`.
-pub(crate) fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(name) => format!("signal {sig} ({name})"),
-            Err(_) => format!("signal {sig}"),
-        },
-        (None, None) => format!("{status}"),
-    }
-}
-
-/// A free TCP port on the loopback interface. Another process could take it before the
-/// app binds it; the app then fails to start and the allocation reports why.
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use rhone_core::Limits;
 use rhone_store::Digest;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -39,9 +40,13 @@ pub struct AllocationSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessSpec {
-    /// Run with `sh -c` in the unpacked artifact's root.
+    /// Run with `sh -c` in the unpacked artifact's root, inside the allocation's sandbox.
     pub command: String,
-    /// Readiness: `GET http://127.0.0.1:PORT{health_path}` answers 2xx.
+    /// The port the app listens on (`[run] port`), at the allocation's own address; the
+    /// runner sets `PORT` to it. Default 8080.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Readiness: `GET http://ADDRESS:PORT{health_path}` answers 2xx.
     pub health_path: String,
     /// How long readiness may take. Default [`DEFAULT_READINESS_TIMEOUT_MS`].
     #[serde(default = "default_readiness_timeout_ms")]
@@ -50,6 +55,18 @@ pub struct ProcessSpec {
     /// `drain_timeout`.
     #[serde(default)]
     pub drain_timeout_ms: Option<u64>,
+    /// What the sandbox may use (`[run] memory_mb`, `cpu_millis`, `max_pids`). Default
+    /// [`Limits::RUN_DEFAULT`].
+    #[serde(default = "default_limits")]
+    pub limits: Limits,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+fn default_limits() -> Limits {
+    Limits::RUN_DEFAULT
 }
 
 fn default_readiness_timeout_ms() -> u64 {
@@ -115,6 +132,15 @@ impl AllocationSpec {
             return fail(
                 "process.readiness_timeout_ms",
                 format!("must be from 1 to {MAX_TIMEOUT_MS}"),
+            );
+        }
+        if p.port == 0 {
+            return fail("process.port", "must be from 1 to 65535".into());
+        }
+        if let Err((field, range)) = p.limits.check() {
+            return fail(
+                &format!("process.limits.{field}"),
+                format!("must be from {} to {}", range.start(), range.end()),
             );
         }
         if p.drain_timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
@@ -217,6 +243,11 @@ mod tests {
     fn validation_table() {
         check(|_| {}, None);
         check(|v| v["generation"] = json!(-1), Some("generation"));
+        check(|v| v["process"]["port"] = json!(0), Some("process.port"));
+        check(
+            |v| v["process"]["limits"] = json!({"memory_mb": 1, "cpu_millis": 100, "max_pids": 64}),
+            Some("process.limits.memory_mb"),
+        );
         check(
             |v| v["artifact_digest"] = json!("md5:x"),
             Some("invalid digest"),

@@ -13,6 +13,7 @@ mod tests;
 
 use std::fmt;
 
+use rhone_core::Limits;
 use serde::{Deserialize, Serialize};
 
 pub use reader::Problem;
@@ -63,6 +64,14 @@ pub struct BuildSection {
     pub timeout_secs: u64,
     /// `max_log_bytes` (default 1 MiB, 1 KiB..=256 MiB): build output kept beyond this is cut.
     pub max_log_bytes: u64,
+    /// The build's sandbox, defaults [`Limits::BUILD_DEFAULT`]:
+    /// - `memory_mb` (default 2048, 16..=65536): memory limit in MiB, `/tmp` and page cache
+    ///   included; past it the build is killed and fails with "out of memory (limit N MiB)".
+    /// - `cpu_millis` (default 2000, 10..=64000): CPU quota in thousandths of a core.
+    /// - `max_pids` (default 1024, 8..=32768): processes and threads at once; a fork bomb
+    ///   stops there.
+    #[serde(flatten)]
+    pub limits: Limits,
 }
 
 /// `[run]` (required): how to start the app from the artifact.
@@ -77,6 +86,15 @@ pub struct RunSection {
     /// `readiness_timeout_secs` (default 60, 1..=3600): how long a start may take to pass its
     /// health check before the allocation fails.
     pub readiness_timeout_secs: u64,
+    /// The app's sandbox, defaults [`Limits::RUN_DEFAULT`]:
+    /// - `memory_mb` (default 512, 16..=65536): memory limit in MiB, `/tmp` and page cache
+    ///   included; past it the app is killed and its allocation fails with "out of memory
+    ///   (limit N MiB)".
+    /// - `cpu_millis` (default 1000, 10..=64000): CPU quota in thousandths of a core.
+    /// - `max_pids` (default 256, 8..=32768): processes and threads at once; a fork bomb
+    ///   stops there.
+    #[serde(flatten)]
+    pub limits: Limits,
 }
 
 /// `[assets]`: Vango's fingerprinted static files.

@@ -2,6 +2,7 @@
 
 use std::ops::RangeInclusive;
 
+use rhone_core::limits::{self, Limits};
 use toml::de::DeTable;
 
 use super::reader::{Diagnostics, Field, Problem, Table, syntax_problem};
@@ -52,7 +53,15 @@ fn build(d: &mut Diagnostics<'_>, root: &Table<'_, '_>) -> BuildSection {
     let t = &root.table(d, "build", true);
     t.deny_unknown(
         d,
-        &["command", "output_dir", "timeout_secs", "max_log_bytes"],
+        &[
+            "command",
+            "output_dir",
+            "timeout_secs",
+            "max_log_bytes",
+            "memory_mb",
+            "cpu_millis",
+            "max_pids",
+        ],
         "field",
     );
     BuildSection {
@@ -61,6 +70,7 @@ fn build(d: &mut Diagnostics<'_>, root: &Table<'_, '_>) -> BuildSection {
         timeout_secs: int(d, t, "timeout_secs", 1..=7200).unwrap_or(DEFAULT_BUILD_TIMEOUT_SECS),
         max_log_bytes: int(d, t, "max_log_bytes", 1024..=(256 << 20))
             .unwrap_or(DEFAULT_MAX_LOG_BYTES),
+        limits: sandbox(d, t, Limits::BUILD_DEFAULT),
     }
 }
 
@@ -68,7 +78,15 @@ fn run(d: &mut Diagnostics<'_>, root: &Table<'_, '_>) -> RunSection {
     let t = &root.table(d, "run", true);
     t.deny_unknown(
         d,
-        &["command", "port", "health_path", "readiness_timeout_secs"],
+        &[
+            "command",
+            "port",
+            "health_path",
+            "readiness_timeout_secs",
+            "memory_mb",
+            "cpu_millis",
+            "max_pids",
+        ],
         "field",
     );
     let health_path = t.get("health_path").and_then(|f| {
@@ -86,6 +104,7 @@ fn run(d: &mut Diagnostics<'_>, root: &Table<'_, '_>) -> RunSection {
         health_path: health_path.unwrap_or(DEFAULT_HEALTH_PATH.into()),
         readiness_timeout_secs: int(d, t, "readiness_timeout_secs", 1..=3600)
             .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECS),
+        limits: sandbox(d, t, Limits::RUN_DEFAULT),
     }
 }
 
@@ -208,6 +227,19 @@ fn int<T: TryFrom<i64>>(
     t.get(key)
         .and_then(|f| f.int(d, range))
         .and_then(|n| T::try_from(n).ok())
+}
+
+/// The sandbox fields of `[build]` or `[run]`, each in its [`limits`] range, else `default`'s.
+fn sandbox(d: &mut Diagnostics<'_>, t: &Table<'_, '_>, default: Limits) -> Limits {
+    let mut limit = |key: &str, range: RangeInclusive<u32>, default: u32| {
+        let range = i64::from(*range.start())..=i64::from(*range.end());
+        int(d, t, key, range).unwrap_or(default)
+    };
+    Limits {
+        memory_mb: limit("memory_mb", limits::MEMORY_MB, default.memory_mb),
+        cpu_millis: limit("cpu_millis", limits::CPU_MILLIS, default.cpu_millis),
+        max_pids: limit("max_pids", limits::MAX_PIDS, default.max_pids),
+    }
 }
 
 /// An optional relative path that stays inside `root`.

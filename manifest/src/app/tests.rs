@@ -1,6 +1,8 @@
 //! Table tests for `rhone.toml`: a valid file renders as its normalized TOML (defaults filled
 //! in), an invalid one as its error lines.
 
+use rhone_core::Limits;
+
 use super::{AppManifest, RoutePattern};
 
 #[track_caller]
@@ -34,12 +36,18 @@ command = "make"
 output_dir = "dist"
 timeout_secs = 600
 max_log_bytes = 1048576
+memory_mb = 2048
+cpu_millis = 2000
+max_pids = 1024
 
 [run]
 command = "./server"
 port = 8080
 health_path = "/healthz"
 readiness_timeout_secs = 60
+memory_mb = 512
+cpu_millis = 1000
+max_pids = 256
 
 [assets]
 dir = "public"
@@ -75,12 +83,18 @@ command = "vango build"
 output_dir = "out/dist"
 timeout_secs = 900
 max_log_bytes = 0x200000
+memory_mb = 4096
+cpu_millis = 4000
+max_pids = 2048
 
 [run]
 command = "./server"
 port = 3000
 health_path = "/api/health"
 readiness_timeout_secs = 30
+memory_mb = 256
+cpu_millis = 500
+max_pids = 64
 
 [assets]
 dir = "static"
@@ -114,12 +128,18 @@ command = "vango build"
 output_dir = "out/dist"
 timeout_secs = 900
 max_log_bytes = 2097152
+memory_mb = 4096
+cpu_millis = 4000
+max_pids = 2048
 
 [run]
 command = "./server"
 port = 3000
 health_path = "/api/health"
 readiness_timeout_secs = 30
+memory_mb = 256
+cpu_millis = 500
+max_pids = 64
 
 [assets]
 dir = "static"
@@ -175,12 +195,18 @@ command = "make"
 output_dir = "dist"
 timeout_secs = 600
 max_log_bytes = 1048576
+memory_mb = 2048
+cpu_millis = 2000
+max_pids = 1024
 
 [run]
 command = "./server"
 port = 9000
 health_path = "/healthz"
 readiness_timeout_secs = 60
+memory_mb = 512
+cpu_millis = 1000
+max_pids = 256
 
 [assets]
 dir = "public"
@@ -215,6 +241,32 @@ budget_ms = 10000
 }
 
 #[test]
+fn sandbox_limits_default_per_section_and_parse_at_their_bounds() {
+    let app = AppManifest::parse(MINIMAL).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(app.build.limits, Limits::BUILD_DEFAULT);
+    assert_eq!(app.run.limits, Limits::RUN_DEFAULT);
+
+    let text = "[build]\ncommand = \"make\"\nmemory_mb = 65536\n\
+                [run]\ncommand = \"./server\"\ncpu_millis = 10\nmax_pids = 32768\n";
+    let app = AppManifest::parse(text).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        app.build.limits,
+        Limits {
+            memory_mb: 65_536,
+            ..Limits::BUILD_DEFAULT
+        }
+    );
+    assert_eq!(
+        app.run.limits,
+        Limits {
+            cpu_millis: 10,
+            max_pids: 32_768,
+            ..Limits::RUN_DEFAULT
+        }
+    );
+}
+
+#[test]
 fn malformed_files_name_the_field_line_and_expectation() {
     let cases: &[(&str, &str, &str)] = &[
         (
@@ -238,9 +290,29 @@ fn malformed_files_name_the_field_line_and_expectation() {
             "rhone.toml:6:13: wake.budget_ms: expected an integer between 100 and 300000, found 50",
         ),
         (
+            "run memory out of range",
+            "[build]\ncommand = \"make\"\n\n[run]\ncommand = \"./server\"\nport = 3000\nhealth_path = \"/up\"\n\nmemory_mb = 999999\n",
+            "rhone.toml:9:13: run.memory_mb: expected an integer between 16 and 65536, found 999999",
+        ),
+        (
+            "build pids out of range",
+            "[build]\ncommand = \"make\"\nmax_pids = 4\n[run]\ncommand = \"./server\"\n",
+            "rhone.toml:3:12: build.max_pids: expected an integer between 8 and 32768, found 4",
+        ),
+        (
+            "cpu quota as a string",
+            "[build]\ncommand = \"make\"\n[run]\ncommand = \"./server\"\ncpu_millis = \"1000m\"\n",
+            r#"rhone.toml:5:14: run.cpu_millis: expected an integer between 10 and 64000, found "1000m""#,
+        ),
+        (
+            "unknown key in build",
+            "[build]\ncommand = \"make\"\nmemory = 512\n[run]\ncommand = \"./server\"\n",
+            "rhone.toml:3:1: build.memory: unknown field, expected one of: command, output_dir, timeout_secs, max_log_bytes, memory_mb, cpu_millis, max_pids",
+        ),
+        (
             "unknown key",
             "[build]\ncommand = \"make\"\n[run]\ncommand = \"./server\"\nprot = 8080\n",
-            "rhone.toml:5:1: run.prot: unknown field, expected one of: command, port, health_path, readiness_timeout_secs",
+            "rhone.toml:5:1: run.prot: unknown field, expected one of: command, port, health_path, readiness_timeout_secs, memory_mb, cpu_millis, max_pids",
         ),
         (
             "unknown section",
@@ -361,6 +433,16 @@ fn malformed_files_name_the_field_line_and_expectation() {
             "TOML syntax error: duplicate key",
             "[build]\ncommand = \"make\"\ncommand = \"make all\"\n[run]\ncommand = \"./server\"\n",
             "rhone.toml:3:1: build.command: invalid TOML: duplicate key",
+        ),
+        (
+            "every sandbox problem at once",
+            "[build]\ncommand = \"make\"\nmax_pids = 40000\nmemory_mb = 8\n[run]\ncommand = \"./server\"\nmemory_mb = 999999\ncpu_millis = 0\n",
+            r#"
+rhone.toml:3:12: build.max_pids: expected an integer between 8 and 32768, found 40000
+rhone.toml:4:13: build.memory_mb: expected an integer between 16 and 65536, found 8
+rhone.toml:7:13: run.memory_mb: expected an integer between 16 and 65536, found 999999
+rhone.toml:8:14: run.cpu_millis: expected an integer between 10 and 64000, found 0
+"#,
         ),
         (
             "every problem at once, in file order",

@@ -2,13 +2,14 @@
 //! drain deadline, crashed while starting and while ready, never ready, and stopped with
 //! the runner.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::support::{Harness, eventually, log_text, process_ended, process_gone};
+use crate::support::{Harness, eventually, log_text, process_gone, sandbox_processes};
 
 const WITHIN: Duration = Duration::from_secs(4);
 
@@ -27,7 +28,11 @@ async fn runs_to_ready_and_serves_with_its_env() -> Result<()> {
     let ready = h.wait_stage(id, "ready", WITHIN).await?;
     let port = ready["port"].as_u64().context("port")?;
     let address = ready["address"].as_str().context("address")?;
-    assert_eq!(address, format!("http://127.0.0.1:{port}"));
+    assert_eq!(port, 8080, "the declared port (the default)");
+    assert!(
+        address.starts_with("http://10.213.") && address.ends_with(":8080"),
+        "its own address on the runner's bridge: {address}"
+    );
     assert_eq!(ready["artifact_digest"], h.digest.as_str());
 
     let app: Value = h
@@ -76,9 +81,10 @@ async fn drain_stops_the_process_and_its_children() -> Result<()> {
         .await?
         .json()
         .await?;
-    let child = app["child_pid"].as_u64().context("the app's child")?;
+    assert!(app["child_pid"].as_u64().is_some(), "the app started a child");
     let leader = pid(&ready)?;
-    assert!(!process_ended(child), "the child runs before the drain");
+    let before = sandbox_processes(id);
+    assert!(before.len() >= 2, "the app and its child run: {before:?}");
 
     let (code, draining) = h.delete(id).await?;
     assert_eq!(code, 202, "{draining}");
@@ -87,10 +93,8 @@ async fn drain_stops_the_process_and_its_children() -> Result<()> {
     assert_eq!(stopped["message"], "drained (signal 15 (SIGTERM))");
     assert_eq!(stopped["address"], Value::Null);
     assert!(process_gone(leader), "the app process was reaped");
-    let pid_file = h.work.join("allocations").join(id.to_string()).join("pid");
-    assert!(!pid_file.exists(), "the pid record goes with the process");
     eventually(WITHIN, "the app's child ends with it", || {
-        process_ended(child)
+        sandbox_processes(id).is_empty()
     })
     .await?;
 
@@ -176,7 +180,7 @@ async fn readiness_timeout_fails_with_log_lines() -> Result<()> {
     let failed = h.wait_stage(id, "failed", WITHIN).await?;
     let message = failed["message"].as_str().unwrap_or("");
     assert!(
-        message.starts_with("not ready after 800 ms: GET http://127.0.0.1:"),
+        message.starts_with("not ready after 800 ms: GET http://10.213."),
         "{failed:#}"
     );
     assert!(message.contains("/healthz answered 503"), "{failed:#}");
@@ -184,7 +188,7 @@ async fn readiness_timeout_fails_with_log_lines() -> Result<()> {
     assert!(logs.contains("in mode never-ready"), "{failed:#}");
     assert!(logs.contains("\"GET /healthz HTTP/1.1\" 503"), "{failed:#}");
     assert!(
-        process_gone(pid(&failed)?),
+        sandbox_processes(id).is_empty(),
         "the unready process was stopped"
     );
     h.shutdown().await
@@ -210,50 +214,42 @@ async fn runner_shutdown_stops_every_process() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apps_left_by_a_killed_runner_are_stopped_at_start() -> Result<()> {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-    let spawn = |id: Option<Uuid>| {
-        let mut command = std::process::Command::new("sleep");
-        command.arg("300").process_group(0);
-        if let Some(id) = id {
-            command.env("RHONE_ALLOCATION_ID", id.to_string());
-        }
-        command.spawn()
+async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> {
+    use rhone_sandbox::{Network, Sandbox, SandboxConfig, SandboxSpec};
+    let spec = |id: &str| SandboxSpec {
+        id: id.to_owned(),
+        command: "exec sleep 300".into(),
+        env: vec![],
+        cwd: "/".into(),
+        binds: vec![],
+        limits: rhone_sandbox::Limits::RUN_DEFAULT,
+        network: Network::Isolated,
+        hostname: "orphan".into(),
     };
-    // An app of a runner that died, and a process that only reuses a recorded pid.
-    let (orphan_id, decoy_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let mut orphan = spawn(Some(orphan_id))?;
-    let mut decoy = spawn(None)?;
-    let records = [(orphan_id, orphan.id()), (decoy_id, decoy.id())];
-    let h = Harness::start_with(|c| {
-        for (id, pid) in records {
-            let dir = c.work_dir.join("allocations").join(id.to_string());
-            let written = std::fs::create_dir_all(&dir)
-                .and_then(|()| std::fs::write(dir.join("pid"), pid.to_string()));
-            assert!(written.is_ok(), "{written:?}");
-        }
+    // A sandbox of a runner that died in this work directory, and one of another owner.
+    let dir = Harness::dir()?;
+    let ours = Sandbox::new(&SandboxConfig::new(dir.path().join("work/sandbox")))?;
+    let other_dir = tempfile::tempdir()?;
+    let theirs = Sandbox::new(&SandboxConfig::new(other_dir.path()))?;
+    let (orphan_id, decoy_id) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let mut orphan = ours.start(&spec(&orphan_id), Stdio::null(), Stdio::null()).await?;
+    let mut decoy = theirs.start(&spec(&decoy_id), Stdio::null(), Stdio::null()).await?;
+    eventually(WITHIN, "both sandboxes run", || {
+        !sandbox_processes(&orphan_id).is_empty() && !sandbox_processes(&decoy_id).is_empty()
     })
     .await?;
+
+    let h = Harness::start_in(dir, |_| {}).await?;
     // `serve` reaps before it answers.
     h.get(Uuid::now_v7()).await?;
-    let status = orphan.wait()?;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the orphan was killed: {status:?}"
-    );
+    tokio::time::timeout(WITHIN, orphan.child.wait()).await??;
+    assert!(sandbox_processes(&orphan_id).is_empty(), "the orphan was killed");
     assert!(
-        decoy.try_wait()?.is_none(),
-        "a process of another owner was killed"
+        decoy.child.try_wait()?.is_none() && !sandbox_processes(&decoy_id).is_empty(),
+        "a sandbox of another owner was killed"
     );
-    decoy.kill()?;
-    decoy.wait()?;
-    assert!(
-        !h.work
-            .join("allocations")
-            .join(decoy_id.to_string())
-            .join("pid")
-            .exists()
-    );
+    theirs.signal(&decoy_id, nix::sys::signal::Signal::SIGKILL).await;
+    decoy.child.wait().await?;
+    theirs.finish(&decoy_id).await;
     h.shutdown().await
 }

@@ -2,10 +2,9 @@
 //! artifact store holding a small Python app packed on the fly, driven over real HTTP.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use rhone_runner::{ArtifactStore, RunnerConfig, RunnerError, RunnerIdentity, RunnerState};
 use rhone_store::{Digest, archive};
 use serde_json::{Value, json};
@@ -64,23 +63,22 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         print("request: " + fmt % args, flush=True)
 
-HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+HTTPServer(("0.0.0.0", port), Handler).serve_forever()
 "#;
 
-/// The Python interpreter's own path: no shims between the runner and the app.
-fn python() -> Result<&'static str> {
-    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let out = std::process::Command::new("python3")
-                .args(["-c", "import sys; print(sys.executable)"])
-                .output()
-                .ok()?;
-            let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-            (!path.is_empty()).then_some(path)
+/// Host pids of every process in allocation `id`'s sandbox (its container cgroup).
+pub fn sandbox_processes(id: impl std::fmt::Display) -> Vec<u64> {
+    let needle = format!("/{id}/c\n");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
         })
-        .as_deref()
-        .ok_or_else(|| anyhow!("python3 is needed by the runner tests and was not found"))
+        .collect()
 }
 
 /// A running runner and its store. Dropping it stops the runner.
@@ -103,7 +101,16 @@ impl Harness {
 
     /// A runner whose config `edit` adjusts.
     pub async fn start_with(edit: impl FnOnce(&mut RunnerConfig)) -> Result<Harness> {
-        let dir = tempfile::Builder::new().prefix("rhone-runner-").tempdir()?;
+        Harness::start_in(Harness::dir()?, edit).await
+    }
+
+    /// A directory for a runner: its work directory will be `work/` in it.
+    pub fn dir() -> Result<TempDir> {
+        Ok(tempfile::Builder::new().prefix("rhone-runner-").tempdir()?)
+    }
+
+    /// A runner in `dir` (made by [`Harness::dir`]).
+    pub async fn start_in(dir: TempDir, edit: impl FnOnce(&mut RunnerConfig)) -> Result<Harness> {
         let (work, store_dir, app) = (
             dir.path().join("work"),
             dir.path().join("store"),
@@ -151,7 +158,7 @@ impl Harness {
             "generation": generation,
             "artifact_digest": self.digest,
             "process": {
-                "command": format!("exec {} server.py", python()?),
+                "command": "exec python3 server.py",
                 "health_path": "/healthz",
                 "readiness_timeout_ms": 4000,
             },
@@ -224,16 +231,6 @@ pub fn process_gone(pid: u64) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether process `pid` has ended: gone, or a zombie left for its new parent to reap.
-pub fn process_ended(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command name, which is in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
 
 /// Waits for `check` to hold, up to `within`.
 pub async fn eventually(within: Duration, what: &str, check: impl Fn() -> bool) -> Result<()> {

@@ -1,0 +1,174 @@
+//! The sandbox's own cgroup, `<runner's cgroup>/rhone-<scope>/<id>` in the `memory`, `pids` and
+//! `cpu` hierarchies (cgroup v1), holding its limits. The runtime puts the container in a
+//! child of it (`rhone-<scope>/<id>/c`, relative to the runtime's cgroup, which is the runner's) and
+//! removes that child when the container ends; the limits and the OOM count stay on ours,
+//! so the runner can tell an out-of-memory kill from any other end.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Limits, SandboxError};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The runtime's container cgroup, under a sandbox's.
+pub(crate) const LEAF: &str = "c";
+/// CPU quota period, µs.
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Cgroups {
+    /// The directory of this runner's sandboxes under its own cgroup: `rhone-<scope>`, so
+    /// runners sharing a cgroup (tests) never see each other's sandboxes.
+    parent: String,
+    /// The runner's own cgroup directory in each v1 hierarchy mounted under
+    /// `/sys/fs/cgroup` (the runtime creates the container's in every one of them).
+    own: Vec<(String, PathBuf)>,
+}
+
+impl Cgroups {
+    /// Finds the runner's cgroups; fails on a host without the v1 `memory`, `pids` and `cpu`
+    /// hierarchies.
+    pub(crate) fn detect(scope: &str) -> Result<Cgroups, SandboxError> {
+        let text = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(SandboxError::io("reading /proc/self/cgroup"))?;
+        let mut own = Vec::new();
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if controllers.is_empty() {
+                continue; // the v2 hierarchy
+            }
+            let mount = Path::new(CGROUP_ROOT).join(controllers.trim_start_matches("name="));
+            if mount.is_dir() {
+                own.push((controllers.to_owned(), mount.join(path.trim_start_matches('/'))));
+            }
+        }
+        let cgroups = Cgroups {
+            parent: format!("rhone-{scope}"),
+            own,
+        };
+        for needed in ["memory", "pids", "cpu"] {
+            if cgroups.dir_of(needed).is_none() {
+                return Err(SandboxError::Runtime {
+                    runtime: "cgroups".into(),
+                    problem: format!(
+                        "no cgroup v1 `{needed}` hierarchy under {CGROUP_ROOT} (cgroup v2-only hosts are not supported yet)"
+                    ),
+                });
+            }
+        }
+        Ok(cgroups)
+    }
+
+    fn dir_of(&self, controller: &str) -> Option<&Path> {
+        self.own
+            .iter()
+            .find(|(c, _)| c.split(',').any(|c| c == controller))
+            .map(|(_, p)| p.as_path())
+    }
+
+    fn sandbox_dir(&self, controller: &str, id: &str) -> Option<PathBuf> {
+        Some(self.dir_of(controller)?.join(&self.parent).join(id))
+    }
+
+    /// The container's cgroup as the runtime is given it: relative to its own.
+    pub(crate) fn runtime_path(&self, id: &str) -> String {
+        format!("{}/{id}/{LEAF}", self.parent)
+    }
+
+    /// Makes the sandbox's cgroups and sets `limits` on them.
+    pub(crate) fn create(&self, id: &str, limits: &Limits) -> Result<(), SandboxError> {
+        let memory = limits.memory_bytes().to_string();
+        let quota = (u64::from(limits.cpu_millis) * CPU_PERIOD_US / 1000).to_string();
+        let settings: [(&str, &[(&str, &str)]); 3] = [
+            (
+                "memory",
+                &[
+                    ("memory.limit_in_bytes", &memory),
+                    // Swap counts too, where the kernel accounts it: the limit is the limit.
+                    ("memory.memsw.limit_in_bytes", &memory),
+                ],
+            ),
+            ("pids", &[("pids.max", &limits.max_pids.to_string())]),
+            (
+                "cpu",
+                &[
+                    ("cpu.cfs_period_us", &CPU_PERIOD_US.to_string()),
+                    ("cpu.cfs_quota_us", &quota),
+                ],
+            ),
+        ];
+        for (controller, files) in settings {
+            let Some(dir) = self.sandbox_dir(controller, id) else {
+                continue;
+            };
+            std::fs::create_dir_all(&dir)
+                .map_err(SandboxError::io(format!("creating cgroup {}", dir.display())))?;
+            for (file, value) in files {
+                let path = dir.join(file);
+                if *file == "memory.memsw.limit_in_bytes" && !path.exists() {
+                    continue;
+                }
+                std::fs::write(&path, value)
+                    .map_err(SandboxError::io(format!("writing {value} to {}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many processes of the sandbox the OOM killer ended.
+    pub(crate) fn oom_kills(&self, id: &str) -> u64 {
+        let Some(dir) = self.sandbox_dir("memory", id) else {
+            return 0;
+        };
+        std::fs::read_to_string(dir.join("memory.oom_control"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Processes in the sandbox's cgroup right now (its `pids.current`).
+    pub(crate) fn pids(&self, id: &str) -> Option<u64> {
+        let dir = self.sandbox_dir("pids", id)?;
+        std::fs::read_to_string(dir.join("pids.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Removes the sandbox's cgroups (and a container cgroup the runtime left) in every
+    /// hierarchy; a cgroup still holding a process stays, and is logged.
+    pub(crate) fn remove(&self, id: &str) {
+        for (_, own) in &self.own {
+            let dir = own.join(&self.parent).join(id);
+            for path in [dir.join(LEAF), dir] {
+                match std::fs::remove_dir(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(cgroup = %path.display(), error = %e, "cannot remove a sandbox cgroup"),
+                }
+            }
+        }
+    }
+
+    /// The ids of sandboxes whose cgroups exist (for the cleanup after a crash).
+    pub(crate) fn existing(&self) -> Vec<String> {
+        let Some(dir) = self.dir_of("memory") else {
+            return Vec::new();
+        };
+        std::fs::read_dir(dir.join(&self.parent))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+}

@@ -1,0 +1,385 @@
+//! The network of a runner's sandboxes: one bridge per runner host with a subnet of its own
+//! (the host is its first address), and per allocation a network namespace joined to it by
+//! a veth pair, with the next free address. The bridge's ports are isolated from each other
+//! (no allocation reaches another), and the host's firewall drops every connection an
+//! allocation opens towards the host or through it, so the platform's addresses (DB,
+//! Temporal, API, runner API) are out of reach; the edge and the runner open connections to
+//! the allocation, whose answers pass. IPv6 is off on the bridge and its ports. Builds use
+//! [`crate::Network::Isolated`] instead: loopback only.
+//!
+//! The subnet is configured, or claimed automatically (`10.213.N.0/24`, the first `N` no
+//! other runner on the host holds): a runner holds a lock file for its bridge while it
+//! lives, so a bridge whose lock is free was left by a runner that died, and is remade.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Mutex, PoisonError};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::SandboxError;
+
+/// Where runners keep the lock files of their bridges.
+pub const DEFAULT_LOCK_DIR: &str = "/run/rhone/net";
+/// The range automatic subnets come from: `10.213.N.0/24`.
+pub const AUTO_PREFIX: [u8; 2] = [10, 213];
+
+/// How a runner's network is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `RHONE_RUNNER_SUBNET`: the runner's subnet (`10.213.7.0/24`); `None` claims the
+    /// first free `10.213.N.0/24`.
+    pub subnet: Option<(Ipv4Addr, u8)>,
+    pub lock_dir: PathBuf,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            subnet: None,
+            lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
+        }
+    }
+}
+
+/// Parses `a.b.c.d/p` (p from 16 to 28), the network address itself.
+pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected a.b.c.d/prefix"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{text:?}: {addr:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (16..=28).contains(p))
+        .ok_or_else(|| format!("{text:?}: the prefix must be from 16 to 28"))?;
+    let mask = u32::MAX << (32 - prefix);
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{text:?}: host bits are set; the network is {}/{prefix}", Ipv4Addr::from(u32::from(addr) & mask)));
+    }
+    Ok((addr, prefix))
+}
+
+/// The bridge and the addresses of one runner.
+#[derive(Debug)]
+pub struct HostNetwork {
+    bridge: String,
+    network: u32,
+    prefix: u8,
+    used: Mutex<BTreeSet<u32>>,
+    _lock: Flock<File>,
+}
+
+/// One allocation's place on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The network namespace's name (`ip netns`).
+    pub netns: String,
+    pub address: Ipv4Addr,
+}
+
+impl Attachment {
+    /// The path a runtime joins.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+}
+
+impl HostNetwork {
+    /// Claims the configured subnet, or the first free automatic one, and sets up its
+    /// bridge and firewall rules.
+    pub async fn claim(config: &NetworkConfig) -> Result<HostNetwork, SandboxError> {
+        std::fs::create_dir_all(&config.lock_dir)
+            .map_err(SandboxError::io(format!("creating {}", config.lock_dir.display())))?;
+        let candidates: Vec<(Ipv4Addr, u8)> = match config.subnet {
+            Some(subnet) => vec![subnet],
+            None => (0..=255u8)
+                .map(|n| (Ipv4Addr::new(AUTO_PREFIX[0], AUTO_PREFIX[1], n, 0), 24))
+                .collect(),
+        };
+        for (addr, prefix) in candidates {
+            let network = u32::from(addr);
+            let bridge = format!("rhbr{network:08x}");
+            let path = config.lock_dir.join(format!("{bridge}.lock"));
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(SandboxError::io(format!("opening {}", path.display())))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
+                Err((_, e)) => {
+                    return Err(SandboxError::Network(format!("locking {}: {e}", path.display())));
+                }
+            };
+            let net = HostNetwork {
+                bridge,
+                network,
+                prefix,
+                used: Mutex::new(BTreeSet::new()),
+                _lock: lock,
+            };
+            net.remove_leftovers().await;
+            net.create_bridge().await?;
+            return Ok(net);
+        }
+        Err(SandboxError::Network(match config.subnet {
+            Some((a, p)) => format!("subnet {a}/{p} is held by another runner on this host"),
+            None => "every automatic subnet 10.213.N.0/24 is held by another runner on this host".into(),
+        }))
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The host's address on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + 1)
+    }
+
+    pub fn subnet(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.network), self.prefix)
+    }
+
+    /// Makes the network namespace of sandbox `id` with the next free address. With
+    /// `low_ports`, its unprivileged process may listen on ports below 1024.
+    pub async fn attach(&self, id: &str, low_ports: bool) -> Result<Attachment, SandboxError> {
+        let host = self.take_address()?;
+        let attached = self.attach_at(id, host, low_ports).await;
+        if attached.is_err() {
+            self.release(host);
+        }
+        attached
+    }
+
+    async fn attach_at(&self, id: &str, host: u32, low_ports: bool) -> Result<Attachment, SandboxError> {
+        let netns = format!("{}-{id}", self.bridge);
+        let veth = veth_name(id);
+        let address = Ipv4Addr::from(self.network + host);
+        // A namespace of the same id left by an earlier attempt goes first.
+        let _ = run_ip(&[], &format!("netns del {netns}\n"), true).await;
+        run_ip(
+            &[],
+            &format!(
+                "netns add {netns}\n\
+                 link add {veth} type veth peer name eth0 netns {netns}\n\
+                 link set {veth} master {bridge} up\n\
+                 link set dev {veth} type bridge_slave isolated on learning off\n",
+                bridge = self.bridge
+            ),
+            false,
+        )
+        .await?;
+        disable_ipv6(&veth);
+        run_ip(
+            &["-n", &netns],
+            &format!(
+                "addr add {address}/{prefix} dev eth0\n\
+                 link set lo up\n\
+                 link set eth0 up\n\
+                 route add default via {gateway}\n",
+                prefix = self.prefix,
+                gateway = self.gateway()
+            ),
+            false,
+        )
+        .await?;
+        if low_ports {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| SandboxError::Network(format!("sysctl in {netns}: {e}")))?;
+            if !out.status.success() {
+                return Err(SandboxError::Network(format!(
+                    "sysctl in {netns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(Attachment { netns, address })
+    }
+
+    /// Removes the namespace (and with it the veth pair) and frees the address.
+    pub async fn detach(&self, attachment: &Attachment) {
+        if let Err(e) = run_ip(&[], &format!("netns del {}\n", attachment.netns), false).await {
+            tracing::warn!(netns = %attachment.netns, error = %e, "cannot remove a network namespace");
+        }
+        self.release(u32::from(attachment.address).wrapping_sub(self.network));
+    }
+
+    /// Removes the bridge, its namespaces and its firewall rules (the runner is stopping).
+    pub async fn teardown(&self) {
+        self.remove_leftovers().await;
+    }
+
+    fn take_address(&self) -> Result<u32, SandboxError> {
+        let size = 1u32 << (32 - self.prefix);
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let free = (2..size - 1).find(|h| !used.contains(h)).ok_or_else(|| {
+            SandboxError::Network(format!("no free address left in {}", self.subnet()))
+        })?;
+        used.insert(free);
+        Ok(free)
+    }
+
+    fn release(&self, host: u32) {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&host);
+    }
+
+    async fn create_bridge(&self) -> Result<(), SandboxError> {
+        let br = &self.bridge;
+        run_ip(
+            &[],
+            &format!(
+                "link add {br} type bridge\n\
+                 addr add {gw}/{prefix} dev {br}\n\
+                 link set {br} up\n",
+                gw = self.gateway(),
+                prefix = self.prefix
+            ),
+            false,
+        )
+        .await?;
+        disable_ipv6(br);
+        // Inserted at the top, DROP first so that the ACCEPT of answers ends above it.
+        for chain in ["INPUT", "FORWARD"] {
+            for rule in firewall(br).iter().rev() {
+                iptables(&["-I", chain], rule).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whatever an earlier holder of this bridge left: namespaces, rules, the bridge.
+    async fn remove_leftovers(&self) {
+        let prefix = format!("{}-", self.bridge);
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                if let Ok(name) = entry.file_name().into_string()
+                    && name.starts_with(&prefix)
+                {
+                    let _ = run_ip(&[], &format!("netns del {name}\n"), true).await;
+                }
+            }
+        }
+        for chain in ["INPUT", "FORWARD"] {
+            for rule in firewall(&self.bridge) {
+                while iptables(&["-D", chain], &rule).await.is_ok() {}
+            }
+        }
+        let _ = run_ip(&[], &format!("link del {}\n", self.bridge), true).await;
+    }
+}
+
+/// The rules of a bridge, first to last: answers to connections the host opened pass;
+/// anything else an allocation sends to or through the host is dropped.
+fn firewall(bridge: &str) -> [Vec<String>; 2] {
+    let rule = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    [
+        rule(&["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
+        rule(&["-i", bridge, "-j", "DROP"]),
+    ]
+}
+
+async fn iptables(action: &[&str], rule: &[String]) -> Result<(), SandboxError> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(action)
+        .args(rule)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| SandboxError::Network(format!("running iptables: {e} (install it: apt-get install iptables)")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Network(format!(
+            "iptables {} {}: {}",
+            action.join(" "),
+            rule.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs `ip [args] -batch -` with `script` on stdin.
+async fn run_ip(args: &[&str], script: &str, quiet: bool) -> Result<(), SandboxError> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SandboxError::Network(format!("running ip: {e} (install iproute2)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| SandboxError::Network(format!("writing to ip: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| SandboxError::Network(format!("waiting for ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if !quiet {
+            tracing::debug!(script, error = %why, "ip failed");
+        }
+        Err(SandboxError::Network(format!("ip {}: {why}", script.lines().next().unwrap_or(""))))
+    }
+}
+
+fn disable_ipv6(interface: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    if Path::new(&path).exists()
+        && let Err(e) = std::fs::write(&path, "1")
+    {
+        tracing::warn!(interface, error = %e, "cannot turn IPv6 off");
+    }
+}
+
+/// `rh` and the last 12 hex digits of the id: unique enough, and within the 15 bytes an
+/// interface name may have.
+fn veth_name(id: &str) -> String {
+    let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+    format!("rh{}", &hex[hex.len().saturating_sub(12)..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_are_checked() {
+        assert_eq!(parse_subnet("10.213.7.0/24"), Ok((Ipv4Addr::new(10, 213, 7, 0), 24)));
+        for bad in ["10.213.7.1/24", "10.213.7.0", "10.213.7.0/8", "x/24", "10.213.7.0/29"] {
+            assert!(parse_subnet(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn veth_names_fit_an_interface_name() {
+        let name = veth_name("0190a0b0-0000-7000-8000-0123456789ab");
+        assert_eq!(name, "rh0123456789ab");
+        assert!(name.len() <= 15);
+    }
+}

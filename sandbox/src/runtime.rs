@@ -1,0 +1,298 @@
+//! `Sandbox`: runs sandboxes with `runc` (`runc run`, in the foreground, its stdout and
+//! stderr the caller's), signals them (`runc kill --all`), and cleans up after them (the
+//! container, its cgroups and its bundle), also after a crash of the process that started
+//! them (`reap`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+use tokio::process::{Child, Command};
+
+use crate::cgroup::Cgroups;
+use crate::{SandboxError, SandboxSpec, spec, valid_id};
+
+/// Where the runtime writes the sandbox's first pid, in its bundle.
+const PID_FILE: &str = "pid";
+/// The runtime used when the configuration names none.
+pub const DEFAULT_RUNTIME: &str = "runc";
+
+/// Where the runtime is and where a sandbox keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The OCI runtime binary. Default [`DEFAULT_RUNTIME`] (on `PATH`).
+    pub runtime: PathBuf,
+    /// The runtime's state (`runtime/`) and the bundles (`bundles/<id>/`) of this owner's
+    /// sandboxes; also scopes their cgroups, so two owners never touch each other's.
+    pub state_dir: PathBuf,
+}
+
+impl SandboxConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        SandboxConfig {
+            runtime: PathBuf::from(DEFAULT_RUNTIME),
+            state_dir: state_dir.into(),
+        }
+    }
+}
+
+/// Runs sandboxes of one owner (a runner, a builder).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    runtime: PathBuf,
+    root: PathBuf,
+    bundles: PathBuf,
+    cgroups: Cgroups,
+}
+
+/// A sandbox whose process runs: `child` is the runtime's `run`, which ends when the
+/// sandbox's first process does, with its exit status.
+#[derive(Debug)]
+pub struct Started {
+    pub id: String,
+    pub child: Child,
+}
+
+/// How a sandbox ended, beyond its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The OOM killer ended a process of the sandbox.
+    pub oom_killed: bool,
+}
+
+impl Sandbox {
+    /// Checks that the runtime runs and the cgroup hierarchies are there, and makes the
+    /// state directories.
+    pub fn new(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let runtime_name = config.runtime.display().to_string();
+        let version = std::process::Command::new(&config.runtime)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| SandboxError::Runtime {
+                runtime: runtime_name.clone(),
+                problem: format!("{e} (install it: apt-get install runc; scripts/install-deps.sh does)"),
+            })?;
+        if !version.status.success() {
+            return Err(SandboxError::Runtime {
+                runtime: runtime_name,
+                problem: format!("`--version` exited with {}", version.status),
+            });
+        }
+        let root = config.state_dir.join("runtime");
+        let bundles = config.state_dir.join("bundles");
+        for dir in [&root, &bundles] {
+            std::fs::create_dir_all(dir)
+                .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
+        }
+        let scope = scope_of(&config.state_dir);
+        Ok(Sandbox {
+            runtime: config.runtime.clone(),
+            root,
+            bundles,
+            cgroups: Cgroups::detect(&scope)?,
+        })
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles.join(id)
+    }
+
+    /// Writes the bundle, makes the cgroups with the limits and starts the sandbox. The
+    /// process starts with stdin closed and `stdout`/`stderr` as given.
+    pub async fn start(
+        &self,
+        spec: &SandboxSpec,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Started, SandboxError> {
+        if !valid_id(&spec.id) {
+            return Err(SandboxError::Invalid(format!(
+                "sandbox id {:?}: expected [a-z0-9-], 1 to 64 characters",
+                spec.id
+            )));
+        }
+        spec.limits
+            .check()
+            .map_err(|(field, range)| SandboxError::Invalid(format!(
+                "limits.{field}: expected {} to {}",
+                range.start(),
+                range.end()
+            )))?;
+        let bundle = self.bundle(&spec.id);
+        let (this, owned) = (self.clone(), spec.clone());
+        let cgroups_path = self.cgroups.runtime_path(&spec.id);
+        tokio::task::spawn_blocking(move || {
+            // A bundle left by an earlier attempt of the same id is replaced.
+            let _ = std::fs::remove_dir_all(&bundle);
+            spec::write_bundle(&owned, &bundle, &cgroups_path)?;
+            this.cgroups.create(&owned.id, &owned.limits)
+        })
+        .await
+        .map_err(|e| SandboxError::Io {
+            context: "preparing the sandbox".into(),
+            source: std::io::Error::other(e),
+        })??;
+        let child = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("run")
+            .arg("--bundle")
+            .arg(self.bundle(&spec.id))
+            .arg("--pid-file")
+            .arg(self.bundle(&spec.id).join(PID_FILE))
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| SandboxError::Runtime {
+                runtime: self.runtime.display().to_string(),
+                problem: format!("starting `run`: {e}"),
+            })?;
+        Ok(Started {
+            id: spec.id.clone(),
+            child,
+        })
+    }
+
+    /// Sends `signal` to every process of the sandbox. A sandbox that is gone is no error.
+    pub async fn signal(&self, id: &str, signal: Signal) {
+        let out = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["kill", "--all", id, signal.as_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await;
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let why = String::from_utf8_lossy(&out.stderr);
+                if !why.contains("not exist") && !why.contains("not running") {
+                    tracing::debug!(sandbox = id, %signal, error = %why.trim(), "signalling the sandbox failed");
+                }
+            }
+            Err(e) => tracing::warn!(sandbox = id, %signal, error = %e, "cannot run the runtime's kill"),
+        }
+    }
+
+    /// SIGKILL to every process of the sandbox, from a thread of its own: for `Drop`, where
+    /// nothing can be awaited.
+    pub fn kill_detached(&self, id: &str) {
+        let (runtime, root, id) = (self.runtime.clone(), self.root.clone(), id.to_owned());
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(runtime)
+                .arg("--root")
+                .arg(root)
+                .args(["kill", "--all", &id, "SIGKILL"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        });
+    }
+
+    /// After the sandbox's `run` ended: whether the OOM killer struck, then the container,
+    /// its cgroups and its bundle are removed.
+    pub async fn finish(&self, id: &str) -> Exit {
+        let oom_killed = self.cgroups.oom_kills(id) > 0;
+        self.delete(id).await;
+        Exit { oom_killed }
+    }
+
+    /// The host pid of the sandbox's first process, once the runtime has started it.
+    pub fn pid(&self, id: &str) -> Option<u32> {
+        std::fs::read_to_string(self.bundle(id).join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Processes in the sandbox now (`pids.current` of its cgroup).
+    pub fn pids(&self, id: &str) -> Option<u64> {
+        self.cgroups.pids(id)
+    }
+
+    async fn delete(&self, id: &str) {
+        let _ = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        let (cgroups, bundle, id) = (self.cgroups.clone(), self.bundle(id), id.to_owned());
+        let _ = tokio::task::spawn_blocking(move || {
+            cgroups.remove(&id);
+            if let Err(e) = std::fs::remove_dir_all(&bundle)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove a sandbox bundle");
+            }
+        })
+        .await;
+    }
+
+    /// Kills and removes every sandbox of this owner: those a crashed predecessor left.
+    /// Returns how many there were.
+    pub async fn reap(&self) -> usize {
+        let mut ids: Vec<String> = Vec::new();
+        if let Ok(out) = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["list", "--quiet"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+        {
+            ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+        }
+        ids.extend(self.cgroups.existing());
+        if let Ok(entries) = std::fs::read_dir(&self.bundles) {
+            ids.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+        }
+        ids.sort();
+        ids.dedup();
+        ids.retain(|id| valid_id(id));
+        for id in &ids {
+            self.signal(id, Signal::SIGKILL).await;
+            self.delete(id).await;
+        }
+        ids.len()
+    }
+}
+
+/// A short stable name for a state directory.
+fn scope_of(dir: &Path) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:010x}", hash & 0xff_ffff_ffff)
+}
+
+/// How a sandbox's `run` ended, in words: the runtime exits with the process's code, or
+/// 128 + the signal that ended it.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code > 128 => match Signal::try_from(code - 128) {
+            Ok(sig) => format!("signal {} ({sig})", code - 128),
+            Err(_) => format!("exit code {code}"),
+        },
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(name) => format!("signal {sig} ({name})"),
+            Err(_) => format!("signal {sig}"),
+        },
+        (None, None) => format!("{status}"),
+    }
+}
