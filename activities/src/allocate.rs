@@ -127,9 +127,11 @@ pub(crate) fn spec(
             .map_err(|e| refuse(format!("allocation {}: {e}", alloc.id)))?,
         process: ProcessSpec {
             command: process.command.clone(),
+            port: process.port,
             health_path: process.health_path.clone(),
             readiness_timeout_ms: process.readiness_timeout_secs.saturating_mul(1000),
             drain_timeout_ms: None,
+            limits: process.limits,
         },
         env: Default::default(),
         secrets: Default::default(),

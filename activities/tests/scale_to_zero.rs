@@ -604,9 +604,9 @@ async fn a_wake_that_misses_readiness_answers_within_the_budget() -> Result<()> 
     logs();
     let p = Prod::start("stz_readiness", false, |_| {}).await?;
     scale_to_zero(&p, p.env.id, 1_000).await?;
-    let marker = p.h.fx.tmp.path().join("unhealthy");
+    let (marker, seen) = p.h.marker("unhealthy");
     let repo = p.h.repo("repo", |_| Ok(()))?;
-    let repo = turn_unhealthy_on(&repo, &marker)?;
+    let repo = turn_unhealthy_on(&repo, &seen)?;
     preview_and_promote(&p, &repo).await?;
     wait_sleeping(&p, p.env.id).await?;
     std::fs::write(&marker, "")?;
@@ -655,10 +655,10 @@ async fn a_wake_for_an_old_epoch_aborts_and_the_request_follows_the_route() -> R
     logs();
     let p = Prod::start("stz_epoch", false, |_| {}).await?;
     scale_to_zero(&p, p.env.id, 10_000).await?;
-    let marker = p.h.fx.tmp.path().join("slow");
+    let (marker, seen) = p.h.marker("slow");
     let repo = p.h.repo("repo", |_| Ok(()))?;
     let original = std::fs::read_to_string(repo.path.join("server.py"))?;
-    let slow = start_slowly_on(&repo, &marker)?;
+    let slow = start_slowly_on(&repo, &seen)?;
     preview_and_promote(&p, &slow).await?;
     // The next version is ready to promote before the route sleeps.
     std::fs::write(slow.path.join("server.py"), format!("{original}# fast\n"))?;
@@ -729,15 +729,15 @@ async fn a_wake_for_an_old_epoch_aborts_and_the_request_follows_the_route() -> R
     p.stop().await
 }
 
-/// `repo` whose health check fails once `marker` exists.
-fn turn_unhealthy_on(repo: &Repo, marker: &Path) -> Result<Repo> {
+/// `repo` whose health check fails once `marker` (a path the app sees) exists.
+fn turn_unhealthy_on(repo: &Repo, marker: &str) -> Result<Repo> {
     let server = repo.path.join("server.py");
     let text = std::fs::read_to_string(&server)?;
     let health = "    def do_GET(self):\n";
     anyhow::ensure!(text.contains(health), "server.py has no do_GET");
     let check = format!(
         "    def do_GET(self):\n        if self.path == \"/healthz\" and os.path.exists({marker:?}):\n            log(\"unhealthy: marker present\")\n            return self.respond(503, \"unhealthy\\n\")\n",
-        marker = marker.display().to_string()
+        marker = marker
     );
     std::fs::write(&server, text.replacen(health, &check, 1))?;
     ensure_import_os(&server)?;
@@ -749,15 +749,16 @@ fn turn_unhealthy_on(repo: &Repo, marker: &Path) -> Result<Repo> {
     commit(&repo.path, "unhealthy once the marker exists")
 }
 
-/// `repo` whose process waits 8 s before listening once `marker` exists.
-fn start_slowly_on(repo: &Repo, marker: &Path) -> Result<Repo> {
+/// `repo` whose process waits 8 s before listening once `marker` (a path the app sees)
+/// exists.
+fn start_slowly_on(repo: &Repo, marker: &str) -> Result<Repo> {
     let server = repo.path.join("server.py");
     let text = std::fs::read_to_string(&server)?;
     let main = "def main():\n";
     anyhow::ensure!(text.contains(main), "server.py has no main()");
     let slow = format!(
         "def main():\n    if os.path.exists({marker:?}):\n        time.sleep(8)\n",
-        marker = marker.display().to_string()
+        marker = marker
     );
     std::fs::write(&server, text.replacen(main, &slow, 1))?;
     ensure_import_os(&server)?;

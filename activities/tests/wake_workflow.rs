@@ -302,17 +302,13 @@ fn request(edge: &str, path: &str) -> WakeRequest {
 
 /// A version whose `/healthz` fails (and says so on stderr) while `marker` exists, with
 /// a readiness timeout of `readiness_secs`.
-fn healthz_failing_with(
-    repo: &Repo,
-    marker: &std::path::Path,
-    readiness_secs: u32,
-) -> Result<Repo> {
+fn healthz_failing_with(repo: &Repo, marker: &str, readiness_secs: u32) -> Result<Repo> {
     replace_in(
         &repo.path.join("server.py"),
         "        if url.path == \"/healthz\":\n",
         &format!(
             "        if url.path == \"/healthz\":\n            if os.path.exists({marker:?}):\n                sys.stderr.write(\"healthz: failing on purpose, marker present\\n\")\n                sys.stderr.flush()\n                return self.respond(503, \"not ready\\n\")\n",
-            marker = marker.display().to_string()
+            marker = marker
         ),
     )?;
     replace_in(
@@ -488,9 +484,9 @@ async fn twenty_concurrent_wakes_coalesce() -> Result<()> {
 #[tokio::test]
 async fn readiness_timeout_fails_with_the_log_lines() -> Result<()> {
     let w = Wake::start("wake_timeout").await?;
-    let marker = w.p.h.fx.tmp.path().join("healthz-fails");
+    let (marker, seen) = w.p.h.marker("healthz-fails");
     let repo = w.p.h.repo("repo", |_| Ok(()))?;
-    let repo = healthz_failing_with(&repo, &marker, 2)?;
+    let repo = healthz_failing_with(&repo, &seen, 2)?;
     let (key, epoch, _) = w.promoted(&repo).await?;
     w.watched_to_sleep(&key).await?;
 
@@ -533,9 +529,9 @@ async fn readiness_timeout_fails_with_the_log_lines() -> Result<()> {
 #[tokio::test]
 async fn a_moved_route_supersedes_the_wake() -> Result<()> {
     let w = Wake::start("wake_epoch").await?;
-    let marker = w.p.h.fx.tmp.path().join("healthz-fails");
+    let (marker, seen) = w.p.h.marker("healthz-fails");
     let repo = w.p.h.repo("repo", |_| Ok(()))?;
-    let repo = healthz_failing_with(&repo, &marker, 60)?;
+    let repo = healthz_failing_with(&repo, &seen, 60)?;
     let (key, epoch, _) = w.promoted(&repo).await?;
     w.watched_to_sleep(&key).await?;
 

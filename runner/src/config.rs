@@ -47,6 +47,10 @@ pub struct RunnerConfig {
     /// `RHONE_RUNNER_NET_LOCK_DIR`: where runners of this host lock their bridges. Default
     /// `/run/rhone/net`.
     pub net_lock_dir: PathBuf,
+    /// `RHONE_RUNNER_SHARED_DIRS`: directories of the host shown read-only to every app,
+    /// as `HOST_DIR:/SANDBOX/DIR` pairs separated by commas (operator content such as a
+    /// CA bundle or a GeoIP database; never anything of the platform's). Default none.
+    pub shared_dirs: Vec<(PathBuf, String)>,
 }
 
 impl RunnerConfig {
@@ -66,6 +70,7 @@ impl RunnerConfig {
             runtime: PathBuf::from(rhone_sandbox::DEFAULT_RUNTIME),
             subnet: None,
             net_lock_dir: PathBuf::from(rhone_sandbox::net::DEFAULT_LOCK_DIR),
+            shared_dirs: Vec::new(),
         }
     }
 
@@ -133,6 +138,18 @@ impl RunnerConfig {
             match rhone_sandbox::net::parse_subnet(&subnet) {
                 Ok(subnet) => config.subnet = Some(subnet),
                 Err(e) => errors.push(format!("RHONE_RUNNER_SUBNET={e}")),
+            }
+        }
+        if let Some(pairs) = get("RHONE_RUNNER_SHARED_DIRS") {
+            for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match pair.split_once(':') {
+                    Some((host, inside)) if host.starts_with('/') && inside.starts_with('/') => {
+                        config.shared_dirs.push((host.into(), inside.to_owned()));
+                    }
+                    _ => errors.push(format!(
+                        "RHONE_RUNNER_SHARED_DIRS: {pair:?} must be HOST_DIR:/SANDBOX/DIR, both absolute"
+                    )),
+                }
             }
         }
         if let Some(dir) = get("RHONE_RUNNER_NET_LOCK_DIR") {

@@ -86,7 +86,15 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     };
     match start(ctx, alloc, spec, &root, &dir, &attachment).await {
         Ok(mut process) => {
-            supervise(ctx, alloc, spec, &mut process, attachment.address, &mut stop).await;
+            supervise(
+                ctx,
+                alloc,
+                spec,
+                &mut process,
+                attachment.address,
+                &mut stop,
+            )
+            .await;
         }
         Err(message) => {
             alloc.enter(Failed, note(&message));
@@ -105,7 +113,10 @@ async fn supervise(
     stop: &mut watch::Receiver<bool>,
 ) {
     let limit = spec.process.limits.memory_mb;
-    let url = format!("http://{ip}:{}{}", spec.process.port, spec.process.health_path);
+    let url = format!(
+        "http://{ip}:{}{}",
+        spec.process.port, spec.process.health_path
+    );
     let timeout = Duration::from_millis(spec.process.readiness_timeout_ms);
     tokio::select! {
         ready = probe::wait_ready(&ctx.http, &url, timeout) => match ready {
@@ -197,10 +208,18 @@ async fn start(
         command: spec.process.command.clone(),
         env,
         cwd: APP_DIR.to_owned(),
-        binds: vec![
+        binds: [
             Bind::read_only(root, APP_DIR),
             Bind::writable(&home, rhone_sandbox::HOME),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            ctx.config
+                .shared_dirs
+                .iter()
+                .map(|(host, inside)| Bind::read_only(host, inside)),
+        )
+        .collect(),
         limits: spec.process.limits,
         network: Network::Join(attachment.netns_path()),
         hostname: "app".to_owned(),

@@ -80,7 +80,7 @@ impl Process {
             Some(ended) => ended,
             None => {
                 let status = self.child.wait().await?;
-                let exit = self.sandbox.finish(&self.id).await;
+                let exit = self.sandbox.finish(&self.id, status).await;
                 self.exited = Some((status, exit));
                 (status, exit)
             }

@@ -1,7 +1,7 @@
 //! The sandbox's own cgroup, `<runner's cgroup>/rhone-<scope>/<id>` in the `memory`, `pids` and
 //! `cpu` hierarchies (cgroup v1), holding its limits. The runtime puts the container in a
 //! child of it (`rhone-<scope>/<id>/c`, relative to the runtime's cgroup, which is the runner's) and
-//! removes that child when the container ends; the limits and the OOM count stay on ours,
+//! removes that child when the container ends; the limits and their hit count stay on ours,
 //! so the runner can tell an out-of-memory kill from any other end.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,9 @@ use crate::{Limits, SandboxError};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The runtime's container cgroup, under a sandbox's.
 pub(crate) const LEAF: &str = "c";
+/// How close to the limit a peak counts as having met it: the kernel charges in pages and
+/// batches.
+const PEAK_SLACK: u64 = 256 << 10;
 /// CPU quota period, µs.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -33,7 +36,8 @@ impl Cgroups {
         let mut own = Vec::new();
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };
@@ -42,7 +46,10 @@ impl Cgroups {
             }
             let mount = Path::new(CGROUP_ROOT).join(controllers.trim_start_matches("name="));
             if mount.is_dir() {
-                own.push((controllers.to_owned(), mount.join(path.trim_start_matches('/'))));
+                own.push((
+                    controllers.to_owned(),
+                    mount.join(path.trim_start_matches('/')),
+                ));
             }
         }
         let cgroups = Cgroups {
@@ -104,33 +111,47 @@ impl Cgroups {
             let Some(dir) = self.sandbox_dir(controller, id) else {
                 continue;
             };
-            std::fs::create_dir_all(&dir)
-                .map_err(SandboxError::io(format!("creating cgroup {}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(SandboxError::io(format!(
+                "creating cgroup {}",
+                dir.display()
+            )))?;
             for (file, value) in files {
                 let path = dir.join(file);
                 if *file == "memory.memsw.limit_in_bytes" && !path.exists() {
                     continue;
                 }
-                std::fs::write(&path, value)
-                    .map_err(SandboxError::io(format!("writing {value} to {}", path.display())))?;
+                std::fs::write(&path, value).map_err(SandboxError::io(format!(
+                    "writing {value} to {}",
+                    path.display()
+                )))?;
             }
         }
         Ok(())
     }
 
-    /// How many processes of the sandbox the OOM killer ended.
-    pub(crate) fn oom_kills(&self, id: &str) -> u64 {
+    /// Whether the sandbox's memory use met its limit: a hit was counted (`failcnt`) or its
+    /// peak reached the limit. The kernel counts OOM kills (`oom_kill` of
+    /// `memory.oom_control`) only in the cgroup of the killed process, the runtime's, which
+    /// is gone by the time the runner looks; the limit is ours, so its counters are read
+    /// here. (With swap accounted, the memory+swap counter is charged first, and
+    /// `failcnt` is not always counted.)
+    pub(crate) fn memory_limit_reached(&self, id: &str) -> bool {
         let Some(dir) = self.sandbox_dir("memory", id) else {
-            return 0;
+            return false;
         };
-        std::fs::read_to_string(dir.join("memory.oom_control"))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
+        let read = |file: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let hits = read("memory.failcnt").unwrap_or(0) + read("memory.memsw.failcnt").unwrap_or(0);
+        let limit = read("memory.limit_in_bytes").unwrap_or(u64::MAX);
+        let peak = read("memory.max_usage_in_bytes")
             .unwrap_or(0)
+            .max(read("memory.memsw.max_usage_in_bytes").unwrap_or(0));
+        hits > 0 || peak.saturating_add(PEAK_SLACK) >= limit
     }
 
     /// Processes in the sandbox's cgroup right now (its `pids.current`).
@@ -152,7 +173,9 @@ impl Cgroups {
                 match std::fs::remove_dir(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(cgroup = %path.display(), error = %e, "cannot remove a sandbox cgroup"),
+                    Err(e) => {
+                        tracing::warn!(cgroup = %path.display(), error = %e, "cannot remove a sandbox cgroup")
+                    }
                 }
             }
         }

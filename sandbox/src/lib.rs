@@ -18,8 +18,8 @@ mod spec;
 
 use std::path::{Path, PathBuf};
 
-pub use rhone_core::Limits;
 pub use net::{Attachment, HostNetwork, NetworkConfig};
+pub use rhone_core::Limits;
 pub use runtime::{DEFAULT_RUNTIME, Exit, Sandbox, SandboxConfig, Started, describe_exit};
 
 /// The uid (and gid) tenant code runs as inside its sandbox.

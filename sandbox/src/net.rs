@@ -62,7 +62,10 @@ pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
         .ok_or_else(|| format!("{text:?}: the prefix must be from 16 to 28"))?;
     let mask = u32::MAX << (32 - prefix);
     if u32::from(addr) & !mask != 0 {
-        return Err(format!("{text:?}: host bits are set; the network is {}/{prefix}", Ipv4Addr::from(u32::from(addr) & mask)));
+        return Err(format!(
+            "{text:?}: host bits are set; the network is {}/{prefix}",
+            Ipv4Addr::from(u32::from(addr) & mask)
+        ));
     }
     Ok((addr, prefix))
 }
@@ -73,8 +76,16 @@ pub struct HostNetwork {
     bridge: String,
     network: u32,
     prefix: u8,
-    used: Mutex<BTreeSet<u32>>,
+    used: Mutex<Addresses>,
     _lock: Flock<File>,
+}
+
+/// Host numbers in use, and the last one given: addresses are handed out round the
+/// subnet, so a freed one is reused as late as possible.
+#[derive(Debug, Default)]
+struct Addresses {
+    used: BTreeSet<u32>,
+    last: u32,
 }
 
 /// One allocation's place on the bridge.
@@ -96,8 +107,10 @@ impl HostNetwork {
     /// Claims the configured subnet, or the first free automatic one, and sets up its
     /// bridge and firewall rules.
     pub async fn claim(config: &NetworkConfig) -> Result<HostNetwork, SandboxError> {
-        std::fs::create_dir_all(&config.lock_dir)
-            .map_err(SandboxError::io(format!("creating {}", config.lock_dir.display())))?;
+        std::fs::create_dir_all(&config.lock_dir).map_err(SandboxError::io(format!(
+            "creating {}",
+            config.lock_dir.display()
+        )))?;
         let candidates: Vec<(Ipv4Addr, u8)> = match config.subnet {
             Some(subnet) => vec![subnet],
             None => (0..=255u8)
@@ -118,14 +131,17 @@ impl HostNetwork {
                 Ok(lock) => lock,
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
                 Err((_, e)) => {
-                    return Err(SandboxError::Network(format!("locking {}: {e}", path.display())));
+                    return Err(SandboxError::Network(format!(
+                        "locking {}: {e}",
+                        path.display()
+                    )));
                 }
             };
             let net = HostNetwork {
                 bridge,
                 network,
                 prefix,
-                used: Mutex::new(BTreeSet::new()),
+                used: Mutex::new(Addresses::default()),
                 _lock: lock,
             };
             net.remove_leftovers().await;
@@ -134,7 +150,9 @@ impl HostNetwork {
         }
         Err(SandboxError::Network(match config.subnet {
             Some((a, p)) => format!("subnet {a}/{p} is held by another runner on this host"),
-            None => "every automatic subnet 10.213.N.0/24 is held by another runner on this host".into(),
+            None => {
+                "every automatic subnet 10.213.N.0/24 is held by another runner on this host".into()
+            }
         }))
     }
 
@@ -162,7 +180,12 @@ impl HostNetwork {
         attached
     }
 
-    async fn attach_at(&self, id: &str, host: u32, low_ports: bool) -> Result<Attachment, SandboxError> {
+    async fn attach_at(
+        &self,
+        id: &str,
+        host: u32,
+        low_ports: bool,
+    ) -> Result<Attachment, SandboxError> {
         let netns = format!("{}-{id}", self.bridge);
         let veth = veth_name(id);
         let address = Ipv4Addr::from(self.network + host);
@@ -174,7 +197,8 @@ impl HostNetwork {
                 "netns add {netns}\n\
                  link add {veth} type veth peer name eth0 netns {netns}\n\
                  link set {veth} master {bridge} up\n\
-                 link set dev {veth} type bridge_slave isolated on learning off\n",
+                 link set dev {veth} type bridge_slave isolated on\n\
+                 neigh flush to {address} dev {bridge}\n",
                 bridge = self.bridge
             ),
             false,
@@ -196,7 +220,14 @@ impl HostNetwork {
         .await?;
         if low_ports {
             let out = Command::new("ip")
-                .args(["netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
+                .args([
+                    "netns",
+                    "exec",
+                    &netns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_unprivileged_port_start=0",
+                ])
                 .stdin(Stdio::null())
                 .output()
                 .await
@@ -226,11 +257,16 @@ impl HostNetwork {
 
     fn take_address(&self) -> Result<u32, SandboxError> {
         let size = 1u32 << (32 - self.prefix);
-        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        let free = (2..size - 1).find(|h| !used.contains(h)).ok_or_else(|| {
-            SandboxError::Network(format!("no free address left in {}", self.subnet()))
-        })?;
-        used.insert(free);
+        let mut addresses = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = addresses.last.max(1);
+        let free = (last + 1..size - 1)
+            .chain(2..=last.min(size - 2))
+            .find(|h| !addresses.used.contains(h))
+            .ok_or_else(|| {
+                SandboxError::Network(format!("no free address left in {}", self.subnet()))
+            })?;
+        addresses.used.insert(free);
+        addresses.last = free;
         Ok(free)
     }
 
@@ -238,6 +274,7 @@ impl HostNetwork {
         self.used
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .used
             .remove(&host);
     }
 
@@ -291,7 +328,16 @@ impl HostNetwork {
 fn firewall(bridge: &str) -> [Vec<String>; 2] {
     let rule = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     [
-        rule(&["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
+        rule(&[
+            "-i",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]),
         rule(&["-i", bridge, "-j", "DROP"]),
     ]
 }
@@ -304,7 +350,11 @@ async fn iptables(action: &[&str], rule: &[String]) -> Result<(), SandboxError> 
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| SandboxError::Network(format!("running iptables: {e} (install it: apt-get install iptables)")))?;
+        .map_err(|e| {
+            SandboxError::Network(format!(
+                "running iptables: {e} (install it: apt-get install iptables)"
+            ))
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -344,7 +394,10 @@ async fn run_ip(args: &[&str], script: &str, quiet: bool) -> Result<(), SandboxE
         if !quiet {
             tracing::debug!(script, error = %why, "ip failed");
         }
-        Err(SandboxError::Network(format!("ip {}: {why}", script.lines().next().unwrap_or(""))))
+        Err(SandboxError::Network(format!(
+            "ip {}: {why}",
+            script.lines().next().unwrap_or("")
+        )))
     }
 }
 
@@ -370,8 +423,17 @@ mod tests {
 
     #[test]
     fn subnets_are_checked() {
-        assert_eq!(parse_subnet("10.213.7.0/24"), Ok((Ipv4Addr::new(10, 213, 7, 0), 24)));
-        for bad in ["10.213.7.1/24", "10.213.7.0", "10.213.7.0/8", "x/24", "10.213.7.0/29"] {
+        assert_eq!(
+            parse_subnet("10.213.7.0/24"),
+            Ok((Ipv4Addr::new(10, 213, 7, 0), 24))
+        );
+        for bad in [
+            "10.213.7.1/24",
+            "10.213.7.0",
+            "10.213.7.0/8",
+            "x/24",
+            "10.213.7.0/29",
+        ] {
             assert!(parse_subnet(bad).is_err(), "{bad}");
         }
     }

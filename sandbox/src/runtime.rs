@@ -56,7 +56,7 @@ pub struct Started {
 /// How a sandbox ended, beyond its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
-    /// The OOM killer ended a process of the sandbox.
+    /// The OOM killer ended the sandbox: SIGKILL, and its memory had met the limit.
     pub oom_killed: bool,
 }
 
@@ -71,7 +71,9 @@ impl Sandbox {
             .output()
             .map_err(|e| SandboxError::Runtime {
                 runtime: runtime_name.clone(),
-                problem: format!("{e} (install it: apt-get install runc; scripts/install-deps.sh does)"),
+                problem: format!(
+                    "{e} (install it: apt-get install runc; scripts/install-deps.sh does)"
+                ),
             })?;
         if !version.status.success() {
             return Err(SandboxError::Runtime {
@@ -112,13 +114,18 @@ impl Sandbox {
                 spec.id
             )));
         }
-        spec.limits
-            .check()
-            .map_err(|(field, range)| SandboxError::Invalid(format!(
+        spec.limits.check().map_err(|(field, range)| {
+            SandboxError::Invalid(format!(
                 "limits.{field}: expected {} to {}",
                 range.start(),
                 range.end()
-            )))?;
+            ))
+        })?;
+        if self.root.join(&spec.id).exists() {
+            // A container of this id outlived an earlier attempt (its starter was killed).
+            self.signal(&spec.id, Signal::SIGKILL).await;
+            self.delete(&spec.id).await;
+        }
         let bundle = self.bundle(&spec.id);
         let (this, owned) = (self.clone(), spec.clone());
         let cgroups_path = self.cgroups.runtime_path(&spec.id);
@@ -176,7 +183,9 @@ impl Sandbox {
                     tracing::debug!(sandbox = id, %signal, error = %why.trim(), "signalling the sandbox failed");
                 }
             }
-            Err(e) => tracing::warn!(sandbox = id, %signal, error = %e, "cannot run the runtime's kill"),
+            Err(e) => {
+                tracing::warn!(sandbox = id, %signal, error = %e, "cannot run the runtime's kill")
+            }
         }
     }
 
@@ -196,10 +205,13 @@ impl Sandbox {
         });
     }
 
-    /// After the sandbox's `run` ended: whether the OOM killer struck, then the container,
-    /// its cgroups and its bundle are removed.
-    pub async fn finish(&self, id: &str) -> Exit {
-        let oom_killed = self.cgroups.oom_kills(id) > 0;
+    /// After the sandbox's `run` ended with `status`: whether the OOM killer ended it (it
+    /// was killed by SIGKILL after its memory met the limit), then the container, its
+    /// cgroups and its bundle are removed.
+    pub async fn finish(&self, id: &str, status: std::process::ExitStatus) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        let sigkill = status.code() == Some(128 + 9) || status.signal() == Some(9);
+        let oom_killed = sigkill && self.cgroups.memory_limit_reached(id);
         self.delete(id).await;
         Exit { oom_killed }
     }
@@ -252,11 +264,19 @@ impl Sandbox {
             .output()
             .await
         {
-            ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
         }
         ids.extend(self.cgroups.existing());
         if let Ok(entries) = std::fs::read_dir(&self.bundles) {
-            ids.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+            ids.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
         }
         ids.sort();
         ids.dedup();

@@ -30,6 +30,8 @@ const HOST_ETC: &[&str] = &[
 /// runner signals every process of the sandbox, and this shell exits with the command's
 /// status (128 + the signal when one ended it).
 const INIT: &str = r#"sh -c "$1" & wait $!"#;
+const TMP_OWNER: &str = "uid=1000";
+const TMP_GROUP: &str = "gid=1000";
 /// Size of the private `/tmp` (it counts against the memory limit as well).
 const TMP_SIZE: &str = "size=256m";
 
@@ -43,7 +45,8 @@ pub(crate) fn write_bundle(
     let rootfs = bundle.join("rootfs");
     let etc = bundle.join("etc");
     for dir in [&rootfs, &etc] {
-        std::fs::create_dir_all(dir).map_err(SandboxError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
     }
     let write = |name: &str, text: &str| {
         let path = etc.join(name);
@@ -51,7 +54,9 @@ pub(crate) fn write_bundle(
     };
     write(
         "passwd",
-        &format!("root:x:0:0:root:/:/usr/sbin/nologin\nrhone:x:{SANDBOX_UID}:{SANDBOX_UID}:rhone:{HOME}:/bin/sh\nnobody:x:65534:65534:nobody:/:/usr/sbin/nologin\n"),
+        &format!(
+            "root:x:0:0:root:/:/usr/sbin/nologin\nrhone:x:{SANDBOX_UID}:{SANDBOX_UID}:rhone:{HOME}:/bin/sh\nnobody:x:65534:65534:nobody:/:/usr/sbin/nologin\n"
+        ),
     )?;
     write(
         "group",
@@ -59,10 +64,16 @@ pub(crate) fn write_bundle(
     )?;
     write(
         "hosts",
-        &format!("127.0.0.1 localhost {0}\n::1 localhost {0}\n", spec.hostname),
+        &format!(
+            "127.0.0.1 localhost {0}\n::1 localhost {0}\n",
+            spec.hostname
+        ),
     )?;
     write("resolv.conf", "")?;
-    write("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")?;
+    write(
+        "nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files dns\n",
+    )?;
 
     let mut mounts = base_mounts()?;
     let mut points: Vec<String> = ["/proc", "/dev", "/tmp", "/etc", HOME]
@@ -98,7 +109,8 @@ pub(crate) fn write_bundle(
     }
     for point in points {
         let dir = rootfs.join(point.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).map_err(SandboxError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
     }
 
     let config = runtime_spec(spec, mounts, cgroups_path)?;
@@ -170,7 +182,12 @@ fn runtime_spec(
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
     ] {
-        namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build().map_err(err)?);
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(typ)
+                .build()
+                .map_err(err)?,
+        );
     }
     let net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
     namespaces.push(
@@ -230,15 +247,44 @@ fn base_mounts() -> Result<Vec<Mount>, SandboxError> {
     };
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", TMP_SIZE])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        // Owned by the sandbox's user: runc applies a tmpfs's `uid`, not always its `mode`.
+        mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &[
+                "nosuid",
+                "nodev",
+                "mode=1777",
+                TMP_SIZE,
+                TMP_OWNER,
+                TMP_GROUP,
+            ],
+        )?,
     ])
 }
 
@@ -306,7 +352,13 @@ mod tests {
         let process = &json["process"];
         assert_eq!(process["user"]["uid"], SANDBOX_UID);
         assert_eq!(process["noNewPrivileges"], true);
-        for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
             assert_eq!(process["capabilities"][set], serde_json::json!([]), "{set}");
         }
         assert_eq!(json["root"]["readonly"], true);
@@ -318,10 +370,16 @@ mod tests {
             .collect();
         assert_eq!(types, ["user", "pid", "mount", "ipc", "uts", "network"]);
         assert_ne!(json["linux"]["uidMappings"][0]["hostID"], 0);
-        assert!(json["linux"]["seccomp"]["syscalls"][0]["names"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n == "mount")));
-        assert!(process["env"].as_array().is_some_and(|e| e.iter().any(|v| v == "A=1")));
+        assert!(
+            json["linux"]["seccomp"]["syscalls"][0]["names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == "mount"))
+        );
+        assert!(
+            process["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == "A=1"))
+        );
         assert!(dir.path().join("rootfs/app").is_dir());
         Ok(())
     }

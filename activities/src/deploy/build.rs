@@ -7,40 +7,27 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use rhone_manifest::AppManifest;
+use rhone_sandbox::{Bind, Network, Sandbox, SandboxSpec};
 use rhone_workflows::activities::{BuildInput, Built};
 use sea_orm::DatabaseConnection;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::process::Command;
 
 use super::DeployConfig;
 use super::buildlog::BuildLog;
 use super::error::DeployError;
 use super::package;
-use super::process::{describe_exit, isolate, kill_group_of};
+use super::process::describe_exit;
 use super::source::{Checkout, ensure_checkout};
 
 /// Variables of the worker's environment a build may see; everything else (the worker's
-/// database URL, store and Temporal credentials) is withheld from the app's build.
-const PASSED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "PYENV_ROOT",
-    "GOPATH",
-    "GOROOT",
-    "GOCACHE",
-    "GOMODCACHE",
-    "CARGO_HOME",
-    "RUSTUP_HOME",
-];
+/// database URL, store and Temporal credentials, its `PATH`) is withheld. `PATH` and
+/// `HOME` are the sandbox's own.
+const PASSED_ENV: &[&str] = &["LANG", "LC_ALL", "LC_CTYPE", "TZ"];
+/// Where the checkout is inside the build's sandbox; the build command runs there.
+pub const SOURCE_DIR: &str = "/src";
 /// Lines of the log quoted in the error of a failed build.
 const TAIL_LINES: usize = 20;
 /// How often pending output is written to the log while the build runs.
@@ -93,7 +80,7 @@ async fn build_checkout(
     let mut log = BuildLog::start(db, operation_id, &header, app.build.max_log_bytes).await?;
     tracing::info!(attempt = log.attempt(), "build started");
     let started = Instant::now();
-    run_command(&mut log, &app, checkout, input).await?;
+    run_command(&mut log, config, &app, checkout, input).await?;
     let build_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
     let facts = package::source_facts(&input.source, &checkout.commit_sha, &app);
@@ -161,10 +148,12 @@ async fn output_dir(checkout: &Path, output_dir: &str) -> Result<std::path::Path
     }
 }
 
-/// Runs `build.command` with `sh -c` at the checkout root, its stdout and stderr on one pipe
-/// (interleaved as written) into the log, killed with its whole process group at the limit.
+/// Runs `build.command` with `sh -c` at the checkout root in a sandbox of its own (no
+/// network, the checkout its only writable directory, `[build]` limits), its stdout and
+/// stderr on one pipe (interleaved as written) into the log, killed at the time limit.
 async fn run_command(
     log: &mut BuildLog,
+    config: &DeployConfig,
     app: &AppManifest,
     checkout: &Checkout,
     input: &BuildInput,
@@ -173,34 +162,67 @@ async fn run_command(
         let what = what.to_owned();
         move |e| DeployError::io(format!("{what} for the build command"), e)
     };
+    let sandbox = Sandbox::new(&config.sandbox()).map_err(sandbox_error)?;
+    let id = format!("build-{}", input.deployment_id);
+    let owner = rhone_sandbox::host_uid(&id);
+    let dir = checkout.dir.clone();
+    tokio::task::spawn_blocking(move || rhone_sandbox::chown_tree(&dir, owner))
+        .await
+        .map_err(|e| {
+            DeployError::io(
+                "handing the checkout to the build",
+                std::io::Error::other(e),
+            )
+        })?
+        .map_err(io("handing the checkout over"))?;
+    let mut env: Vec<(String, String)> = PASSED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    env.extend([
+        ("HOME".to_owned(), "/tmp".to_owned()),
+        ("CI".to_owned(), "true".to_owned()),
+        ("RHONE_COMMIT_SHA".to_owned(), checkout.commit_sha.clone()),
+        (
+            "RHONE_DEPLOYMENT_ID".to_owned(),
+            input.deployment_id.to_string(),
+        ),
+    ]);
+    let spec = SandboxSpec {
+        id: id.clone(),
+        command: app.build.command.clone(),
+        env,
+        cwd: SOURCE_DIR.to_owned(),
+        binds: vec![Bind::writable(&checkout.dir, SOURCE_DIR)],
+        limits: app.build.limits,
+        network: Network::Isolated,
+        hostname: "build".to_owned(),
+    };
     let (reader, writer) = std::io::pipe().map_err(io("creating a pipe"))?;
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(&app.build.command)
-        .current_dir(&checkout.dir)
-        .env_clear()
-        .envs(
-            PASSED_ENV
-                .iter()
-                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+    let started = sandbox
+        .start(
+            &spec,
+            Stdio::from(writer.try_clone().map_err(io("creating a pipe"))?),
+            Stdio::from(writer),
         )
-        .env("CI", "true")
-        .env("RHONE_COMMIT_SHA", &checkout.commit_sha)
-        .env("RHONE_DEPLOYMENT_ID", input.deployment_id.to_string())
-        .stdout(Stdio::from(
-            writer.try_clone().map_err(io("creating a pipe"))?,
-        ))
-        .stderr(Stdio::from(writer));
-    isolate(&mut command);
-    let child = command.spawn().map_err(io("starting `sh`"))?;
-    // Our copies of the pipe's write end must close, or the read end never sees its end.
-    drop(command);
-    let guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+        .await
+        .map_err(sandbox_error)?;
+    // `start` dropped our copies of the pipe's write end with the command, so the read end
+    // sees its end when the sandbox's processes are gone.
+    let guard = SandboxGuard(Some((sandbox.clone(), id.clone())));
     let reader = pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(io("reading"))?;
     let limit = Duration::from_secs(app.build.timeout_secs);
-    let status = stream_until_exit(log, child, reader, limit).await;
-    drop(guard);
+    let status = stream_until_exit(log, &sandbox, &id, started.child, reader, limit).await;
+    let ended = match &status {
+        Ok(Some(status)) => *status,
+        // Timed out (killed already) or unreadable: nothing of it may stay.
+        _ => {
+            sandbox.signal(&id, Signal::SIGKILL).await;
+            std::os::unix::process::ExitStatusExt::from_raw(9)
+        }
+    };
+    let oom_killed = sandbox.finish(&id, ended).await.oom_killed;
+    drop(guard.disarm());
     let status = match status? {
         Some(status) => status,
         None => {
@@ -214,27 +236,50 @@ async fn run_command(
         }
     };
     log.flush(true).await?;
-    log.note(&format!("build command {}", describe_exit(status)))
-        .await?;
-    if !status.success() {
+    let described = if oom_killed {
+        format!(
+            "was killed: out of memory (limit {} MiB)",
+            app.build.limits.memory_mb
+        )
+    } else {
+        describe_sandbox_exit(status)
+    };
+    log.note(&format!("build command {described}")).await?;
+    if oom_killed || !status.success() {
         return Err(DeployError::BuildFailed {
-            status: describe_exit(status),
+            status: described,
             tail: log.tail_lines(TAIL_LINES),
         });
     }
     Ok(())
 }
 
-/// Feeds the pipe into the log until the child exits (`Some(status)`) or the limit passes
-/// (`None`, the group killed), then drains what is left in the pipe.
+fn sandbox_error(e: rhone_sandbox::SandboxError) -> DeployError {
+    DeployError::io("the build's sandbox", std::io::Error::other(e))
+}
+
+/// `exited with status N`, or `was killed by signal N (NAME)` for the runtime's 128 + N.
+fn describe_sandbox_exit(status: ExitStatus) -> String {
+    match status.code() {
+        Some(code) if code > 128 && code - 128 <= 64 => {
+            let described = rhone_sandbox::describe_exit(status);
+            format!("was killed by {described}")
+        }
+        _ => describe_exit(status),
+    }
+}
+
+/// Feeds the pipe into the log until the sandbox's `run` exits (`Some(status)`) or the
+/// limit passes (`None`, the sandbox killed), then drains what is left in the pipe.
 async fn stream_until_exit(
     log: &mut BuildLog,
+    sandbox: &Sandbox,
+    id: &str,
     mut child: tokio::process::Child,
     mut reader: pipe::Receiver,
     limit: Duration,
 ) -> Result<Option<ExitStatus>, DeployError> {
     let deadline = tokio::time::Instant::now() + limit;
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut buf = vec![0u8; 8192];
     let mut open = true;
@@ -257,12 +302,8 @@ async fn stream_until_exit(
             () = tokio::time::sleep_until(deadline) => break None,
         }
     };
-    // Whatever the build left running (or all of it, at the limit) goes now, so the pipe
-    // reaches its end.
-    if let Some(pgid) = pgid {
-        kill_group_of(pgid);
-    }
     if status.is_none() {
+        sandbox.signal(id, Signal::SIGKILL).await;
         let _ = child.wait().await;
     }
     let drain = async {
@@ -277,14 +318,21 @@ async fn stream_until_exit(
     Ok(status)
 }
 
-/// Kills the build's process group when dropped: a cancelled or failed activity leaves
-/// nothing running.
-struct GroupGuard(Option<i32>);
+/// Kills the build's sandbox when dropped before the build ended: a cancelled or failed
+/// activity leaves nothing running.
+struct SandboxGuard(Option<(Sandbox, String)>);
 
-impl Drop for GroupGuard {
+impl SandboxGuard {
+    fn disarm(mut self) -> Self {
+        self.0 = None;
+        self
+    }
+}
+
+impl Drop for SandboxGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            kill_group_of(pgid);
+        if let Some((sandbox, id)) = self.0.take() {
+            sandbox.kill_detached(&id);
         }
     }
 }

@@ -46,6 +46,18 @@ pub struct DeployConfig {
     pub git: PathBuf,
     /// Time limit of each git command (clone, checkout); default 5 minutes.
     pub clone_timeout: Duration,
+    /// The OCI runtime that runs build commands in their sandboxes. Default `runc`.
+    pub runtime: PathBuf,
+}
+
+impl DeployConfig {
+    /// Where builds' sandboxes keep their state: `<work_dir>/sandbox`.
+    pub fn sandbox(&self) -> rhone_sandbox::SandboxConfig {
+        rhone_sandbox::SandboxConfig {
+            runtime: self.runtime.clone(),
+            state_dir: self.work_dir.join("sandbox"),
+        }
+    }
 }
 
 impl DeployConfig {
@@ -68,6 +80,7 @@ impl Default for DeployConfig {
             store: ArtifactStore::local(tmp.join("rhone-artifacts")),
             git: PathBuf::from("git"),
             clone_timeout: Duration::from_secs(300),
+            runtime: PathBuf::from(rhone_sandbox::DEFAULT_RUNTIME),
         }
     }
 }

@@ -16,6 +16,9 @@ use temporalio_client::WorkflowStartOptions;
 
 use super::deploy_support::{Deployment, Fixture, Repo};
 
+/// Where the runner of a harness shows `markers/` of the test's directory to apps.
+pub const MARKERS: &str = "/shared/markers";
+
 pub struct Harness {
     pub fx: Fixture,
     pub client: Client,
@@ -38,6 +41,15 @@ impl Seen {
 }
 
 impl Harness {
+    /// A marker file: where the test writes it, and where an app sees it
+    /// ([`MARKERS`], shown read-only to every app of the harness's runner).
+    pub fn marker(&self, name: &str) -> (std::path::PathBuf, String) {
+        (
+            self.fx.tmp.path().join("markers").join(name),
+            format!("{MARKERS}/{name}"),
+        )
+    }
+
     pub async fn start(test: &str) -> Result<Harness> {
         Self::start_with(test, None, |_| {}).await
     }
@@ -94,6 +106,9 @@ impl Harness {
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = RunnerConfig::new(fx.tmp.path().join("runner"));
         config.artifact_dir = fx.tmp.path().join("artifacts");
+        // Marker files a test's app version reads (read-only) to change behaviour later.
+        std::fs::create_dir_all(fx.tmp.path().join("markers"))?;
+        config.shared_dirs = vec![(fx.tmp.path().join("markers"), MARKERS.to_owned())];
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),

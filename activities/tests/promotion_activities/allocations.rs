@@ -22,7 +22,7 @@ on_both_backends!(
     a_drain_never_touches_the_live_owner,
 );
 
-const SERVE: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+const SERVE: &str = "exec python3 -m http.server \"$PORT\" --bind 0.0.0.0";
 
 /// A healthy artifact whose index says `text`, and a production deployment of it.
 async fn deployment(
@@ -141,7 +141,7 @@ async fn an_allocation_that_dies_fails_the_health_window(db: DatabaseConnection)
     let w = World::new(db).await?;
     let runner = Runner::start(&w.db, dir.path()).await?;
     let dying =
-        "python3 -m http.server \"$PORT\" --bind 127.0.0.1 & sleep 3; echo boom; kill $!; exit 3";
+        "python3 -m http.server \"$PORT\" --bind 0.0.0.0 & sleep 3; echo boom; kill $!; exit 3";
     let d = deployment(&w, &runner, &dir, "dies", dying).await?;
     let op = w.operation(OperationKind::Promotion).await?;
     let started = w

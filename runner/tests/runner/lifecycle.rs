@@ -81,7 +81,10 @@ async fn drain_stops_the_process_and_its_children() -> Result<()> {
         .await?
         .json()
         .await?;
-    assert!(app["child_pid"].as_u64().is_some(), "the app started a child");
+    assert!(
+        app["child_pid"].as_u64().is_some(),
+        "the app started a child"
+    );
     let leader = pid(&ready)?;
     let before = sandbox_processes(id);
     assert!(before.len() >= 2, "the app and its child run: {before:?}");
@@ -232,8 +235,12 @@ async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> 
     let other_dir = tempfile::tempdir()?;
     let theirs = Sandbox::new(&SandboxConfig::new(other_dir.path()))?;
     let (orphan_id, decoy_id) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
-    let mut orphan = ours.start(&spec(&orphan_id), Stdio::null(), Stdio::null()).await?;
-    let mut decoy = theirs.start(&spec(&decoy_id), Stdio::null(), Stdio::null()).await?;
+    let mut orphan = ours
+        .start(&spec(&orphan_id), Stdio::null(), Stdio::null())
+        .await?;
+    let mut decoy = theirs
+        .start(&spec(&decoy_id), Stdio::null(), Stdio::null())
+        .await?;
     eventually(WITHIN, "both sandboxes run", || {
         !sandbox_processes(&orphan_id).is_empty() && !sandbox_processes(&decoy_id).is_empty()
     })
@@ -243,13 +250,18 @@ async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> 
     // `serve` reaps before it answers.
     h.get(Uuid::now_v7()).await?;
     tokio::time::timeout(WITHIN, orphan.child.wait()).await??;
-    assert!(sandbox_processes(&orphan_id).is_empty(), "the orphan was killed");
+    assert!(
+        sandbox_processes(&orphan_id).is_empty(),
+        "the orphan was killed"
+    );
     assert!(
         decoy.child.try_wait()?.is_none() && !sandbox_processes(&decoy_id).is_empty(),
         "a sandbox of another owner was killed"
     );
-    theirs.signal(&decoy_id, nix::sys::signal::Signal::SIGKILL).await;
-    decoy.child.wait().await?;
-    theirs.finish(&decoy_id).await;
+    theirs
+        .signal(&decoy_id, nix::sys::signal::Signal::SIGKILL)
+        .await;
+    let status = decoy.child.wait().await?;
+    theirs.finish(&decoy_id, status).await;
     h.shutdown().await
 }

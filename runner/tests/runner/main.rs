@@ -3,6 +3,7 @@
 
 mod support;
 
+mod escape;
 mod fencing;
 mod lifecycle;
 mod reports;

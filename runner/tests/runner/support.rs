@@ -111,6 +111,15 @@ impl Harness {
 
     /// A runner in `dir` (made by [`Harness::dir`]).
     pub async fn start_in(dir: TempDir, edit: impl FnOnce(&mut RunnerConfig)) -> Result<Harness> {
+        Harness::start_on("127.0.0.1:0", dir, edit).await
+    }
+
+    /// A runner listening on `addr` (`0.0.0.0:0` for every address of the host).
+    pub async fn start_on(
+        addr: &str,
+        dir: TempDir,
+        edit: impl FnOnce(&mut RunnerConfig),
+    ) -> Result<Harness> {
         let (work, store_dir, app) = (
             dir.path().join("work"),
             dir.path().join("store"),
@@ -123,8 +132,8 @@ impl Harness {
 
         let mut config = RunnerConfig::new(&work);
         edit(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "test-runner".into(),
@@ -230,7 +239,6 @@ async fn answer(response: reqwest::Response) -> Result<(u16, Value)> {
 pub fn process_gone(pid: u64) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
-
 
 /// Waits for `check` to hold, up to `within`.
 pub async fn eventually(within: Duration, what: &str, check: impl Fn() -> bool) -> Result<()> {
