@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_manifest::artifact::ArtifactManifest;
-use rhone_runner::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
+use rhone_runner_protocol::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
 use rhone_schema::{
     SchemaError,
     allocations::{self, RunnerReport},

@@ -5,14 +5,12 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rhone_core::{StateMachine, stage::AllocationStage};
-use rhone_store::Digest;
-use serde::Serialize;
+use rhone_runner_protocol::{AllocationSpec, AllocationStatus, Desired, StageReport};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::logs::LogBuffer;
-use crate::report::{ReportQueue, StageReport};
-use crate::spec::{AllocationSpec, Desired};
+use crate::report::ReportQueue;
 
 /// Lines of output a report carries.
 pub const REPORT_LOG_LINES: usize = 20;
@@ -21,29 +19,6 @@ pub const REPORT_LOG_LINES: usize = 20;
 pub const REPORT_LINE_BYTES: usize = 1024;
 /// Lines of output `GET /v1/allocations/{id}` shows.
 pub const STATUS_LOG_LINES: usize = 50;
-
-/// The observed state of an allocation, as `GET /v1/allocations/{id}` answers it. It holds
-/// no env and no secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct AllocationStatus {
-    pub allocation_id: Uuid,
-    pub generation: i64,
-    pub desired: Desired,
-    pub stage: AllocationStage,
-    pub artifact_digest: Digest,
-    pub port: Option<u16>,
-    pub pid: Option<u32>,
-    /// `http://ADDRESS:PORT` while `ready`: the allocation's own address on the runner's
-    /// bridge and its declared port.
-    pub address: Option<String>,
-    /// How the process ended: `exit code 3`, `signal 15 (SIGTERM)`.
-    pub exit_status: Option<String>,
-    pub exit_code: Option<i32>,
-    /// Why the current stage was entered, for failures above all.
-    pub message: Option<String>,
-    /// The app's last output lines, secret values replaced by `***`.
-    pub last_log_lines: Vec<String>,
-}
 
 /// What changes as the allocation runs.
 #[derive(Debug, Clone)]

@@ -17,13 +17,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use rhone_runner_protocol::{AllocationSpec, AllocationStatus};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::RunnerIdentity;
-use crate::allocation::AllocationStatus;
-use crate::spec::AllocationSpec;
 use crate::table::{PutError, PutOutcome, Table};
 
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use crate::secret::Secret;
+use rhone_core::Secret;
 
 /// Default `RHONE_RUNNER_WORK_DIR`.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/rhone/runner";

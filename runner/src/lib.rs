@@ -6,8 +6,10 @@
 //! every stage change to the control plane with the allocation's generation (`report`). One
 //! task per allocation (`lifecycle`) drives the core Allocation machine: planned → pulling →
 //! starting → ready → draining → stopped, or failed. State is in memory (`table`); secret
-//! values never leave the process except into the app's environment (`secret`). Sandboxes
-//! left running by a runner that was killed are removed when the next one starts.
+//! values (`rhone_core::Secret`) never leave the process except into the app's environment,
+//! and are blanked out of the output it keeps (`scrub`). Sandboxes left running by a runner
+//! that was killed are removed when the next one starts. The wire types (spec, status,
+//! report) are `rhone_runner_protocol`'s, re-exported here.
 //!
 //! Entry point: [`serve`].
 
@@ -20,8 +22,7 @@ mod probe;
 mod process;
 mod pull;
 mod report;
-mod secret;
-mod spec;
+mod scrub;
 mod table;
 
 use std::future::Future;
@@ -30,15 +31,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-pub use allocation::{AllocationStatus, UpdateError};
+pub use allocation::UpdateError;
 pub use config::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_INHERIT_ENV, RunnerConfig};
 pub use logs::RING_LINES;
 pub use probe::NotReady;
 pub use pull::PullError;
-pub use report::StageReport;
+pub use rhone_core::secret::{REDACTED, Secret};
+pub use rhone_runner_protocol::{
+    AllocationSpec, AllocationStatus, Desired, INJECTED_ENV, ProcessSpec, SpecError, StageReport,
+};
 pub use rhone_store::ArtifactStore;
-pub use secret::{REDACTED, Secret};
-pub use spec::{AllocationSpec, Desired, INJECTED_ENV, ProcessSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {

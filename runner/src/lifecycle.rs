@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rhone_core::stage::AllocationStage::*;
+use rhone_runner_protocol::AllocationSpec;
 use rhone_sandbox::{Bind, HostNetwork, Network, Sandbox, SandboxSpec, describe_exit};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -14,7 +15,6 @@ use tracing::Instrument;
 use crate::allocation::{Allocation, Observed};
 use crate::process::{Ended, Process};
 use crate::pull::ArtifactCache;
-use crate::spec::AllocationSpec;
 use crate::{RunnerConfig, probe};
 
 /// How long a process that failed readiness gets to exit after SIGTERM.

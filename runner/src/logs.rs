@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 
-use crate::secret::Scrubber;
+use crate::scrub::Scrubber;
 
 /// Lines kept in memory per allocation.
 pub const RING_LINES: usize = 200;
@@ -141,7 +141,7 @@ fn trim_newline(line: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use rhone_core::Secret;
 
     #[tokio::test]
     async fn lines_are_split_capped_scrubbed_and_kept() -> std::io::Result<()> {

@@ -6,14 +6,12 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rhone_core::stage::AllocationStage;
-use serde::{Deserialize, Serialize};
+use rhone_core::Secret;
+use rhone_runner_protocol::StageReport;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use uuid::Uuid;
-
-use crate::secret::Secret;
 
 /// Attempts per report, the first included.
 const ATTEMPTS: u32 = 4;
@@ -23,20 +21,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for reports still queued.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One stage change, as POSTed (the shape of `rhone_schema::allocations::RunnerReport`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageReport {
-    pub allocation_id: Uuid,
-    pub generation: i64,
-    pub stage: AllocationStage,
-    /// `http://127.0.0.1:PORT` while `ready`.
-    pub address: Option<String>,
-    pub exit_status: Option<String>,
-    pub message: Option<String>,
-    /// The app's last output lines, secrets scrubbed.
-    pub last_log_lines: Vec<String>,
-}
 
 /// Sends reports, one queue per allocation.
 #[derive(Debug)]

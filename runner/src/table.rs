@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use rhone_runner_protocol::{AllocationSpec, AllocationStatus};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::allocation::{Allocation, AllocationStatus, UpdateError, Updated};
+use crate::allocation::{Allocation, UpdateError, Updated};
 use crate::lifecycle::{self, Context};
 use crate::logs::LogBuffer;
 use crate::report::Reporter;
-use crate::secret::Scrubber;
-use crate::spec::AllocationSpec;
+use crate::scrub::Scrubber;
 
 /// What a `PUT` did.
 #[derive(Debug)]

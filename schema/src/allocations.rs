@@ -12,28 +12,14 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, QuerySelect,
     TransactionSession, TransactionTrait,
 };
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::entity::{allocation, audit_log, deployment};
 use crate::{SchemaError, begin_write};
 
-/// The desired state of an allocation (`allocations.desired`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Desired {
-    Run,
-    Stop,
-}
-
-impl Desired {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Desired::Run => "run",
-            Desired::Stop => "stop",
-        }
-    }
-}
+/// The desired state of an allocation (`allocations.desired`, stored as
+/// [`Desired::as_str`]): the runner protocol's, so the row and the command say the same.
+pub use rhone_runner_protocol::Desired;
 
 /// A new allocation of an artifact, placed in a region and cell (and on a runner once
 /// scheduled).
@@ -47,27 +33,9 @@ pub struct NewAllocation {
     pub cell_id: Uuid,
 }
 
-/// What a runner says about one allocation, as `POST /internal/runner/reports` receives it
-/// (the runner's `StageReport` serialises to this shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunnerReport {
-    pub allocation_id: Uuid,
-    /// The generation of the command the runner was acting on.
-    pub generation: i64,
-    pub stage: AllocationStage,
-    /// `http://host:port` of the app; kept only while the stage is `ready`.
-    #[serde(default)]
-    pub address: Option<String>,
-    #[serde(default)]
-    pub exit_status: Option<String>,
-    /// Why the stage was entered (a failure's reason above all). Not stored: the row has
-    /// no column for it yet; the API logs it.
-    #[serde(default)]
-    pub message: Option<String>,
-    /// The app's last output lines, secrets already scrubbed by the runner. Not stored.
-    #[serde(default)]
-    pub last_log_lines: Vec<String>,
-}
+/// What a runner says about one allocation, as `POST /internal/runner/reports` receives it:
+/// the runner protocol's [`StageReport`](rhone_runner_protocol::StageReport).
+pub use rhone_runner_protocol::StageReport as RunnerReport;
 
 /// What [`apply_report`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

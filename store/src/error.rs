@@ -1,6 +1,6 @@
 //! `StoreError`: every way packing, storing, pushing or unpacking an artifact fails.
 
-use crate::digest::{Digest, InvalidDigest};
+use rhone_core::digest::{Digest, InvalidDigest};
 
 /// A boxed cause, for the SDK errors whose concrete types differ per operation.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

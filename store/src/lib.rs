@@ -20,7 +20,6 @@
 //! ```
 
 pub mod archive;
-mod digest;
 mod error;
 pub mod local;
 pub mod oci;
@@ -29,9 +28,9 @@ pub mod s3;
 use std::path::PathBuf;
 
 pub use archive::Packed;
-pub use digest::{Digest, InvalidDigest};
 pub use error::{BoxError, Result, StoreError};
 pub use local::LocalStore;
+pub use rhone_core::digest::{Digest, InvalidDigest};
 pub use s3::{S3Config, S3Store, SecretKey};
 
 /// Media type of an artifact archive: an uncompressed, deterministic tar.

@@ -4,9 +4,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::archive::Packed;
-use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::{blocking, verified};
+use rhone_core::digest::Digest;
 
 /// Artifacts in a local directory. Writes go to a temporary file in the same directory
 /// and are renamed into place, so a reader never sees half an artifact.

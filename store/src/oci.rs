@@ -15,9 +15,9 @@ use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Packed;
-use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::{ARTIFACT_MEDIA_TYPE, verified};
+use rhone_core::digest::Digest;
 
 /// Media type of the config blob, `{"digest": "sha256:…", "size": N}`.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.rhone.artifact.config.v1+json";

@@ -10,9 +10,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::archive::Packed;
-use crate::digest::Digest;
 use crate::error::{Result, StoreError};
 use crate::{ARTIFACT_MEDIA_TYPE, verified};
+use rhone_core::digest::Digest;
 
 /// A secret that never shows in `Debug` output, logs or errors.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
-//! The dependency graph carries the big invariants (rust-analyzer's tidy tests): workflows
-//! and core do no I/O because they cannot reach the crates that do it, and their sources do
-//! not reach for clocks, randomness, threads or the filesystem.
+//! The dependency graph carries the big invariants (rust-analyzer's tidy tests): workflows,
+//! core and the runner protocol do no I/O because they cannot reach the crates that do it,
+//! workflow and core sources do not reach for clocks, randomness, threads or the
+//! filesystem, and the runner's callers share its protocol, not the runner.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -98,7 +99,21 @@ fn workflows_and_core_reach_no_io_crate() {
     check_direct(
         &g,
         "rhone-core",
-        &["serde", "serde_json", "thiserror", "uuid"],
+        &["hex", "serde", "serde_json", "sha2", "thiserror", "uuid"],
+    );
+    check_direct(
+        &g,
+        "rhone-runner-protocol",
+        &[
+            "hex",
+            "hmac",
+            "rhone-core",
+            "serde",
+            "serde_json",
+            "sha2",
+            "thiserror",
+            "uuid",
+        ],
     );
     check_direct(
         &g,
@@ -125,7 +140,7 @@ fn workflows_and_core_reach_no_io_crate() {
         "aws-sdk-s3",
         "oci-client",
     ];
-    for krate in ["rhone-core", "rhone-workflows"] {
+    for krate in ["rhone-core", "rhone-runner-protocol", "rhone-workflows"] {
         let (_, all) = &g[krate];
         let bad: Vec<_> = forbidden.iter().filter(|f| all.contains(**f)).collect();
         assert!(bad.is_empty(), "{krate} reaches {bad:?}");
@@ -135,6 +150,13 @@ fn workflows_and_core_reach_no_io_crate() {
         !g["rhone-api"].1.contains("rhone-activities"),
         "rhone-api must not depend on rhone-activities"
     );
+    // Activities speak the runner protocol; only their tests start a runner.
+    for krate in ["rhone-activities", "rhone-schema"] {
+        assert!(
+            !g[krate].1.contains("rhone-runner"),
+            "{krate} must not depend on rhone-runner (use rhone-runner-protocol)"
+        );
+    }
 }
 
 #[test]

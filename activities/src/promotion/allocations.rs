@@ -13,7 +13,6 @@ use std::{
 };
 
 use rhone_core::{StateMachine, stage::AllocationStage};
-use rhone_runner::Desired as RunnerDesired;
 use rhone_schema::{
     SchemaError,
     allocations::{self, Desired, NewAllocation},
@@ -198,7 +197,7 @@ impl PromotionActivities {
         heartbeat: Heartbeat<'_>,
     ) -> Result<(), ActivityError> {
         for (row, runner) in started {
-            let spec = allocate::spec(row, manifest, RunnerDesired::Run)?;
+            let spec = allocate::spec(row, manifest, Desired::Run)?;
             allocate::put_spec(&self.http, runner, &spec).await?;
         }
         let readiness = manifest.app.process.readiness_timeout_secs;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rhone_core::{StateMachine, stage::AllocationStage};
-use rhone_runner::{AllocationStatus, Desired as RunnerDesired};
+use rhone_runner_protocol::AllocationStatus;
 use rhone_schema::{
     SchemaError,
     allocations::{self, Desired, NewAllocation},
@@ -118,7 +118,7 @@ impl WakeActivities {
             .await?
             .ok_or_else(|| transient(format!("the runner of allocation {id} is gone")))?;
         let manifest = allocate::manifest(db, &row.artifact_digest).await?;
-        let spec = allocate::spec(&row, &manifest, RunnerDesired::Run)?;
+        let spec = allocate::spec(&row, &manifest, Desired::Run)?;
         if let Err(e) = allocate::put_spec(&self.http, &runner, &spec).await {
             if matches!(&e, ActivityError::Application(f) if f.is_non_retryable()) {
                 // Refused for good: the row must not stay meant to run.

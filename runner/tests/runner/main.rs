@@ -5,5 +5,6 @@ mod support;
 
 mod escape;
 mod fencing;
+mod integrity;
 mod lifecycle;
 mod reports;

@@ -20,7 +20,7 @@ pub use pack::pack_dir;
 pub use read::{Files, files};
 pub use unpack::unpack;
 
-use crate::digest::Digest;
+use rhone_core::digest::Digest;
 
 /// An archive held in memory together with its digest. The digest is always that of the
 /// bytes: both come from [`pack_dir`] or [`Packed::from_bytes`].

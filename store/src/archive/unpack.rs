@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::{check_link_target, safe_components};
-use crate::digest::Digest;
 use crate::error::{Result, StoreError};
+use rhone_core::digest::Digest;
 
 /// Unpacks the tar archive `bytes` into `dest`, which must not exist yet.
 ///

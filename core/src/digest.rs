@@ -30,7 +30,7 @@ impl Digest {
     }
 
     /// The digest of everything fed to `hasher`.
-    pub(crate) fn from_hasher(hasher: Sha256) -> Self {
+    fn from_hasher(hasher: Sha256) -> Self {
         Digest(format!("{PREFIX}{}", hex::encode(hasher.finalize())))
     }
 

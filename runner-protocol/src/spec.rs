@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use rhone_core::Limits;
-use rhone_store::Digest;
+use rhone_core::secret::serialize_exposed;
+use rhone_core::{Digest, Limits, Secret};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::secret::{Secret, serialize_exposed};
 
 /// Variables the runner sets itself; a spec may not set them.
 pub const INJECTED_ENV: &[&str] = &["PORT", "RHONE_ALLOCATION_ID", "RHONE_ARTIFACT_DIGEST"];
@@ -73,13 +71,23 @@ fn default_readiness_timeout_ms() -> u64 {
     DEFAULT_READINESS_TIMEOUT_MS
 }
 
-/// Whether the allocation should run.
+/// Whether the allocation should run: in a spec, and as stored (`allocations.desired`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Desired {
     #[default]
     Run,
     Stop,
+}
+
+impl Desired {
+    /// The name as serialised and stored: `run`, `stop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Run => "run",
+            Desired::Stop => "stop",
+        }
+    }
 }
 
 /// A spec that cannot be run, naming the field (`process.health_path`, `env.PORT` …).
@@ -175,7 +183,7 @@ impl AllocationSpec {
 
     /// Whether `other` runs the same thing: only `generation` and `desired` may change
     /// between generations of one allocation.
-    pub(crate) fn same_workload(&self, other: &AllocationSpec) -> bool {
+    pub fn same_workload(&self, other: &AllocationSpec) -> bool {
         self.artifact_digest == other.artifact_digest
             && self.process == other.process
             && self.env == other.env
@@ -279,6 +287,14 @@ mod tests {
             Some("unknown variant `pause`"),
         );
         check(|v| v["extra"] = json!(1), Some("unknown field `extra`"));
+    }
+
+    #[test]
+    fn desired_as_str_is_its_wire_name() -> Result<(), serde_json::Error> {
+        for desired in [Desired::Run, Desired::Stop] {
+            assert_eq!(serde_json::to_value(desired)?, desired.as_str());
+        }
+        Ok(())
     }
 
     #[test]
