@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_manifest::artifact::ArtifactManifest;
-use rhone_runner_protocol::{AllocationSpec, AllocationStatus, Desired, ProcessSpec};
+use rhone_runner_protocol::{AllocationSpec, AllocationStatus, Desired, ProcessSpec, RunnerKey};
 use rhone_schema::{
     SchemaError,
-    allocations::{self, RunnerReport},
+    allocations::{self, ReportSource, RunnerReport},
     entity::{allocation, app, artifact, cell, environment, project, runner, workspace},
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
@@ -139,9 +139,80 @@ pub(crate) fn spec(
     })
 }
 
+/// The worker's client of runner APIs: every call carries the call token the operator's
+/// runner key derives for that runner (`rhone_runner_protocol::credentials`).
+#[derive(Debug, Clone)]
+pub struct RunnerClient {
+    http: reqwest::Client,
+    key: Option<RunnerKey>,
+}
+
+impl RunnerClient {
+    /// Without a key, calls carry no token and every runner refuses them (401).
+    pub fn new(http: reqwest::Client, key: Option<RunnerKey>) -> Self {
+        RunnerClient { http, key }
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        runner: &runner::Model,
+        url: String,
+    ) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.key {
+            Some(key) => request.bearer_auth(key.call_token(&runner.name).expose()),
+            None => request,
+        }
+    }
+}
+
+/// What a runner says of itself (`GET /v1/allocations`), as far as placement reads it.
+#[derive(serde::Deserialize)]
+struct Inventory {
+    subnet: String,
+}
+
+/// Records the subnet a runner's allocations live in, at the first contact: reports from
+/// it are then taken only with addresses inside it.
+async fn record_network(
+    db: &DatabaseConnection,
+    runners: &RunnerClient,
+    runner: runner::Model,
+) -> Result<runner::Model, ActivityError> {
+    if runner.subnet.is_some() {
+        return Ok(runner);
+    }
+    let url = format!("{}/v1/allocations", runner.address.trim_end_matches('/'));
+    let resp = runners
+        .call(reqwest::Method::GET, &runner, url)
+        .timeout(STATUS_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| transient(format!("runner {} unreachable: {e}", runner.name)))?;
+    if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(transient(format!(
+            "runner {} refused this worker's call token (is RHONE_RUNNER_KEY the same on both?)",
+            runner.name
+        )));
+    }
+    let inventory: Inventory = resp
+        .error_for_status()
+        .map_err(|e| transient(format!("runner {}: {e}", runner.name)))?
+        .json()
+        .await
+        .map_err(|e| transient(format!("runner {} inventory unreadable: {e}", runner.name)))?;
+    let runner = rhone_schema::topology::record_runner_subnet(db, runner.id, &inventory.subnet)
+        .await
+        .map_err(|e| refuse(format!("runner {}: {e}", runner.name)))?;
+    tracing::info!(runner = %runner.name, subnet = ?runner.subnet, "runner network recorded");
+    Ok(runner)
+}
+
 /// The first ready runner (by name) and its cell: where new allocations are placed.
 pub(crate) async fn ready_runner(
     db: &DatabaseConnection,
+    runners: &RunnerClient,
 ) -> Result<(runner::Model, cell::Model), ActivityError> {
     let runner = runner::Entity::find()
         .filter(runner::Column::Status.eq("ready"))
@@ -152,6 +223,7 @@ pub(crate) async fn ready_runner(
         .ok_or_else(|| {
             transient("no ready runner is registered; start one (`rhone serve runner`)")
         })?;
+    let runner = record_network(db, runners, runner).await?;
     let cell = cell::Entity::find_by_id(runner.cell_id)
         .one(db)
         .await
@@ -181,12 +253,16 @@ fn url(runner: &runner::Model, allocation_id: Uuid) -> String {
 /// Sends `spec` to the runner (`PUT /v1/allocations/{id}`): a new allocation starts, the
 /// same generation again is a no-op, a newer one updates it.
 pub(crate) async fn put_spec(
-    http: &reqwest::Client,
+    http: &RunnerClient,
     runner: &runner::Model,
     spec: &AllocationSpec,
 ) -> Result<(), ActivityError> {
     let resp = http
-        .put(url(runner, spec.allocation_id))
+        .call(
+            reqwest::Method::PUT,
+            runner,
+            url(runner, spec.allocation_id),
+        )
         .json(spec)
         .send()
         .await
@@ -214,12 +290,12 @@ pub(crate) enum Observed {
 
 /// `GET /v1/allocations/{id}`; an error is the reason the runner could not be asked.
 pub(crate) async fn observe(
-    http: &reqwest::Client,
+    http: &RunnerClient,
     runner: &runner::Model,
     allocation_id: Uuid,
 ) -> Result<Observed, String> {
     let resp = http
-        .get(url(runner, allocation_id))
+        .call(reqwest::Method::GET, runner, url(runner, allocation_id))
         .timeout(STATUS_TIMEOUT)
         .send()
         .await
@@ -240,12 +316,12 @@ pub(crate) async fn observe(
 /// `DELETE /v1/allocations/{id}`: the runner drains the allocation (SIGTERM, then SIGKILL
 /// at its drain deadline). An allocation the runner does not know is already gone.
 pub(crate) async fn delete(
-    http: &reqwest::Client,
+    http: &RunnerClient,
     runner: &runner::Model,
     allocation_id: Uuid,
 ) -> Result<(), ActivityError> {
     let resp = http
-        .delete(url(runner, allocation_id))
+        .call(reqwest::Method::DELETE, runner, url(runner, allocation_id))
         .send()
         .await
         .map_err(|e| transient(format!("runner {} unreachable: {e}", runner.name)))?;
@@ -272,6 +348,7 @@ pub(crate) fn failure(status: &AllocationStatus) -> String {
         status
             .exit_status
             .as_deref()
+            .filter(|s| !status.message.as_deref().is_some_and(|m| m.contains(s)))
             .map(|s| format!(" ({s})"))
             .unwrap_or_default(),
         if lines.is_empty() {
@@ -286,7 +363,7 @@ pub(crate) fn failure(status: &AllocationStatus) -> String {
 /// it as `the {what} allocation …`). Still starting after the readiness time and a pull
 /// allowance is retried.
 pub(crate) async fn await_ready(
-    http: &reqwest::Client,
+    http: &RunnerClient,
     runner: &runner::Model,
     allocation_id: Uuid,
     readiness_secs: u64,
@@ -339,9 +416,11 @@ pub(crate) async fn await_ready(
 /// `ready` report decides.
 pub(crate) async fn record_ready(
     db: &DatabaseConnection,
+    runner: &runner::Model,
     allocation_id: Uuid,
     status: &AllocationStatus,
 ) -> Result<allocation::Model, ActivityError> {
+    let source = ReportSource::of(runner);
     let address = status
         .address
         .clone()
@@ -368,13 +447,14 @@ pub(crate) async fn record_ready(
         if !behind {
             continue;
         }
-        if let Err(e) = allocations::apply_report(db, &report(step, None)).await {
+        if let Err(e) = allocations::apply_report(db, &source, &report(step, None)).await {
             tracing::debug!(error = %e, %step, "a concurrent report got there first");
         }
     }
-    let outcome = allocations::apply_report(db, &report(AllocationStage::Ready, Some(address)))
-        .await
-        .map_err(db_err)?;
+    let outcome =
+        allocations::apply_report(db, &source, &report(AllocationStage::Ready, Some(address)))
+            .await
+            .map_err(db_err)?;
     Ok(outcome.allocation().clone())
 }
 
@@ -382,7 +462,7 @@ pub(crate) async fn record_ready(
 /// that: the whole start of one allocation.
 pub(crate) async fn start(
     db: &DatabaseConnection,
-    http: &reqwest::Client,
+    http: &RunnerClient,
     runner: &runner::Model,
     alloc: &allocation::Model,
     manifest: &ArtifactManifest,
@@ -392,7 +472,7 @@ pub(crate) async fn start(
     put_spec(http, runner, &spec(alloc, manifest, Desired::Run)?).await?;
     let readiness = manifest.app.process.readiness_timeout_secs;
     let status = await_ready(http, runner, alloc.id, readiness, what, heartbeat).await?;
-    record_ready(db, alloc.id, &status).await
+    record_ready(db, runner, alloc.id, &status).await
 }
 
 /// The host of `env` ([`rhone_core::environment_route_key`]), the route key its RouteOwner
@@ -434,7 +514,7 @@ pub(crate) async fn environment_host(
 /// (SIGTERM, requests finish, SIGKILL only at the drain deadline).
 pub(crate) async fn stop_on_runner(
     db: &DatabaseConnection,
-    http: &reqwest::Client,
+    http: &RunnerClient,
     row: &allocation::Model,
 ) -> Result<(), ActivityError> {
     let Some(runner) = runner_of(db, row).await? else {

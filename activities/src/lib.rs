@@ -4,6 +4,7 @@
 //! conflict, illegal transition) are non-retryable; transient I/O is retried.
 
 mod allocate;
+pub use allocate::RunnerClient;
 pub mod deploy;
 pub mod error;
 pub mod operation;

@@ -42,7 +42,8 @@ impl Default for PreviewConfig {
 pub struct PreviewActivities {
     pub db: DatabaseConnection,
     pub config: PreviewConfig,
-    pub http: reqwest::Client,
+    /// Calls to runners, with each runner's call token.
+    pub runners: crate::allocate::RunnerClient,
 }
 
 #[activities]
@@ -83,7 +84,13 @@ impl PreviewActivities {
 
         let (alloc, runner) = self.allocation(&dep, &input.digest).await?;
         let alloc = allocate::start(
-            db, &self.http, &runner, &alloc, &manifest, "preview", heartbeat,
+            db,
+            &self.runners,
+            &runner,
+            &alloc,
+            &manifest,
+            "preview",
+            heartbeat,
         )
         .await?;
 
@@ -153,7 +160,7 @@ impl PreviewActivities {
         {
             return Ok((a, r));
         }
-        let (runner, cell) = allocate::ready_runner(db).await?;
+        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
         let alloc = allocations::create_allocation(
             db,
             NewAllocation {

@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     pub promotion: PromotionConfig,
     /// Scale to zero: how often a hot route is checked for idleness; see [`WakeConfig`].
     pub wake: WakeConfig,
+    /// `RHONE_RUNNER_KEY`: the operator's runner key, from which the call token of each
+    /// runner is derived. Default none: runners refuse this worker's calls.
+    pub runner_key: Option<rhone_runner_protocol::RunnerKey>,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             preview: PreviewConfig::default(),
             promotion: PromotionConfig::default(),
             wake: WakeConfig::default(),
+            runner_key: None,
         }
     }
 }
@@ -136,6 +140,14 @@ impl Worker {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| WorkerError::Start(e.to_string()))?;
+        let runners = crate::allocate::RunnerClient::new(http, config.runner_key.clone());
+        // Build sandboxes a killed predecessor left behind go first.
+        if let Ok(sandbox) = rhone_sandbox::Sandbox::new(&config.deploy.sandbox()) {
+            let reaped = sandbox.reap().await;
+            if reaped > 0 {
+                tracing::warn!(reaped, "removed build sandboxes a previous worker left");
+            }
+        }
         let options = WorkerOptions::new(config.task_queue.clone())
             .register_workflow::<EnvironmentCreateWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
@@ -148,19 +160,19 @@ impl Worker {
             .register_activities(PreviewActivities {
                 db: db.clone(),
                 config: config.preview.clone(),
-                http: http.clone(),
+                runners: runners.clone(),
             })
             .register_activities(WakeActivities {
                 db: db.clone(),
                 config: config.wake.clone(),
                 edge_liveness: config.promotion.edge_liveness,
-                http: http.clone(),
+                runners: runners.clone(),
             })
             .register_activities(PromotionActivities {
                 db: db.clone(),
                 config: config.promotion.clone(),
                 domain: config.preview.domain.clone(),
-                http,
+                runners,
             })
             .register_activities(OperationActivities { db: db.clone() })
             .register_activities(TenancyActivities { db: db.clone() })

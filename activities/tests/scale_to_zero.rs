@@ -357,8 +357,15 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
         .one(&p.h.fx.db)
         .await?
         .context("the preview allocation")?;
+    let runner = rhone_schema::entity::runner::Entity::find_by_id(
+        dead.runner_id.context("the allocation's runner")?,
+    )
+    .one(&p.h.fx.db)
+    .await?
+    .context("the runner")?;
     rhone_schema::allocations::apply_report(
         &p.h.fx.db,
+        &rhone_schema::allocations::ReportSource::of(&runner),
         &rhone_schema::allocations::RunnerReport {
             allocation_id: dead.id,
             generation: dead.generation,

@@ -24,7 +24,6 @@ pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token};
 pub use error::{ApiError, ErrorCode};
 pub use graphql::{INTROSPECTION_MAX_DEPTH, MAX_COMPLEXITY, MAX_DEPTH, sdl};
 pub use http::{MAX_BODY_BYTES, router};
-pub use runner_reports::RunnerSecret;
 
 /// What every request needs: the control DB, the Temporal client and the task queue the
 /// worker polls.
@@ -34,9 +33,9 @@ pub struct ApiState {
     pub temporal: temporalio_client::Client,
     /// `rhone_workflows::TASK_QUEUE` in production; tests use their own.
     pub task_queue: String,
-    /// The secret runners present to `POST /internal/runner/reports`; `None` disables the
-    /// endpoint (404).
-    pub runner_secret: Option<RunnerSecret>,
+    /// The operator's runner key (`RHONE_RUNNER_KEY`): each runner's report token to
+    /// `POST /internal/runner/reports` is derived from it; `None` disables the endpoint (404).
+    pub runner_key: Option<rhone_runner_protocol::RunnerKey>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight

@@ -1,14 +1,18 @@
 //! `POST /internal/runner/reports`: runners report allocation stage changes here, fenced by
 //! generation through [`rhone_schema::allocations::apply_report`].
 //!
-//! Runners authenticate with `Authorization: Bearer <runner secret>`, one secret shared by
-//! the API and its runners ([`ApiState::runner_secret`]), compared in constant time. With
-//! no secret configured the endpoint is disabled and answers 404. Answers are JSON:
-//! `{"applied": bool, "stage", "generation"}` on success, `{"code", "error"}` otherwise —
-//! 401 bad token, 400/415/422 bad body, 404 unknown allocation, 409 stale generation or
-//! illegal transition.
+//! A runner names itself in `X-Rhone-Runner` and authenticates with `Authorization: Bearer
+//! <its report token>`, derived from the operator's runner key and its name
+//! ([`rhone_runner_protocol::credentials`]; [`ApiState::runner_key`]) and compared in
+//! constant time. It must be registered, and a report is taken only for an allocation
+//! placed on it and only with an address inside its recorded subnet; a refusal writes an
+//! audit row (`allocation.report_refused`). With no key configured the endpoint is disabled
+//! and answers 404. Answers are JSON: `{"applied": bool, "stage", "generation"}` on
+//! success, `{"code", "error"}` otherwise — 401 bad or missing credentials, 403 not the
+//! runner's allocation or address, 400/415/422 bad body, 404 unknown allocation, 409 stale
+//! generation or illegal transition.
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -17,13 +21,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use rand::{Rng, distr::Alphanumeric};
+use rhone_runner_protocol::{
+    RUNNER_HEADER, RunnerKey,
+    credentials::{bearer, constant_time_eq},
+};
 use rhone_schema::{
     SchemaError,
-    allocations::{ReportOutcome, RunnerReport, apply_report},
-    entity::api_token::hash_token,
+    allocations::{ReportOutcome, ReportSource, RunnerReport, apply_report},
+    entity::runner,
 };
-use sea_orm::DatabaseConnection;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -32,66 +39,23 @@ use crate::{ApiState, ErrorCode};
 /// Where runners POST their reports.
 pub const RUNNER_REPORTS_PATH: &str = "/internal/runner/reports";
 
-/// The secret runners present to report. `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RunnerSecret(String);
-
-impl RunnerSecret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        RunnerSecret(secret.into())
-    }
-
-    /// A fresh random secret (43 alphanumeric characters), for `rhone dev`.
-    pub fn generate() -> Self {
-        RunnerSecret(
-            rand::rng()
-                .sample_iter(&Alphanumeric)
-                .take(43)
-                .map(char::from)
-                .collect(),
-        )
-    }
-
-    /// The clear value, to hand to the runners.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for RunnerSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for RunnerSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 struct Reports {
     db: DatabaseConnection,
-    /// SHA-256 hex of the secret: what a presented token's hash is compared with.
-    secret_hash: Option<String>,
+    key: Option<RunnerKey>,
 }
 
 /// The report route for `state`, to merge into the API's router.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(state: &ApiState) -> Router<S> {
-    routes(state.db.clone(), state.runner_secret.as_ref())
+    routes(state.db.clone(), state.runner_key.clone())
 }
 
 fn routes<S: Clone + Send + Sync + 'static>(
     db: DatabaseConnection,
-    secret: Option<&RunnerSecret>,
+    key: Option<RunnerKey>,
 ) -> Router<S> {
-    let reports = Reports {
-        db,
-        secret_hash: secret.map(|s| hash_token(s.expose())),
-    };
     Router::new()
         .route(RUNNER_REPORTS_PATH, post(receive))
-        .with_state(Arc::new(reports))
+        .with_state(Arc::new(Reports { db, key }))
 }
 
 async fn receive(
@@ -99,20 +63,42 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Json<RunnerReport>, JsonRejection>,
 ) -> Response {
-    let Some(secret_hash) = &reports.secret_hash else {
+    let Some(key) = &reports.key else {
         return refuse(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
-            "runner reports are disabled: this API has no runner secret configured",
+            "runner reports are disabled: this API has no runner key (RHONE_RUNNER_KEY)",
         );
     };
-    if !authorized(&headers, secret_hash) {
+    let Some(name) = authenticated(&headers, key) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthenticated,
-            "a runner report needs `Authorization: Bearer <runner secret>`",
+            "a runner report needs `X-Rhone-Runner: <name>` and `Authorization: Bearer <its report token>`",
         );
-    }
+    };
+    let runner = match runner::Entity::find()
+        .filter(runner::Column::Name.eq(&name))
+        .one(&reports.db)
+        .await
+    {
+        Ok(Some(runner)) => runner,
+        Ok(None) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                &format!("runner {name} is not registered"),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the reporting runner failed");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error; the server log has the details",
+            );
+        }
+    };
     let report = match body {
         Ok(Json(report)) => report,
         Err(rejection) => {
@@ -130,7 +116,10 @@ async fn receive(
         // The runner scrubbed secret values from its messages and log lines.
         tracing::info!(parent: &span, %message, last_log_lines = ?report.last_log_lines, "runner report");
     }
-    match apply_report(&reports.db, &report).instrument(span).await {
+    match apply_report(&reports.db, &ReportSource::of(&runner), &report)
+        .instrument(span)
+        .await
+    {
         Ok(outcome) => {
             let applied = matches!(outcome, ReportOutcome::Applied(_));
             let row = outcome.allocation();
@@ -142,6 +131,9 @@ async fn receive(
             ErrorCode::NotFound,
             &format!("{what} {id} not found"),
         ),
+        Err(SchemaError::Forbidden { what }) => {
+            refuse(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &what)
+        }
         Err(SchemaError::Conflict { what }) => {
             refuse(StatusCode::CONFLICT, ErrorCode::Conflict, &what)
         }
@@ -159,22 +151,15 @@ async fn receive(
     }
 }
 
-/// Whether the request carries the runner secret. Hashes of fixed length are compared
-/// without an early exit, so the time taken says nothing about the secret.
-fn authorized(headers: &HeaderMap, secret_hash: &str) -> bool {
-    let Some(token) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let presented = hash_token(token.trim());
-    let difference = presented
-        .bytes()
-        .zip(secret_hash.bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    std::hint::black_box(difference) == 0 && presented.len() == secret_hash.len()
+/// The runner a request comes from, if it names one (`X-Rhone-Runner`) and carries that
+/// runner's report token. The token is derived again and compared in constant time.
+fn authenticated(headers: &HeaderMap, key: &RunnerKey) -> Option<String> {
+    let name = headers.get(RUNNER_HEADER)?.to_str().ok()?.trim();
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let token = bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))?;
+    constant_time_eq(token, key.report_token(name).expose()).then(|| name.to_owned())
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {

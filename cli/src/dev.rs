@@ -2,6 +2,7 @@
 //! with its web UI), opens the SQLite control DB, and runs the API, the worker, the edge and
 //! one runner in this process until Ctrl-C.
 
+use rhone_runner_protocol::{RunnerKey, credentials::token_hash};
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
@@ -50,12 +51,12 @@ pub struct DevArgs {
 }
 
 /// The dev runner: work files in `<data>/runner`, artifacts from the local store in
-/// `<data>/artifacts`, reports to this API.
+/// `<data>/artifacts`, reports to this API, with the credentials `key` derives for it.
 fn runner_state(
     identity: rhone_runner::RunnerIdentity,
     data_dir: &std::path::Path,
     api_url: &str,
-    secret: &rhone_api::RunnerSecret,
+    key: &RunnerKey,
 ) -> rhone_runner::RunnerState {
     let mut config = rhone_runner::RunnerConfig::new(data_dir.join("runner"));
     config.artifact_dir = data_dir.join("artifacts");
@@ -63,7 +64,8 @@ fn runner_state(
         "{api_url}{}",
         rhone_api::runner_reports::RUNNER_REPORTS_PATH
     ));
-    config.report_token = Some(rhone_runner::Secret::new(secret.expose()));
+    config.report_token = Some(key.report_token(&identity.name));
+    config.call_token_sha256 = Some(token_hash(key.call_token(&identity.name).expose()));
     rhone_runner::RunnerState {
         identity,
         store: rhone_runner::ArtifactStore::local(&config.artifact_dir),
@@ -123,13 +125,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
     let mut tasks = JoinSet::new();
-    // One secret per `rhone dev` run, shared by the API and its runner for reports.
-    let runner_secret = rhone_api::RunnerSecret::generate();
+    // The runner key of this data directory: the API checks the runner's reports with it,
+    // the worker derives its calls to the runner from it.
+    let runner_key = runner_key(&data_dir)?;
     let state = rhone_api::ApiState {
         db: db.clone(),
         temporal: client.clone(),
         task_queue: WorkerConfig::default().task_queue,
-        runner_secret: Some(runner_secret.clone()),
+        runner_key: Some(runner_key.clone()),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
@@ -139,6 +142,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             domain: DEV_DOMAIN.to_owned(),
             port_suffix: format!(":{}", args.edge_port),
         },
+        runner_key: Some(runner_key.clone()),
         ..WorkerConfig::default()
     };
     let worker = if args.no_worker {
@@ -169,7 +173,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "runner",
         rhone_runner::serve(
             runner,
-            runner_state(topology, &data_dir, &api_url, &runner_secret),
+            runner_state(topology, &data_dir, &api_url, &runner_key),
             stopped(),
         ),
     ));
@@ -251,8 +255,12 @@ fn worker_env(
     temporal_address: &str,
     data_dir: &std::path::Path,
     edge_port: u16,
-) -> [(&'static str, String); 6] {
+) -> [(&'static str, String); 7] {
     [
+        (
+            "RHONE_RUNNER_KEY_FILE",
+            data_dir.join(RUNNER_KEY_FILE).display().to_string(),
+        ),
         ("RHONE_DATABASE_URL", db_url.to_owned()),
         ("RHONE_TEMPORAL_ADDRESS", temporal_address.to_owned()),
         ("RHONE_TASK_QUEUE", WorkerConfig::default().task_queue),
@@ -326,6 +334,26 @@ async fn wait_for_temporal(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Where `rhone dev` keeps its runner key (owner-readable only).
+const RUNNER_KEY_FILE: &str = "runner-key";
+
+/// The runner key of `data_dir`: made on first start, read back afterwards.
+fn runner_key(data_dir: &std::path::Path) -> Result<RunnerKey> {
+    use rand::{Rng, distr::Alphanumeric};
+    let path = data_dir.join(RUNNER_KEY_FILE);
+    if !path.exists() {
+        let key: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(48)
+            .map(char::from)
+            .collect();
+        write_private(&path, &key)?;
+    }
+    let key =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    RunnerKey::new(key.trim()).with_context(|| format!("{}", path.display()))
 }
 
 /// The bootstrap admin's token: created on first start, read back afterwards.

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod dev;
+mod runners;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one server role of a multi-host install, configured by RHONE_* variables.
     Serve(serve::ServeArgs),
+    /// Runner hosts: the credentials a runner is configured with.
+    #[command(subcommand)]
+    Runners(runners::RunnersCmd),
     #[command(flatten)]
     Client(commands::ClientCommand),
 }
@@ -37,7 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(_) | Command::Serve(_) => {
                 "info,temporalio_sdk_core=warn,sqlx=warn,sea_orm_migration=warn"
             }
-            Command::Client(_) => "warn",
+            Command::Client(_) | Command::Runners(_) => "warn",
         };
         tracing_subscriber::EnvFilter::new(default)
     });
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Runners(cmd) => runners::run(cmd, cli.json),
             Command::Client(cmd) => commands::run(cmd, cli.json).await,
         }
     });

@@ -277,11 +277,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 db,
                 temporal: client,
                 task_queue: config.task_queue,
-                // The runners' report token (the runner role reads the same key).
-                runner_secret: env
-                    .get("RHONE_RUNNER_SECRET")
-                    .filter(|s| !s.is_empty())
-                    .map(rhone_api::RunnerSecret::new),
+                runner_key: runner_key(&env)?,
             };
             named("api", rhone_api::serve(listener, state, shutdown_signal())).await
         }
@@ -294,6 +290,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             if let Some(dir) = &config.data_dir {
                 wc.deploy = rhone_activities::deploy::DeployConfig::under(dir);
             }
+            wc.runner_key = runner_key(&env)?;
             wc.preview.domain = config.preview_domain;
             wc.preview.port_suffix = config.preview_port_suffix;
             wc.promotion = config.promotion;
@@ -348,6 +345,33 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         Role::Runner => unreachable!("handled above"),
     }
+}
+
+/// `RHONE_RUNNER_KEY`, or the contents of `RHONE_RUNNER_KEY_FILE`: the operator's runner
+/// key (api, worker), from which every runner's tokens are derived. Unset: the API takes
+/// no reports and runners refuse the worker's calls.
+pub fn runner_key(
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<rhone_runner_protocol::RunnerKey>> {
+    let key = match (
+        env.get("RHONE_RUNNER_KEY").filter(|v| !v.is_empty()),
+        env.get("RHONE_RUNNER_KEY_FILE").filter(|v| !v.is_empty()),
+    ) {
+        (Some(key), _) => key.trim().to_owned(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("RHONE_RUNNER_KEY_FILE: reading {file}"))?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            tracing::warn!(
+                "RHONE_RUNNER_KEY is not set: runners refuse this process's calls and reports are disabled"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(
+        rhone_runner_protocol::RunnerKey::new(key).context("RHONE_RUNNER_KEY")?,
+    ))
 }
 
 #[cfg(test)]

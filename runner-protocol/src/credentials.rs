@@ -14,7 +14,7 @@
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use rhone_core::Secret;
+pub use rhone_core::Secret;
 use sha2::{Digest as _, Sha256};
 
 /// The header naming the runner a report comes from.

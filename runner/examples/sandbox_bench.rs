@@ -769,20 +769,34 @@ async fn setup(
     let digest = store.put(&packed).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+    // Calls carry a token whose SHA-256 the runner holds, as the control plane's do.
+    let token = Uuid::new_v4().to_string();
+    let mut config = RunnerConfig::new(&work);
+    config.call_token_sha256 = Some(Digest::of(token.as_bytes()).hex().to_owned());
     let state = RunnerState {
         identity: RunnerIdentity {
             name: "bench-runner".into(),
             region: "local".into(),
             cell: "local-a".into(),
         },
-        config: RunnerConfig::new(&work),
+        config,
         store,
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut server = tokio::spawn(rhone_runner::serve(listener, state, async move {
         let _ = stop_rx.await;
     }));
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}")
+            .parse()
+            .context("the call token header")?,
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()?;
     // Up when its health check answers (it claims its bridge first).
     let up = Instant::now();
     loop {

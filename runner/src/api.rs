@@ -1,8 +1,12 @@
 //! The runner's HTTP API. Every refusal is a 4xx whose JSON body `{"error": …}` names what
 //! is wrong.
 //!
+//! Every call but `/healthz` needs `Authorization: Bearer <call token>`, the token the
+//! control plane derives for this runner (`rhone_runner_protocol::credentials`); the runner
+//! keeps only its SHA-256 and answers 401 to anything else.
+//!
 //! - `GET /healthz` → `ok`
-//! - `GET /v1/allocations` → `{runner, allocations: [status…]}`
+//! - `GET /v1/allocations` → `{runner, subnet, allocations: [status…]}`
 //! - `PUT /v1/allocations/{id}` with an [`AllocationSpec`] → 201 (new), 200 (same or newer
 //!   generation), 409 (older generation, or a change the allocation cannot take)
 //! - `GET /v1/allocations/{id}` → the [`AllocationStatus`]
@@ -12,11 +16,13 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State, rejection::JsonRejection},
-    http::StatusCode,
+    extract::{Path, Request, State, rejection::JsonRejection},
+    http::{StatusCode, header::AUTHORIZATION},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
+use rhone_runner_protocol::credentials::{bearer, matches_hash};
 use rhone_runner_protocol::{AllocationSpec, AllocationStatus};
 use serde::Serialize;
 use serde_json::json;
@@ -29,26 +35,62 @@ use crate::table::{PutError, PutOutcome, Table};
 pub(crate) struct Api {
     pub identity: RunnerIdentity,
     pub table: Arc<Table>,
+    /// The subnet of this runner's allocations (`a.b.c.d/p`).
+    pub subnet: String,
+    /// SHA-256 (hex) of the control plane's call token; `None` refuses every call.
+    pub call_token_sha256: Option<Arc<str>>,
 }
 
 pub(crate) fn router(api: Api) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let calls = Router::new()
         .route("/v1/allocations", get(list))
         .route("/v1/allocations/{id}", get(show).put(put).delete(delete))
         .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(api)
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(calls)
+}
+
+/// Every call but `/healthz` carries the control plane's call token for this runner.
+async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(expected) = &api.call_token_sha256 else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "this runner takes no calls: it has no RHONE_RUNNER_CALL_TOKEN_SHA256",
+        );
+    };
+    let presented = bearer(
+        request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match presented {
+        Some(token) if matches_hash(token, expected) => next.run(request).await,
+        _ => {
+            tracing::warn!(path = %request.uri().path(), "a call without this runner's call token was refused");
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "a call needs `Authorization: Bearer <this runner's call token>`",
+            )
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct Inventory {
     runner: RunnerIdentity,
+    /// The subnet of the allocations' addresses, which the control plane records.
+    subnet: String,
     allocations: Vec<AllocationStatus>,
 }
 
 async fn list(State(api): State<Api>) -> Json<Inventory> {
     Json(Inventory {
         runner: api.identity.clone(),
+        subnet: api.subnet.clone(),
         allocations: api.table.list(),
     })
 }

@@ -29,8 +29,13 @@ pub struct RunnerConfig {
     /// `RHONE_RUNNER_REPORT_URL`: where stage changes are POSTed, the API's
     /// `…/internal/runner/reports`. Default none: changes are only logged.
     pub report_url: Option<String>,
-    /// `RHONE_RUNNER_SECRET`: the bearer token of reports, shared with the API. Default none.
+    /// `RHONE_RUNNER_REPORT_TOKEN`: this runner's report token, the bearer of its reports
+    /// (`rhone runners credentials NAME` prints it). Default none.
     pub report_token: Option<Secret>,
+    /// `RHONE_RUNNER_CALL_TOKEN_SHA256`: the SHA-256 (hex) of the token the control plane
+    /// presents to this runner; a call without it is answered 401. Default none: every call
+    /// but `/healthz` is refused.
+    pub call_token_sha256: Option<String>,
     /// `RHONE_RUNNER_DRAIN_TIMEOUT_MS`: how long a drain waits after SIGTERM before
     /// SIGKILL, when the spec does not say. Default 10 000.
     pub drain_timeout: Duration,
@@ -62,6 +67,7 @@ impl RunnerConfig {
             work_dir,
             report_url: None,
             report_token: None,
+            call_token_sha256: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             inherit_env: DEFAULT_INHERIT_ENV
                 .iter()
@@ -110,7 +116,7 @@ impl RunnerConfig {
         }
         // Not trimmed and never quoted in an error: it is a secret.
         config.report_token = env
-            .get("RHONE_RUNNER_SECRET")
+            .get("RHONE_RUNNER_REPORT_TOKEN")
             .filter(|v| !v.is_empty())
             .map(Secret::new);
         if let Some(ms) = get("RHONE_RUNNER_DRAIN_TIMEOUT_MS") {
@@ -130,6 +136,15 @@ impl RunnerConfig {
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned)
                 .collect();
+        }
+        if let Some(hash) = get("RHONE_RUNNER_CALL_TOKEN_SHA256") {
+            if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                config.call_token_sha256 = Some(hash.to_ascii_lowercase());
+            } else {
+                errors.push(
+                    "RHONE_RUNNER_CALL_TOKEN_SHA256 must be 64 hex digits (a SHA-256)".to_owned(),
+                );
+            }
         }
         if let Some(runtime) = get("RHONE_RUNNER_RUNTIME") {
             config.runtime = runtime.into();
@@ -187,13 +202,15 @@ mod tests {
 
     #[test]
     fn every_key_parsed() -> Result<(), Vec<String>> {
+        let hash = "A".repeat(64);
         let c = RunnerConfig::parse(&env(&[
             ("RHONE_RUNNER_WORK_DIR", "/srv/runner"),
             (
                 "RHONE_RUNNER_REPORT_URL",
                 "http://api:8080/internal/runner/reports",
             ),
-            ("RHONE_RUNNER_SECRET", "t0ken"),
+            ("RHONE_RUNNER_REPORT_TOKEN", "t0ken"),
+            ("RHONE_RUNNER_CALL_TOKEN_SHA256", hash.as_str()),
             ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "2500"),
             ("RHONE_RUNNER_INHERIT_ENV", "PATH, LANG"),
             ("RHONE_RUNNER_SUBNET", "10.213.9.0/24"),
@@ -201,6 +218,7 @@ mod tests {
         assert_eq!(c.subnet, Some((std::net::Ipv4Addr::new(10, 213, 9, 0), 24)));
         assert_eq!(c.work_dir, PathBuf::from("/srv/runner"));
         assert_eq!(c.report_token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert_eq!(c.call_token_sha256, Some("a".repeat(64)));
         assert_eq!(c.drain_timeout, Duration::from_millis(2500));
         assert_eq!(c.inherit_env, ["PATH", "LANG"]);
         assert!(

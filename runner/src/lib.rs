@@ -119,6 +119,7 @@ pub async fn serve(
     let reporter = report::Reporter::new(
         http.clone(),
         config.report_url.clone(),
+        identity.name.clone(),
         config.report_token.clone(),
     );
     let ctx = Arc::new(lifecycle::Context {
@@ -135,6 +136,8 @@ pub async fn serve(
     let app = api::router(api::Api {
         identity,
         table: table.clone(),
+        subnet: ctx.network.subnet(),
+        call_token_sha256: ctx.config.call_token_sha256.as_deref().map(Arc::from),
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

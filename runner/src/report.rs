@@ -27,6 +27,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Reporter {
     client: reqwest::Client,
     url: Option<String>,
+    /// This runner's name, sent with every report (`X-Rhone-Runner`).
+    runner: String,
     token: Option<Secret>,
     senders: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -46,10 +48,16 @@ impl ReportQueue {
 }
 
 impl Reporter {
-    pub(crate) fn new(client: reqwest::Client, url: Option<String>, token: Option<Secret>) -> Self {
+    pub(crate) fn new(
+        client: reqwest::Client,
+        url: Option<String>,
+        runner: String,
+        token: Option<Secret>,
+    ) -> Self {
         Reporter {
             client,
             url,
+            runner,
             token,
             senders: Mutex::new(Vec::new()),
         }
@@ -61,12 +69,13 @@ impl Reporter {
             return ReportQueue(None);
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<StageReport>();
-        let (client, token) = (self.client.clone(), self.token.clone());
+        let (client, token, runner) =
+            (self.client.clone(), self.token.clone(), self.runner.clone());
         let span = tracing::info_span!("reports", allocation_id = %allocation_id);
         let task = tokio::spawn(
             async move {
                 while let Some(report) = rx.recv().await {
-                    deliver(&client, &url, token.as_ref(), &report).await;
+                    deliver(&client, &url, &runner, token.as_ref(), &report).await;
                 }
             }
             .instrument(span),
@@ -97,12 +106,17 @@ impl Reporter {
 async fn deliver(
     client: &reqwest::Client,
     url: &str,
+    runner: &str,
     token: Option<&Secret>,
     report: &StageReport,
 ) {
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let mut request = client.post(url).timeout(POST_TIMEOUT).json(report);
+        let mut request = client
+            .post(url)
+            .timeout(POST_TIMEOUT)
+            .header(rhone_runner_protocol::RUNNER_HEADER, runner)
+            .json(report);
         if let Some(token) = token {
             request = request.bearer_auth(token.expose());
         }

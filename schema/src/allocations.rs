@@ -14,7 +14,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::entity::{allocation, audit_log, deployment};
+use crate::entity::{allocation, audit_log, deployment, runner};
 use crate::{SchemaError, begin_write};
 
 /// The desired state of an allocation (`allocations.desired`, stored as
@@ -36,6 +36,80 @@ pub struct NewAllocation {
 /// What a runner says about one allocation, as `POST /internal/runner/reports` receives it:
 /// the runner protocol's [`StageReport`](rhone_runner_protocol::StageReport).
 pub use rhone_runner_protocol::StageReport as RunnerReport;
+
+/// The runner a report comes from: a report is taken only for an allocation placed on it,
+/// and only with an address inside its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportSource {
+    pub runner_id: Uuid,
+    pub runner_name: String,
+    /// `a.b.c.d/p`; a runner with none recorded may report no address.
+    pub subnet: Option<String>,
+}
+
+impl ReportSource {
+    pub fn of(runner: &runner::Model) -> Self {
+        ReportSource {
+            runner_id: runner.id,
+            runner_name: runner.name.clone(),
+            subnet: runner.subnet.clone(),
+        }
+    }
+}
+
+/// `a.b.c.d/p` (p from 16 to 28, host bits clear) as the network and its prefix.
+pub fn parse_subnet(text: &str) -> Option<(u32, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| (16..=28).contains(p))?;
+    let network = u32::from(addr);
+    (network & !(u32::MAX << (32 - prefix)) == 0).then_some((network, prefix))
+}
+
+/// Whether `address` (`http://a.b.c.d:port`) is an allocation's address inside `subnet`:
+/// not its network, its first address (the runner host's) or its broadcast address.
+pub fn address_in_subnet(address: &str, subnet: &str) -> bool {
+    let Some((network, prefix)) = parse_subnet(subnet) else {
+        return false;
+    };
+    let Some(rest) = address.strip_prefix("http://") else {
+        return false;
+    };
+    let Some((host, port)) = rest.split_once(':') else {
+        return false;
+    };
+    let (Ok(ip), Ok(port)) = (host.parse::<std::net::Ipv4Addr>(), port.parse::<u16>()) else {
+        return false;
+    };
+    let (ip, size) = (u32::from(ip), 1u32 << (32 - prefix));
+    port != 0 && ip > network + 1 && ip < network + size - 1
+}
+
+/// Why a report from `source` is refused for `row`, if it is.
+fn refusal(
+    source: &ReportSource,
+    row: &allocation::Model,
+    report: &RunnerReport,
+) -> Option<String> {
+    if row.runner_id != Some(source.runner_id) {
+        return Some(format!(
+            "runner {} reported on allocation {}, which is not placed on it",
+            source.runner_name, row.id
+        ));
+    }
+    let address = report.address.as_deref()?;
+    match &source.subnet {
+        None => Some(format!(
+            "runner {} reported address {address:?} but has no recorded subnet",
+            source.runner_name
+        )),
+        Some(subnet) if !address_in_subnet(address, subnet) => Some(format!(
+            "runner {} reported address {address:?}, outside its subnet {subnet}",
+            source.runner_name
+        )),
+        Some(_) => None,
+    }
+}
 
 /// What [`apply_report`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +209,44 @@ pub async fn set_desired_in<C: ConnectionTrait>(
     skip_all,
     fields(allocation_id = %report.allocation_id, generation = report.generation, stage = %report.stage)
 )]
-pub async fn apply_report<C>(db: &C, report: &RunnerReport) -> Result<ReportOutcome, SchemaError>
+pub async fn apply_report<C>(
+    db: &C,
+    source: &ReportSource,
+    report: &RunnerReport,
+) -> Result<ReportOutcome, SchemaError>
 where
     C: ConnectionTrait + TransactionTrait,
 {
     let txn = begin_write(db).await?;
     let row = locked(&txn, report.allocation_id).await?;
+    if let Some(what) = refusal(source, &row, report) {
+        let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
+            .one(&txn)
+            .await?
+            .map(|d| d.workspace_id);
+        audit_log::ActiveModel {
+            id: Set(crate::new_id()),
+            workspace_id: Set(workspace_id),
+            actor: Set(format!("runner:{}", source.runner_name)),
+            action: Set("allocation.report_refused".to_owned()),
+            target_type: Set("allocation".to_owned()),
+            target_id: Set(row.id.to_string()),
+            operation_id: Set(None),
+            detail: Set(serde_json::json!({
+                "reason": what,
+                "runner": source.runner_name,
+                "placed_on": row.runner_id,
+                "address": report.address,
+                "reported_stage": report.stage.as_str(),
+            })),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        tracing::warn!(%what, "runner report refused");
+        return Err(SchemaError::Forbidden { what });
+    }
     if report.generation < row.generation {
         let what = format!(
             "stale report from generation {}, current is {}",
@@ -154,7 +260,7 @@ where
         audit_log::ActiveModel {
             id: Set(crate::new_id()),
             workspace_id: Set(workspace_id),
-            actor: Set("runner".to_owned()),
+            actor: Set(format!("runner:{}", source.runner_name)),
             action: Set("allocation.report_rejected".to_owned()),
             target_type: Set("allocation".to_owned()),
             target_id: Set(row.id.to_string()),

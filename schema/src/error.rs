@@ -27,6 +27,10 @@ pub enum SchemaError {
     /// the database's description of the key.
     #[error("conflict: {what}")]
     Conflict { what: String },
+    /// The caller may not do this (a runner reporting on an allocation that is not its
+    /// own, or an address outside its network). An audit row says so.
+    #[error("refused: {what}")]
+    Forbidden { what: String },
     /// A row refers to a row that does not exist (or a referenced row is still in use).
     #[error("missing reference: {what}")]
     MissingReference { what: String },

@@ -5,6 +5,7 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
 };
+use uuid::Uuid;
 
 use crate::{
     SchemaError,
@@ -77,10 +78,42 @@ pub async fn ensure_runner<C: ConnectionTrait>(
                 address: Set(address.to_owned()),
                 status: Set("ready".to_owned()),
                 last_seen_at: Set(Some(now)),
+                subnet: Set(None),
                 created_at: Set(now),
             }
             .insert(db)
             .await?
         }
     })
+}
+
+/// Records the subnet of runner `runner_id`'s allocations (`a.b.c.d/p`) if none is yet: the
+/// first one the control plane learns stays, and reports are checked against it. Returns
+/// the runner as stored.
+pub async fn record_runner_subnet<C: ConnectionTrait>(
+    db: &C,
+    runner_id: Uuid,
+    subnet: &str,
+) -> Result<runner::Model, SchemaError> {
+    if crate::allocations::parse_subnet(subnet).is_none() {
+        return Err(SchemaError::Conflict {
+            what: format!("runner subnet {subnet:?} is not a.b.c.d/p with p from 16 to 28"),
+        });
+    }
+    runner::Entity::update_many()
+        .col_expr(
+            runner::Column::Subnet,
+            sea_orm::sea_query::Expr::value(subnet),
+        )
+        .filter(runner::Column::Id.eq(runner_id))
+        .filter(runner::Column::Subnet.is_null())
+        .exec(db)
+        .await?;
+    runner::Entity::find_by_id(runner_id)
+        .one(db)
+        .await?
+        .ok_or(SchemaError::NotFound {
+            what: "runner",
+            id: runner_id.to_string(),
+        })
 }

@@ -29,3 +29,22 @@ pub mod s3;
 pub mod temporal;
 
 pub use names::{sanitize, unique_name};
+
+/// The operator runner key of tests: the API, the worker and the runners of one test derive
+/// their per-runner tokens from it (`rhone_runner_protocol::credentials`).
+pub fn runner_key() -> rhone_runner_protocol::RunnerKey {
+    match rhone_runner_protocol::RunnerKey::new("rhone-test-runner-key-0123456789abcdef") {
+        Ok(key) => key,
+        Err(e) => unreachable!("the test key is long enough: {e}"),
+    }
+}
+
+/// The credentials runner `name` is configured with under [`runner_key`]: its report token
+/// and the SHA-256 of the call token it accepts.
+pub fn runner_credentials(name: &str) -> (rhone_runner_protocol::credentials::Secret, String) {
+    let key = runner_key();
+    (
+        key.report_token(name),
+        rhone_runner_protocol::credentials::token_hash(key.call_token(name).expose()),
+    )
+}

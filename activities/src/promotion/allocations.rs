@@ -198,14 +198,14 @@ impl PromotionActivities {
     ) -> Result<(), ActivityError> {
         for (row, runner) in started {
             let spec = allocate::spec(row, manifest, Desired::Run)?;
-            allocate::put_spec(&self.http, runner, &spec).await?;
+            allocate::put_spec(&self.runners, runner, &spec).await?;
         }
         let readiness = manifest.app.process.readiness_timeout_secs;
         for (row, runner) in started {
             let status =
-                allocate::await_ready(&self.http, runner, row.id, readiness, purpose, heartbeat)
+                allocate::await_ready(&self.runners, runner, row.id, readiness, purpose, heartbeat)
                     .await?;
-            allocate::record_ready(&self.db, row.id, &status).await?;
+            allocate::record_ready(&self.db, runner, row.id, &status).await?;
         }
         Ok(())
     }
@@ -216,7 +216,7 @@ impl PromotionActivities {
             return false;
         };
         matches!(
-            allocate::observe(&self.http, &runner, row.id).await,
+            allocate::observe(&self.runners, &runner, row.id).await,
             Ok(Observed::Status(s)) if s.stage == AllocationStage::Ready
         )
     }
@@ -230,7 +230,7 @@ impl PromotionActivities {
         digest: &str,
     ) -> Result<(allocation::Model, runner::Model), ActivityError> {
         let db = &self.db;
-        let (runner, cell) = allocate::ready_runner(db).await?;
+        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
         let created = allocations::create_allocation(
             db,
             NewAllocation {
@@ -319,7 +319,7 @@ impl PromotionActivities {
         let Some(runner) = allocate::runner_of(&self.db, &row).await? else {
             return Ok(Some(format!("allocation {id} has no registered runner")));
         };
-        match allocate::observe(&self.http, &runner, id).await {
+        match allocate::observe(&self.runners, &runner, id).await {
             Ok(Observed::Status(status)) => {
                 unreachable.remove(&id);
                 if status.stage != AllocationStage::Ready {
@@ -429,6 +429,6 @@ impl PromotionActivities {
 
     /// Tells the runner to drain `row` ([`allocate::stop_on_runner`]).
     async fn stop_on_runner(&self, row: &allocation::Model) -> Result<(), ActivityError> {
-        allocate::stop_on_runner(&self.db, &self.http, row).await
+        allocate::stop_on_runner(&self.db, &self.runners, row).await
     }
 }

@@ -61,7 +61,8 @@ pub struct PromotionActivities {
     pub config: PromotionConfig,
     /// The domain environment hosts are under (`PreviewConfig::domain`).
     pub domain: String,
-    pub http: reqwest::Client,
+    /// Calls to runners, with each runner's call token.
+    pub runners: crate::allocate::RunnerClient,
 }
 
 #[activities]

@@ -191,7 +191,7 @@ impl WakeActivities {
         // undo that (its allocation no longer serves), it is named in the evidence.
         let mut undrained = Vec::new();
         for row in &stopping {
-            match allocate::stop_on_runner(&self.db, &self.http, row).await {
+            match allocate::stop_on_runner(&self.db, &self.runners, row).await {
                 Ok(()) => heartbeat.beat(json!({ "drained": row.id })).await,
                 Err(e) => {
                     tracing::warn!(%key, allocation = %row.id, error = ?e, "telling the runner to drain failed");

@@ -59,7 +59,8 @@ pub struct WakeActivities {
     /// An edge seen within this long counts (`PromotionConfig::edge_liveness`): only the
     /// open sockets of live edges keep a route awake.
     pub edge_liveness: Duration,
-    pub http: reqwest::Client,
+    /// Calls to runners, with each runner's call token.
+    pub runners: crate::allocate::RunnerClient,
 }
 
 #[activities]

@@ -68,7 +68,7 @@ impl WakeActivities {
     pub async fn start(&self, input: &WakeStartInput) -> Result<WakeStarted, ActivityError> {
         let db = &self.db;
         let id = wake_allocation_id(input.operation_id.0);
-        let (runner, cell) = allocate::ready_runner(db).await?;
+        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
         let txn = route_locked(db).await?;
         let owner = route_owner::Entity::find_by_id(input.route_key.clone())
             .one(&txn)
@@ -119,7 +119,7 @@ impl WakeActivities {
             .ok_or_else(|| transient(format!("the runner of allocation {id} is gone")))?;
         let manifest = allocate::manifest(db, &row.artifact_digest).await?;
         let spec = allocate::spec(&row, &manifest, Desired::Run)?;
-        if let Err(e) = allocate::put_spec(&self.http, &runner, &spec).await {
+        if let Err(e) = allocate::put_spec(&self.runners, &runner, &spec).await {
             if matches!(&e, ActivityError::Application(f) if f.is_non_retryable()) {
                 // Refused for good: the row must not stay meant to run.
                 allocations::set_desired(db, id, Desired::Stop)
@@ -183,7 +183,7 @@ impl WakeActivities {
                     Some(owner_epoch),
                 ));
             }
-            let observed = allocate::observe(&self.http, &runner, id).await;
+            let observed = allocate::observe(&self.runners, &runner, id).await;
             let stage = match &observed {
                 Ok(Observed::Status(s)) => s.stage.as_str(),
                 Ok(Observed::Unknown) => "unknown",
@@ -195,7 +195,7 @@ impl WakeActivities {
             match observed {
                 Ok(Observed::Status(status)) => match status.stage {
                     AllocationStage::Ready => {
-                        allocate::record_ready(db, id, &status).await?;
+                        allocate::record_ready(db, &runner, id, &status).await?;
                         let since = (Utc::now() - requested_at).num_milliseconds().max(0);
                         tracing::info!(allocation_id = %id, since_request_ms = since, "wake allocation ready");
                         return Ok(WakeReady {
@@ -251,7 +251,7 @@ impl WakeActivities {
                 Err(SchemaError::NotFound { .. }) => continue,
                 Err(e) => return Err(db_err(e)),
             };
-            allocate::stop_on_runner(&self.db, &self.http, &row).await?;
+            allocate::stop_on_runner(&self.db, &self.runners, &row).await?;
             stopped.push(row.id);
         }
         tracing::info!(?stopped, "wake allocations drained");

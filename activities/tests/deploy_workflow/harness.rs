@@ -109,6 +109,10 @@ impl Harness {
         // Marker files a test's app version reads (read-only) to change behaviour later.
         std::fs::create_dir_all(fx.tmp.path().join("markers"))?;
         config.shared_dirs = vec![(fx.tmp.path().join("markers"), MARKERS.to_owned())];
+        (config.report_token, config.call_token_sha256) = {
+            let (report, call) = rhone_testkit::runner_credentials("runner-1");
+            (Some(report), Some(call))
+        };
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),
@@ -129,6 +133,7 @@ impl Harness {
         let mut worker_config = WorkerConfig {
             task_queue: queue.clone(),
             deploy: fx.config.clone(),
+            runner_key: Some(rhone_testkit::runner_key()),
             ..WorkerConfig::default()
         };
         configure(&mut worker_config);

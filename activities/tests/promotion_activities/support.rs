@@ -183,7 +183,10 @@ impl World {
             db: db.clone(),
             config: PromotionConfig::default(),
             domain: "rhone.localhost".into(),
-            http: reqwest::Client::new(),
+            runners: rhone_activities::RunnerClient::new(
+                reqwest::Client::new(),
+                Some(rhone_testkit::runner_key()),
+            ),
         };
         Ok(World {
             db,
@@ -369,6 +372,10 @@ impl Runner {
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = RunnerConfig::new(dir.join("runner"));
         config.drain_timeout = Duration::from_secs(2);
+        (config.report_token, config.call_token_sha256) = {
+            let (report, call) = rhone_testkit::runner_credentials("runner-1");
+            (Some(report), Some(call))
+        };
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),

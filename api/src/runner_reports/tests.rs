@@ -1,25 +1,35 @@
 //! The report endpoint over real HTTP on an in-memory SQLite control DB: disabled without a
-//! secret, refuses bad tokens and bodies, applies reports fenced by generation.
+//! runner key, refuses bad credentials and bodies, refuses (and audits) a runner's report on
+//! an allocation that is not its own or with an address outside its subnet, applies reports
+//! fenced by generation.
 
 use anyhow::{Context, Result};
+use rhone_runner_protocol::{RUNNER_HEADER, RunnerKey};
 use rhone_schema::{
     allocations::{Desired, set_desired},
-    entity::allocation,
-    fixtures, new_id,
+    entity::{allocation, audit_log, runner},
+    fixtures, new_id, topology,
 };
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{RUNNER_REPORTS_PATH, RunnerSecret, routes};
+use super::{RUNNER_REPORTS_PATH, routes};
 
-const SECRET: &str = "runner-secret-for-tests";
+fn key() -> RunnerKey {
+    RunnerKey::new("runner-key-for-tests-0123456789abcdef").expect("a long key")
+}
+
+/// The report token of runner `r1`, where the fixtures place allocations.
+fn token() -> String {
+    key().report_token("r1").expose().to_owned()
+}
 
 /// Serves the report route alone, on a fresh port; the server ends with the test's runtime.
-async fn serve(db: DatabaseConnection, secret: Option<RunnerSecret>) -> Result<String> {
+async fn serve(db: DatabaseConnection, key: Option<RunnerKey>) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}{RUNNER_REPORTS_PATH}", listener.local_addr()?);
-    let app: axum::Router = routes(db, secret.as_ref());
+    let app: axum::Router = routes(db, key);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }
@@ -32,6 +42,12 @@ async fn db_with_allocation() -> Result<(DatabaseConnection, allocation::Model)>
     fixtures::artifact(&db, &digest).await?;
     let d = fixtures::deployment(&db, &t, &digest, "validating").await?;
     let row = fixtures::allocation(&db, &d).await?;
+    let r1 = runner::Entity::find()
+        .filter(runner::Column::Name.eq("r1"))
+        .one(&db)
+        .await?
+        .context("runner r1")?;
+    topology::record_runner_subnet(&db, r1.id, "10.213.250.0/24").await?;
     Ok((db, row))
 }
 
@@ -48,7 +64,19 @@ fn report(id: Uuid, generation: i64, stage: &str) -> Value {
 }
 
 async fn post(url: &str, token: Option<&str>, body: &Value) -> Result<(u16, Value)> {
-    let mut request = reqwest::Client::new().post(url).json(body);
+    post_as(url, "r1", token, body).await
+}
+
+async fn post_as(
+    url: &str,
+    runner: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header(RUNNER_HEADER, runner)
+        .json(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -58,10 +86,10 @@ async fn post(url: &str, token: Option<&str>, body: &Value) -> Result<(u16, Valu
 }
 
 #[tokio::test]
-async fn disabled_without_a_secret() -> Result<()> {
+async fn disabled_without_a_key() -> Result<()> {
     let (db, row) = db_with_allocation().await?;
     let url = serve(db, None).await?;
-    let (status, body) = post(&url, Some(SECRET), &report(row.id, 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "pulling")).await?;
     assert_eq!(status, 404, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("disabled"),
@@ -73,20 +101,29 @@ async fn disabled_without_a_secret() -> Result<()> {
 #[tokio::test]
 async fn refuses_bad_tokens_and_bodies() -> Result<()> {
     let (db, row) = db_with_allocation().await?;
-    let url = serve(db.clone(), Some(RunnerSecret::new(SECRET))).await?;
+    let url = serve(db.clone(), Some(key())).await?;
     let good = report(row.id, 1, "pulling");
-    for token in [None, Some("wrong"), Some("runner-secret-for-test")] {
+    let other_runners = key().report_token("r2").expose().to_owned();
+    let call_token = key().call_token("r1").expose().to_owned();
+    for token in [
+        None,
+        Some("wrong"),
+        Some(other_runners.as_str()),
+        Some(call_token.as_str()),
+    ] {
         let (status, body) = post(&url, token, &good).await?;
         assert_eq!(status, 401, "token {token:?}: {body}");
         assert_eq!(body["code"], "UNAUTHENTICATED");
     }
-    let (status, body) = post(&url, Some(SECRET), &report(row.id, 1, "sleeping")).await?;
+    let (status, body) = post_as(&url, "", Some(&token()), &good).await?;
+    assert_eq!(status, 401, "no runner named: {body}");
+    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "sleeping")).await?;
     assert_eq!(status, 422, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("stage"),
         "{body}"
     );
-    let (status, body) = post(&url, Some(SECRET), &report(new_id(), 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token()), &report(new_id(), 1, "pulling")).await?;
     assert_eq!(status, 404, "{body}");
     // Nothing was written by any of them.
     let now = allocation::Entity::find_by_id(row.id).one(&db).await?;
@@ -97,9 +134,9 @@ async fn refuses_bad_tokens_and_bodies() -> Result<()> {
 #[tokio::test]
 async fn applies_reports_fenced_by_generation() -> Result<()> {
     let (db, row) = db_with_allocation().await?;
-    let url = serve(db.clone(), Some(RunnerSecret::new(SECRET))).await?;
+    let url = serve(db.clone(), Some(key())).await?;
     for stage in ["pulling", "starting"] {
-        let (status, body) = post(&url, Some(SECRET), &report(row.id, 1, stage)).await?;
+        let (status, body) = post(&url, Some(&token()), &report(row.id, 1, stage)).await?;
         assert_eq!(
             (status, body["applied"].as_bool()),
             (200, Some(true)),
@@ -107,21 +144,21 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
         );
     }
     let mut ready = report(row.id, 1, "ready");
-    ready["address"] = json!("http://127.0.0.1:4100");
-    let (status, body) = post(&url, Some(SECRET), &ready).await?;
+    ready["address"] = json!("http://10.213.250.2:4100");
+    let (status, body) = post(&url, Some(&token()), &ready).await?;
     assert_eq!(
         (status, body["stage"].as_str()),
         (200, Some("ready")),
         "{body}"
     );
-    let (status, body) = post(&url, Some(SECRET), &ready).await?;
+    let (status, body) = post(&url, Some(&token()), &ready).await?;
     assert_eq!(
         (status, body["applied"].as_bool()),
         (200, Some(false)),
         "a repeat: {body}"
     );
 
-    let (status, body) = post(&url, Some(SECRET), &report(row.id, 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "pulling")).await?;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("CONFLICT")),
@@ -133,13 +170,13 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
     );
 
     set_desired(&db, row.id, Desired::Stop).await?;
-    let (status, body) = post(&url, Some(SECRET), &report(row.id, 1, "draining")).await?;
+    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "draining")).await?;
     assert_eq!(status, 409, "{body}");
     assert_eq!(
         body["error"],
         "stale report from generation 1, current is 2"
     );
-    let (status, body) = post(&url, Some(SECRET), &report(row.id, 2, "draining")).await?;
+    let (status, body) = post(&url, Some(&token()), &report(row.id, 2, "draining")).await?;
     assert_eq!(
         (status, body["generation"].as_i64()),
         (200, Some(2)),
@@ -154,10 +191,63 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_secret_never_prints() {
-    let secret = RunnerSecret::new(SECRET);
-    assert_eq!(format!("{secret} {secret:?}"), "*** ***");
-    assert_ne!(RunnerSecret::generate(), RunnerSecret::generate());
-    assert_eq!(RunnerSecret::generate().expose().len(), 43);
+#[tokio::test]
+async fn refuses_and_audits_another_runners_allocation_and_foreign_addresses() -> Result<()> {
+    let (db, row) = db_with_allocation().await?;
+    topology::ensure_runner(&db, "local", "local-a", "r2", "http://127.0.0.1:2").await?;
+    let url = serve(db.clone(), Some(key())).await?;
+    let r2 = key().report_token("r2").expose().to_owned();
+    let (status, body) = post_as(&url, "r2", Some(&r2), &report(row.id, 1, "pulling")).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not placed on it"),
+        "{body}"
+    );
+    let unknown = key().report_token("r9").expose().to_owned();
+    let (status, body) = post_as(&url, "r9", Some(&unknown), &report(row.id, 1, "pulling")).await?;
+    assert_eq!(status, 403, "an unregistered runner: {body}");
+
+    for stage in ["pulling", "starting"] {
+        assert_eq!(
+            post(&url, Some(&token()), &report(row.id, 1, stage))
+                .await?
+                .0,
+            200
+        );
+    }
+    let mut ready = report(row.id, 1, "ready");
+    ready["address"] = json!("http://127.0.0.1:5432");
+    let (status, body) = post(&url, Some(&token()), &ready).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("outside its subnet"),
+        "{body}"
+    );
+
+    let audits = audit_log::Entity::find()
+        .filter(audit_log::Column::Action.eq("allocation.report_refused"))
+        .all(&db)
+        .await?;
+    let actors: Vec<&str> = audits.iter().map(|a| a.actor.as_str()).collect();
+    assert_eq!(actors.len(), 2, "{actors:?}");
+    assert!(
+        actors.contains(&"runner:r2") && actors.contains(&"runner:r1"),
+        "{actors:?}"
+    );
+    let stored = allocation::Entity::find_by_id(row.id)
+        .one(&db)
+        .await?
+        .context("row")?;
+    assert_eq!((stored.stage.as_str(), stored.address), ("starting", None));
+    Ok(())
 }

@@ -71,7 +71,7 @@ impl Api {
             db: db.clone(),
             temporal: temporal.clone(),
             task_queue: task_queue.clone(),
-            runner_secret: None,
+            runner_key: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -178,12 +178,12 @@ async fn readiness_timeout_fails_with_log_lines() -> Result<()> {
     let h = Harness::start().await?;
     let id = Uuid::now_v7();
     let mut spec = h.spec(id, 1, "never-ready")?;
-    spec["process"]["readiness_timeout_ms"] = 800.into();
+    spec["process"]["readiness_timeout_ms"] = 1500.into();
     h.put(id, &spec).await?;
     let failed = h.wait_stage(id, "failed", WITHIN).await?;
     let message = failed["message"].as_str().unwrap_or("");
     assert!(
-        message.starts_with("not ready after 800 ms: GET http://10.213."),
+        message.starts_with("not ready after 1500 ms: GET http://10.213."),
         "{failed:#}"
     );
     assert!(message.contains("/healthz answered 503"), "{failed:#}");

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod escape;
 mod fencing;
 mod integrity;

@@ -17,7 +17,7 @@ const WITHIN: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Default)]
 struct Recorder {
-    /// `(Authorization header, body)` of every POST that was answered 200.
+    /// `(Authorization|X-Rhone-Runner headers, body)` of every POST that was answered 200.
     seen: Arc<Mutex<Vec<(String, Value)>>>,
     /// POSTs received, failed ones included.
     attempts: Arc<Mutex<usize>>,
@@ -45,11 +45,15 @@ async fn record(
     if first {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Who reports, and with what: `<Authorization>|<X-Rhone-Runner>`.
+    let auth = format!("{}|{}", header("authorization"), header("x-rhone-runner"));
     if let Ok(mut seen) = r.seen.lock() {
         seen.push((auth, body));
     }
@@ -115,7 +119,8 @@ async fn stages_are_reported_in_order_with_their_generation() -> Result<()> {
     assert_eq!(stages, expected);
     assert!(
         seen.iter()
-            .all(|(auth, r)| auth == "Bearer runner-token" && r["allocation_id"] == id.to_string()),
+            .all(|(auth, r)| auth == "Bearer runner-token|test-runner"
+                && r["allocation_id"] == id.to_string()),
         "{seen:#?}"
     );
     let ready_report = &seen[3].1;

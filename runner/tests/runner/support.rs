@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rhone_runner::{ArtifactStore, RunnerConfig, RunnerError, RunnerIdentity, RunnerState};
+use rhone_runner_protocol::{RunnerKey, credentials::token_hash};
 use rhone_store::{Digest, archive};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -81,6 +82,28 @@ pub fn sandbox_processes(id: impl std::fmt::Display) -> Vec<u64> {
         .collect()
 }
 
+/// The runner's name.
+pub const RUNNER: &str = "test-runner";
+
+/// The operator key of these tests.
+pub fn runner_key() -> RunnerKey {
+    match RunnerKey::new("runner-test-key-0123456789abcdefghij") {
+        Ok(key) => key,
+        Err(e) => unreachable!("a long enough key: {e}"),
+    }
+}
+
+/// `Authorization: Bearer <the runner's call token>`, as the control plane sends it.
+fn call_headers() -> Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = runner_key().call_token(RUNNER);
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.expose()).parse()?,
+    );
+    Ok(headers)
+}
+
 /// A running runner and its store. Dropping it stops the runner.
 pub struct Harness {
     pub url: String,
@@ -131,12 +154,19 @@ impl Harness {
         let digest = store.put(&archive::pack_dir(&app)?).await?;
 
         let mut config = RunnerConfig::new(&work);
+        (config.report_token, config.call_token_sha256) = {
+            let key = runner_key();
+            (
+                Some(key.report_token(RUNNER)),
+                Some(token_hash(key.call_token(RUNNER).expose())),
+            )
+        };
         edit(&mut config);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let state = RunnerState {
             identity: RunnerIdentity {
-                name: "test-runner".into(),
+                name: RUNNER.into(),
                 region: "local".into(),
                 cell: "local-a".into(),
             },
@@ -149,7 +179,10 @@ impl Harness {
         }));
         Ok(Harness {
             url,
-            http: reqwest::Client::builder().no_proxy().build()?,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .default_headers(call_headers()?)
+                .build()?,
             work,
             store_dir,
             store,

@@ -14,6 +14,9 @@ pub struct Model {
     pub address: String,
     pub status: String,
     pub last_seen_at: Option<DateTimeUtc>,
+    /// The subnet of its allocations' addresses (`a.b.c.d/p`), recorded at first contact;
+    /// reports with an address outside it are refused.
+    pub subnet: Option<String>,
     pub created_at: DateTimeUtc,
     #[sea_orm(belongs_to, from = "cell_id", to = "id")]
     pub cell: BelongsTo<super::cell::Entity>,

@@ -13,6 +13,7 @@ mod m20261123_000005_bindings;
 mod m20261123_000006_build_logs;
 mod m20261124_000007_promotion;
 mod m20261124_000008_wake;
+mod m20261207_000009_runner_network;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_build_logs::Migration),
             Box::new(m20261124_000007_promotion::Migration),
             Box::new(m20261124_000008_wake::Migration),
+            Box::new(m20261207_000009_runner_network::Migration),
         ]
     }
 }
