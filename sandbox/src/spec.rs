@@ -28,8 +28,10 @@ const HOST_ETC: &[&str] = &[
 /// it. The first process of a PID namespace ignores signals it has no handler for, so the
 /// command must not be it (`exec` in a command would otherwise make SIGTERM a no-op); the
 /// runner signals every process of the sandbox, and this shell exits with the command's
-/// status (128 + the signal when one ended it).
-const INIT: &str = r#"sh -c "$1" & wait $!"#;
+/// status (128 + the signal when one ended it). Its stderr joins its stdout inside the
+/// sandbox: the runtime copies each stream through a pipe of its own, which would lose the
+/// order of lines between them.
+const INIT: &str = r#"sh -c "$1" 2>&1 & wait $!"#;
 const TMP_OWNER: &str = "uid=1000";
 const TMP_GROUP: &str = "gid=1000";
 /// Size of the private `/tmp` (it counts against the memory limit as well).

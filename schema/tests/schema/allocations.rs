@@ -105,7 +105,7 @@ async fn reports_walk_the_lifecycle(db: DatabaseConnection) -> Result<()> {
     walk(&db, &a, &[Pulling, Starting, Ready]).await?;
     let ready = row(&db, a.id).await?;
     assert_eq!(ready.stage, "ready");
-    assert_eq!(ready.address.as_deref(), Some("http://127.0.0.1:4100"));
+    assert_eq!(ready.address.as_deref(), Some("http://10.213.250.2:4100"));
     assert!(ready.last_report_at.is_some());
 
     let mut stopped = report(&a, 1, Draining);

@@ -103,7 +103,8 @@ async fn wake_columns_default_and_route_activity_is_per_key_and_edge(
     env.sleep_after_ms = Set(5);
     env.wake_state = Set("sleeping".into());
     env.update(&db).await?;
-    Migrator::down(&db, Some(1)).await?;
+    // Down to before migration 8 (migration 9 comes after it), then up again.
+    Migrator::down(&db, Some(2)).await?;
     Migrator::up(&db, None).await?;
     let env = environment::Entity::find_by_id(t.environment.id)
         .one(&db)
