@@ -201,7 +201,11 @@ impl Wake {
         Ok(self
             .http
             .get(format!("{}/v1/allocations/{id}", runner.address))
-            .bearer_auth(rhone_testkit::runner_key().call_token(&runner.name).expose())
+            .bearer_auth(
+                rhone_testkit::runner_key()
+                    .call_token(&runner.name)
+                    .expose(),
+            )
             .send()
             .await?
             .error_for_status()?

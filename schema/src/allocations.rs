@@ -111,6 +111,34 @@ fn refusal(
     }
 }
 
+/// An audit row about a report of `source` on `row` that was not applied.
+async fn audit_report<C: ConnectionTrait>(
+    txn: &C,
+    source: &ReportSource,
+    row: &allocation::Model,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), SchemaError> {
+    let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
+        .one(txn)
+        .await?
+        .map(|d| d.workspace_id);
+    audit_log::ActiveModel {
+        id: Set(crate::new_id()),
+        workspace_id: Set(workspace_id),
+        actor: Set(format!("runner:{}", source.runner_name)),
+        action: Set(action.to_owned()),
+        target_type: Set("allocation".to_owned()),
+        target_id: Set(row.id.to_string()),
+        operation_id: Set(None),
+        detail: Set(detail),
+        created_at: Set(Utc::now()),
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
+}
+
 /// What [`apply_report`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {
@@ -220,29 +248,14 @@ where
     let txn = begin_write(db).await?;
     let row = locked(&txn, report.allocation_id).await?;
     if let Some(what) = refusal(source, &row, report) {
-        let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
-            .one(&txn)
-            .await?
-            .map(|d| d.workspace_id);
-        audit_log::ActiveModel {
-            id: Set(crate::new_id()),
-            workspace_id: Set(workspace_id),
-            actor: Set(format!("runner:{}", source.runner_name)),
-            action: Set("allocation.report_refused".to_owned()),
-            target_type: Set("allocation".to_owned()),
-            target_id: Set(row.id.to_string()),
-            operation_id: Set(None),
-            detail: Set(serde_json::json!({
-                "reason": what,
-                "runner": source.runner_name,
-                "placed_on": row.runner_id,
-                "address": report.address,
-                "reported_stage": report.stage.as_str(),
-            })),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&txn)
-        .await?;
+        let detail = serde_json::json!({
+            "reason": what,
+            "runner": source.runner_name,
+            "placed_on": row.runner_id,
+            "address": report.address,
+            "reported_stage": report.stage.as_str(),
+        });
+        audit_report(&txn, source, &row, "allocation.report_refused", detail).await?;
         txn.commit().await?;
         tracing::warn!(%what, "runner report refused");
         return Err(SchemaError::Forbidden { what });
@@ -253,29 +266,14 @@ where
             report.generation, row.generation
         );
         // A late report of a superseded attempt is refused, and on-call can see it was.
-        let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
-            .one(&txn)
-            .await?
-            .map(|d| d.workspace_id);
-        audit_log::ActiveModel {
-            id: Set(crate::new_id()),
-            workspace_id: Set(workspace_id),
-            actor: Set(format!("runner:{}", source.runner_name)),
-            action: Set("allocation.report_rejected".to_owned()),
-            target_type: Set("allocation".to_owned()),
-            target_id: Set(row.id.to_string()),
-            operation_id: Set(None),
-            detail: Set(serde_json::json!({
-                "reason": what,
-                "report_generation": report.generation,
-                "current_generation": row.generation,
-                "reported_stage": report.stage.as_str(),
-                "current_stage": row.stage,
-            })),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&txn)
-        .await?;
+        let detail = serde_json::json!({
+            "reason": what,
+            "report_generation": report.generation,
+            "current_generation": row.generation,
+            "reported_stage": report.stage.as_str(),
+            "current_stage": row.stage,
+        });
+        audit_report(&txn, source, &row, "allocation.report_rejected", detail).await?;
         txn.commit().await?;
         return Err(SchemaError::Conflict { what });
     }

@@ -422,16 +422,14 @@ impl Runner {
 
     /// What the runner says about allocation `id`.
     pub async fn status(&self, id: Uuid) -> Result<rhone_runner::AllocationStatus> {
-        Ok(
-            reqwest::Client::new()
-                .get(format!("{}/v1/allocations/{id}", self.address))
-                .bearer_auth(rhone_testkit::runner_key().call_token("runner-1").expose())
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?,
-        )
+        Ok(reqwest::Client::new()
+            .get(format!("{}/v1/allocations/{id}", self.address))
+            .bearer_auth(rhone_testkit::runner_key().call_token("runner-1").expose())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 
     pub async fn stop(self) -> Result<()> {
