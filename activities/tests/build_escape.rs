@@ -136,7 +136,7 @@ async fn hostile_deploy(
 /// left (waits a little for the kernel to reap what the runtime killed).
 async fn leftovers(d: Deployment) -> Result<Vec<u32>> {
     let uid = rhone_sandbox::host_uid(&format!("build-{}", d.id)).to_string();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {

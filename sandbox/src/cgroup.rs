@@ -164,6 +164,34 @@ impl Cgroups {
             .ok()
     }
 
+    /// SIGKILL to every process still in the sandbox's cgroups (the container's and ours):
+    /// the runtime's delete should have left none; this makes sure. Returns how many.
+    pub(crate) fn kill_remaining(&self, id: &str) -> usize {
+        let Some(dir) = self.sandbox_dir("pids", id) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for procs in [
+            dir.join(LEAF).join("cgroup.procs"),
+            dir.join("cgroup.procs"),
+        ] {
+            let Ok(text) = std::fs::read_to_string(&procs) else {
+                continue;
+            };
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+                {
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+
     /// Removes the sandbox's cgroups (and a container cgroup the runtime left) in every
     /// hierarchy; a cgroup still holding a process stays, and is logged.
     pub(crate) fn remove(&self, id: &str) {

@@ -242,6 +242,13 @@ impl Sandbox {
             .await;
         let (cgroups, bundle, id) = (self.cgroups.clone(), self.bundle(id), id.to_owned());
         let _ = tokio::task::spawn_blocking(move || {
+            // Nothing of the sandbox outlives it, whatever the runtime left.
+            for _ in 0..50 {
+                if cgroups.kill_remaining(&id) == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             cgroups.remove(&id);
             if let Err(e) = std::fs::remove_dir_all(&bundle)
                 && e.kind() != std::io::ErrorKind::NotFound
