@@ -73,19 +73,37 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
         .join("allocations")
         .join(alloc.id.to_string());
     let sandbox_id = alloc.id.to_string();
-    let attachment = match ctx
-        .network
-        .attach(&sandbox_id, spec.process.port < 1024)
-        .await
-    {
-        Ok(attachment) => attachment,
-        Err(e) => {
-            alloc.enter(Failed, note(&e.to_string()));
+    let spec_in_sandbox = sandbox_spec(ctx, alloc, spec, &root, &dir);
+    // The network namespace, the app's home and the sandbox's bundle and cgroups are made
+    // side by side: each is a few milliseconds of the start.
+    let (attached, prepared) = tokio::join!(
+        ctx.network.attach(&sandbox_id, spec.process.port < 1024),
+        prepare(ctx, &spec_in_sandbox, &dir),
+    );
+    let attachment = match (attached, prepared) {
+        (Ok(attachment), Ok(())) => attachment,
+        (attached, prepared) => {
+            let message = match (&attached, prepared) {
+                (Err(e), _) => e.to_string(),
+                (_, Err(message)) => message,
+                (Ok(_), Ok(())) => unreachable!("handled above"),
+            };
+            if let Ok(attachment) = &attached {
+                ctx.network.detach(attachment).await;
+            }
+            ctx.sandbox.discard(&sandbox_id).await;
+            alloc.enter(Failed, note(&message));
             return;
         }
     };
-    match start(ctx, alloc, spec, &root, &dir, &attachment).await {
+    match Process::spawn(&ctx.sandbox, &spec_in_sandbox, &alloc.logs) {
         Ok(mut process) => {
+            tracing::info!(address = %attachment.address, port = spec.process.port, "process started");
+            let (ip, port) = (attachment.address, spec.process.port);
+            alloc.observe(|o| {
+                o.ip = Some(ip);
+                o.port = Some(port);
+            });
             supervise(
                 ctx,
                 alloc,
@@ -96,8 +114,9 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
             )
             .await;
         }
-        Err(message) => {
-            alloc.enter(Failed, note(&message));
+        Err(e) => {
+            ctx.sandbox.discard(&sandbox_id).await;
+            alloc.enter(Failed, note(&format!("starting the sandbox: {e}")));
         }
     }
     ctx.network.detach(&attachment).await;
@@ -158,33 +177,17 @@ async fn supervise(
     }
 }
 
-/// Starts the process in its sandbox; the error is the failure message.
-async fn start(
+/// The app's sandbox: the artifact read-only at [`APP_DIR`], its home writable, the
+/// runner's shared directories read-only, its limits, and the network namespace
+/// [`HostNetwork::attach`] makes for it.
+fn sandbox_spec(
     ctx: &Context,
     alloc: &Allocation,
     spec: &AllocationSpec,
     root: &Path,
     dir: &Path,
-    attachment: &rhone_sandbox::Attachment,
-) -> Result<Process, String> {
+) -> SandboxSpec {
     let sandbox_id = alloc.id.to_string();
-    // The app's own writable directory (its HOME), owned by its sandbox's uid.
-    let home = dir.join("home");
-    let owner = rhone_sandbox::host_uid(&sandbox_id);
-    let made = {
-        let home = home.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&home)?;
-            rhone_sandbox::chown_tree(&home, owner)
-        })
-        .await
-    };
-    match made {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("creating {}: {e}", home.display())),
-        Err(e) => return Err(format!("creating {}: {e}", home.display())),
-    }
-    let port = spec.process.port;
     let mut env: Vec<(String, String)> = ctx
         .config
         .inherit_env
@@ -197,20 +200,21 @@ async fn start(
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_owned())),
     );
-    env.push(("PORT".into(), port.to_string()));
+    env.push(("PORT".into(), spec.process.port.to_string()));
     env.push(("RHONE_ALLOCATION_ID".into(), alloc.id.to_string()));
     env.push((
         "RHONE_ARTIFACT_DIGEST".into(),
         spec.artifact_digest.to_string(),
     ));
-    let sandbox_spec = SandboxSpec {
+    SandboxSpec {
+        network: Network::Join(ctx.network.netns_path(&sandbox_id)),
         id: sandbox_id,
         command: spec.process.command.clone(),
         env,
         cwd: APP_DIR.to_owned(),
         binds: [
             Bind::read_only(root, APP_DIR),
-            Bind::writable(&home, rhone_sandbox::HOME),
+            Bind::writable(dir.join("home"), rhone_sandbox::HOME),
         ]
         .into_iter()
         .chain(
@@ -221,19 +225,30 @@ async fn start(
         )
         .collect(),
         limits: spec.process.limits,
-        network: Network::Join(attachment.netns_path()),
         hostname: "app".to_owned(),
-    };
-    let process = Process::spawn(&ctx.sandbox, &sandbox_spec, &alloc.logs)
+    }
+}
+
+/// The app's own writable directory (its HOME, owned by its sandbox's uid), then the
+/// sandbox's bundle and cgroups; the error is the failure message.
+async fn prepare(ctx: &Context, spec: &SandboxSpec, dir: &Path) -> Result<(), String> {
+    let home = dir.join("home");
+    let owner = rhone_sandbox::host_uid(&spec.id);
+    let made = {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&home)?;
+            rhone_sandbox::chown_tree(&home, owner)
+        })
         .await
-        .map_err(|e| format!("starting the sandbox: {e}"))?;
-    tracing::info!(address = %attachment.address, port, "process started");
-    let ip = attachment.address;
-    alloc.observe(|o| {
-        o.ip = Some(ip);
-        o.port = Some(port);
-    });
-    Ok(process)
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+    };
+    made.map_err(|e| format!("creating {}: {e}", home.display()))?;
+    ctx.sandbox
+        .prepare(spec)
+        .await
+        .map_err(|e| format!("preparing the sandbox: {e}"))
 }
 
 fn drain_deadline(ctx: &Context, spec: &AllocationSpec) -> Duration {

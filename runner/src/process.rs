@@ -37,13 +37,13 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    /// Starts `spec` in a sandbox with piped output.
-    pub(crate) async fn spawn(
+    /// Starts the prepared sandbox of `spec` with piped output.
+    pub(crate) fn spawn(
         sandbox: &Sandbox,
         spec: &SandboxSpec,
         logs: &Arc<LogBuffer>,
     ) -> Result<Process, rhone_sandbox::SandboxError> {
-        let started = sandbox.start(spec, Stdio::piped(), Stdio::piped()).await?;
+        let started = sandbox.spawn(spec, Stdio::piped(), Stdio::piped())?;
         let mut child = started.child;
         let mut pumps = JoinSet::new();
         let span = tracing::Span::current();

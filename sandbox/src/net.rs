@@ -180,13 +180,23 @@ impl HostNetwork {
         attached
     }
 
+    /// The network namespace [`HostNetwork::attach`] makes for sandbox `id`, known before
+    /// it exists (so a sandbox's spec can be written meanwhile).
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        Path::new("/run/netns").join(self.netns_name(id))
+    }
+
+    fn netns_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.bridge)
+    }
+
     async fn attach_at(
         &self,
         id: &str,
         host: u32,
         low_ports: bool,
     ) -> Result<Attachment, SandboxError> {
-        let netns = format!("{}-{id}", self.bridge);
+        let netns = self.netns_name(id);
         let veth = veth_name(id);
         let address = Ipv4Addr::from(self.network + host);
         // A namespace of the same id left by an earlier attempt goes first.

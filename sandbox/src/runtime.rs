@@ -108,6 +108,17 @@ impl Sandbox {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<Started, SandboxError> {
+        self.prepare(spec).await?;
+        self.spawn(spec, stdout, stderr)
+    }
+
+    /// Everything before the process: checks the spec, clears what an earlier attempt of
+    /// the id left, writes the bundle, makes the cgroups with the limits. A caller may do
+    /// other work meanwhile (the network namespace a [`Network::Join`] names) and
+    /// [`Sandbox::spawn`] once both are done; [`Sandbox::discard`] undoes it.
+    ///
+    /// [`Network::Join`]: crate::Network::Join
+    pub async fn prepare(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         if !valid_id(&spec.id) {
             return Err(SandboxError::Invalid(format!(
                 "sandbox id {:?}: expected [a-z0-9-], 1 to 64 characters",
@@ -139,7 +150,17 @@ impl Sandbox {
         .map_err(|e| SandboxError::Io {
             context: "preparing the sandbox".into(),
             source: std::io::Error::other(e),
-        })??;
+        })?
+    }
+
+    /// Starts a prepared sandbox's process: the runtime's `run`, with stdin closed and
+    /// `stdout`/`stderr` as given.
+    pub fn spawn(
+        &self,
+        spec: &SandboxSpec,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Started, SandboxError> {
         let child = Command::new(&self.runtime)
             .arg("--root")
             .arg(&self.root)
@@ -223,6 +244,11 @@ impl Sandbox {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Undoes a [`Sandbox::prepare`] whose process never started.
+    pub async fn discard(&self, id: &str) {
+        self.delete(id).await;
     }
 
     /// Processes in the sandbox now (`pids.current` of its cgroup).
