@@ -111,7 +111,18 @@ impl Cgroups {
             let Some(dir) = self.sandbox_dir(controller, id) else {
                 continue;
             };
-            std::fs::create_dir_all(&dir).map_err(SandboxError::io(format!(
+            // The owner's directory may be removed by its last sandbox's cleanup between
+            // the two `mkdir`s: then again.
+            let mut made = std::fs::create_dir_all(&dir);
+            for _ in 0..3 {
+                match &made {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        made = std::fs::create_dir_all(&dir);
+                    }
+                    _ => break,
+                }
+            }
+            made.map_err(SandboxError::io(format!(
                 "creating cgroup {}",
                 dir.display()
             )))?;
@@ -197,6 +208,15 @@ impl Cgroups {
     pub(crate) fn remove(&self, id: &str) {
         for (_, own) in &self.own {
             let dir = own.join(&self.parent).join(id);
+            // The owner's directory goes with its last sandbox (an `rmdir` of a directory
+            // still holding another sandbox fails, and that is fine).
+            let parent = own.join(&self.parent);
+            let _ = std::fs::remove_dir(parent.join(id).join(LEAF));
+            let _ = std::fs::remove_dir(parent.join(id));
+            let _ = std::fs::remove_dir(&parent);
+            if !parent.join(id).exists() {
+                continue;
+            }
             for path in [dir.join(LEAF), dir] {
                 match std::fs::remove_dir(&path) {
                     Ok(()) => {}

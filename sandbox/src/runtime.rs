@@ -210,20 +210,18 @@ impl Sandbox {
         }
     }
 
-    /// SIGKILL to every process of the sandbox, from a thread of its own: for `Drop`, where
-    /// nothing can be awaited.
+    /// SIGKILL to every process of the sandbox, waiting for the runtime's kill (a few
+    /// milliseconds): for `Drop`, where nothing can be awaited and the process may be about
+    /// to exit, so a thread of its own might never run.
     pub fn kill_detached(&self, id: &str) {
-        let (runtime, root, id) = (self.runtime.clone(), self.root.clone(), id.to_owned());
-        std::thread::spawn(move || {
-            let _ = std::process::Command::new(runtime)
-                .arg("--root")
-                .arg(root)
-                .args(["kill", "--all", &id, "SIGKILL"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        });
+        let _ = std::process::Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["kill", "--all", id, "SIGKILL"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// After the sandbox's `run` ended with `status`: whether the OOM killer ended it (it
