@@ -83,14 +83,13 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     let attachment = match (attached, prepared) {
         (Ok(attachment), Ok(())) => attachment,
         (attached, prepared) => {
-            let message = match (&attached, prepared) {
-                (Err(e), _) => e.to_string(),
-                (_, Err(message)) => message,
-                (Ok(_), Ok(())) => unreachable!("handled above"),
+            let message = match &attached {
+                Err(e) => e.to_string(),
+                Ok(attachment) => {
+                    ctx.network.detach(attachment).await;
+                    prepared.err().unwrap_or_default()
+                }
             };
-            if let Ok(attachment) = &attached {
-                ctx.network.detach(attachment).await;
-            }
             ctx.sandbox.discard(&sandbox_id).await;
             alloc.enter(Failed, note(&message));
             return;

@@ -207,16 +207,8 @@ impl Cgroups {
     /// hierarchy; a cgroup still holding a process stays, and is logged.
     pub(crate) fn remove(&self, id: &str) {
         for (_, own) in &self.own {
-            let dir = own.join(&self.parent).join(id);
-            // The owner's directory goes with its last sandbox (an `rmdir` of a directory
-            // still holding another sandbox fails, and that is fine).
             let parent = own.join(&self.parent);
-            let _ = std::fs::remove_dir(parent.join(id).join(LEAF));
-            let _ = std::fs::remove_dir(parent.join(id));
-            let _ = std::fs::remove_dir(&parent);
-            if !parent.join(id).exists() {
-                continue;
-            }
+            let dir = parent.join(id);
             for path in [dir.join(LEAF), dir] {
                 match std::fs::remove_dir(&path) {
                     Ok(()) => {}
@@ -226,6 +218,9 @@ impl Cgroups {
                     }
                 }
             }
+            // The owner's directory goes with its last sandbox; one still holding another
+            // sandbox is not removed, and that is fine.
+            let _ = std::fs::remove_dir(&parent);
         }
     }
 

@@ -114,13 +114,16 @@ pub fn host_uid(id: &str) -> u32 {
 }
 
 pub(crate) fn uid_base(id: &str) -> u32 {
-    // FNV-1a: a stable spread of ids over 60,000 ranges.
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in id.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    (1 << 20) + (hash % 60_000) * 65_536
+    // A stable spread of ids over 60,000 ranges; the remainder fits in a u32.
+    let range = u32::try_from(fnv1a(id.as_bytes()) % 60_000).unwrap_or(0);
+    (1 << 20) + range * 65_536
+}
+
+/// FNV-1a (64 bits): a stable, cheap spread of names, not a security measure.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Gives `path` and everything under it (links themselves, not what they point to) to

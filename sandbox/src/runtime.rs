@@ -322,11 +322,7 @@ impl Sandbox {
 
 /// A short stable name for a state directory.
 fn scope_of(dir: &Path) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in dir.as_os_str().as_encoded_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::fnv1a(dir.as_os_str().as_encoded_bytes());
     format!("{:010x}", hash & 0xff_ffff_ffff)
 }
 
