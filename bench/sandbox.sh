@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: what the allocation sandbox (runc, cgroup limits, a network namespace on the
+# Benchmark: what the allocation sandbox (crun, cgroup limits, a network namespace on the
 # runner's bridge) costs the example app, against the same app started bare, in one run.
 #
 # 1. Start-to-ready (runner/examples/sandbox_bench.rs drives it). The example app's build
@@ -61,7 +61,7 @@
 # removes the cgroups the runner leaves behind (its empty `rhone-<scope>` parents) and its
 # temporary directory, also after a failure or Ctrl-C.
 #
-# Usage: bench/sandbox.sh        (as root: runc, network namespaces, cgroups)
+# Usage: bench/sandbox.sh        (as root: crun, network namespaces, cgroups)
 # Settings (environment):
 #   BENCH_ROUNDS=20          measured start-to-ready rounds
 #   BENCH_WARMUP=2           unmeasured start-to-ready rounds first (at least 1 is run)
@@ -107,12 +107,12 @@ echo "machine: $cores cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2
 
 # --- tools -------------------------------------------------------------------------------
 if [ "$(id -u)" -ne 0 ]; then
-    echo "bench/sandbox: run as root (the runner makes network namespaces, a bridge, cgroups and runs runc)" >&2
+    echo "bench/sandbox: run as root (the runner makes network namespaces, a bridge, cgroups and runs crun)" >&2
     exit 1
 fi
-for tool in python3 runc ip iptables; do
+for tool in python3 crun ip iptables; do
     command -v "$tool" >/dev/null 2>&1 || {
-        echo "bench/sandbox: $tool is not on PATH (scripts/install-deps.sh installs runc)" >&2
+        echo "bench/sandbox: $tool is not on PATH (scripts/install-deps.sh installs crun)" >&2
         exit 1
     }
 done
@@ -196,8 +196,8 @@ cleanup() {
             echo "bench/sandbox: the driver did not stop within 60 s; killing it and its sandboxes" >&2
             kill -KILL "$driver_pid" 2>/dev/null || true
             local root="$work/runner/work/sandbox/runtime" id
-            for id in $(runc --root "$root" list -q 2>/dev/null); do
-                runc --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+            for id in $(crun --root "$root" list -q 2>/dev/null); do
+                crun --root "$root" delete --force "$id" >/dev/null 2>&1 || true
             done
             # The bridge's namespaces and rules; the next runner on this subnet removes
             # whatever is left (its firewall rules).
@@ -324,7 +324,7 @@ hold_command="python3 server.py"
 [ -z "$patch" ] || hold_command="python3 -c 'import server; ${patch}server.main()'"
 [ "$hot_rounds" = 0 ] || hold_args+=(--hold-command "$hold_command")
 echo
-echo "setup: runner (rhone_runner::serve in the driver, release, sha256 $(sha256sum "$driver" | cut -c1-12)), runc $(runc --version | head -n1 | awk '{print $3}'); app examples/counter: python3 server.py ($(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin command -v python3), $(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin python3 --version 2>&1)), port 8080, /healthz"
+echo "setup: runner (rhone_runner::serve in the driver, release, sha256 $(sha256sum "$driver" | cut -c1-12)), crun $(crun --version | head -n1 | awk '{print $3}'); app examples/counter: python3 server.py ($(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin command -v python3), $(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin python3 --version 2>&1)), port 8080, /healthz"
 m0=$(machine_busy)
 i0=$(machine_irq)
 k0=$(kthread_ticks)

@@ -21,7 +21,7 @@ command -v git >/dev/null 2>&1 || apt_missing+=(git)
 # The sandbox of builds and apps: the OCI runtime, the network tools of the runner's bridge
 # and firewall, and the system Python the example app and the tests' apps run on inside it
 # (the sandbox shows the system's /usr, never a user's toolchain).
-command -v runc >/dev/null 2>&1 || apt_missing+=(runc)
+command -v crun >/dev/null 2>&1 || apt_missing+=(crun)
 command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || apt_missing+=(iptables)
 [ -x /usr/bin/python3 ] || apt_missing+=(python3)

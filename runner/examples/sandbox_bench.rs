@@ -618,7 +618,7 @@ impl Bench {
         let mut prev = 0.0;
         for (name, at) in [
             ("starting", p50_of(|r| r.starting_ms)),
-            ("process started (runc spawned)", p50_of(|r| r.spawned_ms)),
+            ("process started (crun spawned)", p50_of(|r| r.spawned_ms)),
             ("app answers", p50_of(|r| r.app_ms)),
             ("runner ready", p50_of(|r| r.ready_event_ms)),
             ("status shows ready", Some(r.p50)),

@@ -43,7 +43,7 @@ pub struct RunnerConfig {
     /// apps see. Default [`DEFAULT_INHERIT_ENV`].
     pub inherit_env: Vec<String>,
     /// `RHONE_RUNNER_RUNTIME`: the OCI runtime that makes the allocations' sandboxes.
-    /// Default `runc` on `PATH`.
+    /// Default `crun` on `PATH`.
     pub runtime: PathBuf,
     /// `RHONE_RUNNER_SUBNET`: the subnet of this runner's bridge (`10.213.7.0/24`; the
     /// runner is its first address, allocations get the next ones). Default: the first

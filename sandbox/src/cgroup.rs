@@ -1,16 +1,22 @@
-//! The sandbox's own cgroup, `<runner's cgroup>/rhone-<scope>/<id>` in the `memory`, `pids` and
-//! `cpu` hierarchies (cgroup v1), holding its limits. The runtime puts the container in a
-//! child of it (`rhone-<scope>/<id>/c`, relative to the runtime's cgroup, which is the runner's) and
-//! removes that child when the container ends; the limits and their hit count stay on ours,
-//! so the runner can tell an out-of-memory kill from any other end.
+//! The sandbox's own cgroup, `/rhone-<scope>/<id>` in every cgroup hierarchy, holding its
+//! limits in the v1 `memory`, `pids` and `cpu` ones. The runtime puts the container in a
+//! child of it (`/rhone-<scope>/<id>/c`) and removes that child when the container ends; the
+//! limits and their counters stay on ours, so the runner can tell an out-of-memory kill from
+//! any other end.
+//!
+//! crun refuses to run on a host whose v2 hierarchy, mounted beside the v1 ones, holds a
+//! controller ("cgroups in hybrid mode not supported"): [`Cgroups::detect`] mounts such a
+//! controller as a v1 hierarchy of its own first, as systemd's hybrid layout does.
 
 use std::path::{Path, PathBuf};
 
 use crate::{Limits, SandboxError};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where a host with v1 hierarchies mounts the v2 one beside them.
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
 /// The runtime's container cgroup, under a sandbox's.
-pub(crate) const LEAF: &str = "c";
+const LEAF: &str = "c";
 /// How close to the limit a peak counts as having met it: the kernel charges in pages and
 /// batches.
 const PEAK_SLACK: u64 = 256 << 10;
@@ -19,42 +25,39 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Cgroups {
-    /// The directory of this runner's sandboxes under its own cgroup: `rhone-<scope>`, so
-    /// runners sharing a cgroup (tests) never see each other's sandboxes.
+    /// The directory of this owner's sandboxes in every hierarchy: `rhone-<scope>`, so
+    /// owners on one host (tests) never see each other's sandboxes.
     parent: String,
-    /// The runner's own cgroup directory in each v1 hierarchy mounted under
-    /// `/sys/fs/cgroup` (the runtime creates the container's in every one of them).
-    own: Vec<(String, PathBuf)>,
+    /// Every hierarchy the runtime makes the container's cgroup in: its controllers (empty
+    /// for v2) and where it is mounted.
+    hierarchies: Vec<(String, PathBuf)>,
 }
 
 impl Cgroups {
-    /// Finds the runner's cgroups; fails on a host without the v1 `memory`, `pids` and `cpu`
-    /// hierarchies.
+    /// Finds the cgroup hierarchies (moving controllers off a hybrid host's v2 hierarchy
+    /// first); fails on a host without the v1 `memory`, `pids` and `cpu` ones.
     pub(crate) fn detect(scope: &str) -> Result<Cgroups, SandboxError> {
+        move_v2_controllers()?;
         let text = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(SandboxError::io("reading /proc/self/cgroup"))?;
-        let mut own = Vec::new();
+        let mut hierarchies = Vec::new();
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(_), Some(controllers)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            if controllers.is_empty() {
-                continue; // the v2 hierarchy
-            }
-            let mount = Path::new(CGROUP_ROOT).join(controllers.trim_start_matches("name="));
+            let mount = if controllers.is_empty() {
+                PathBuf::from(UNIFIED)
+            } else {
+                Path::new(CGROUP_ROOT).join(controllers.trim_start_matches("name="))
+            };
             if mount.is_dir() {
-                own.push((
-                    controllers.to_owned(),
-                    mount.join(path.trim_start_matches('/')),
-                ));
+                hierarchies.push((controllers.to_owned(), mount));
             }
         }
         let cgroups = Cgroups {
             parent: format!("rhone-{scope}"),
-            own,
+            hierarchies,
         };
         for needed in ["memory", "pids", "cpu"] {
             if cgroups.dir_of(needed).is_none() {
@@ -70,7 +73,7 @@ impl Cgroups {
     }
 
     fn dir_of(&self, controller: &str) -> Option<&Path> {
-        self.own
+        self.hierarchies
             .iter()
             .find(|(c, _)| c.split(',').any(|c| c == controller))
             .map(|(_, p)| p.as_path())
@@ -80,9 +83,9 @@ impl Cgroups {
         Some(self.dir_of(controller)?.join(&self.parent).join(id))
     }
 
-    /// The container's cgroup as the runtime is given it: relative to its own.
+    /// The container's cgroup as the runtime is given it.
     pub(crate) fn runtime_path(&self, id: &str) -> String {
-        format!("{}/{id}/{LEAF}", self.parent)
+        format!("/{}/{id}/{LEAF}", self.parent)
     }
 
     /// Makes the sandbox's cgroups and sets `limits` on them.
@@ -140,12 +143,10 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Whether the sandbox's memory use met its limit: a hit was counted (`failcnt`) or its
-    /// peak reached the limit. The kernel counts OOM kills (`oom_kill` of
-    /// `memory.oom_control`) only in the cgroup of the killed process, the runtime's, which
-    /// is gone by the time the runner looks; the limit is ours, so its counters are read
-    /// here. (With swap accounted, the memory+swap counter is charged first, and
-    /// `failcnt` is not always counted.)
+    /// Whether the sandbox's memory use met its limit: the OOM killer killed in it
+    /// (`oom_kill` of `memory.oom_control`), a hit was counted (`failcnt`) or its peak
+    /// reached the limit. (With swap accounted, the memory+swap counter is charged first,
+    /// and `failcnt` is not always counted.)
     pub(crate) fn memory_limit_reached(&self, id: &str) -> bool {
         let Some(dir) = self.sandbox_dir("memory", id) else {
             return false;
@@ -157,7 +158,16 @@ impl Cgroups {
                 .parse()
                 .ok()
         };
-        let hits = read("memory.failcnt").unwrap_or(0) + read("memory.memsw.failcnt").unwrap_or(0);
+        let oom_kills = std::fs::read_to_string(dir.join("memory.oom_control"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let hits = oom_kills
+            + read("memory.failcnt").unwrap_or(0)
+            + read("memory.memsw.failcnt").unwrap_or(0);
         let limit = read("memory.limit_in_bytes").unwrap_or(u64::MAX);
         let peak = read("memory.max_usage_in_bytes")
             .unwrap_or(0)
@@ -175,39 +185,35 @@ impl Cgroups {
             .ok()
     }
 
-    /// SIGKILL to every process still in the sandbox's cgroups (the container's and ours):
-    /// the runtime's delete should have left none; this makes sure. Returns how many.
-    pub(crate) fn kill_remaining(&self, id: &str) -> usize {
+    /// Sends `signal` to every process in the sandbox's cgroups (the container's and
+    /// ours); returns to how many.
+    pub(crate) fn signal(&self, id: &str, signal: nix::sys::signal::Signal) -> usize {
         let Some(dir) = self.sandbox_dir("pids", id) else {
             return 0;
         };
-        let mut killed = 0;
-        for procs in [
-            dir.join(LEAF).join("cgroup.procs"),
-            dir.join("cgroup.procs"),
-        ] {
-            let Ok(text) = std::fs::read_to_string(&procs) else {
-                continue;
-            };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                if nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
-                {
-                    killed += 1;
-                }
-            }
-        }
-        killed
+        [dir.join(LEAF), dir]
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal).is_ok())
+            .count()
+    }
+
+    /// SIGKILL to every process still in the sandbox's cgroup: the runtime's delete should
+    /// have left none; this makes sure. Returns how many.
+    pub(crate) fn kill_remaining(&self, id: &str) -> usize {
+        self.signal(id, nix::sys::signal::Signal::SIGKILL)
     }
 
     /// Removes the sandbox's cgroups (and a container cgroup the runtime left) in every
     /// hierarchy; a cgroup still holding a process stays, and is logged.
     pub(crate) fn remove(&self, id: &str) {
-        for (_, own) in &self.own {
-            let parent = own.join(&self.parent);
+        for (_, mount) in &self.hierarchies {
+            let parent = mount.join(&self.parent);
             let dir = parent.join(id);
             for path in [dir.join(LEAF), dir] {
                 match std::fs::remove_dir(&path) {
@@ -237,4 +243,41 @@ impl Cgroups {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect()
     }
+}
+
+/// Mounts each controller the v2 hierarchy holds on a hybrid host as a v1 hierarchy of its
+/// own (`/sys/fs/cgroup/<controller>`), which moves it off the v2 one.
+fn move_v2_controllers() -> Result<(), SandboxError> {
+    let Ok(text) = std::fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers")) else {
+        return Ok(()); // no v2 hierarchy beside the v1 ones
+    };
+    for controller in text.split_whitespace() {
+        let dir = Path::new(CGROUP_ROOT).join(controller);
+        let moved = std::fs::create_dir_all(&dir)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            .and_then(|()| {
+                nix::mount::mount(
+                    Some("cgroup"),
+                    &dir,
+                    Some("cgroup"),
+                    nix::mount::MsFlags::empty(),
+                    Some(controller),
+                )
+            });
+        match moved {
+            Ok(()) => {
+                tracing::info!(controller, mount = %dir.display(), "moved a cgroup controller from the v2 hierarchy to v1 (the runtime refuses hybrid hosts otherwise)")
+            }
+            Err(e) => {
+                return Err(SandboxError::Runtime {
+                    runtime: "cgroups".into(),
+                    problem: format!(
+                        "the cgroup v2 hierarchy at {UNIFIED} holds `{controller}`, which crun refuses, and mounting it as v1 at {} failed: {e}",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Tenant code (a build, an allocation) runs in a sandbox made by an OCI runtime, `runc`,
+//! Tenant code (a build, an allocation) runs in a sandbox made by an OCI runtime, `crun`,
 //! from a runtime spec written with the `oci-spec` crate (`spec`): its own user, PID,
 //! mount, IPC, UTS and network namespaces, uid 1000 mapped to an unprivileged host range, no
 //! capabilities, `no_new_privs`, a seccomp filter (`seccomp`), a read-only root made of the

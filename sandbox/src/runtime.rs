@@ -1,7 +1,7 @@
-//! `Sandbox`: runs sandboxes with `runc` (`runc run`, in the foreground, its stdout and
-//! stderr the caller's), signals them (`runc kill --all`), and cleans up after them (the
-//! container, its cgroups and its bundle), also after a crash of the process that started
-//! them (`reap`).
+//! `Sandbox`: runs sandboxes with `crun` (`crun run`, in the foreground, its stdout and
+//! stderr the caller's), signals them (every process of their cgroup), and cleans up after
+//! them (the container, its cgroups and its bundle), also after a crash of the process that
+//! started them (`reap`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +15,7 @@ use crate::{SandboxError, SandboxSpec, spec, valid_id};
 /// Where the runtime writes the sandbox's first pid, in its bundle.
 const PID_FILE: &str = "pid";
 /// The runtime used when the configuration names none.
-pub const DEFAULT_RUNTIME: &str = "runc";
+pub const DEFAULT_RUNTIME: &str = "crun";
 
 /// Where the runtime is and where a sandbox keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Runtime {
                 runtime: runtime_name.clone(),
                 problem: format!(
-                    "{e} (install it: apt-get install runc; scripts/install-deps.sh does)"
+                    "{e} (install it: apt-get install crun; scripts/install-deps.sh does)"
                 ),
             })?;
         if !version.status.success() {
@@ -98,6 +98,13 @@ impl Sandbox {
 
     fn bundle(&self, id: &str) -> PathBuf {
         self.bundles.join(id)
+    }
+
+    /// The runtime with its global options.
+    fn runtime(&self) -> Command {
+        let mut command = Command::new(&self.runtime);
+        command.arg("--root").arg(&self.root).stdin(Stdio::null());
+        command
     }
 
     /// Writes the bundle, makes the cgroups with the limits and starts the sandbox. The
@@ -161,16 +168,14 @@ impl Sandbox {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<Started, SandboxError> {
-        let child = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
+        let child = self
+            .runtime()
             .arg("run")
             .arg("--bundle")
             .arg(self.bundle(&spec.id))
             .arg("--pid-file")
             .arg(self.bundle(&spec.id).join(PID_FILE))
             .arg(&spec.id)
-            .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(false)
@@ -185,43 +190,17 @@ impl Sandbox {
         })
     }
 
-    /// Sends `signal` to every process of the sandbox. A sandbox that is gone is no error.
+    /// Sends `signal` to every process of the sandbox (of its cgroup). A sandbox that is
+    /// gone is no error.
     pub async fn signal(&self, id: &str, signal: Signal) {
-        let out = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["kill", "--all", id, signal.as_str()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await;
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                let why = String::from_utf8_lossy(&out.stderr);
-                if !why.contains("not exist") && !why.contains("not running") {
-                    tracing::debug!(sandbox = id, %signal, error = %why.trim(), "signalling the sandbox failed");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = id, %signal, error = %e, "cannot run the runtime's kill")
-            }
-        }
+        let (cgroups, id) = (self.cgroups.clone(), id.to_owned());
+        let _ = tokio::task::spawn_blocking(move || cgroups.signal(&id, signal)).await;
     }
 
-    /// SIGKILL to every process of the sandbox, waiting for the runtime's kill (a few
-    /// milliseconds): for `Drop`, where nothing can be awaited and the process may be about
-    /// to exit, so a thread of its own might never run.
+    /// SIGKILL to every process of the sandbox, synchronously: for `Drop`, where nothing
+    /// can be awaited and the process may be about to exit.
     pub fn kill_detached(&self, id: &str) {
-        let _ = std::process::Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["kill", "--all", id, "SIGKILL"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.cgroups.signal(id, Signal::SIGKILL);
     }
 
     /// After the sandbox's `run` ended with `status`: whether the OOM killer ended it (it
@@ -255,11 +234,9 @@ impl Sandbox {
     }
 
     async fn delete(&self, id: &str) {
-        let _ = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
+        let _ = self
+            .runtime()
             .args(["delete", "--force", id])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -287,14 +264,7 @@ impl Sandbox {
     /// Returns how many there were.
     pub async fn reap(&self) -> usize {
         let mut ids: Vec<String> = Vec::new();
-        if let Ok(out) = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["list", "--quiet"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-        {
+        if let Ok(out) = self.runtime().args(["list", "--quiet"]).output().await {
             ids.extend(
                 String::from_utf8_lossy(&out.stdout)
                     .lines()

@@ -273,7 +273,7 @@ fn base_mounts() -> Result<Vec<Mount>, SandboxError> {
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         )?,
-        // Owned by the sandbox's user: runc applies a tmpfs's `uid`, not always its `mode`.
+        // Owned by the sandbox's user: the runtime applies a tmpfs's `uid`, not always its `mode`.
         mount(
             "/tmp",
             "tmpfs",

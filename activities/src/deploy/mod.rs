@@ -46,7 +46,7 @@ pub struct DeployConfig {
     pub git: PathBuf,
     /// Time limit of each git command (clone, checkout); default 5 minutes.
     pub clone_timeout: Duration,
-    /// The OCI runtime that runs build commands in their sandboxes. Default `runc`.
+    /// The OCI runtime that runs build commands in their sandboxes. Default `crun`.
     pub runtime: PathBuf,
 }
 

@@ -234,9 +234,22 @@ async fn secrets_never_leave_the_runner() -> Result<()> {
         "PUT echoed the secret: {created}"
     );
 
-    let ready = h.wait_stage(id, "ready", WITHIN).await?;
-    // The app got the value (only the exact value is replaced), and it shows as `***`.
-    assert!(log_text(&ready).contains("the secret is ***"), "{ready:#}");
+    h.wait_stage(id, "ready", WITHIN).await?;
+    // The app got the value (only the exact value is replaced), and it shows as `***`. The
+    // runner reads the app's output beside its readiness probe, so the line may show up
+    // just after `ready`.
+    let deadline = std::time::Instant::now() + WITHIN;
+    let status = loop {
+        let (_, status) = h.get(id).await?;
+        if log_text(&status).contains("the secret is") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert!(
+        log_text(&status).contains("the secret is ***"),
+        "{status:#}"
+    );
     let shown = h.http.get(h.alloc_url(id)).send().await?.text().await?;
     let listed = h
         .http
