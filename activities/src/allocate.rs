@@ -9,13 +9,17 @@
 
 use std::time::Duration;
 
+use rhone_core::fleet::Need;
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_manifest::artifact::ArtifactManifest;
 use rhone_runner_protocol::{AllocationSpec, AllocationStatus, Desired, ProcessSpec, RunnerKey};
 use rhone_schema::{
     SchemaError,
     allocations::{self, ReportSource, RunnerReport},
-    entity::{allocation, app, artifact, cell, environment, project, runner, workspace},
+    entity::{
+        allocation, app, artifact, deployment, environment, project, route_owner, runner, workspace,
+    },
+    fleet::{self, Placement},
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use temporalio_common::error::ApplicationFailure;
@@ -173,9 +177,10 @@ struct Inventory {
     subnet: String,
 }
 
-/// Records the subnet a runner's allocations live in, at the first contact: reports from
-/// it are then taken only with addresses inside it.
-async fn record_network(
+/// Records the subnet a runner's allocations live in, at the first contact, for a runner
+/// that did not register one (one a test or fixture wrote): reports from it are then taken
+/// only with addresses inside it.
+pub(crate) async fn record_network(
     db: &DatabaseConnection,
     runners: &RunnerClient,
     runner: runner::Model,
@@ -209,27 +214,64 @@ async fn record_network(
     Ok(runner)
 }
 
-/// The first ready runner (by name) and its cell: where new allocations are placed.
-pub(crate) async fn ready_runner(
+/// Where a new allocation `id` of `deployment`'s artifact `digest` may go: a runner of the
+/// environment's region (its route's, when it has one) with room for the artifact's `[run]`
+/// memory and CPU.
+pub(crate) async fn placement(
+    db: &DatabaseConnection,
+    id: Uuid,
+    deployment_id: Uuid,
+    digest: &str,
+) -> Result<Placement, ActivityError> {
+    let dep = deployment::Entity::find_by_id(deployment_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| refuse(format!("deployment {deployment_id} is gone")))?;
+    let region_id = route_owner::Entity::find()
+        .filter(route_owner::Column::EnvironmentId.eq(dep.environment_id))
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .map(|o| o.region_id);
+    let limits = manifest(db, digest).await?.app.process.limits;
+    Ok(Placement {
+        allocation_id: id,
+        deployment_id,
+        artifact_digest: digest.to_owned(),
+        environment_id: dep.environment_id,
+        region_id,
+        need: Need {
+            memory_mb: i64::from(limits.memory_mb),
+            cpu_millis: i64::from(limits.cpu_millis),
+        },
+        avoid: Vec::new(),
+    })
+}
+
+/// A placement error as the activity's: no room anywhere is final for this attempt and
+/// names the shortfall (a retry places again).
+pub(crate) fn placement_err(e: SchemaError) -> ActivityError {
+    match e {
+        SchemaError::NoCapacity(shortfall) => {
+            refuse(format!("{}{shortfall}", rhone_core::fleet::NO_CAPACITY))
+        }
+        other => db_err(other),
+    }
+}
+
+/// Places a new allocation (see [`placement`]) and records its runner's network at the
+/// first contact.
+pub(crate) async fn place(
     db: &DatabaseConnection,
     runners: &RunnerClient,
-) -> Result<(runner::Model, cell::Model), ActivityError> {
-    let runner = runner::Entity::find()
-        .filter(runner::Column::Status.eq("ready"))
-        .order_by_asc(runner::Column::Name)
-        .one(db)
+    placement: &Placement,
+) -> Result<(allocation::Model, runner::Model), ActivityError> {
+    let (row, runner) = fleet::place_allocation(db, placement)
         .await
-        .map_err(db_err)?
-        .ok_or_else(|| {
-            transient("no ready runner is registered; start one (`rhone serve runner`)")
-        })?;
+        .map_err(placement_err)?;
     let runner = record_network(db, runners, runner).await?;
-    let cell = cell::Entity::find_by_id(runner.cell_id)
-        .one(db)
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| refuse(format!("runner {} has no cell", runner.name)))?;
-    Ok((runner, cell))
+    Ok((row, runner))
 }
 
 /// The runner an allocation is placed on, if it has one that is still registered.

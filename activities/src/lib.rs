@@ -7,6 +7,7 @@ mod allocate;
 pub use allocate::RunnerClient;
 pub mod deploy;
 pub mod error;
+pub mod fleet;
 pub mod operation;
 pub mod preview;
 pub mod promotion;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rhone_schema::{
-    allocations::{self, NewAllocation},
+    allocations,
     entity::{allocation, deployment, environment, runner},
     new_id,
     routes::{self, OwnerWrite},
@@ -160,20 +160,7 @@ impl PreviewActivities {
         {
             return Ok((a, r));
         }
-        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
-        let alloc = allocations::create_allocation(
-            db,
-            NewAllocation {
-                id: new_id(),
-                deployment_id: dep.id,
-                artifact_digest: digest.to_owned(),
-                runner_id: Some(runner.id),
-                region_id: cell.region_id,
-                cell_id: cell.id,
-            },
-        )
-        .await
-        .map_err(db_err)?;
-        Ok((alloc, runner))
+        let placement = allocate::placement(db, new_id(), dep.id, digest).await?;
+        allocate::place(db, &self.runners, &placement).await
     }
 }

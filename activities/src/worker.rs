@@ -4,7 +4,8 @@
 use std::{future::Future, time::Duration};
 
 use rhone_workflows::{
-    DeployWorkflow, EnvironmentCreateWorkflow, PromotionWorkflow, TASK_QUEUE, WakeWorkflow,
+    DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow, PromotionWorkflow, TASK_QUEUE,
+    WakeWorkflow,
 };
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
@@ -45,6 +46,10 @@ pub struct WorkerConfig {
     /// `RHONE_RUNNER_KEY`: the operator's runner key, from which the call token of each
     /// runner is derived. Default none: runners refuse this worker's calls.
     pub runner_key: Option<rhone_runner_protocol::RunnerKey>,
+    /// When a runner counts as lost; the fleet watch sweeps every heartbeat interval.
+    pub fleet: rhone_core::fleet::FleetTimings,
+    /// Whether this worker starts the fleet watch of its task queue (on by default).
+    pub watch_fleet: bool,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +61,8 @@ impl Default for WorkerConfig {
             promotion: PromotionConfig::default(),
             wake: WakeConfig::default(),
             runner_key: None,
+            fleet: rhone_core::fleet::FleetTimings::default(),
+            watch_fleet: true,
         }
     }
 }
@@ -157,6 +164,9 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<WakeWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<FleetWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_activities(crate::fleet::FleetActivities { db: db.clone() })
             .register_activities(PreviewActivities {
                 db: db.clone(),
                 config: config.preview.clone(),
@@ -181,6 +191,9 @@ impl Worker {
                 config: config.deploy.clone(),
             })
             .build();
+        if config.watch_fleet {
+            start_fleet_watch(&client, &config).await;
+        }
         let mut worker = temporalio_sdk::Worker::new(&runtime, client, options)
             .map_err(|e| WorkerError::Start(e.to_string()))?;
         let stop = worker.shutdown_handle();
@@ -192,5 +205,30 @@ impl Worker {
             () = shutdown => stop(),
         }
         run.await.map_err(|e| WorkerError::Run(e.to_string()))
+    }
+}
+
+/// Starts the fleet watch of the worker's task queue unless it runs already (a restarted
+/// worker finds it). A failure is logged: the worker still runs everything else, and the
+/// next start tries again.
+async fn start_fleet_watch(client: &Client, config: &WorkerConfig) {
+    use temporalio_client::{
+        WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
+    };
+    let workflow_id = rhone_workflows::fleet_workflow_id(&config.task_queue);
+    let input = rhone_workflows::FleetInput {
+        lost_after_ms: config.fleet.lost_after_ms,
+        sweep_every_ms: config.fleet.heartbeat_interval_ms,
+    };
+    let options = WorkflowStartOptions::new(config.task_queue.clone(), workflow_id.clone())
+        .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .build();
+    match client
+        .start_workflow(FleetWorkflow::run, input, options)
+        .await
+    {
+        Ok(_) => tracing::info!(%workflow_id, "fleet watch running"),
+        Err(e) => tracing::error!(%workflow_id, error = %e, "the fleet watch did not start"),
     }
 }

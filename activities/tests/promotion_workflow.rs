@@ -372,3 +372,56 @@ async fn a_rollback_across_a_state_schema_change_is_refused() -> Result<()> {
     assert_eq!((owner.deployment_id, owner.epoch), (second.id, 2));
     p.stop().await
 }
+
+/// No runner has room for the promoted allocation: the promotion stops `blocked` (status
+/// waiting) with the shortfall as evidence, places nothing and moves no route; once room is
+/// made, a retry places it and the promotion ends healthy.
+#[tokio::test]
+async fn no_room_blocks_the_promotion_until_a_retry() -> Result<()> {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let p = Prod::start("promo_no_room", false, |_| {}).await?;
+    let repo = p.h.repo("repo", |_| Ok(()))?;
+    let (d1, digest1) = p.preview(&repo).await?;
+    // The preview's allocation takes 512 of runner-1's 600 MiB.
+    let runner = rhone_schema::entity::runner::Entity::find()
+        .filter(rhone_schema::entity::runner::Column::Name.eq("runner-1"))
+        .one(&p.h.fx.db)
+        .await?
+        .expect("runner-1");
+    let set_memory = |mb: i64| {
+        let mut row: rhone_schema::entity::runner::ActiveModel = runner.clone().into();
+        row.memory_mb = Set(mb);
+        row.update(&p.h.fx.db)
+    };
+    set_memory(600).await?;
+
+    let p1 = p.promote(d1, 1).await?;
+    let seen = p.h.wait_status(p1, "waiting", 1).await?;
+    assert_eq!(seen.op.current_stage, "blocked");
+    assert_eq!(
+        seen.error(),
+        "no capacity: no runner has room for 512 MiB and 1000 millicores: runner-1 has 88 MiB free"
+    );
+    assert_eq!(p.owner().await?, None, "no route moves");
+    assert!(p.allocations(p1.id).await?.is_empty(), "nothing is placed");
+
+    set_memory(rhone_schema::topology::AMPLE.memory_mb).await?;
+    p.h.signal_operation(OperationKind::Promotion, p1, DecisionKind::Retry)
+        .await?;
+    let seen = p.ended(p1).await?;
+    assert_eq!(seen.op.status, "succeeded", "{:?}", seen.op.error);
+    assert_eq!(
+        seen.stages,
+        stages(&[
+            "requested",
+            "policy_check",
+            "route_cas",
+            "blocked",
+            "route_cas",
+            "edge_propagating",
+            "healthy"
+        ])
+    );
+    p.serves(0, &digest1).await?;
+    p.stop().await
+}

@@ -237,7 +237,7 @@ where
 /// calls this on first start and prints the token.
 ///
 /// The user gets no workspace: it creates its own with `createWorkspace` and becomes its
-/// owner.
+/// owner. It is the platform's first operator (it manages runners).
 pub async fn bootstrap_admin(
     db: &DatabaseConnection,
     email: &str,
@@ -254,6 +254,7 @@ pub async fn bootstrap_admin(
         email: Set(email.clone()),
         display_name: Set(email),
         created_at: Set(Utc::now()),
+        operator: Set(true),
     }
     .insert(&txn)
     .await?;

@@ -33,9 +33,12 @@ pub struct ApiState {
     pub temporal: temporalio_client::Client,
     /// `rhone_workflows::TASK_QUEUE` in production; tests use their own.
     pub task_queue: String,
-    /// The operator's runner key (`RHONE_RUNNER_KEY`): each runner's report token to
-    /// `POST /internal/runner/reports` is derived from it; `None` disables the endpoint (404).
+    /// The operator's runner key (`RHONE_RUNNER_KEY`): the call tokens a registering
+    /// runner learns the hash of derive from it; `None` disables the runners' endpoints
+    /// (404).
     pub runner_key: Option<rhone_runner_protocol::RunnerKey>,
+    /// How often runners heartbeat and when they count as lost.
+    pub fleet: rhone_core::fleet::FleetTimings,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight

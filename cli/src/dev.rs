@@ -2,7 +2,7 @@
 //! with its web UI), opens the SQLite control DB, and runs the API, the worker, the edge and
 //! one runner in this process until Ctrl-C.
 
-use rhone_runner_protocol::{RunnerKey, credentials::token_hash};
+use rhone_runner_protocol::RunnerKey;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
@@ -51,21 +51,17 @@ pub struct DevArgs {
 }
 
 /// The dev runner: work files in `<data>/runner`, artifacts from the local store in
-/// `<data>/artifacts`, reports to this API, with the credentials `key` derives for it.
+/// `<data>/artifacts`, registered with this API under `credential`.
 fn runner_state(
     identity: rhone_runner::RunnerIdentity,
     data_dir: &std::path::Path,
     api_url: &str,
-    key: &RunnerKey,
+    credential: rhone_core::Secret,
 ) -> rhone_runner::RunnerState {
     let mut config = rhone_runner::RunnerConfig::new(data_dir.join("runner"));
     config.artifact_dir = data_dir.join("artifacts");
-    config.report_url = Some(format!(
-        "{api_url}{}",
-        rhone_api::runner_reports::RUNNER_REPORTS_PATH
-    ));
-    config.report_token = Some(key.report_token(&identity.name));
-    config.call_token_sha256 = Some(token_hash(key.call_token(&identity.name).expose()));
+    config.api_url = Some(api_url.to_owned());
+    config.credential = Some(credential);
     rhone_runner::RunnerState {
         identity,
         store: rhone_runner::ArtifactStore::local(&config.artifact_dir),
@@ -115,7 +111,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let token = admin_token(&db, &data_dir, &args.admin_email).await?;
     let api_url = format!("http://127.0.0.1:{}", args.api_port);
     let wrote_credentials = Credentials::save_if_absent(&api_url, &token)?;
-    let topology = serve::register_dev_topology(&db, args.runner_port).await?;
+    let (topology, runner_credential) = serve::register_dev_topology(&db).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -133,6 +129,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         temporal: client.clone(),
         task_queue: WorkerConfig::default().task_queue,
         runner_key: Some(runner_key.clone()),
+        fleet: rhone_core::fleet::FleetTimings::default(),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
@@ -173,7 +170,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "runner",
         rhone_runner::serve(
             runner,
-            runner_state(topology, &data_dir, &api_url, &runner_key),
+            runner_state(topology, &data_dir, &api_url, runner_credential),
             stopped(),
         ),
     ));

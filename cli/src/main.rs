@@ -27,7 +27,7 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one server role of a multi-host install, configured by RHONE_* variables.
     Serve(serve::ServeArgs),
-    /// Runner hosts: the credentials a runner is configured with.
+    /// Runner hosts (platform operators): add one and get its credential, list, revoke.
     #[command(subcommand)]
     Runners(runners::RunnersCmd),
     #[command(flatten)]
@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::Runners(cmd) => runners::run(cmd, cli.json),
+            Command::Runners(cmd) => runners::run(cmd, cli.json).await,
             Command::Client(cmd) => commands::run(cmd, cli.json).await,
         }
     });

@@ -71,6 +71,10 @@ pub struct Config {
     /// this)`); `RHONE_WAKE_DRAIN_GRACE_MS`: how long a sleep waits between the edges and
     /// the runners (default 1000).
     pub wake: WakeConfig,
+    /// `RHONE_RUNNER_HEARTBEAT_MS` (api): how often runners heartbeat (default 1000);
+    /// `RHONE_RUNNER_LOST_AFTER_MS` (api, worker): a runner unseen this long is lost and its
+    /// allocations are replaced (default 3000; more than the heartbeat interval).
+    pub fleet: rhone_core::fleet::FleetTimings,
 }
 
 impl Config {
@@ -118,6 +122,21 @@ impl Config {
             drain_grace: millis("RHONE_WAKE_DRAIN_GRACE_MS")
                 .unwrap_or(WakeConfig::default().drain_grace),
         };
+        let fleet_defaults = rhone_core::fleet::FleetTimings::default();
+        let fleet = rhone_core::fleet::FleetTimings {
+            heartbeat_interval_ms: millis("RHONE_RUNNER_HEARTBEAT_MS")
+                .map_or(fleet_defaults.heartbeat_interval_ms, |d| {
+                    d.as_millis() as u64
+                }),
+            lost_after_ms: millis("RHONE_RUNNER_LOST_AFTER_MS")
+                .map_or(fleet_defaults.lost_after_ms, |d| d.as_millis() as u64),
+        };
+        if fleet.lost_after_ms <= fleet.heartbeat_interval_ms {
+            errors.push(format!(
+                "RHONE_RUNNER_LOST_AFTER_MS ({}) must be more than RHONE_RUNNER_HEARTBEAT_MS ({})",
+                fleet.lost_after_ms, fleet.heartbeat_interval_ms
+            ));
+        }
         let edge_asset_cache_bytes = match get("RHONE_EDGE_ASSET_CACHE_BYTES") {
             None => rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
             Some(v) => v.parse::<u64>().unwrap_or_else(|_| {
@@ -153,6 +172,7 @@ impl Config {
             preview_port_suffix: get("RHONE_PREVIEW_PORT_SUFFIX").unwrap_or_default(),
             promotion,
             wake,
+            fleet,
         };
         if errors.is_empty() {
             Ok(config)
@@ -171,25 +191,34 @@ pub async fn named<E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// The topology `rhone dev` runs in: one region, one cell, one runner, named like any other
-/// so nothing depends on a "first cell".
+/// so nothing depends on a "first cell". The runner gets a fresh credential at every start
+/// (the one before stops working) and registers itself like any runner.
 pub async fn register_dev_topology(
     db: &sea_orm::DatabaseConnection,
-    runner_port: u16,
-) -> Result<rhone_runner::RunnerIdentity> {
+) -> Result<(rhone_runner::RunnerIdentity, rhone_core::Secret)> {
     let identity = rhone_runner::RunnerIdentity {
         name: "dev-runner-1".to_owned(),
         region: "local".to_owned(),
         cell: "local-a".to_owned(),
     };
-    rhone_schema::topology::ensure_runner(
-        db,
+    let txn = rhone_schema::begin_write(db).await?;
+    let (_, credential) = rhone_schema::fleet::rotate_credential(
+        &txn,
         &identity.region,
         &identity.cell,
         &identity.name,
-        &format!("http://127.0.0.1:{runner_port}"),
     )
     .await?;
-    Ok(identity)
+    rhone_schema::fleet::audit_runner(
+        &txn,
+        "system",
+        "runner.credential_issued",
+        &identity.name,
+        serde_json::json!({ "by": "rhone dev" }),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok((identity, credential))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, the signals people and supervisors stop servers
@@ -278,6 +307,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 temporal: client,
                 task_queue: config.task_queue,
                 runner_key: runner_key(&env)?,
+                fleet: config.fleet,
             };
             named("api", rhone_api::serve(listener, state, shutdown_signal())).await
         }
@@ -295,6 +325,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             wc.preview.port_suffix = config.preview_port_suffix;
             wc.promotion = config.promotion;
             wc.wake = config.wake;
+            wc.fleet = config.fleet;
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }
         Role::Edge => {

@@ -3,6 +3,7 @@
 //! reads a clock or draws randomness, so workflows can use all of it.
 
 pub mod digest;
+pub mod fleet;
 pub mod ids;
 pub mod limits;
 pub mod name;
@@ -12,6 +13,7 @@ pub mod secret;
 pub mod stage;
 
 pub use digest::{Digest, InvalidDigest};
+pub use fleet::RunnerStatus;
 pub use ids::{OperationId, environment_route_key, wake_workflow_id, workflow_id, workflow_run_of};
 pub use limits::Limits;
 pub use name::{Name, NameError};

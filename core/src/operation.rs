@@ -70,6 +70,10 @@ text_enum! {
         EnvironmentUpdate = "environment_update",
         GrantCreate = "grant_create",
         TokenCreate = "token_create",
+        /// An operator added a runner host (and issued its credential).
+        RunnerAdd = "runner_add",
+        /// An operator revoked a runner host's credential.
+        RunnerRevoke = "runner_revoke",
     }
 }
 
@@ -167,7 +171,9 @@ impl OperationKind {
             | Self::EnvironmentCreate
             | Self::EnvironmentUpdate
             | Self::GrantCreate
-            | Self::TokenCreate => MachineKind::Mutation,
+            | Self::TokenCreate
+            | Self::RunnerAdd
+            | Self::RunnerRevoke => MachineKind::Mutation,
         }
     }
 

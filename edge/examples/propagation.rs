@@ -350,6 +350,8 @@ async fn seed(db: &DatabaseConnection) -> Result<Seed> {
             last_report_at: Set(Some(now)),
             created_at: Set(now),
             updated_at: Set(now),
+            memory_mb: Set(512),
+            cpu_millis: Set(1000),
         }
         .insert(db)
         .await?;

@@ -276,6 +276,8 @@ async fn seed(db: &DatabaseConnection, keys: usize) -> Result<Vec<String>> {
                 last_report_at: Set(Some(now)),
                 created_at: Set(now),
                 updated_at: Set(now),
+                memory_mb: Set(512),
+                cpu_millis: Set(1000),
             }
         }))
         .exec_without_returning(&txn)

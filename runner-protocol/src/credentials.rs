@@ -1,15 +1,15 @@
-//! Credentials between the control plane and its runners, derived from one operator key
-//! (`RHONE_RUNNER_KEY`, held by the API and the worker only) with HMAC-SHA256 per runner
-//! name, so no runner holds anything that lets it act as another:
+//! Credentials between the control plane and its runners, so no runner holds anything that
+//! lets it act as another:
 //!
+//! - the **runner credential** of runner `N` (`rhone_schema::fleet::new_credential`) is issued once by an
+//!   operator (`rhone runners add N`), kept by the control plane only as its SHA-256, and
+//!   revocable; the runner presents it (`Authorization: Bearer …` and [`RUNNER_HEADER`]`:
+//!   N`) when it registers, heartbeats and reports;
 //! - the **call token** of runner `N` authenticates the control plane's calls to that
-//!   runner's API (`Authorization: Bearer …`); the runner holds only its SHA-256
-//!   (`RHONE_RUNNER_CALL_TOKEN_SHA256`), so even its own files cannot be used to call it;
-//! - the **report token** of runner `N` authenticates that runner's reports to the API
-//!   (`Authorization: Bearer …` and [`RUNNER_HEADER`]` : N`); the API derives it again from
-//!   the name and compares.
-//!
-//! `rhone runners credentials NAME` prints both for an operator.
+//!   runner's API (`Authorization: Bearer …`). It is derived from one operator key
+//!   (`RHONE_RUNNER_KEY`, held by the API and the worker only) with HMAC-SHA256 of the name;
+//!   the runner learns only its SHA-256, in the answer to its registration, so even its own
+//!   files cannot be used to call it.
 
 use std::fmt;
 
@@ -45,11 +45,6 @@ impl RunnerKey {
         self.derive("rhone runner call", name)
     }
 
-    /// The token runner `name` presents with its reports.
-    pub fn report_token(&self, name: &str) -> Secret {
-        self.derive("rhone runner report", name)
-    }
-
     fn derive(&self, purpose: &str, name: &str) -> Secret {
         // A key of any length is accepted by HMAC.
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose().as_bytes()) else {
@@ -68,7 +63,20 @@ impl fmt::Debug for RunnerKey {
     }
 }
 
-/// SHA-256 of a token, hex: what a runner keeps of its call token.
+/// Every runner credential starts with this.
+pub const CREDENTIAL_PREFIX: &str = "rhone_runner_";
+/// Random alphanumeric characters after [`CREDENTIAL_PREFIX`] (about 256 bits).
+pub const CREDENTIAL_RANDOM_LEN: usize = 43;
+
+/// Whether `text` has the shape of a runner credential (checked before any lookup).
+pub fn well_formed_credential(text: &str) -> bool {
+    text.strip_prefix(CREDENTIAL_PREFIX).is_some_and(|rest| {
+        rest.len() == CREDENTIAL_RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// SHA-256 of a token, hex: what a runner keeps of its call token, and the control plane
+/// of a runner credential.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -105,11 +113,10 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_per_runner_and_per_purpose() {
+    fn call_tokens_are_per_runner_and_per_key() {
         let k = key();
-        let (call, report) = (k.call_token("runner-a"), k.report_token("runner-a"));
+        let call = k.call_token("runner-a");
         assert_eq!(call.expose().len(), 64);
-        assert_ne!(call.expose(), report.expose());
         assert_ne!(call.expose(), k.call_token("runner-b").expose());
         assert_eq!(
             call.expose(),
@@ -118,6 +125,15 @@ mod tests {
         );
         let other = RunnerKey::new("x".repeat(40)).expect("key");
         assert_ne!(call.expose(), other.call_token("runner-a").expose());
+    }
+
+    #[test]
+    fn credentials_are_checked_for_shape() {
+        let good = format!("{CREDENTIAL_PREFIX}{}", "a".repeat(CREDENTIAL_RANDOM_LEN));
+        assert!(well_formed_credential(&good));
+        assert!(!well_formed_credential("rhone_runner_short"));
+        assert!(!well_formed_credential(&format!("x{good}")));
+        assert!(!well_formed_credential(&good.replace('a', "-")));
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! callers so its types live once: what a runner is sent ([`AllocationSpec`], `PUT
 //! /v1/allocations/{id}`, with its [`Desired`] state and the checks that name a bad field),
 //! what it answers ([`AllocationStatus`], `GET /v1/allocations/{id}`), and what it reports
-//! ([`StageReport`], posted to the API's `/internal/runner/reports` on every stage change).
-//! Types and validation only: no I/O.
+//! ([`StageReport`], posted to the API's `/internal/runner/reports` on every stage change),
+//! and how it joins the fleet (`fleet`: registration and heartbeats). Types and validation
+//! only: no I/O.
 
 pub mod credentials;
+pub mod fleet;
 mod report;
 mod spec;
 mod status;

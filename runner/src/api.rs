@@ -37,8 +37,9 @@ pub(crate) struct Api {
     pub table: Arc<Table>,
     /// The subnet of this runner's allocations (`a.b.c.d/p`).
     pub subnet: String,
-    /// SHA-256 (hex) of the control plane's call token; `None` refuses every call.
-    pub call_token_sha256: Option<Arc<str>>,
+    /// SHA-256 (hex) of the control plane's call token (learnt when the runner registers);
+    /// none refuses every call.
+    pub call_token: crate::membership::CallToken,
 }
 
 pub(crate) fn router(api: Api) -> Router {
@@ -55,10 +56,10 @@ pub(crate) fn router(api: Api) -> Router {
 
 /// Every call but `/healthz` carries the control plane's call token for this runner.
 async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let Some(expected) = &api.call_token_sha256 else {
+    let Some(expected) = api.call_token.get() else {
         return refuse(
             StatusCode::UNAUTHORIZED,
-            "this runner takes no calls: it has no RHONE_RUNNER_CALL_TOKEN_SHA256",
+            "this runner takes no calls yet: it has not registered with a control plane (and has no RHONE_RUNNER_CALL_TOKEN_SHA256)",
         );
     };
     let presented = bearer(
@@ -68,7 +69,7 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
             .and_then(|v| v.to_str().ok()),
     );
     match presented {
-        Some(token) if matches_hash(token, expected) => next.run(request).await,
+        Some(token) if matches_hash(token, &expected) => next.run(request).await,
         _ => {
             tracing::warn!(path = %request.uri().path(), "a call without this runner's call token was refused");
             refuse(

@@ -18,6 +18,7 @@ mod api;
 mod config;
 mod lifecycle;
 mod logs;
+mod membership;
 mod probe;
 mod process;
 mod pull;
@@ -118,10 +119,48 @@ pub async fn serve(
         .map_err(RunnerError::HttpClient)?;
     let reporter = report::Reporter::new(
         http.clone(),
-        config.report_url.clone(),
+        config
+            .api_url
+            .as_ref()
+            .map(|api| format!("{api}{}", rhone_runner_protocol::fleet::REPORTS_PATH)),
         identity.name.clone(),
-        config.report_token.clone(),
+        config.credential.clone(),
     );
+    let call_token = membership::CallToken::new(config.call_token_sha256.clone());
+    let membership = match (&config.api_url, &config.credential) {
+        (Some(api_url), Some(credential)) => {
+            let address = match (&config.address, listener.local_addr()) {
+                (Some(address), _) => address.clone(),
+                (None, Ok(addr)) => format!("http://{addr}"),
+                (None, Err(e)) => return Err(RunnerError::Serve(e)),
+            };
+            let prefix = network
+                .subnet()
+                .split_once('/')
+                .and_then(|(_, p)| p.parse::<u32>().ok());
+            let subnet_hosts = prefix.map_or(0, |p| (1i64 << (32 - p)) - 3);
+            let registration = rhone_runner_protocol::fleet::Registration {
+                region: identity.region.clone(),
+                cell: identity.cell.clone(),
+                address,
+                subnet: network.subnet(),
+                capacity: membership::capacity(&config, membership::measured(), subnet_hosts),
+                agent_version: config.agent_version.clone(),
+            };
+            Some(tokio::spawn(
+                membership::Membership {
+                    http: http.clone(),
+                    api_url: api_url.clone(),
+                    name: identity.name.clone(),
+                    credential: credential.clone(),
+                    registration,
+                    call_token: call_token.clone(),
+                }
+                .run(),
+            ))
+        }
+        _ => None,
+    };
     let ctx = Arc::new(lifecycle::Context {
         cache: pull::ArtifactCache::new(config.work_dir.join("artifacts"), store),
         config,
@@ -137,11 +176,14 @@ pub async fn serve(
         identity,
         table: table.clone(),
         subnet: ctx.network.subnet(),
-        call_token_sha256: ctx.config.call_token_sha256.as_deref().map(Arc::from),
+        call_token,
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    if let Some(task) = membership {
+        task.abort();
+    }
     table.shutdown().await;
     ctx.network.teardown().await;
     served.map_err(RunnerError::Serve)

@@ -1,5 +1,5 @@
 //! Stage reports to the control plane: every stage change of an allocation is POSTed to
-//! `report_url` with the allocation's generation, in order per allocation, retried with
+//! the API's `/internal/runner/reports` with the allocation's generation, in order per allocation, retried with
 //! backoff a few times. A report that cannot be delivered is logged, never fatal: the
 //! control plane fences by generation, so a late or lost report cannot undo a newer one.
 

@@ -31,6 +31,9 @@ pub struct NewAllocation {
     pub runner_id: Option<Uuid>,
     pub region_id: Uuid,
     pub cell_id: Uuid,
+    /// What it takes of its runner's capacity: the artifact's `[run]` memory and CPU.
+    pub memory_mb: i64,
+    pub cpu_millis: i64,
 }
 
 /// What a runner says about one allocation, as `POST /internal/runner/reports` receives it:
@@ -178,6 +181,8 @@ pub async fn create_allocation<C: ConnectionTrait>(
         last_report_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        memory_mb: Set(new.memory_mb),
+        cpu_millis: Set(new.cpu_millis),
     }
     .insert(db)
     .await?)

@@ -34,6 +34,10 @@ pub enum SchemaError {
     /// A row refers to a row that does not exist (or a referenced row is still in use).
     #[error("missing reference: {what}")]
     MissingReference { what: String },
+    /// No runner has room for an allocation: what was needed and why each runner could not
+    /// take it.
+    #[error("{0}")]
+    NoCapacity(rhone_core::fleet::Shortfall),
     /// A stage write that the operation's state machine forbids, or a stage it does not
     /// know. Nothing was written.
     #[error(transparent)]

@@ -155,6 +155,8 @@ pub async fn allocation<C: ConnectionTrait>(
             runner_id: Some(runner_id),
             region_id: cell.region_id,
             cell_id: cell.id,
+            memory_mb: 512,
+            cpu_millis: 1000,
         },
     )
     .await

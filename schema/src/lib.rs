@@ -11,6 +11,7 @@ pub mod entity;
 mod error;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod fleet;
 pub mod logs;
 pub mod migration;
 pub mod ops;

@@ -7,14 +7,21 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::{
-    SchemaError,
-    entity::{cell, region, runner},
-    new_id,
+use rhone_core::RunnerStatus;
+
+use crate::{SchemaError, entity::runner, new_id};
+
+/// Capacity [`ensure_runner`] gives a runner: far more than a test or `rhone dev` places.
+pub const AMPLE: rhone_runner_protocol::fleet::Capacity = rhone_runner_protocol::fleet::Capacity {
+    memory_mb: 1 << 20,
+    cpu_millis: 1 << 20,
+    slots: 10_000,
 };
 
-/// Registers a runner in `region`/`cell`, creating both if they are new, and updates its
-/// address and last-seen time if it is known. Safe to repeat.
+/// A ready runner in `region`/`cell` (both made if new) at `address`, with [`AMPLE`]
+/// capacity and no credential: for fixtures and tests, which talk to the runner without the
+/// registration a real one makes. An existing runner of that name is moved and made ready.
+/// Safe to repeat.
 pub async fn ensure_runner<C: ConnectionTrait>(
     db: &C,
     region_name: &str,
@@ -23,40 +30,7 @@ pub async fn ensure_runner<C: ConnectionTrait>(
     address: &str,
 ) -> Result<runner::Model, SchemaError> {
     let now = Utc::now();
-    let region = match region::Entity::find()
-        .filter(region::Column::Name.eq(region_name))
-        .one(db)
-        .await?
-    {
-        Some(r) => r,
-        None => {
-            region::ActiveModel {
-                id: Set(new_id()),
-                name: Set(region_name.to_owned()),
-                created_at: Set(now),
-            }
-            .insert(db)
-            .await?
-        }
-    };
-    let cell = match cell::Entity::find()
-        .filter(cell::Column::RegionId.eq(region.id))
-        .filter(cell::Column::Name.eq(cell_name))
-        .one(db)
-        .await?
-    {
-        Some(c) => c,
-        None => {
-            cell::ActiveModel {
-                id: Set(new_id()),
-                region_id: Set(region.id),
-                name: Set(cell_name.to_owned()),
-                created_at: Set(now),
-            }
-            .insert(db)
-            .await?
-        }
-    };
+    let cell = crate::fleet::ensure_cell(db, region_name, cell_name).await?;
     let existing = runner::Entity::find()
         .filter(runner::Column::Name.eq(runner_name))
         .one(db)
@@ -66,7 +40,7 @@ pub async fn ensure_runner<C: ConnectionTrait>(
             let mut r: runner::ActiveModel = r.into();
             r.cell_id = Set(cell.id);
             r.address = Set(address.to_owned());
-            r.status = Set("ready".to_owned());
+            r.status = Set(RunnerStatus::Ready.as_str().to_owned());
             r.last_seen_at = Set(Some(now));
             r.update(db).await?
         }
@@ -76,10 +50,17 @@ pub async fn ensure_runner<C: ConnectionTrait>(
                 cell_id: Set(cell.id),
                 name: Set(runner_name.to_owned()),
                 address: Set(address.to_owned()),
-                status: Set("ready".to_owned()),
+                status: Set(RunnerStatus::Ready.as_str().to_owned()),
                 last_seen_at: Set(Some(now)),
                 subnet: Set(None),
                 created_at: Set(now),
+                credential_sha256: Set(None),
+                revoked_at: Set(None),
+                memory_mb: Set(AMPLE.memory_mb),
+                cpu_millis: Set(AMPLE.cpu_millis),
+                slots: Set(AMPLE.slots),
+                agent_version: Set(None),
+                status_changed_at: Set(Some(now)),
             }
             .insert(db)
             .await?

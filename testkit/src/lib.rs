@@ -39,12 +39,8 @@ pub fn runner_key() -> rhone_runner_protocol::RunnerKey {
     }
 }
 
-/// The credentials runner `name` is configured with under [`runner_key`]: its report token
-/// and the SHA-256 of the call token it accepts.
-pub fn runner_credentials(name: &str) -> (rhone_runner_protocol::credentials::Secret, String) {
-    let key = runner_key();
-    (
-        key.report_token(name),
-        rhone_runner_protocol::credentials::token_hash(key.call_token(name).expose()),
-    )
+/// The SHA-256 of the call token runner `name` takes under [`runner_key`] (a standalone
+/// runner's `call_token_sha256`; a registered one learns it from the API).
+pub fn runner_call_token_sha256(name: &str) -> String {
+    rhone_runner_protocol::credentials::token_hash(runner_key().call_token(name).expose())
 }

@@ -585,9 +585,32 @@ impl WakeActivities {
     }
 }
 
+/// Declares lost the runners unseen for longer than `lost_after_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepInput {
+    pub lost_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Swept {
+    /// The runners declared lost by this sweep.
+    pub lost: Vec<String>,
+}
+
+pub struct FleetActivities;
+
+#[activity_definitions]
+impl FleetActivities {
+    #[activity(name = "sweep_runners")]
+    pub fn sweep_runners(input: SweepInput) -> Result<Swept, ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
+    pub use super::fleet_activities::SweepRunners;
     pub use super::operation_activities::{RecordStage, SetStatus};
     pub use super::preview_activities::StartPreview;
     pub use super::promotion_activities::{

@@ -5,12 +5,14 @@
 pub mod activities;
 pub mod deploy;
 pub mod environment_create;
+pub mod fleet;
 pub mod promotion;
 pub mod stages;
 pub mod wake;
 
 pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
+pub use fleet::{FleetInput, FleetWorkflow, fleet_workflow_id};
 pub use promotion::{PromotionInput, PromotionOutcome, PromotionWorkflow};
 pub use stages::{Decision, DecisionKind, DecisionSignal};
 pub use wake::{

@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-use rhone_core::{OperationId, OperationKind, OperationStatus, stage::PromotionStage};
+use rhone_core::{
+    OperationId, OperationKind, OperationStatus, fleet::NO_CAPACITY, stage::PromotionStage,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
@@ -217,19 +219,65 @@ impl PromotionWorkflow {
             None,
         )
         .await?;
-        let started: AllocationsReady = step!(
-            op,
-            ctx,
-            PromotionActivities::start_allocations,
-            AllocationsInput {
-                operation_id: input.operation_id,
-                deployment_id: input.deployment_id,
-                digest: policy.digest.clone(),
-                instances: input.instances,
-                purpose: "route".into(),
-            },
-            watched(Duration::from_secs(600))
-        );
+        let allocations = AllocationsInput {
+            operation_id: input.operation_id,
+            deployment_id: input.deployment_id,
+            digest: policy.digest.clone(),
+            instances: input.instances,
+            purpose: "route".into(),
+        };
+        let started: AllocationsReady = loop {
+            let outcome = op
+                .step(
+                    ctx,
+                    || PromotionActivities::start_allocations,
+                    allocations.clone(),
+                    watched(Duration::from_secs(600)),
+                )
+                .await?;
+            let shortfall = match outcome {
+                Ok(started) => break started,
+                Err(StepFailure::Rejected(why)) if why.starts_with(NO_CAPACITY) => why,
+                Err(failure) => return Ok(Err(failure.into())),
+            };
+            // No runner has room: nothing was placed; wait for a retry (capacity added)
+            // or an abort.
+            op.enter_with_status(
+                ctx,
+                PromotionStage::Blocked,
+                json!({
+                    "gate": "capacity", "instances": input.instances,
+                    "shortfall": shortfall.trim_start_matches(NO_CAPACITY),
+                    "awaiting": "retry or abort",
+                }),
+                Some(shortfall),
+                Some(OperationStatus::Waiting),
+            )
+            .await?;
+            ctx.state_mut(|w| {
+                // A decision sent before the block is not a decision about it.
+                w.decisions.take();
+            });
+            loop {
+                ctx.wait_condition(|w| w.decisions.pending().is_some())
+                    .await?;
+                match ctx.state_mut(|w| w.decisions.take()) {
+                    Some((DecisionKind::Abort, d)) => {
+                        return Ok(Err(StepFailure::Aborted(d).into()));
+                    }
+                    Some((DecisionKind::Retry, _)) => break,
+                    Some((DecisionKind::Approve, _)) | None => {}
+                }
+            }
+            op.enter_with_status(
+                ctx,
+                PromotionStage::RouteCas,
+                json!({ "retry": "placing the allocations again" }),
+                None,
+                Some(OperationStatus::Running),
+            )
+            .await?;
+        };
         let moved = op
             .step(
                 ctx,

@@ -15,7 +15,7 @@ use std::{
 use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_schema::{
     SchemaError,
-    allocations::{self, Desired, NewAllocation},
+    allocations::Desired,
     entity::{allocation, route_owner, runner},
 };
 use rhone_workflows::activities::{
@@ -141,6 +141,7 @@ impl PromotionActivities {
         let mut started: Vec<(allocation::Model, runner::Model)> = Vec::new();
         let mut ids = Vec::new();
         let mut reused = Vec::new();
+        let mut placed_now: Vec<(allocation::Model, runner::Model)> = Vec::new();
         for slot in slots {
             match slot {
                 Slot::Reused(row) => {
@@ -155,8 +156,18 @@ impl PromotionActivities {
                     started.push((row, runner));
                 }
                 Slot::New(id) => {
-                    let (row, runner) = self.create(id, &dep.id, &input.digest).await?;
+                    let (row, runner) = match self.create(id, &dep.id, &input.digest).await {
+                        Ok(placed) => placed,
+                        Err(e) => {
+                            // No room for this one: the ones placed before it in this
+                            // attempt were never sent to a runner and hold no capacity
+                            // while the operation waits (a retry places them again).
+                            self.unplace(&placed_now).await;
+                            return Err(e);
+                        }
+                    };
                     ids.push(row.id);
+                    placed_now.push((row.clone(), runner.clone()));
                     started.push((row, runner));
                 }
             }
@@ -185,6 +196,22 @@ impl PromotionActivities {
             allocation_ids: ids,
             reused,
         })
+    }
+
+    /// Removes allocations placed but never sent to their runner (still `planned` at
+    /// generation 1), so they no longer count against its capacity.
+    async fn unplace(&self, placed: &[(allocation::Model, runner::Model)]) {
+        for (row, _) in placed {
+            let removed = allocation::Entity::delete_many()
+                .filter(allocation::Column::Id.eq(row.id))
+                .filter(allocation::Column::Stage.eq(AllocationStage::Planned.as_str()))
+                .filter(allocation::Column::Generation.eq(1))
+                .exec(&self.db)
+                .await;
+            if let Err(e) = removed {
+                tracing::warn!(allocation_id = %row.id, error = %e, "an unsent allocation was not removed");
+            }
+        }
     }
 
     /// Sends every spec first (the runner starts them side by side), then waits for each
@@ -221,8 +248,8 @@ impl PromotionActivities {
         )
     }
 
-    /// Creates allocation `id` on a ready runner; a row an earlier attempt created (a race
-    /// of two attempts) is taken as it is.
+    /// Places allocation `id` on a runner with room; a row an earlier attempt created (a
+    /// race of two attempts) is taken as it is.
     async fn create(
         &self,
         id: Uuid,
@@ -230,33 +257,30 @@ impl PromotionActivities {
         digest: &str,
     ) -> Result<(allocation::Model, runner::Model), ActivityError> {
         let db = &self.db;
-        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
-        let created = allocations::create_allocation(
-            db,
-            NewAllocation {
-                id,
-                deployment_id: *deployment_id,
-                artifact_digest: digest.to_owned(),
-                runner_id: Some(runner.id),
-                region_id: cell.region_id,
-                cell_id: cell.id,
-            },
-        )
-        .await;
-        let row = match created {
-            Ok(row) => row,
-            Err(SchemaError::Conflict { .. }) => allocation::Entity::find_by_id(id)
-                .one(db)
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| transient(format!("allocation {id} vanished")))?,
-            Err(e) => return Err(db_err(e)),
-        };
-        let runner = match allocate::runner_of(db, &row).await? {
-            Some(r) => r,
-            None => runner,
-        };
-        Ok((row, runner))
+        if let Some(row) = allocation::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .map_err(db_err)?
+            && let Some(runner) = allocate::runner_of(db, &row).await?
+        {
+            return Ok((row, runner));
+        }
+        let placement = allocate::placement(db, id, *deployment_id, digest).await?;
+        match allocate::place(db, &self.runners, &placement).await {
+            Ok(placed) => Ok(placed),
+            Err(e) => {
+                // A concurrent attempt placed it first.
+                if let Some(row) = allocation::Entity::find_by_id(id)
+                    .one(db)
+                    .await
+                    .map_err(db_err)?
+                    && let Some(runner) = allocate::runner_of(db, &row).await?
+                {
+                    return Ok((row, runner));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The `watch_health` activity: every allocation stays ready (in the DB and on its

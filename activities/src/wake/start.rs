@@ -9,7 +9,7 @@ use rhone_core::{StateMachine, stage::AllocationStage};
 use rhone_runner_protocol::AllocationStatus;
 use rhone_schema::{
     SchemaError,
-    allocations::{self, Desired, NewAllocation},
+    allocations::{self, Desired},
     entity::{allocation, operation, route_owner},
 };
 use rhone_workflows::{
@@ -68,7 +68,7 @@ impl WakeActivities {
     pub async fn start(&self, input: &WakeStartInput) -> Result<WakeStarted, ActivityError> {
         let db = &self.db;
         let id = wake_allocation_id(input.operation_id.0);
-        let (runner, cell) = allocate::ready_runner(db, &self.runners).await?;
+        let placement = allocate::placement(db, id, input.deployment_id, &input.digest).await?;
         let txn = route_locked(db).await?;
         let owner = route_owner::Entity::find_by_id(input.route_key.clone())
             .one(&txn)
@@ -94,19 +94,12 @@ impl WakeActivities {
             .map_err(db_err)?
         {
             Some(row) => row,
-            None => allocations::create_allocation(
-                &txn,
-                NewAllocation {
-                    id,
-                    deployment_id: input.deployment_id,
-                    artifact_digest: input.digest.clone(),
-                    runner_id: Some(runner.id),
-                    region_id: cell.region_id,
-                    cell_id: cell.id,
-                },
-            )
-            .await
-            .map_err(db_err)?,
+            None => {
+                rhone_schema::fleet::place_allocation_in(&txn, &placement)
+                    .await
+                    .map_err(allocate::placement_err)?
+                    .0
+            }
         };
         txn.commit().await.map_err(db_err)?;
         if row.desired != Desired::Run.as_str() {
@@ -117,6 +110,7 @@ impl WakeActivities {
         let runner = allocate::runner_of(db, &row)
             .await?
             .ok_or_else(|| transient(format!("the runner of allocation {id} is gone")))?;
+        let runner = allocate::record_network(db, &self.runners, runner).await?;
         let manifest = allocate::manifest(db, &row.artifact_digest).await?;
         let spec = allocate::spec(&row, &manifest, Desired::Run)?;
         if let Err(e) = allocate::put_spec(&self.runners, &runner, &spec).await {
@@ -155,6 +149,7 @@ impl WakeActivities {
         let runner = allocate::runner_of(db, &row)
             .await?
             .ok_or_else(|| transient(format!("the runner of allocation {id} is gone")))?;
+        let runner = allocate::record_network(db, &self.runners, runner).await?;
         let requested_at = operation::Entity::find_by_id(input.operation_id.0)
             .one(db)
             .await

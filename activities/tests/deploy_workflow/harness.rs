@@ -109,10 +109,7 @@ impl Harness {
         // Marker files a test's app version reads (read-only) to change behaviour later.
         std::fs::create_dir_all(fx.tmp.path().join("markers"))?;
         config.shared_dirs = vec![(fx.tmp.path().join("markers"), MARKERS.to_owned())];
-        (config.report_token, config.call_token_sha256) = {
-            let (report, call) = rhone_testkit::runner_credentials("runner-1");
-            (Some(report), Some(call))
-        };
+        config.call_token_sha256 = Some(rhone_testkit::runner_call_token_sha256("runner-1"));
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),

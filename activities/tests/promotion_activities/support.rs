@@ -372,10 +372,7 @@ impl Runner {
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = RunnerConfig::new(dir.join("runner"));
         config.drain_timeout = Duration::from_secs(2);
-        (config.report_token, config.call_token_sha256) = {
-            let (report, call) = rhone_testkit::runner_credentials("runner-1");
-            (Some(report), Some(call))
-        };
+        config.call_token_sha256 = Some(rhone_testkit::runner_call_token_sha256("runner-1"));
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),

@@ -58,6 +58,8 @@ mirror! {
         EnvironmentUpdate,
         GrantCreate,
         TokenCreate,
+        RunnerAdd,
+        RunnerRevoke,
     }
 }
 

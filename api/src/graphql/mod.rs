@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod deploys;
 pub(crate) mod enums;
 pub(crate) mod environments;
+pub(crate) mod fleet;
 pub(crate) mod operations;
 pub(crate) mod promotions;
 pub(crate) mod routes;
@@ -34,6 +35,7 @@ pub struct Query(
     operations::OperationQuery,
     routes::RouteQuery,
     audit::AuditQuery,
+    fleet::FleetQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -44,6 +46,7 @@ pub struct Mutation(
     deploys::DeployMutation,
     promotions::PromotionMutation,
     operations::OperationMutation,
+    fleet::FleetMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -1,14 +1,21 @@
-//! The report endpoint over real HTTP on an in-memory SQLite control DB: disabled without a
-//! runner key, refuses bad credentials and bodies, refuses (and audits) a runner's report on
-//! an allocation that is not its own or with an address outside its subnet, applies reports
-//! fenced by generation.
+//! The runners' endpoints over real HTTP on an in-memory SQLite control DB: disabled
+//! without a runner key; registration (the call token's hash in the answer, region and cell
+//! checked, overlapping subnets refused), heartbeats and lost runners; refuses bad, unknown
+//! and revoked credentials (audited) and bad bodies; refuses (and audits) a runner's report
+//! on an allocation that is not its own or with an address outside its subnet; applies
+//! reports fenced by generation.
 
 use anyhow::{Context, Result};
-use rhone_runner_protocol::{RUNNER_HEADER, RunnerKey};
+use rhone_core::fleet::FleetTimings;
+use rhone_runner_protocol::{
+    RUNNER_HEADER, RunnerKey,
+    credentials::token_hash,
+    fleet::{HEARTBEAT_PATH, REGISTER_PATH},
+};
 use rhone_schema::{
     allocations::{Desired, set_desired},
     entity::{allocation, audit_log, runner},
-    fixtures, new_id, topology,
+    fixtures, fleet, new_id, topology,
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -20,21 +27,28 @@ fn key() -> RunnerKey {
     RunnerKey::new("runner-key-for-tests-0123456789abcdef").expect("a long key")
 }
 
-/// The report token of runner `r1`, where the fixtures place allocations.
-fn token() -> String {
-    key().report_token("r1").expose().to_owned()
+/// A fresh credential of runner `name` (added to local/local-a if new).
+async fn credential(db: &DatabaseConnection, name: &str) -> Result<String> {
+    let (_, secret) = fleet::rotate_credential(db, "local", "local-a", name).await?;
+    Ok(secret.expose().to_owned())
 }
 
-/// Serves the report route alone, on a fresh port; the server ends with the test's runtime.
+/// Serves the runners' routes alone, on a fresh port, and returns the report URL; the
+/// server ends with the test's runtime.
 async fn serve(db: DatabaseConnection, key: Option<RunnerKey>) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}{RUNNER_REPORTS_PATH}", listener.local_addr()?);
-    let app: axum::Router = routes(db, key);
+    let app: axum::Router = routes(db, key, FleetTimings::default());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }
 
-async fn db_with_allocation() -> Result<(DatabaseConnection, allocation::Model)> {
+fn at(report_url: &str, path: &str) -> String {
+    report_url.replace(RUNNER_REPORTS_PATH, path)
+}
+
+/// The DB with an allocation on runner `r1` (subnet 10.213.250.0/24) and r1's credential.
+async fn db_with_allocation() -> Result<(DatabaseConnection, allocation::Model, String)> {
     let db = rhone_schema::connect("sqlite::memory:").await?;
     rhone_schema::migrate(&db).await?;
     let t = fixtures::tenancy(&db, "reports", "preview").await?;
@@ -48,7 +62,8 @@ async fn db_with_allocation() -> Result<(DatabaseConnection, allocation::Model)>
         .await?
         .context("runner r1")?;
     topology::record_runner_subnet(&db, r1.id, "10.213.250.0/24").await?;
-    Ok((db, row))
+    let token = credential(&db, "r1").await?;
+    Ok((db, row, token))
 }
 
 fn report(id: Uuid, generation: i64, stage: &str) -> Value {
@@ -87,9 +102,9 @@ async fn post_as(
 
 #[tokio::test]
 async fn disabled_without_a_key() -> Result<()> {
-    let (db, row) = db_with_allocation().await?;
+    let (db, row, token) = db_with_allocation().await?;
     let url = serve(db, None).await?;
-    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 1, "pulling")).await?;
     assert_eq!(status, 404, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("disabled"),
@@ -100,30 +115,40 @@ async fn disabled_without_a_key() -> Result<()> {
 
 #[tokio::test]
 async fn refuses_bad_tokens_and_bodies() -> Result<()> {
-    let (db, row) = db_with_allocation().await?;
+    let (db, row, token) = db_with_allocation().await?;
     let url = serve(db.clone(), Some(key())).await?;
     let good = report(row.id, 1, "pulling");
-    let other_runners = key().report_token("r2").expose().to_owned();
+    let other_runners = credential(&db, "r2").await?;
     let call_token = key().call_token("r1").expose().to_owned();
-    for token in [
+    for bad in [
         None,
         Some("wrong"),
         Some(other_runners.as_str()),
         Some(call_token.as_str()),
     ] {
-        let (status, body) = post(&url, token, &good).await?;
-        assert_eq!(status, 401, "token {token:?}: {body}");
+        let (status, body) = post(&url, bad, &good).await?;
+        assert_eq!(status, 401, "token {bad:?}: {body}");
         assert_eq!(body["code"], "UNAUTHENTICATED");
     }
-    let (status, body) = post_as(&url, "", Some(&token()), &good).await?;
+    let refused = audit_log::Entity::find()
+        .filter(audit_log::Column::Action.eq("runner.refused"))
+        .filter(audit_log::Column::TargetId.eq("r1"))
+        .all(&db)
+        .await?;
+    assert_eq!(
+        refused.len(),
+        3,
+        "every refused credential is audited: {refused:?}"
+    );
+    let (status, body) = post_as(&url, "", Some(&token), &good).await?;
     assert_eq!(status, 401, "no runner named: {body}");
-    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "sleeping")).await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 1, "sleeping")).await?;
     assert_eq!(status, 422, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("stage"),
         "{body}"
     );
-    let (status, body) = post(&url, Some(&token()), &report(new_id(), 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token), &report(new_id(), 1, "pulling")).await?;
     assert_eq!(status, 404, "{body}");
     // Nothing was written by any of them.
     let now = allocation::Entity::find_by_id(row.id).one(&db).await?;
@@ -133,10 +158,10 @@ async fn refuses_bad_tokens_and_bodies() -> Result<()> {
 
 #[tokio::test]
 async fn applies_reports_fenced_by_generation() -> Result<()> {
-    let (db, row) = db_with_allocation().await?;
+    let (db, row, token) = db_with_allocation().await?;
     let url = serve(db.clone(), Some(key())).await?;
     for stage in ["pulling", "starting"] {
-        let (status, body) = post(&url, Some(&token()), &report(row.id, 1, stage)).await?;
+        let (status, body) = post(&url, Some(&token), &report(row.id, 1, stage)).await?;
         assert_eq!(
             (status, body["applied"].as_bool()),
             (200, Some(true)),
@@ -145,20 +170,20 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
     }
     let mut ready = report(row.id, 1, "ready");
     ready["address"] = json!("http://10.213.250.2:4100");
-    let (status, body) = post(&url, Some(&token()), &ready).await?;
+    let (status, body) = post(&url, Some(&token), &ready).await?;
     assert_eq!(
         (status, body["stage"].as_str()),
         (200, Some("ready")),
         "{body}"
     );
-    let (status, body) = post(&url, Some(&token()), &ready).await?;
+    let (status, body) = post(&url, Some(&token), &ready).await?;
     assert_eq!(
         (status, body["applied"].as_bool()),
         (200, Some(false)),
         "a repeat: {body}"
     );
 
-    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "pulling")).await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 1, "pulling")).await?;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("CONFLICT")),
@@ -170,13 +195,13 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
     );
 
     set_desired(&db, row.id, Desired::Stop).await?;
-    let (status, body) = post(&url, Some(&token()), &report(row.id, 1, "draining")).await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 1, "draining")).await?;
     assert_eq!(status, 409, "{body}");
     assert_eq!(
         body["error"],
         "stale report from generation 1, current is 2"
     );
-    let (status, body) = post(&url, Some(&token()), &report(row.id, 2, "draining")).await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 2, "draining")).await?;
     assert_eq!(
         (status, body["generation"].as_i64()),
         (200, Some(2)),
@@ -193,10 +218,10 @@ async fn applies_reports_fenced_by_generation() -> Result<()> {
 
 #[tokio::test]
 async fn refuses_and_audits_another_runners_allocation_and_foreign_addresses() -> Result<()> {
-    let (db, row) = db_with_allocation().await?;
+    let (db, row, token) = db_with_allocation().await?;
     topology::ensure_runner(&db, "local", "local-a", "r2", "http://127.0.0.1:2").await?;
     let url = serve(db.clone(), Some(key())).await?;
-    let r2 = key().report_token("r2").expose().to_owned();
+    let r2 = credential(&db, "r2").await?;
     let (status, body) = post_as(&url, "r2", Some(&r2), &report(row.id, 1, "pulling")).await?;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -210,21 +235,18 @@ async fn refuses_and_audits_another_runners_allocation_and_foreign_addresses() -
             .contains("not placed on it"),
         "{body}"
     );
-    let unknown = key().report_token("r9").expose().to_owned();
-    let (status, body) = post_as(&url, "r9", Some(&unknown), &report(row.id, 1, "pulling")).await?;
-    assert_eq!(status, 403, "an unregistered runner: {body}");
+    let (status, body) = post_as(&url, "r9", Some(&r2), &report(row.id, 1, "pulling")).await?;
+    assert_eq!(status, 401, "an unknown runner: {body}");
 
     for stage in ["pulling", "starting"] {
         assert_eq!(
-            post(&url, Some(&token()), &report(row.id, 1, stage))
-                .await?
-                .0,
+            post(&url, Some(&token), &report(row.id, 1, stage)).await?.0,
             200
         );
     }
     let mut ready = report(row.id, 1, "ready");
     ready["address"] = json!("http://127.0.0.1:5432");
-    let (status, body) = post(&url, Some(&token()), &ready).await?;
+    let (status, body) = post(&url, Some(&token), &ready).await?;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]
@@ -249,5 +271,186 @@ async fn refuses_and_audits_another_runners_allocation_and_foreign_addresses() -
         .await?
         .context("row")?;
     assert_eq!((stored.stage.as_str(), stored.address), ("starting", None));
+    Ok(())
+}
+
+fn registration(subnet: &str) -> Value {
+    json!({
+        "region": "local",
+        "cell": "local-a",
+        "address": "http://127.0.0.1:8082",
+        "subnet": subnet,
+        "capacity": { "memory_mb": 4096, "cpu_millis": 2000, "slots": 50 },
+        "agent_version": "0.1.0-test",
+    })
+}
+
+#[tokio::test]
+async fn a_runner_registers_heartbeats_and_is_declared_lost() -> Result<()> {
+    let (db, _, _) = db_with_allocation().await?;
+    let url = serve(db.clone(), Some(key())).await?;
+    let (register, heartbeat) = (at(&url, REGISTER_PATH), at(&url, HEARTBEAT_PATH));
+    let (_, secret) = rhone_schema::fleet::add_runner(&db, "eu", "eu-a", "h1").await?;
+    let token = secret.expose().to_owned();
+    let runner_row = || async {
+        runner::Entity::find()
+            .filter(runner::Column::Name.eq("h1"))
+            .one(&db)
+            .await
+    };
+    assert_eq!(runner_row().await?.context("h1")?.status, "registered");
+
+    // Its own region and cell only.
+    let (status, body) = post_as(
+        &register,
+        "h1",
+        Some(&token),
+        &registration("10.213.251.0/24"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("was added to region eu cell eu-a"),
+        "{body}"
+    );
+    let mut own = registration("10.213.251.0/24");
+    own["region"] = json!("eu");
+    own["cell"] = json!("eu-a");
+    // A subnet another runner holds is refused.
+    let mut taken = own.clone();
+    taken["subnet"] = json!("10.213.250.128/25");
+    let (status, body) = post_as(&register, "h1", Some(&token), &taken).await?;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("overlaps runner r1"),
+        "{body}"
+    );
+
+    let (status, body) = post_as(&register, "h1", Some(&token), &own).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["call_token_sha256"],
+        token_hash(key().call_token("h1").expose()),
+        "the hash of the call token the worker will present"
+    );
+    assert_eq!(body["lost_after_ms"], FleetTimings::default().lost_after_ms);
+    let row = runner_row().await?.context("h1")?;
+    assert_eq!(
+        (
+            row.status.as_str(),
+            row.memory_mb,
+            row.cpu_millis,
+            row.slots,
+            row.subnet.as_deref(),
+            row.agent_version.as_deref()
+        ),
+        (
+            "ready",
+            4096,
+            2000,
+            50,
+            Some("10.213.251.0/24"),
+            Some("0.1.0-test")
+        )
+    );
+    let (status, body) = post_as(&heartbeat, "h1", Some(&token), &json!({})).await?;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+
+    // Unseen past the cutoff: lost, and told so at its next heartbeat. A runner without a
+    // credential (a fixture's) never heartbeats and is never judged.
+    topology::ensure_runner(&db, "local", "local-a", "fixture", "http://127.0.0.1:3").await?;
+    let lost = fleet::mark_lost(
+        &db,
+        chrono::Utc::now() + chrono::Duration::seconds(1),
+        "test",
+    )
+    .await?;
+    let mut names: Vec<&str> = lost.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["h1", "r1"]);
+    let (status, body) = post_as(&heartbeat, "h1", Some(&token), &json!({})).await?;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("lost")),
+        "{body}"
+    );
+    let audited = audit_log::Entity::find()
+        .filter(audit_log::Column::Action.eq("runner.lost"))
+        .all(&db)
+        .await?;
+    assert_eq!(audited.len(), 2);
+    // It registers again and is ready.
+    assert_eq!(post_as(&register, "h1", Some(&token), &own).await?.0, 200);
+    assert_eq!(runner_row().await?.context("h1")?.status, "ready");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_or_revoked_runner_is_refused() -> Result<()> {
+    let (db, row, token) = db_with_allocation().await?;
+    let url = serve(db.clone(), Some(key())).await?;
+    let register = at(&url, REGISTER_PATH);
+    // r1 registers (it has a credential now), so the sweep may judge it.
+    assert_eq!(
+        post_as(
+            &register,
+            "r1",
+            Some(&token),
+            &registration("10.213.250.0/24")
+        )
+        .await?
+        .0,
+        200
+    );
+    fleet::mark_lost(
+        &db,
+        chrono::Utc::now() + chrono::Duration::seconds(1),
+        "test",
+    )
+    .await?;
+    let (status, body) = post(&url, Some(&token), &report(row.id, 1, "pulling")).await?;
+    assert_eq!(status, 403, "a lost runner's late report: {body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("is lost"),
+        "{body}"
+    );
+    let stored = allocation::Entity::find_by_id(row.id).one(&db).await?;
+    assert_eq!(stored.as_ref(), Some(&row), "nothing written");
+
+    fleet::revoke_runner(&db, "r1").await?;
+    for path in [REGISTER_PATH, HEARTBEAT_PATH, RUNNER_REPORTS_PATH] {
+        let (status, body) = post(
+            &at(&url, path),
+            Some(&token),
+            &registration("10.213.250.0/24"),
+        )
+        .await?;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let refused = audit_log::Entity::find()
+        .filter(audit_log::Column::Action.eq("runner.refused"))
+        .all(&db)
+        .await?;
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|a| a.detail["reason"] == "revoked credential"),
+        "{refused:?}"
+    );
     Ok(())
 }

@@ -120,6 +120,7 @@ pub(crate) async fn grant_role(
                     email: Set(email.clone()),
                     display_name: Set(email.clone()),
                     created_at: Set(now),
+                    operator: Set(false),
                 }
                 .insert(&txn)
                 .await?

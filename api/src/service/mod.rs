@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod bindings;
 pub(crate) mod deploys;
 pub(crate) mod environments;
+pub(crate) mod fleet;
 pub(crate) mod operations;
 pub(crate) mod promotions;
 pub(crate) mod routes;

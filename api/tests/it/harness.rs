@@ -72,6 +72,7 @@ impl Api {
             temporal: temporal.clone(),
             task_queue: task_queue.clone(),
             runner_key: None,
+            fleet: rhone_core::fleet::FleetTimings::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -131,6 +132,7 @@ impl Api {
                     email: Set(email.to_owned()),
                     display_name: Set(email.to_owned()),
                     created_at: Set(chrono::Utc::now()),
+                    operator: Set(false),
                 }
                 .insert(&self.db)
                 .await?

@@ -154,13 +154,16 @@ machine! {
 machine! {
     /// Production Promotion (and rollback, which is a promotion to an earlier deployment).
     /// `healthy` holds the health window; its failure rolls the route back (or fails, when
-    /// there is no earlier owner to return to).
+    /// there is no earlier owner to return to). `blocked` (beyond the seed's machine): no
+    /// runner has room for the new allocations; it waits for retry (→ route_cas) or abort
+    /// (→ failed).
     PromotionStage, "promotion", initial Requested,
-    success [Healthy], failure [RolledBack, Failed], blocked [],
+    success [Healthy], failure [RolledBack, Failed], blocked [Blocked],
     {
         Requested = "requested" => [PolicyCheck, Failed],
         PolicyCheck = "policy_check" => [RouteCas, Failed],
-        RouteCas = "route_cas" => [EdgePropagating, Failed],
+        RouteCas = "route_cas" => [EdgePropagating, Blocked, Failed],
+        Blocked = "blocked" => [RouteCas, Failed],
         EdgePropagating = "edge_propagating" => [Healthy, RolledBack, Failed],
         Healthy = "healthy" => [RolledBack, Failed],
         RolledBack = "rolled_back" => [],

@@ -222,6 +222,8 @@ impl Db {
             last_report_at: Set(Some(now)),
             created_at: Set(now),
             updated_at: Set(now),
+            memory_mb: Set(512),
+            cpu_millis: Set(1000),
         }
         .insert(&self.conn)
         .await?;

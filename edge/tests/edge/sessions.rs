@@ -57,6 +57,8 @@ async fn drain(h: &Harness, id: Uuid) -> Result<()> {
         id: Set(id),
         desired: Set("stop".into()),
         updated_at: Set(Utc::now()),
+        memory_mb: Set(512),
+        cpu_millis: Set(1000),
         ..Default::default()
     }
     .update(&h.db.conn)

@@ -1,6 +1,9 @@
-//! Reports to the control plane: a tiny server records what the runner POSTs, and the
-//! stages arrive in order, each with the generation it belongs to, despite a failed first
-//! delivery.
+//! The runner and its control plane: a tiny server stands in for the API's runner
+//! endpoints and records what the runner POSTs. The runner registers (its region, cell,
+//! address, subnet, capacity capped by its host, version) and heartbeats with its
+//! credential, takes calls with the call token whose hash the registration answered, and
+//! its stages arrive in order, each with the generation it belongs to, despite a failed
+//! first delivery.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +20,9 @@ const WITHIN: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Default)]
 struct Recorder {
+    /// Bodies of registrations, and how many heartbeats came.
+    registrations: Arc<Mutex<Vec<(String, Value)>>>,
+    heartbeats: Arc<Mutex<usize>>,
     /// `(Authorization|X-Rhone-Runner headers, body)` of every POST that was answered 200.
     seen: Arc<Mutex<Vec<(String, Value)>>>,
     /// POSTs received, failed ones included.
@@ -60,25 +66,132 @@ async fn record(
     StatusCode::OK
 }
 
+/// The call token the stand-in control plane hands out at registration.
+const CALL_TOKEN: &str = "call-token-from-registration";
+
+async fn register(
+    State(r): State<Recorder>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if let Ok(mut seen) = r.registrations.lock() {
+        seen.push((auth, body));
+    }
+    Json(serde_json::json!({
+        "call_token_sha256": rhone_runner_protocol::credentials::token_hash(CALL_TOKEN),
+        "heartbeat_interval_ms": 100,
+        "lost_after_ms": 300,
+    }))
+}
+
+async fn heartbeat(State(r): State<Recorder>) -> Json<Value> {
+    if let Ok(mut n) = r.heartbeats.lock() {
+        *n += 1;
+    }
+    Json(serde_json::json!({ "status": "ready" }))
+}
+
+/// The stand-in control plane; returns its base URL.
 async fn control_plane(recorder: Recorder) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/internal/runner/reports", listener.local_addr()?);
+    let url = format!("http://{}", listener.local_addr()?);
     let app = Router::new()
         .route("/internal/runner/reports", post(record))
+        .route("/internal/runner/register", post(register))
+        .route("/internal/runner/heartbeat", post(heartbeat))
         .with_state(recorder);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stages_are_reported_in_order_with_their_generation() -> Result<()> {
+async fn the_runner_registers_heartbeats_and_takes_the_registered_call_token() -> Result<()> {
     let recorder = Recorder::default();
-    let report_url = control_plane(recorder.clone()).await?;
+    let api_url = control_plane(recorder.clone()).await?;
     let h = Harness::start_with(|c| {
-        c.report_url = Some(report_url);
-        c.report_token = Some(Secret::new("runner-token"));
+        c.api_url = Some(api_url);
+        c.credential = Some(Secret::new("runner-credential"));
+        c.call_token_sha256 = None;
+        c.memory_mb = Some(1 << 24);
+        c.slots = Some(3);
+        c.agent_version = "9.9.9-test".into();
     })
     .await?;
+    eventually(WITHIN, "the runner registers and heartbeats", || {
+        !recorder
+            .registrations
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(true)
+            && recorder.heartbeats.lock().map(|n| *n >= 2).unwrap_or(false)
+    })
+    .await?;
+    let (auth, body) = recorder
+        .registrations
+        .lock()
+        .map(|r| r[0].clone())
+        .unwrap_or_default();
+    assert_eq!(auth, "Bearer runner-credential");
+    assert_eq!(
+        (body["region"].as_str(), body["cell"].as_str()),
+        (Some("local"), Some("local-a"))
+    );
+    assert_eq!(body["address"], h.url);
+    assert!(
+        body["subnet"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("10.213.")),
+        "{body}"
+    );
+    assert_eq!(body["agent_version"], "9.9.9-test");
+    let host_mb = std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .map_or(0, |kb| kb / 1024);
+    assert_eq!(
+        body["capacity"]["memory_mb"], host_mb,
+        "capped by what the host has"
+    );
+    assert_eq!(body["capacity"]["slots"], 3);
+
+    // Calls carry the token the registration named; the harness's own is not it.
+    let id = Uuid::now_v7();
+    let (code, _) = h.put(id, &h.spec(id, 1, "serve")?).await?;
+    assert_eq!(
+        code, 401,
+        "the test key's call token is not the registered one"
+    );
+    let h = h.with_call_token(CALL_TOKEN)?;
+    assert_eq!(h.put(id, &h.spec(id, 1, "serve")?).await?.0, 201);
+    h.wait_stage(id, "ready", WITHIN).await?;
+    h.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_are_reported_in_order_with_their_generation() -> Result<()> {
+    let recorder = Recorder::default();
+    let api_url = control_plane(recorder.clone()).await?;
+    let h = Harness::start_with(|c| {
+        c.api_url = Some(api_url);
+        c.credential = Some(Secret::new("runner-token"));
+    })
+    .await?;
+    // Its calls take the registered call token from now on.
+    eventually(WITHIN, "the runner registers", || {
+        !recorder
+            .registrations
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(true)
+    })
+    .await?;
+    let h = h.with_call_token(CALL_TOKEN)?;
     let id = Uuid::now_v7();
     let spec = h.spec(id, 1, "serve")?;
     h.put(id, &spec).await?;

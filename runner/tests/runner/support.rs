@@ -154,13 +154,7 @@ impl Harness {
         let digest = store.put(&archive::pack_dir(&app)?).await?;
 
         let mut config = RunnerConfig::new(&work);
-        (config.report_token, config.call_token_sha256) = {
-            let key = runner_key();
-            (
-                Some(key.report_token(RUNNER)),
-                Some(token_hash(key.call_token(RUNNER).expose())),
-            )
-        };
+        config.call_token_sha256 = Some(token_hash(runner_key().call_token(RUNNER).expose()));
         edit(&mut config);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
@@ -191,6 +185,20 @@ impl Harness {
             server: Some(server),
             _dir: dir,
         })
+    }
+
+    /// The same runner, called with `token` as the call token (one a registration named).
+    pub fn with_call_token(mut self, token: &str) -> Result<Harness> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        self.http = reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .build()?;
+        Ok(self)
     }
 
     /// A spec of the test app in `mode`, ready in well under the test's time.

@@ -23,6 +23,10 @@ pub struct Model {
     pub last_report_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Memory and CPU it was placed with (the artifact's `[run]` limits): what it takes of
+    /// its runner's capacity.
+    pub memory_mb: i64,
+    pub cpu_millis: i64,
     #[sea_orm(belongs_to, from = "deployment_id", to = "id")]
     pub deployment: BelongsTo<super::deployment::Entity>,
     #[sea_orm(belongs_to, from = "artifact_digest", to = "digest")]

@@ -12,6 +12,8 @@ pub struct Model {
     pub email: String,
     pub display_name: String,
     pub created_at: DateTimeUtc,
+    /// A platform operator: manages runners and sees the fleet.
+    pub operator: bool,
     #[sea_orm(has_many)]
     pub grants: HasMany<super::grant::Entity>,
     #[sea_orm(has_many)]

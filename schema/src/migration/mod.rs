@@ -14,6 +14,7 @@ mod m20261123_000006_build_logs;
 mod m20261124_000007_promotion;
 mod m20261124_000008_wake;
 mod m20261207_000009_runner_network;
+mod m20261207_000010_runner_fleet;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_promotion::Migration),
             Box::new(m20261124_000008_wake::Migration),
             Box::new(m20261207_000009_runner_network::Migration),
+            Box::new(m20261207_000010_runner_fleet::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod allocations;
 mod fixtures;
+mod fleet;
 mod logs;
 mod migrations;
 mod ops;

@@ -16,6 +16,7 @@ on_both_backends!(
     missing_references_are_rejected,
     a_token_has_exactly_one_owner,
     wake_columns_default_and_route_activity_is_per_key_and_edge,
+    the_fleet_migration_makes_the_first_user_an_operator,
 );
 
 async fn migrating_twice_is_a_no_op(db: DatabaseConnection) -> Result<()> {
@@ -76,6 +77,7 @@ async fn a_token_has_exactly_one_owner(db: DatabaseConnection) -> Result<()> {
         email: Set("ada@example.com".to_owned()),
         display_name: Set("Ada".to_owned()),
         created_at: Set(Utc::now()),
+        operator: Set(false),
     }
     .insert(&db)
     .await?;
@@ -103,8 +105,8 @@ async fn wake_columns_default_and_route_activity_is_per_key_and_edge(
     env.sleep_after_ms = Set(5);
     env.wake_state = Set("sleeping".into());
     env.update(&db).await?;
-    // Down to before migration 8 (migration 9 comes after it), then up again.
-    Migrator::down(&db, Some(2)).await?;
+    // Down to before migration 8 (migrations 9 and 10 come after it), then up again.
+    Migrator::down(&db, Some(3)).await?;
     Migrator::up(&db, None).await?;
     let env = environment::Entity::find_by_id(t.environment.id)
         .one(&db)
@@ -133,5 +135,45 @@ async fn wake_columns_default_and_route_activity_is_per_key_and_edge(
     let rows = route_activity::Entity::find().all(&db).await?;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.open_sockets == 2));
+    Ok(())
+}
+
+/// Migration 10: on a control DB that had users, the first one (the bootstrap admin)
+/// becomes the platform's operator, no one else; runners and allocations get their
+/// capacity columns with zero defaults.
+async fn the_fleet_migration_makes_the_first_user_an_operator(
+    db: DatabaseConnection,
+) -> Result<()> {
+    Migrator::down(&db, Some(1)).await?;
+    for (email, offset) in [("first@example.com", 0), ("second@example.com", 1)] {
+        use sea_orm::{
+            ConnectionTrait,
+            sea_query::{Alias, Query},
+        };
+        let insert = Query::insert()
+            .into_table(Alias::new("users"))
+            .columns([
+                Alias::new("id"),
+                Alias::new("email"),
+                Alias::new("display_name"),
+                Alias::new("created_at"),
+            ])
+            .values_panic([
+                new_id().into(),
+                email.into(),
+                email.into(),
+                (Utc::now() + chrono::Duration::seconds(offset)).into(),
+            ])
+            .to_owned();
+        db.execute(&insert).await?;
+    }
+    Migrator::up(&db, None).await?;
+    let users = user::Entity::find().all(&db).await?;
+    let operators: Vec<&str> = users
+        .iter()
+        .filter(|u| u.operator)
+        .map(|u| u.email.as_str())
+        .collect();
+    assert_eq!(operators, ["first@example.com"]);
     Ok(())
 }

@@ -1,0 +1,42 @@
+//! The fleet watch's activity: declares lost the runners that stopped heartbeating.
+
+use std::sync::Arc;
+
+use rhone_workflows::activities::{SweepInput, Swept, defs};
+use sea_orm::DatabaseConnection;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use crate::error::activity_error;
+
+/// The actor of the transitions the fleet watch records.
+pub const FLEET_ACTOR: &str = "worker:fleet";
+
+pub struct FleetActivities {
+    pub db: DatabaseConnection,
+}
+
+#[activities]
+impl FleetActivities {
+    /// Idempotent: a runner already lost is not declared again, and a heartbeat that lands
+    /// first keeps its runner ready.
+    #[activity(definition = defs::SweepRunners)]
+    pub async fn sweep_runners(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: SweepInput,
+    ) -> Result<Swept, ActivityError> {
+        let lost_after =
+            chrono::Duration::milliseconds(i64::try_from(input.lost_after_ms).unwrap_or(i64::MAX));
+        let cutoff = chrono::Utc::now() - lost_after;
+        let lost = rhone_schema::fleet::mark_lost(&self.db, cutoff, FLEET_ACTOR)
+            .await
+            .map_err(activity_error)?;
+        for runner in &lost {
+            tracing::warn!(runner = %runner.name, last_seen_at = ?runner.last_seen_at, "runner lost");
+        }
+        Ok(Swept {
+            lost: lost.into_iter().map(|r| r.name).collect(),
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! The runner fleet's vocabulary: a runner's status, and placement — which runner of a
+//! region takes a new allocation — as a pure choice over candidates the caller read.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a runner stands with the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerStatus {
+    /// Added by an operator, never registered yet.
+    Registered,
+    /// Registered and heartbeating: takes placements.
+    Ready,
+    /// Unseen for longer than the lost-after time: its allocations are replaced elsewhere
+    /// and fenced; it registers again when it comes back.
+    Lost,
+    /// Its credential was revoked: it is refused for good.
+    Revoked,
+}
+
+impl RunnerStatus {
+    pub const ALL: &'static [RunnerStatus] = &[
+        RunnerStatus::Registered,
+        RunnerStatus::Ready,
+        RunnerStatus::Lost,
+        RunnerStatus::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerStatus::Registered => "registered",
+            RunnerStatus::Ready => "ready",
+            RunnerStatus::Lost => "lost",
+            RunnerStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for RunnerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown runner status {0:?}; expected registered, ready, lost or revoked")]
+pub struct UnknownRunnerStatus(pub String);
+
+impl FromStr for RunnerStatus {
+    type Err = UnknownRunnerStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunnerStatus::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRunnerStatus(s.to_owned()))
+    }
+}
+
+/// How runners keep in touch: the API tells each runner how often to heartbeat, and the
+/// worker declares lost a runner unseen for `lost_after` (`RHONE_RUNNER_HEARTBEAT_MS`,
+/// `RHONE_RUNNER_LOST_AFTER_MS`, read by both roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetTimings {
+    pub heartbeat_interval_ms: u64,
+    pub lost_after_ms: u64,
+}
+
+impl Default for FleetTimings {
+    /// A heartbeat a second; lost after three missed ones.
+    fn default() -> Self {
+        FleetTimings {
+            heartbeat_interval_ms: 1000,
+            lost_after_ms: 3000,
+        }
+    }
+}
+
+/// How a refusal for want of capacity starts (an activity's message; the workflow that
+/// reads it parks the operation `blocked` with the shortfall as evidence).
+pub const NO_CAPACITY: &str = "no capacity: ";
+
+/// What a new allocation takes of a runner: the artifact's `[run]` memory and CPU, and one
+/// slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Need {
+    pub memory_mb: i64,
+    pub cpu_millis: i64,
+}
+
+/// A runner placement may choose, with what it has left and how much of the environment
+/// being placed it (and its cell) already runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub runner_id: Uuid,
+    pub runner: String,
+    pub cell_id: Uuid,
+    pub cell: String,
+    pub status: RunnerStatus,
+    pub free_memory_mb: i64,
+    pub free_cpu_millis: i64,
+    pub free_slots: i64,
+    /// Allocations of the environment being placed that run on this runner / in its cell.
+    pub same_environment: u32,
+    pub same_environment_in_cell: u32,
+}
+
+impl Candidate {
+    /// Why this runner cannot take `need`, if it cannot.
+    pub fn lacks(&self, need: Need) -> Option<String> {
+        if self.status != RunnerStatus::Ready {
+            return Some(format!("{} is {}", self.runner, self.status));
+        }
+        let mut short = Vec::new();
+        if self.free_memory_mb < need.memory_mb {
+            short.push(format!("{} MiB free", self.free_memory_mb.max(0)));
+        }
+        if self.free_cpu_millis < need.cpu_millis {
+            short.push(format!("{} millicores free", self.free_cpu_millis.max(0)));
+        }
+        if self.free_slots < 1 {
+            short.push("no free slot".to_owned());
+        }
+        (!short.is_empty()).then(|| format!("{} has {}", self.runner, short.join(", ")))
+    }
+}
+
+/// No runner of the region can take the allocation: what was needed and why each runner
+/// could not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shortfall {
+    /// The region placement was confined to, if any.
+    pub region: Option<String>,
+    pub need: Need,
+    /// One line per runner considered.
+    pub runners: Vec<String>,
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no runner ")?;
+        if let Some(region) = &self.region {
+            write!(f, "in region {region} ")?;
+        }
+        write!(
+            f,
+            "has room for {} MiB and {} millicores",
+            self.need.memory_mb, self.need.cpu_millis
+        )?;
+        if self.runners.is_empty() {
+            f.write_str(": it has no runner")
+        } else {
+            write!(f, ": {}", self.runners.join("; "))
+        }
+    }
+}
+
+/// The runner a new allocation goes to: one with room, spreading the environment across
+/// cells first and runners second, then the one with the most memory free (ties by name,
+/// so the choice is stable). The index into `candidates`, or why none fits.
+pub fn choose(
+    candidates: &[Candidate],
+    need: Need,
+    region: Option<&str>,
+) -> Result<usize, Shortfall> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.lacks(need).is_none())
+        .min_by(|(_, a), (_, b)| {
+            (a.same_environment_in_cell, a.same_environment)
+                .cmp(&(b.same_environment_in_cell, b.same_environment))
+                .then(b.free_memory_mb.cmp(&a.free_memory_mb))
+                .then(b.free_cpu_millis.cmp(&a.free_cpu_millis))
+                .then(a.runner.cmp(&b.runner))
+        })
+        .map(|(i, _)| i)
+        .ok_or_else(|| Shortfall {
+            region: region.map(str::to_owned),
+            need,
+            runners: candidates.iter().filter_map(|c| c.lacks(need)).collect(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(name: &str, cell: u8, memory: i64, same: u32, same_cell: u32) -> Candidate {
+        Candidate {
+            runner_id: Uuid::from_u128(name.len() as u128),
+            runner: name.to_owned(),
+            cell_id: Uuid::from_u128(u128::from(cell)),
+            cell: format!("c{cell}"),
+            status: RunnerStatus::Ready,
+            free_memory_mb: memory,
+            free_cpu_millis: 4000,
+            free_slots: 10,
+            same_environment: same,
+            same_environment_in_cell: same_cell,
+        }
+    }
+
+    const NEED: Need = Need {
+        memory_mb: 512,
+        cpu_millis: 1000,
+    };
+
+    #[test]
+    fn the_roomiest_runner_takes_the_first_instance() {
+        let c = [runner("a", 1, 1024, 0, 0), runner("b", 1, 4096, 0, 0)];
+        assert_eq!(choose(&c, NEED, Some("eu")), Ok(1));
+    }
+
+    #[test]
+    fn instances_spread_across_cells_before_runners() {
+        // `b` has the most room, but its cell already runs an instance.
+        let c = [
+            runner("a", 1, 1024, 1, 1),
+            runner("b", 1, 8192, 0, 1),
+            runner("c", 2, 1024, 0, 0),
+        ];
+        assert_eq!(choose(&c, NEED, Some("eu")), Ok(2));
+        // Within one cell, a runner without an instance first.
+        let c = [runner("a", 1, 8192, 1, 1), runner("b", 1, 1024, 0, 1)];
+        assert_eq!(choose(&c, NEED, Some("eu")), Ok(1));
+    }
+
+    #[test]
+    fn no_room_names_every_runner_and_why() {
+        let mut lost = runner("c", 2, 8192, 0, 0);
+        lost.status = RunnerStatus::Lost;
+        let mut busy = runner("b", 1, 8192, 0, 0);
+        busy.free_slots = 0;
+        busy.free_cpu_millis = 500;
+        let c = [runner("a", 1, 256, 0, 0), busy, lost];
+        let shortfall = choose(&c, NEED, Some("eu")).expect_err("no room");
+        assert_eq!(
+            shortfall.to_string(),
+            "no runner in region eu has room for 512 MiB and 1000 millicores: a has 256 MiB free; \
+             b has 500 millicores free, no free slot; c is lost"
+        );
+        assert_eq!(
+            choose(&[], NEED, Some("eu"))
+                .expect_err("no runner")
+                .to_string(),
+            "no runner in region eu has room for 512 MiB and 1000 millicores: it has no runner"
+        );
+        assert!(
+            choose(&c, NEED, None)
+                .expect_err("no room")
+                .to_string()
+                .starts_with("no runner has room for 512 MiB")
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in RunnerStatus::ALL {
+            assert_eq!(s.as_str().parse::<RunnerStatus>(), Ok(*s));
+        }
+        assert!("gone".parse::<RunnerStatus>().is_err());
+    }
+}

@@ -1,0 +1,671 @@
+//! The runner fleet in the control DB: runners an operator adds with a credential
+//! ([`add_runner`], kept as its SHA-256, [`revoke_runner`]; the caller records those), that
+//! register themselves ([`register_runner`]) and heartbeat ([`heartbeat`]), and that are
+//! declared lost when unseen ([`mark_lost`]); those moves are audit rows written here
+//! (`runner.ready`, `runner.lost`, `runner.refused`). Placement ([`place_allocation`])
+//! picks a runner with room for an allocation and writes the allocation in the same
+//! transaction, so two placements never count the same free memory twice.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rhone_core::{
+    RunnerStatus, Secret, StateMachine,
+    fleet::{Candidate, Need, choose},
+    stage::AllocationStage,
+};
+use rhone_runner_protocol::{
+    credentials::{
+        CREDENTIAL_PREFIX, CREDENTIAL_RANDOM_LEN, matches_hash, token_hash, well_formed_credential,
+    },
+    fleet::Registration,
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    SchemaError,
+    allocations::{NewAllocation, create_allocation, parse_subnet},
+    begin_write,
+    entity::{allocation, audit_log, cell, deployment, region, runner},
+    new_id,
+};
+
+/// A fresh runner credential, shown to the operator once and kept only hashed.
+pub fn new_credential() -> Secret {
+    use rand::{Rng, distr::Alphanumeric};
+    let random: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(CREDENTIAL_RANDOM_LEN)
+        .map(char::from)
+        .collect();
+    Secret::new(format!("{CREDENTIAL_PREFIX}{random}"))
+}
+
+/// Writes an audit row about runner `name`.
+pub async fn audit_runner<C: ConnectionTrait>(
+    db: &C,
+    actor: &str,
+    action: &str,
+    name: &str,
+    detail: serde_json::Value,
+) -> Result<(), SchemaError> {
+    audit_log::ActiveModel {
+        id: Set(new_id()),
+        workspace_id: Set(None),
+        actor: Set(actor.to_owned()),
+        action: Set(action.to_owned()),
+        target_type: Set("runner".to_owned()),
+        target_id: Set(name.to_owned()),
+        operation_id: Set(None),
+        detail: Set(detail),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// The region and cell of those names, made if new.
+pub async fn ensure_cell<C: ConnectionTrait>(
+    db: &C,
+    region_name: &str,
+    cell_name: &str,
+) -> Result<cell::Model, SchemaError> {
+    let now = Utc::now();
+    let region = match region::Entity::find()
+        .filter(region::Column::Name.eq(region_name))
+        .one(db)
+        .await?
+    {
+        Some(r) => r,
+        None => {
+            region::ActiveModel {
+                id: Set(new_id()),
+                name: Set(region_name.to_owned()),
+                created_at: Set(now),
+            }
+            .insert(db)
+            .await?
+        }
+    };
+    Ok(
+        match cell::Entity::find()
+            .filter(cell::Column::RegionId.eq(region.id))
+            .filter(cell::Column::Name.eq(cell_name))
+            .one(db)
+            .await?
+        {
+            Some(c) => c,
+            None => {
+                cell::ActiveModel {
+                    id: Set(new_id()),
+                    region_id: Set(region.id),
+                    name: Set(cell_name.to_owned()),
+                    created_at: Set(now),
+                }
+                .insert(db)
+                .await?
+            }
+        },
+    )
+}
+
+async fn find_runner<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+) -> Result<Option<runner::Model>, SchemaError> {
+    Ok(runner::Entity::find()
+        .filter(runner::Column::Name.eq(name))
+        .one(db)
+        .await?)
+}
+
+/// Adds runner `name` to `region`/`cell` (made if new) as `registered` and returns it with
+/// its credential, in clear this once. A name that is taken is a conflict. The caller's
+/// transaction records who did it.
+pub async fn add_runner<C: ConnectionTrait>(
+    txn: &C,
+    region_name: &str,
+    cell_name: &str,
+    name: &str,
+) -> Result<(runner::Model, Secret), SchemaError> {
+    if find_runner(txn, name).await?.is_some() {
+        return Err(SchemaError::Conflict {
+            what: format!("runner {name} exists (revoke it, or rotate its credential)"),
+        });
+    }
+    let cell = ensure_cell(txn, region_name, cell_name).await?;
+    let credential = new_credential();
+    let now = Utc::now();
+    let row = runner::ActiveModel {
+        id: Set(new_id()),
+        cell_id: Set(cell.id),
+        name: Set(name.to_owned()),
+        address: Set(String::new()),
+        status: Set(RunnerStatus::Registered.as_str().to_owned()),
+        last_seen_at: Set(None),
+        subnet: Set(None),
+        created_at: Set(now),
+        credential_sha256: Set(Some(token_hash(credential.expose()))),
+        revoked_at: Set(None),
+        memory_mb: Set(0),
+        cpu_millis: Set(0),
+        slots: Set(0),
+        agent_version: Set(None),
+        status_changed_at: Set(Some(now)),
+    }
+    .insert(txn)
+    .await?;
+    Ok((row, credential))
+}
+
+/// A new credential for runner `name` (added if new, in `region`/`cell`); the old one
+/// stops working. A revoked runner stays revoked. The caller's transaction records who did
+/// it.
+pub async fn rotate_credential<C: ConnectionTrait>(
+    txn: &C,
+    region_name: &str,
+    cell_name: &str,
+    name: &str,
+) -> Result<(runner::Model, Secret), SchemaError> {
+    let Some(row) = find_runner(txn, name).await? else {
+        return add_runner(txn, region_name, cell_name, name).await;
+    };
+    if row.revoked_at.is_some() {
+        return Err(SchemaError::Forbidden {
+            what: format!("runner {name} is revoked; add it under another name"),
+        });
+    }
+    let credential = new_credential();
+    let mut active: runner::ActiveModel = row.into();
+    active.credential_sha256 = Set(Some(token_hash(credential.expose())));
+    let row = active.update(txn).await?;
+    Ok((row, credential))
+}
+
+/// Revokes runner `name`'s credential: it is refused from now on and placement skips it.
+/// Returns the runner and the status it had. The caller's transaction records who did it.
+pub async fn revoke_runner<C: ConnectionTrait>(
+    txn: &C,
+    name: &str,
+) -> Result<(runner::Model, String), SchemaError> {
+    let row = find_runner(txn, name)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "runner",
+            id: name.to_owned(),
+        })?;
+    let from = row.status.clone();
+    if row.revoked_at.is_some() {
+        return Ok((row, from));
+    }
+    let now = Utc::now();
+    let mut active: runner::ActiveModel = row.into();
+    active.revoked_at = Set(Some(now));
+    active.status = Set(RunnerStatus::Revoked.as_str().to_owned());
+    active.status_changed_at = Set(Some(now));
+    Ok((active.update(txn).await?, from))
+}
+
+/// Why a runner's credential was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No runner of that name, or a malformed credential.
+    Unknown,
+    Revoked,
+    WrongCredential,
+}
+
+impl Refusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Unknown => "unknown runner or malformed credential",
+            Refusal::Revoked => "revoked credential",
+            Refusal::WrongCredential => "wrong credential",
+        }
+    }
+}
+
+/// The runner `name` if `presented` is its credential (compared by hash, in constant time).
+/// A refusal writes a `runner.refused` audit row.
+pub async fn authenticate_runner<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    presented: &str,
+) -> Result<Result<runner::Model, Refusal>, SchemaError> {
+    let row = if well_formed_credential(presented) {
+        find_runner(db, name).await?
+    } else {
+        None
+    };
+    let verdict = match row {
+        None => Err(Refusal::Unknown),
+        Some(r) if r.revoked_at.is_some() => Err(Refusal::Revoked),
+        Some(r) => match &r.credential_sha256 {
+            Some(hash) if matches_hash(presented, hash) => Ok(r),
+            _ => Err(Refusal::WrongCredential),
+        },
+    };
+    if let Err(why) = &verdict {
+        let shown: String = name.chars().take(64).collect();
+        audit_runner(
+            db,
+            &format!("runner:{shown}"),
+            "runner.refused",
+            &shown,
+            json!({ "reason": why.as_str() }),
+        )
+        .await?;
+    }
+    Ok(verdict)
+}
+
+/// Takes a registration from an authenticated runner: it must name the region and cell it
+/// was added to, and a subnet no other runner uses. The runner becomes `ready` with the
+/// address, capacity, version and subnet it announced.
+pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    runner: &runner::Model,
+    registration: &Registration,
+) -> Result<runner::Model, SchemaError> {
+    let txn = begin_write(db).await?;
+    let row = runner::Entity::find_by_id(runner.id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "runner",
+            id: runner.name.clone(),
+        })?;
+    let cell = cell::Entity::find_by_id(row.cell_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "cell",
+            id: row.cell_id.to_string(),
+        })?;
+    let region = region::Entity::find_by_id(cell.region_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "region",
+            id: cell.region_id.to_string(),
+        })?;
+    let actor = format!("runner:{}", row.name);
+    if (registration.region.as_str(), registration.cell.as_str())
+        != (region.name.as_str(), cell.name.as_str())
+    {
+        let what = format!(
+            "runner {} was added to region {} cell {}, and registered as region {} cell {}",
+            row.name, region.name, cell.name, registration.region, registration.cell
+        );
+        audit_runner(
+            &txn,
+            &actor,
+            "runner.refused",
+            &row.name,
+            json!({ "reason": what }),
+        )
+        .await?;
+        txn.commit().await?;
+        return Err(SchemaError::Forbidden { what });
+    }
+    let Some((network, prefix)) = parse_subnet(&registration.subnet) else {
+        return Err(SchemaError::Conflict {
+            what: format!(
+                "subnet {:?} is not a.b.c.d/p with p from 16 to 28",
+                registration.subnet
+            ),
+        });
+    };
+    let others = runner::Entity::find()
+        .filter(runner::Column::Id.ne(row.id))
+        .filter(runner::Column::RevokedAt.is_null())
+        .filter(runner::Column::Subnet.is_not_null())
+        .all(&txn)
+        .await?;
+    for other in others {
+        let Some((o_net, o_prefix)) = other.subnet.as_deref().and_then(parse_subnet) else {
+            continue;
+        };
+        let common = prefix.min(o_prefix);
+        let mask = u32::MAX << (32 - common);
+        if network & mask == o_net & mask {
+            return Err(SchemaError::Conflict {
+                what: format!(
+                    "subnet {} overlaps runner {}'s {}",
+                    registration.subnet,
+                    other.name,
+                    other.subnet.unwrap_or_default()
+                ),
+            });
+        }
+    }
+    let capacity = registration.capacity;
+    if capacity.memory_mb < 0 || capacity.cpu_millis < 0 || capacity.slots < 0 {
+        return Err(SchemaError::Conflict {
+            what: "capacity must not be negative".to_owned(),
+        });
+    }
+    let from = row.status.clone();
+    let now = Utc::now();
+    let mut active: runner::ActiveModel = row.into();
+    active.address = Set(registration.address.clone());
+    active.subnet = Set(Some(registration.subnet.clone()));
+    active.memory_mb = Set(capacity.memory_mb);
+    active.cpu_millis = Set(capacity.cpu_millis);
+    active.slots = Set(capacity.slots);
+    active.agent_version = Set(Some(registration.agent_version.clone()));
+    active.status = Set(RunnerStatus::Ready.as_str().to_owned());
+    active.last_seen_at = Set(Some(now));
+    if from != RunnerStatus::Ready.as_str() {
+        active.status_changed_at = Set(Some(now));
+    }
+    let row = active.update(&txn).await?;
+    audit_runner(
+        &txn,
+        &actor,
+        "runner.ready",
+        &row.name,
+        json!({
+            "from": from, "address": registration.address, "subnet": registration.subnet,
+            "capacity": capacity, "agent_version": registration.agent_version,
+        }),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// A heartbeat of runner `id`: a ready runner is seen now. Returns its status (a lost runner
+/// registers again).
+pub async fn heartbeat<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<RunnerStatus, SchemaError> {
+    let seen = runner::Entity::update_many()
+        .col_expr(
+            runner::Column::LastSeenAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(runner::Column::Id.eq(id))
+        .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))
+        .exec(db)
+        .await?;
+    if seen.rows_affected == 1 {
+        return Ok(RunnerStatus::Ready);
+    }
+    let row = runner::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "runner",
+            id: id.to_string(),
+        })?;
+    status_of(&row)
+}
+
+/// A runner row's status.
+pub fn status_of(row: &runner::Model) -> Result<RunnerStatus, SchemaError> {
+    row.status.parse().map_err(|e| SchemaError::Conflict {
+        what: format!("runner {}: {e}", row.name),
+    })
+}
+
+/// Declares lost every ready runner last seen before `cutoff` (each a compare-and-set on
+/// its last-seen time, so a heartbeat that lands first wins) and returns them. Only runners
+/// with a credential heartbeat; one without (written by a fixture) is never judged.
+pub async fn mark_lost<C: ConnectionTrait>(
+    db: &C,
+    cutoff: DateTime<Utc>,
+    actor: &str,
+) -> Result<Vec<runner::Model>, SchemaError> {
+    let stale = runner::Entity::find()
+        .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))
+        .filter(runner::Column::CredentialSha256.is_not_null())
+        .filter(runner::Column::LastSeenAt.lt(cutoff))
+        .all(db)
+        .await?;
+    let mut lost = Vec::new();
+    for row in stale {
+        let now = Utc::now();
+        let moved = runner::Entity::update_many()
+            .col_expr(
+                runner::Column::Status,
+                sea_orm::sea_query::Expr::value(RunnerStatus::Lost.as_str()),
+            )
+            .col_expr(
+                runner::Column::StatusChangedAt,
+                sea_orm::sea_query::Expr::value(now),
+            )
+            .filter(runner::Column::Id.eq(row.id))
+            .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))
+            .filter(runner::Column::LastSeenAt.lt(cutoff))
+            .exec(db)
+            .await?;
+        if moved.rows_affected == 1 {
+            audit_runner(
+                db,
+                actor,
+                "runner.lost",
+                &row.name,
+                json!({ "last_seen_at": row.last_seen_at, "cutoff": cutoff }),
+            )
+            .await?;
+            lost.push(runner::Model {
+                status: RunnerStatus::Lost.as_str().to_owned(),
+                status_changed_at: Some(now),
+                ..row
+            });
+        }
+    }
+    Ok(lost)
+}
+
+/// Stages of an allocation that still holds its runner's capacity.
+fn holds_capacity(stage: &str) -> bool {
+    stage
+        .parse::<AllocationStage>()
+        .is_ok_and(|s| !s.is_terminal())
+}
+
+/// What a runner has placed on it: allocations meant to run that have not ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub memory_mb: i64,
+    pub cpu_millis: i64,
+    pub allocations: i64,
+}
+
+/// Every runner with its cell, region and usage, by name.
+pub async fn runners_with_usage<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<(runner::Model, cell::Model, region::Model, Usage)>, SchemaError> {
+    let runners = runner::Entity::find()
+        .order_by_asc(runner::Column::Name)
+        .all(db)
+        .await?;
+    let cells: HashMap<Uuid, cell::Model> = cell::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let regions: HashMap<Uuid, region::Model> = region::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let usage = usage_by_runner(db, None).await?;
+    Ok(runners
+        .into_iter()
+        .filter_map(|r| {
+            let cell = cells.get(&r.cell_id)?.clone();
+            let region = regions.get(&cell.region_id)?.clone();
+            let used = usage.get(&r.id).copied().unwrap_or_default();
+            Some((r, cell, region, used))
+        })
+        .collect())
+}
+
+async fn usage_by_runner<C: ConnectionTrait>(
+    db: &C,
+    runners: Option<&[Uuid]>,
+) -> Result<HashMap<Uuid, Usage>, SchemaError> {
+    let mut query = allocation::Entity::find()
+        .filter(allocation::Column::RunnerId.is_not_null())
+        .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()));
+    if let Some(ids) = runners {
+        query = query.filter(allocation::Column::RunnerId.is_in(ids.iter().copied()));
+    }
+    let mut usage: HashMap<Uuid, Usage> = HashMap::new();
+    for row in query.all(db).await? {
+        if !holds_capacity(&row.stage) {
+            continue;
+        }
+        let Some(runner_id) = row.runner_id else {
+            continue;
+        };
+        let used = usage.entry(runner_id).or_default();
+        used.memory_mb += row.memory_mb;
+        used.cpu_millis += row.cpu_millis;
+        used.allocations += 1;
+    }
+    Ok(usage)
+}
+
+/// A new allocation to place: of `deployment_id`'s artifact, for `environment_id`, in
+/// `region_id` (any region when `None`), needing `need`.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub allocation_id: Uuid,
+    pub deployment_id: Uuid,
+    pub artifact_digest: String,
+    pub environment_id: Uuid,
+    pub region_id: Option<Uuid>,
+    pub need: Need,
+    /// Runners not to use (the one an allocation being replaced was on).
+    pub avoid: Vec<Uuid>,
+}
+
+/// Places a new allocation on the runner [`choose`] picks among the region's runners and
+/// writes it (`planned`, on that runner), in one transaction that holds the region's runner
+/// rows. No room anywhere is [`SchemaError::NoCapacity`], naming every runner's shortfall.
+pub async fn place_allocation<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    placement: &Placement,
+) -> Result<(allocation::Model, runner::Model), SchemaError> {
+    let txn = begin_write(db).await?;
+    let placed = place_allocation_in(&txn, placement).await?;
+    txn.commit().await?;
+    Ok(placed)
+}
+
+/// [`place_allocation`] in the caller's write transaction (which commits).
+pub async fn place_allocation_in<C: ConnectionTrait>(
+    txn: &C,
+    placement: &Placement,
+) -> Result<(allocation::Model, runner::Model), SchemaError> {
+    let region = match placement.region_id {
+        Some(id) => Some(
+            region::Entity::find_by_id(id)
+                .one(txn)
+                .await?
+                .ok_or_else(|| SchemaError::NotFound {
+                    what: "region",
+                    id: id.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let cells: HashMap<Uuid, cell::Model> = cell::Entity::find()
+        .all(txn)
+        .await?
+        .into_iter()
+        .filter(|c| region.as_ref().is_none_or(|r| c.region_id == r.id))
+        .map(|c| (c.id, c))
+        .collect();
+    let runners: Vec<runner::Model> = runner::Entity::find()
+        .filter(runner::Column::CellId.is_in(cells.keys().copied()))
+        .filter(runner::Column::RevokedAt.is_null())
+        .filter(runner::Column::Id.is_not_in(placement.avoid.iter().copied()))
+        .order_by_asc(runner::Column::Name)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    let ids: Vec<Uuid> = runners.iter().map(|r| r.id).collect();
+    let usage = usage_by_runner(txn, Some(&ids)).await?;
+    let deployments: HashSet<Uuid> = deployment::Entity::find()
+        .filter(deployment::Column::EnvironmentId.eq(placement.environment_id))
+        .select_only()
+        .column(deployment::Column::Id)
+        .into_tuple::<Uuid>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut same_env: HashMap<Uuid, u32> = HashMap::new();
+    if !ids.is_empty() {
+        for row in allocation::Entity::find()
+            .filter(allocation::Column::RunnerId.is_in(ids.iter().copied()))
+            .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()))
+            .all(txn)
+            .await?
+        {
+            if deployments.contains(&row.deployment_id)
+                && holds_capacity(&row.stage)
+                && let Some(r) = row.runner_id
+            {
+                *same_env.entry(r).or_default() += 1;
+            }
+        }
+    }
+    let mut same_cell: HashMap<Uuid, u32> = HashMap::new();
+    for r in &runners {
+        *same_cell.entry(r.cell_id).or_default() += same_env.get(&r.id).copied().unwrap_or(0);
+    }
+    let candidates: Vec<Candidate> = runners
+        .iter()
+        .map(|r| {
+            let used = usage.get(&r.id).copied().unwrap_or_default();
+            Candidate {
+                runner_id: r.id,
+                runner: r.name.clone(),
+                cell_id: r.cell_id,
+                cell: cells
+                    .get(&r.cell_id)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+                status: r.status.parse().unwrap_or(RunnerStatus::Lost),
+                free_memory_mb: r.memory_mb - used.memory_mb,
+                free_cpu_millis: r.cpu_millis - used.cpu_millis,
+                free_slots: i64::from(r.slots) - used.allocations,
+                same_environment: same_env.get(&r.id).copied().unwrap_or(0),
+                same_environment_in_cell: same_cell.get(&r.cell_id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    let region_name = region.as_ref().map(|r| r.name.as_str());
+    let chosen =
+        choose(&candidates, placement.need, region_name).map_err(SchemaError::NoCapacity)?;
+    let runner = runners[chosen].clone();
+    let cell = &cells[&runner.cell_id];
+    let row = create_allocation(
+        txn,
+        NewAllocation {
+            id: placement.allocation_id,
+            deployment_id: placement.deployment_id,
+            artifact_digest: placement.artifact_digest.clone(),
+            runner_id: Some(runner.id),
+            region_id: cell.region_id,
+            cell_id: cell.id,
+            memory_mb: placement.need.memory_mb,
+            cpu_millis: placement.need.cpu_millis,
+        },
+    )
+    .await?;
+    Ok((row, runner))
+}

@@ -1,0 +1,66 @@
+//! Fleet: the durable watch over the runner hosts. One run per task queue (workflow id
+//! [`fleet_workflow_id`]), started by the worker and kept going with continue-as-new: every
+//! tick it declares lost the runners unseen for longer than the lost-after time (each a
+//! recorded `runner.lost` transition).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_workflow::{ContinueAsNewOptions, WorkflowContext, WorkflowResult};
+
+use crate::{
+    activities::{FleetActivities, SweepInput},
+    stages::step_options,
+};
+
+/// Ticks per run before it continues as new, keeping its history short.
+const SWEEPS_PER_RUN: u32 = 500;
+
+/// The workflow id of the fleet watch of `task_queue`.
+pub fn fleet_workflow_id(task_queue: &str) -> String {
+    format!("fleet:{task_queue}")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetInput {
+    /// A runner unseen this long is lost.
+    pub lost_after_ms: u64,
+    /// How often runners are checked.
+    pub sweep_every_ms: u64,
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct FleetWorkflow;
+
+#[workflow_methods]
+impl FleetWorkflow {
+    #[run(name = "fleet")]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, input: FleetInput) -> WorkflowResult<()> {
+        let options = step_options(Duration::from_secs(10), 3);
+        let mut sweeps = 0u32;
+        loop {
+            // A sweep that failed all its attempts (the control DB away) decides nothing:
+            // the next tick sweeps again.
+            let _ = ctx
+                .execute_activity(
+                    FleetActivities::sweep_runners,
+                    SweepInput {
+                        lost_after_ms: input.lost_after_ms,
+                    },
+                    options.clone(),
+                )
+                .await;
+            sweeps += 1;
+            if sweeps >= SWEEPS_PER_RUN || ctx.continue_as_new_suggested() {
+                match ctx.continue_as_new(input.clone(), ContinueAsNewOptions::default()) {
+                    Err(termination) => return Err(termination),
+                    Ok(never) => match never {},
+                }
+            }
+            ctx.timer(Duration::from_millis(input.sweep_every_ms.max(100)))
+                .await;
+        }
+    }
+}
