@@ -212,19 +212,21 @@ cleanup() {
         fi
         wait "$driver_pid" 2>/dev/null || true
     fi
-    # The runner leaves its sandboxes' parent cgroup (`rhone-<scope>`, empty) in every
-    # hierarchy: ours go, and the accounting cgroup with them (rmdir takes only empty ones).
-    local scope line controllers cgpath
+    # The runner may leave its sandboxes' parent cgroup (`rhone-<scope>`, empty) in every
+    # hierarchy, under the accounting cgroup's path when there is one: ours go, and the
+    # accounting cgroup with them (rmdir takes only empty ones).
+    local scope hierarchy
     scope=$(python3 -c 'import sys
 h = 0xcbf29ce484222325
 for b in sys.argv[1].encode():
     h = ((h ^ b) * 0x100000001b3) % (1 << 64)
 print(f"{h & 0xffffffffff:010x}")' "$work/runner/work/sandbox" 2>/dev/null || true)
-    while IFS=: read -r _ controllers cgpath; do
-        [ -n "$controllers" ] && [ -n "$scope" ] || continue
-        dir="/sys/fs/cgroup/${controllers#name=}${cgpath%/}/rhone-$scope"
-        [ ! -d "$dir" ] || find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-    done </proc/self/cgroup
+    for hierarchy in /sys/fs/cgroup/*/; do
+        for dir in "${hierarchy%/}${RHONE_RUNNER_CGROUP_PARENT:-}" "${hierarchy%/}/rhone-$scope"; do
+            [ -n "$scope" ] && [ -d "$dir" ] && [ "$dir" != "${hierarchy%/}" ] || continue
+            find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        done
+    done
     [ -z "$acct" ] || [ ! -d "$acct" ] || find "$acct" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     if [ -n "$edge_pid" ]; then
         kill -TERM "$edge_pid" 2>/dev/null || true
@@ -281,8 +283,8 @@ kthread_ticks() {
 }
 # Our processes' CPU. Where the host has a cgroup v1 hierarchy of `cpuacct` alone (accounting
 # only: moving a process there changes no scheduling), the driver runs in a cpuacct cgroup of
-# its own, and with it everything it starts, the sandboxes too (the runner nests their cgroups
-# under its own): exact. Elsewhere the driver's process tree is read (user + system time and
+# its own, and with it everything it starts, the sandboxes too (the runner is told to nest
+# their cgroups under it, RHONE_RUNNER_CGROUP_PARENT): exact. Elsewhere the driver's process tree is read (user + system time and
 # reaped children's), which misses CPU of processes no ancestor of ours reaped with its
 # accounting (here, a good quarter of what sandboxed starts cost).
 acct=
@@ -290,7 +292,11 @@ acct_line=$(grep -E '^[0-9]+:cpuacct:' /proc/self/cgroup || true)
 if [ -n "$acct_line" ] && [ -d /sys/fs/cgroup/cpuacct ]; then
     acct="/sys/fs/cgroup/cpuacct${acct_line#*:cpuacct:}"
     acct="${acct%/}/rhone-sandbox-bench-$$"
-    mkdir "$acct" 2>/dev/null || acct=
+    if mkdir "$acct" 2>/dev/null; then
+        export RHONE_RUNNER_CGROUP_PARENT="${acct#/sys/fs/cgroup/cpuacct}"
+    else
+        acct=
+    fi
 fi
 # CPU ticks of the driver and everything it started, and of the edge.
 ours_ticks() {

@@ -10,7 +10,43 @@ use rhone_activities::{
 };
 use tokio::net::TcpListener;
 
+/// The `RHONE_*` variables of every role, as `rhone serve --help` prints them.
+const VARIABLES: &str = "\
+Every role:
+  RHONE_LISTEN                 address to serve on (api 127.0.0.1:8080, edge :8081, runner :8082)
+  RHONE_LOG                    log filter (default info)
+api, worker, edge:
+  RHONE_DATABASE_URL           control DB, sqlite://PATH?mode=rwc or postgres://… (required)
+  RHONE_TEMPORAL_ADDRESS       Temporal frontend (else Temporal's TEMPORAL_* envconfig)
+  RHONE_TASK_QUEUE             Temporal task queue (default rhone-control)
+api, worker:
+  RHONE_RUNNER_KEY[_FILE]      operator key (32+ characters) the runners' call tokens derive from
+  RHONE_RUNNER_LOST_AFTER_MS   a runner unseen this long is lost (default 3000)
+api:
+  RHONE_RUNNER_HEARTBEAT_MS    how often runners heartbeat (default 1000)
+worker:
+  RHONE_DATA_DIR               build scratch space and the local artifact store
+  RHONE_PREVIEW_DOMAIN         preview hosts end with it (default rhone.localhost)
+  RHONE_PREVIEW_PORT_SUFFIX    appended to preview URLs (e.g. :8081)
+  RHONE_PROMOTION_HEALTH_WINDOW_MS, RHONE_PROMOTION_DRAIN_GRACE_MS,
+  RHONE_PROMOTION_PROPAGATION_DEADLINE_MS, RHONE_EDGE_LIVENESS_MS,
+  RHONE_WAKE_IDLE_CHECK_MS, RHONE_WAKE_DRAIN_GRACE_MS   promotion and wake timings
+edge:
+  RHONE_EDGE_ID, RHONE_EDGE_POLL_MS, RHONE_EDGE_ASSET_CACHE_BYTES, RHONE_DATA_DIR
+runner:
+  RHONE_RUNNER_NAME, RHONE_REGION, RHONE_CELL   its identity (as `rhone runners add` named it)
+  RHONE_API_URL                the API it registers, heartbeats and reports to
+  RHONE_RUNNER_CREDENTIAL[_FILE]  the credential `rhone runners add` printed
+  RHONE_RUNNER_ADDRESS         where the worker reaches it (default http://LISTEN)
+  RHONE_RUNNER_MEMORY_MB, RHONE_RUNNER_CPU_MILLIS, RHONE_RUNNER_SLOTS   capacity (capped by the host)
+  RHONE_RUNNER_SUBNET          its allocations' subnet (default the first free 10.213.N.0/24)
+  RHONE_RUNNER_WORK_DIR, RHONE_ARTIFACT_DIR, RHONE_RUNNER_RUNTIME (crun), RHONE_RUNNER_NET_LOCK_DIR,
+  RHONE_RUNNER_SHARED_DIRS, RHONE_RUNNER_DRAIN_TIMEOUT_MS, RHONE_RUNNER_INHERIT_ENV,
+  RHONE_RUNNER_AGENT_VERSION, RHONE_RUNNER_CALL_TOKEN_SHA256 (a standalone runner)
+Every bad variable is reported at once, before anything starts.";
+
 #[derive(clap::Args)]
+#[command(after_help = VARIABLES)]
 pub struct ServeArgs {
     #[arg(value_enum)]
     role: Role,

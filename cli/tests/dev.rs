@@ -58,6 +58,42 @@ fn rhone_dev_runs_the_platform_for_the_cli() -> Result<()> {
         ]
     );
 
+    // Its runner registered itself like any runner: ready, with what this host has, and
+    // the bootstrap admin (a platform operator) sees it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let runner = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&dev.ok(&["--json", "runners", "list"])?)?;
+        let runner = list
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["name"] == "dev-runner-1"))
+            .cloned()
+            .context("dev-runner-1 is listed")?;
+        if runner["status"] == "ready" || Instant::now() > deadline {
+            break runner;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(runner["status"], "ready", "{runner}");
+    assert_eq!(
+        runner["address"],
+        format!("http://127.0.0.1:{}", ports[2]),
+        "{runner}"
+    );
+    assert!(
+        runner["memoryMb"].as_i64().is_some_and(|m| m > 0)
+            && runner["cpuMillis"].as_i64().is_some_and(|c| c >= 1000)
+            && runner["subnet"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("10.213.")),
+        "{runner}"
+    );
+    let table = dev.ok(&["runners", "list"])?;
+    assert!(
+        table.contains("dev-runner-1") && table.contains("ready"),
+        "{table}"
+    );
+
     // A duplicate is refused with the API's code, and the CLI exits non-zero.
     let dup = dev.rhone(&[
         "envs", "create", "-w", "acme", "-p", "shop", "-a", "web", "staging", "--kind", "staging",

@@ -67,6 +67,9 @@ pub struct RunnerConfig {
     /// runner is its first address, allocations get the next ones). Default: the first
     /// `10.213.N.0/24` no other runner on the host holds.
     pub subnet: Option<(std::net::Ipv4Addr, u8)>,
+    /// `RHONE_RUNNER_CGROUP_PARENT`: the cgroup (in every hierarchy) the sandboxes' cgroups
+    /// are made under. Default `/`: they are not counted in the runner's own cgroup.
+    pub cgroup_parent: String,
     /// `RHONE_RUNNER_NET_LOCK_DIR`: where runners of this host lock their bridges. Default
     /// `/run/rhone/net`.
     pub net_lock_dir: PathBuf,
@@ -97,6 +100,7 @@ impl RunnerConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             runtime: PathBuf::from(rhone_sandbox::DEFAULT_RUNTIME),
+            cgroup_parent: "/".to_owned(),
             subnet: None,
             net_lock_dir: PathBuf::from(rhone_sandbox::net::DEFAULT_LOCK_DIR),
             shared_dirs: Vec::new(),
@@ -223,6 +227,15 @@ impl RunnerConfig {
         if let Some(runtime) = get("RHONE_RUNNER_RUNTIME") {
             config.runtime = runtime.into();
         }
+        if let Some(parent) = get("RHONE_RUNNER_CGROUP_PARENT") {
+            if parent.starts_with('/') {
+                config.cgroup_parent = parent;
+            } else {
+                errors.push(format!(
+                    "RHONE_RUNNER_CGROUP_PARENT={parent:?} must be an absolute cgroup path like /rhone.slice"
+                ));
+            }
+        }
         if let Some(subnet) = get("RHONE_RUNNER_SUBNET") {
             match rhone_sandbox::net::parse_subnet(&subnet) {
                 Ok(subnet) => config.subnet = Some(subnet),
@@ -291,7 +304,9 @@ mod tests {
             ("RHONE_RUNNER_DRAIN_TIMEOUT_MS", "2500"),
             ("RHONE_RUNNER_INHERIT_ENV", "PATH, LANG"),
             ("RHONE_RUNNER_SUBNET", "10.213.9.0/24"),
+            ("RHONE_RUNNER_CGROUP_PARENT", "/rhone.slice"),
         ]))?;
+        assert_eq!(c.cgroup_parent, "/rhone.slice");
         assert_eq!(c.subnet, Some((std::net::Ipv4Addr::new(10, 213, 9, 0), 24)));
         assert_eq!(c.work_dir, PathBuf::from("/srv/runner"));
         assert_eq!(c.credential.as_ref().map(Secret::expose), Some("t0ken"));

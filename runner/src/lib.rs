@@ -98,6 +98,7 @@ pub async fn serve(
     let sandbox = rhone_sandbox::Sandbox::new(&rhone_sandbox::SandboxConfig {
         runtime: config.runtime.clone(),
         state_dir: config.work_dir.join("sandbox"),
+        cgroup_parent: config.cgroup_parent.clone(),
     })
     .map_err(RunnerError::Sandbox)?;
     // Sandboxes a killed predecessor left running go before anything new starts.

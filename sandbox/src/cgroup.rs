@@ -25,8 +25,9 @@ const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Cgroups {
-    /// The directory of this owner's sandboxes in every hierarchy: `rhone-<scope>`, so
-    /// owners on one host (tests) never see each other's sandboxes.
+    /// The directory of this owner's sandboxes in every hierarchy, relative to its root:
+    /// `[<configured parent>/]rhone-<scope>`, so owners on one host (tests) never see each
+    /// other's sandboxes.
     parent: String,
     /// Every hierarchy the runtime makes the container's cgroup in: its controllers (empty
     /// for v2) and where it is mounted.
@@ -36,7 +37,15 @@ pub(crate) struct Cgroups {
 impl Cgroups {
     /// Finds the cgroup hierarchies (moving controllers off a hybrid host's v2 hierarchy
     /// first); fails on a host without the v1 `memory`, `pids` and `cpu` ones.
-    pub(crate) fn detect(scope: &str) -> Result<Cgroups, SandboxError> {
+    pub(crate) fn detect(parent: &str, scope: &str) -> Result<Cgroups, SandboxError> {
+        let parent = parent.trim_matches('/');
+        if parent.split('/').any(|part| matches!(part, "." | ".."))
+            || parent.chars().any(|c| c.is_control() || c == ':')
+        {
+            return Err(SandboxError::Invalid(format!(
+                "cgroup parent {parent:?}: expected a path like /rhone.slice"
+            )));
+        }
         move_v2_controllers()?;
         let text = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(SandboxError::io("reading /proc/self/cgroup"))?;
@@ -56,7 +65,11 @@ impl Cgroups {
             }
         }
         let cgroups = Cgroups {
-            parent: format!("rhone-{scope}"),
+            parent: if parent.is_empty() {
+                format!("rhone-{scope}")
+            } else {
+                format!("{parent}/rhone-{scope}")
+            },
             hierarchies,
         };
         for needed in ["memory", "pids", "cpu"] {

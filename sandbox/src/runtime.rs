@@ -25,6 +25,10 @@ pub struct SandboxConfig {
     /// The runtime's state (`runtime/`) and the bundles (`bundles/<id>/`) of this owner's
     /// sandboxes; also scopes their cgroups, so two owners never touch each other's.
     pub state_dir: PathBuf,
+    /// The cgroup, in every hierarchy, under which the sandboxes' cgroups are made
+    /// (`<parent>/rhone-<scope>/<id>`). Default `/`, the hierarchies' roots: sandboxes are
+    /// not counted in their owner's own cgroup and outlive it.
+    pub cgroup_parent: String,
 }
 
 impl SandboxConfig {
@@ -32,6 +36,7 @@ impl SandboxConfig {
         SandboxConfig {
             runtime: PathBuf::from(DEFAULT_RUNTIME),
             state_dir: state_dir.into(),
+            cgroup_parent: "/".to_owned(),
         }
     }
 }
@@ -92,7 +97,7 @@ impl Sandbox {
             runtime: config.runtime.clone(),
             root,
             bundles,
-            cgroups: Cgroups::detect(&scope)?,
+            cgroups: Cgroups::detect(&config.cgroup_parent, &scope)?,
         })
     }
 

@@ -56,6 +56,7 @@ impl DeployConfig {
         rhone_sandbox::SandboxConfig {
             runtime: self.runtime.clone(),
             state_dir: self.work_dir.join("sandbox"),
+            cgroup_parent: "/".to_owned(),
         }
     }
 }
