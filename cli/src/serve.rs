@@ -33,6 +33,9 @@ worker:
   RHONE_WAKE_IDLE_CHECK_MS, RHONE_WAKE_DRAIN_GRACE_MS   promotion and wake timings
 edge:
   RHONE_EDGE_ID, RHONE_EDGE_POLL_MS, RHONE_EDGE_ASSET_CACHE_BYTES, RHONE_DATA_DIR
+worker, runner, edge:
+  RHONE_S3_ENDPOINT, RHONE_S3_BUCKET, RHONE_S3_ACCESS_KEY_ID, RHONE_S3_SECRET_ACCESS_KEY[_FILE],
+  RHONE_S3_REGION (us-east-1), RHONE_S3_PREFIX   the artifact store is this S3 bucket
 runner:
   RHONE_RUNNER_NAME, RHONE_REGION, RHONE_CELL   its identity (as `rhone runners add` named it)
   RHONE_API_URL                the API it registers, heartbeats and reports to
@@ -111,6 +114,127 @@ pub struct Config {
     /// `RHONE_RUNNER_LOST_AFTER_MS` (api, worker): a runner unseen this long is lost and its
     /// allocations are replaced (default 3000; more than the heartbeat interval).
     pub fleet: rhone_core::fleet::FleetTimings,
+    /// `RHONE_S3_ENDPOINT`, `RHONE_S3_BUCKET`, `RHONE_S3_ACCESS_KEY_ID`,
+    /// `RHONE_S3_SECRET_ACCESS_KEY` (or `…_FILE`), `RHONE_S3_REGION` (default `us-east-1`),
+    /// `RHONE_S3_PREFIX` (default none) (worker, runner, edge): the artifact store is this
+    /// S3 bucket. Default: the local store under `RHONE_DATA_DIR` / `RHONE_ARTIFACT_DIR`.
+    pub s3: Option<S3Settings>,
+}
+
+/// The S3 artifact store of a role. `Debug` leaves the secret key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: rhone_core::Secret,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Settings {
+    /// The store (no request is made yet).
+    pub fn store(&self) -> Result<rhone_store::ArtifactStore> {
+        Ok(rhone_store::ArtifactStore::s3(&rhone_store::S3Config {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: rhone_store::SecretKey::new(self.secret_access_key.expose()),
+        })?)
+    }
+
+    /// The `RHONE_S3_*` keys: none set is `None`; an endpoint needs every other required one.
+    fn parse(env: &BTreeMap<String, String>, errors: &mut Vec<String>) -> Option<S3Settings> {
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let secret = match (
+            get("RHONE_S3_SECRET_ACCESS_KEY"),
+            get("RHONE_S3_SECRET_ACCESS_KEY_FILE"),
+        ) {
+            (Some(value), None) => Some(value),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Ok(_) => {
+                    errors.push(format!("RHONE_S3_SECRET_ACCESS_KEY_FILE={path:?} is empty"));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("RHONE_S3_SECRET_ACCESS_KEY_FILE={path:?}: {e}"));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                errors.push(
+                    "set RHONE_S3_SECRET_ACCESS_KEY or RHONE_S3_SECRET_ACCESS_KEY_FILE, not both"
+                        .to_owned(),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let endpoint = get("RHONE_S3_ENDPOINT");
+        let others = [
+            "RHONE_S3_BUCKET",
+            "RHONE_S3_ACCESS_KEY_ID",
+            "RHONE_S3_REGION",
+            "RHONE_S3_PREFIX",
+        ];
+        let Some(endpoint) = endpoint else {
+            if others.iter().any(|k| get(k).is_some()) || secret.is_some() {
+                errors.push("RHONE_S3_* keys are set without RHONE_S3_ENDPOINT".to_owned());
+            }
+            return None;
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            errors.push(format!(
+                "RHONE_S3_ENDPOINT={endpoint:?} must be an http:// or https:// URL"
+            ));
+        }
+        let mut missing = Vec::new();
+        let bucket = get("RHONE_S3_BUCKET").unwrap_or_else(|| {
+            missing.push("RHONE_S3_BUCKET");
+            String::new()
+        });
+        let access_key_id = get("RHONE_S3_ACCESS_KEY_ID").unwrap_or_else(|| {
+            missing.push("RHONE_S3_ACCESS_KEY_ID");
+            String::new()
+        });
+        let secret = secret.unwrap_or_else(|| {
+            missing.push("RHONE_S3_SECRET_ACCESS_KEY (or _FILE)");
+            String::new()
+        });
+        if !missing.is_empty() {
+            errors.push(format!(
+                "RHONE_S3_ENDPOINT is set, so {} must be too",
+                missing.join(", ")
+            ));
+        }
+        Some(S3Settings {
+            endpoint,
+            region: get("RHONE_S3_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+            bucket,
+            prefix: get("RHONE_S3_PREFIX").unwrap_or_default(),
+            access_key_id,
+            secret_access_key: rhone_core::Secret::new(secret),
+        })
+    }
 }
 
 impl Config {
@@ -173,6 +297,7 @@ impl Config {
                 fleet.lost_after_ms, fleet.heartbeat_interval_ms
             ));
         }
+        let s3 = S3Settings::parse(env, &mut errors);
         let edge_asset_cache_bytes = match get("RHONE_EDGE_ASSET_CACHE_BYTES") {
             None => rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
             Some(v) => v.parse::<u64>().unwrap_or_else(|_| {
@@ -209,6 +334,7 @@ impl Config {
             promotion,
             wake,
             fleet,
+            s3,
         };
         if errors.is_empty() {
             Ok(config)
@@ -308,9 +434,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             Ok(c) => c,
             Err(errors) => bail!("invalid runner configuration:\n  {}", errors.join("\n  ")),
         };
+        let store = match &config.s3 {
+            Some(s3) => s3.store()?,
+            None => rhone_runner::ArtifactStore::local(&runner_config.artifact_dir),
+        };
         let state = rhone_runner::RunnerState {
             identity,
-            store: rhone_runner::ArtifactStore::local(&runner_config.artifact_dir),
+            store,
             config: runner_config,
         };
         tracing::info!(%listen, "runner serving");
@@ -356,6 +486,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             if let Some(dir) = &config.data_dir {
                 wc.deploy = rhone_activities::deploy::DeployConfig::under(dir);
             }
+            if let Some(s3) = &config.s3 {
+                wc.deploy.store = s3.store()?;
+            }
             wc.runner_key = runner_key(&env)?;
             wc.preview.domain = config.preview_domain;
             wc.preview.port_suffix = config.preview_port_suffix;
@@ -389,14 +522,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             };
             tracing::info!(%listen, edge_id = %edge.edge_id, "edge serving");
             // Assets of sleeping apps come from the artifact store the worker writes to.
-            let assets = config.data_dir.as_ref().map(|dir| {
-                rhone_edge::Assets::new(
-                    rhone_activities::deploy::DeployConfig::under(dir).store,
-                    config.edge_asset_cache_bytes,
-                )
-            });
+            let store = match (&config.s3, &config.data_dir) {
+                (Some(s3), _) => Some(s3.store()?),
+                (None, Some(dir)) => Some(rhone_activities::deploy::DeployConfig::under(dir).store),
+                (None, None) => None,
+            };
+            let assets =
+                store.map(|store| rhone_edge::Assets::new(store, config.edge_asset_cache_bytes));
             if assets.is_none() {
-                tracing::warn!("RHONE_DATA_DIR is not set: assets of sleeping apps wake them");
+                tracing::warn!(
+                    "neither RHONE_S3_ENDPOINT nor RHONE_DATA_DIR is set: assets of sleeping apps wake them"
+                );
             }
             let state = rhone_edge::EdgeState {
                 db,
@@ -479,6 +615,54 @@ mod tests {
                 Config::parse(&env(&[("RHONE_EDGE_POLL_MS", bad)])).expect_err("a bad poll");
             assert!(errors[0].contains("RHONE_EDGE_POLL_MS"), "{errors:?}");
         }
+    }
+
+    #[test]
+    fn s3_keys() {
+        let c = Config::parse(&env(&[
+            ("RHONE_S3_ENDPOINT", "http://s3:9000"),
+            ("RHONE_S3_BUCKET", "artifacts"),
+            ("RHONE_S3_ACCESS_KEY_ID", "rhone"),
+            ("RHONE_S3_SECRET_ACCESS_KEY", "s3cr3t-key"),
+            ("RHONE_S3_PREFIX", "prod/"),
+        ]))
+        .expect("valid S3 keys");
+        let s3 = c.s3.clone().expect("an S3 store");
+        assert_eq!(
+            (
+                s3.endpoint.as_str(),
+                s3.bucket.as_str(),
+                s3.region.as_str(),
+                s3.prefix.as_str()
+            ),
+            ("http://s3:9000", "artifacts", "us-east-1", "prod/")
+        );
+        assert_eq!(s3.secret_access_key.expose(), "s3cr3t-key");
+        assert!(
+            !format!("{c:?}").contains("s3cr3t-key"),
+            "the key leaks in Debug"
+        );
+        assert!(s3.store().is_ok());
+        assert_eq!(Config::parse(&env(&[])).map(|c| c.s3).ok(), Some(None));
+
+        let errors = Config::parse(&env(&[
+            ("RHONE_S3_ENDPOINT", "s3:9000"),
+            ("RHONE_S3_BUCKET", "artifacts"),
+        ]))
+        .expect_err("incomplete");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("http://"), "{errors:?}");
+        assert!(
+            errors[1].contains("RHONE_S3_ACCESS_KEY_ID")
+                && errors[1].contains("RHONE_S3_SECRET_ACCESS_KEY"),
+            "{errors:?}"
+        );
+        let errors =
+            Config::parse(&env(&[("RHONE_S3_BUCKET", "artifacts")])).expect_err("no endpoint");
+        assert!(
+            errors[0].contains("without RHONE_S3_ENDPOINT"),
+            "{errors:?}"
+        );
     }
 
     #[test]
