@@ -135,12 +135,14 @@ async fn register(
         return refuse(StatusCode::NOT_FOUND, ErrorCode::NotFound, "disabled");
     };
     match fleet::register_runner(&runners.db, &runner, &registration).await {
-        Ok(row) => {
-            tracing::info!(runner = %row.name, address = %row.address, subnet = ?row.subnet, "runner registered");
+        Ok(registered) => {
+            let row = &registered.runner;
+            tracing::info!(runner = %row.name, address = %row.address, subnet = ?row.subnet, fenced = ?registered.fenced, drain = ?registered.drain, "runner registered");
             Json(Registered {
                 call_token_sha256: token_hash(key.call_token(&row.name).expose()),
                 heartbeat_interval_ms: runners.timings.heartbeat_interval_ms,
                 lost_after_ms: runners.timings.lost_after_ms,
+                drain: registered.drain,
             })
             .into_response()
         }

@@ -40,6 +40,10 @@ pub struct Registration {
     /// Already capped by what the runner measured on its host.
     pub capacity: Capacity,
     pub agent_version: String,
+    /// The allocations it runs now (none after a restart): the control plane fences the
+    /// others it had placed on it.
+    #[serde(default)]
+    pub allocations: Vec<uuid::Uuid>,
 }
 
 /// The API's answer to a registration.
@@ -51,6 +55,10 @@ pub struct Registered {
     pub heartbeat_interval_ms: u64,
     /// After how long without a heartbeat the runner is declared lost.
     pub lost_after_ms: u64,
+    /// Allocations it runs that the control plane no longer wants there (fenced while it
+    /// was lost): it drains them.
+    #[serde(default)]
+    pub drain: Vec<uuid::Uuid>,
 }
 
 /// The API's answer to a heartbeat: the runner's status. A `lost` runner registers again;

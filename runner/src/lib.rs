@@ -147,18 +147,9 @@ pub async fn serve(
                 subnet: network.subnet(),
                 capacity: membership::capacity(&config, membership::measured(), subnet_hosts),
                 agent_version: config.agent_version.clone(),
+                allocations: Vec::new(),
             };
-            Some(tokio::spawn(
-                membership::Membership {
-                    http: http.clone(),
-                    api_url: api_url.clone(),
-                    name: identity.name.clone(),
-                    credential: credential.clone(),
-                    registration,
-                    call_token: call_token.clone(),
-                }
-                .run(),
-            ))
+            Some((api_url.clone(), credential.clone(), registration))
         }
         _ => None,
     };
@@ -170,6 +161,20 @@ pub async fn serve(
         network,
     });
     let table = Arc::new(table::Table::new(ctx.clone(), reporter));
+    let membership = membership.map(|(api_url, credential, registration)| {
+        tokio::spawn(
+            membership::Membership {
+                table: table.clone(),
+                http: ctx.http.clone(),
+                api_url,
+                name: identity.name.clone(),
+                credential,
+                registration,
+                call_token: call_token.clone(),
+            }
+            .run(),
+        )
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, runner = %identity.name, "runner listening");
     }

@@ -7,7 +7,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use rhone_core::{RunnerStatus, Secret};
+use rhone_core::{RunnerStatus, Secret, StateMachine};
 use rhone_runner_protocol::{
     RUNNER_HEADER,
     fleet::{Capacity, HEARTBEAT_PATH, HeartbeatAnswer, REGISTER_PATH, Registered, Registration},
@@ -91,6 +91,8 @@ pub(crate) fn capacity(
 }
 
 pub(crate) struct Membership {
+    /// The runner's allocations: sent with each registration, drained when told.
+    pub table: std::sync::Arc<crate::table::Table>,
     pub http: reqwest::Client,
     pub api_url: String,
     pub name: String,
@@ -183,8 +185,23 @@ impl Membership {
         }
     }
 
+    /// Registers with the allocations the runner runs now, and drains the ones the
+    /// control plane no longer wants here.
     async fn register(&self) -> Result<Registered, CallError> {
-        self.call(REGISTER_PATH, &self.registration).await
+        let mut registration = self.registration.clone();
+        registration.allocations = self
+            .table
+            .list()
+            .into_iter()
+            .filter(|s| !s.stage.is_terminal())
+            .map(|s| s.allocation_id)
+            .collect();
+        let registered: Registered = self.call(REGISTER_PATH, &registration).await?;
+        for id in &registered.drain {
+            tracing::warn!(runner = %self.name, allocation_id = %id, "the control plane no longer wants this allocation here (fenced while the runner was lost); draining it");
+            self.table.drain(*id);
+        }
+        Ok(registered)
     }
 
     async fn heartbeat(&self) -> Result<RunnerStatus, CallError> {

@@ -265,14 +265,28 @@ pub async fn authenticate_runner<C: ConnectionTrait>(
     Ok(verdict)
 }
 
+/// What a registration decided besides the runner's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub runner: runner::Model,
+    /// Allocations the control plane had on this runner that it no longer runs (a restart):
+    /// fenced, failed with the reason.
+    pub fenced: Vec<Uuid>,
+    /// Allocations the runner still runs that the control plane does not want there any
+    /// more (fenced while it was lost, stopped, or unknown): the runner drains them.
+    pub drain: Vec<Uuid>,
+}
+
 /// Takes a registration from an authenticated runner: it must name the region and cell it
 /// was added to, and a subnet no other runner uses. The runner becomes `ready` with the
-/// address, capacity, version and subnet it announced.
+/// address, capacity, version and subnet it announced. The allocations it says it runs are
+/// reconciled: the control plane's others on it are fenced, and those it runs but should
+/// not are handed back to drain.
 pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     runner: &runner::Model,
     registration: &Registration,
-) -> Result<runner::Model, SchemaError> {
+) -> Result<Registered, SchemaError> {
     let txn = begin_write(db).await?;
     let row = runner::Entity::find_by_id(runner.id)
         .lock_exclusive()
@@ -375,11 +389,105 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
         json!({
             "from": from, "address": registration.address, "subnet": registration.subnet,
             "capacity": capacity, "agent_version": registration.agent_version,
+            "running": registration.allocations.len(),
         }),
     )
     .await?;
     txn.commit().await?;
-    Ok(row)
+    let fenced = fence_allocations(
+        db,
+        row.id,
+        &registration.allocations,
+        &format!(
+            "runner {} registered again without it (restarted)",
+            row.name
+        ),
+        &actor,
+    )
+    .await?;
+    let mut drain = Vec::new();
+    for id in &registration.allocations {
+        let wanted = allocation::Entity::find_by_id(*id)
+            .one(db)
+            .await?
+            .is_some_and(|a| {
+                a.runner_id == Some(row.id)
+                    && a.desired == crate::allocations::Desired::Run.as_str()
+            });
+        if !wanted {
+            drain.push(*id);
+        }
+    }
+    Ok(Registered {
+        runner: row,
+        fenced: fenced.into_iter().map(|a| a.id).collect(),
+        drain,
+    })
+}
+
+/// Fences the allocations placed on runner `runner_id` that are meant to run and have not
+/// ended, except those in `keep`: each is told to stop (desired `stop` at the next
+/// generation, so anything the runner still reports about it is stale and refused) and ends
+/// `failed` with `reason` as its exit status, so the edge stops routing to it at once. One
+/// `allocation.fenced` audit row each, by `actor`. Returns them as written.
+pub async fn fence_allocations<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    runner_id: Uuid,
+    keep: &[Uuid],
+    reason: &str,
+    actor: &str,
+) -> Result<Vec<allocation::Model>, SchemaError> {
+    let txn = begin_write(db).await?;
+    let rows = allocation::Entity::find()
+        .filter(allocation::Column::RunnerId.eq(runner_id))
+        .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()))
+        .lock_exclusive()
+        .all(&txn)
+        .await?;
+    let mut fenced = Vec::new();
+    for row in rows {
+        if keep.contains(&row.id) || !holds_capacity(&row.stage) {
+            continue;
+        }
+        let from: AllocationStage = row
+            .stage
+            .parse()
+            .map_err(|e| SchemaError::IllegalTransition(rhone_core::StageError::from(e)))?;
+        from.transition(AllocationStage::Failed)
+            .map_err(|e| SchemaError::IllegalTransition(rhone_core::StageError::from(e)))?;
+        let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
+            .one(&txn)
+            .await?
+            .map(|d| d.workspace_id);
+        let generation = row.generation + 1;
+        let mut active: allocation::ActiveModel = row.clone().into();
+        active.desired = Set(crate::allocations::Desired::Stop.as_str().to_owned());
+        active.generation = Set(generation);
+        active.stage = Set(AllocationStage::Failed.as_str().to_owned());
+        active.address = Set(None);
+        active.exit_status = Set(Some(reason.to_owned()));
+        active.updated_at = Set(Utc::now());
+        let written = active.update(&txn).await?;
+        audit_log::ActiveModel {
+            id: Set(new_id()),
+            workspace_id: Set(workspace_id),
+            actor: Set(actor.to_owned()),
+            action: Set("allocation.fenced".to_owned()),
+            target_type: Set("allocation".to_owned()),
+            target_id: Set(row.id.to_string()),
+            operation_id: Set(None),
+            detail: Set(json!({
+                "reason": reason, "runner_id": runner_id, "from": row.stage,
+                "generation": generation,
+            })),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&txn)
+        .await?;
+        fenced.push(written);
+    }
+    txn.commit().await?;
+    Ok(fenced)
 }
 
 /// A heartbeat of runner `id`: a ready runner is seen now. Returns its status (a lost runner
@@ -415,9 +523,10 @@ pub fn status_of(row: &runner::Model) -> Result<RunnerStatus, SchemaError> {
 }
 
 /// Declares lost every ready runner last seen before `cutoff` (each a compare-and-set on
-/// its last-seen time, so a heartbeat that lands first wins) and returns them. Only runners
+/// its last-seen time, so a heartbeat that lands first wins), fences its allocations
+/// ([`fence_allocations`]) and returns the runners. Only runners
 /// with a credential heartbeat; one without (written by a fixture) is never judged.
-pub async fn mark_lost<C: ConnectionTrait>(
+pub async fn mark_lost<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     cutoff: DateTime<Utc>,
     actor: &str,
@@ -452,6 +561,17 @@ pub async fn mark_lost<C: ConnectionTrait>(
                 "runner.lost",
                 &row.name,
                 json!({ "last_seen_at": row.last_seen_at, "cutoff": cutoff }),
+            )
+            .await?;
+            let seen = row
+                .last_seen_at
+                .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
+            fence_allocations(
+                db,
+                row.id,
+                &[],
+                &format!("runner {} lost (last seen {seen})", row.name),
+                actor,
             )
             .await?;
             lost.push(runner::Model {

@@ -404,24 +404,23 @@ async fn a_lost_or_revoked_runner_is_refused() -> Result<()> {
     let (db, row, token) = db_with_allocation().await?;
     let url = serve(db.clone(), Some(key())).await?;
     let register = at(&url, REGISTER_PATH);
-    // r1 registers (it has a credential now), so the sweep may judge it.
-    assert_eq!(
-        post_as(
-            &register,
-            "r1",
-            Some(&token),
-            &registration("10.213.250.0/24")
-        )
-        .await?
-        .0,
-        200
-    );
+    // r1 registers (it has a credential now) running its allocation, so the sweep may
+    // judge it; lost, its allocation is fenced.
+    let mut running = registration("10.213.250.0/24");
+    running["allocations"] = json!([row.id]);
+    let (status, body) = post_as(&register, "r1", Some(&token), &running).await?;
+    assert_eq!((status, &body["drain"]), (200, &json!([])), "{body}");
     fleet::mark_lost(
         &db,
         chrono::Utc::now() + chrono::Duration::seconds(1),
         "test",
     )
     .await?;
+    let fenced = allocation::Entity::find_by_id(row.id)
+        .one(&db)
+        .await?
+        .context("row")?;
+    assert_eq!((fenced.stage.as_str(), fenced.generation), ("failed", 2));
     let (status, body) = post(&url, Some(&token), &report(row.id, 1, "pulling")).await?;
     assert_eq!(status, 403, "a lost runner's late report: {body}");
     assert!(
@@ -429,7 +428,10 @@ async fn a_lost_or_revoked_runner_is_refused() -> Result<()> {
         "{body}"
     );
     let stored = allocation::Entity::find_by_id(row.id).one(&db).await?;
-    assert_eq!(stored.as_ref(), Some(&row), "nothing written");
+    assert_eq!(stored.as_ref(), Some(&fenced), "nothing written");
+    // Back, it is told to drain what it still runs.
+    let (status, body) = post_as(&register, "r1", Some(&token), &running).await?;
+    assert_eq!((status, &body["drain"]), (200, &json!([row.id])), "{body}");
 
     fleet::revoke_runner(&db, "r1").await?;
     for path in [REGISTER_PATH, HEARTBEAT_PATH, RUNNER_REPORTS_PATH] {

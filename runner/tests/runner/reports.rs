@@ -23,6 +23,9 @@ struct Recorder {
     /// Bodies of registrations, and how many heartbeats came.
     registrations: Arc<Mutex<Vec<(String, Value)>>>,
     heartbeats: Arc<Mutex<usize>>,
+    /// Set: the next heartbeat answers `lost`, and the registration after it tells the
+    /// runner to drain these allocations.
+    lose_and_drain: Arc<Mutex<Option<Value>>>,
     /// `(Authorization|X-Rhone-Runner headers, body)` of every POST that was answered 200.
     seen: Arc<Mutex<Vec<(String, Value)>>>,
     /// POSTs received, failed ones included.
@@ -82,10 +85,17 @@ async fn register(
     if let Ok(mut seen) = r.registrations.lock() {
         seen.push((auth, body));
     }
+    let drain = r
+        .lose_and_drain
+        .lock()
+        .ok()
+        .and_then(|mut d| d.take())
+        .unwrap_or(serde_json::json!([]));
     Json(serde_json::json!({
         "call_token_sha256": rhone_runner_protocol::credentials::token_hash(CALL_TOKEN),
         "heartbeat_interval_ms": 100,
         "lost_after_ms": 300,
+        "drain": drain,
     }))
 }
 
@@ -93,7 +103,12 @@ async fn heartbeat(State(r): State<Recorder>) -> Json<Value> {
     if let Ok(mut n) = r.heartbeats.lock() {
         *n += 1;
     }
-    Json(serde_json::json!({ "status": "ready" }))
+    let lost = r
+        .lose_and_drain
+        .lock()
+        .map(|d| d.is_some())
+        .unwrap_or(false);
+    Json(serde_json::json!({ "status": if lost { "lost" } else { "ready" } }))
 }
 
 /// The stand-in control plane; returns its base URL.
@@ -170,6 +185,21 @@ async fn the_runner_registers_heartbeats_and_takes_the_registered_call_token() -
     let h = h.with_call_token(CALL_TOKEN)?;
     assert_eq!(h.put(id, &h.spec(id, 1, "serve")?).await?.0, 201);
     h.wait_stage(id, "ready", WITHIN).await?;
+
+    // Declared lost, it registers again with what it runs, and drains what the control
+    // plane no longer wants there.
+    if let Ok(mut d) = recorder.lose_and_drain.lock() {
+        *d = Some(serde_json::json!([id]));
+    }
+    h.wait_stage(id, "stopped", WITHIN).await?;
+    let again = recorder
+        .registrations
+        .lock()
+        .map(|r| r.last().cloned())
+        .ok()
+        .flatten();
+    let (_, again) = again.unwrap_or_default();
+    assert_eq!(again["allocations"], serde_json::json!([id]), "{again}");
     h.shutdown().await
 }
 

@@ -20,6 +20,8 @@ on_both_backends!(
     a_credential_is_kept_hashed_and_revocable,
     placement_spreads_across_cells_and_counts_what_is_placed,
     no_room_names_every_runner,
+    a_lost_runners_allocations_are_fenced_and_handed_back_to_drain,
+    a_restarted_runners_missing_allocations_are_fenced,
 );
 
 async fn registered(
@@ -41,8 +43,11 @@ async fn registered(
             slots: 10,
         },
         agent_version: "test".into(),
+        allocations: Vec::new(),
     };
-    Ok(fleet::register_runner(db, &row, &registration).await?)
+    Ok(fleet::register_runner(db, &row, &registration)
+        .await?
+        .runner)
 }
 
 async fn a_credential_is_kept_hashed_and_revocable(db: DatabaseConnection) -> Result<()> {
@@ -173,4 +178,138 @@ async fn no_room_names_every_runner(db: DatabaseConnection) -> Result<()> {
         "no runner has room for 512 MiB and 1000 millicores: gone is lost; small has 256 MiB free"
     );
     Ok(())
+}
+
+async fn placed_on(
+    db: &DatabaseConnection,
+    runner: &str,
+    subnet: &str,
+) -> Result<(runner::Model, rhone_schema::entity::allocation::Model)> {
+    let r = registered(db, runner, "eu-a", subnet, 8192).await?;
+    let t = fixtures::tenancy(db, &format!("t-{runner}"), "production").await?;
+    let digest = fixtures::digest(0xee);
+    fixtures::artifact(db, &digest).await.ok();
+    let d = fixtures::deployment(db, &t, &digest, "preview_ready").await?;
+    let (row, on) =
+        fleet::place_allocation(db, &placement(t.environment.id, d.id, &digest, None, 512)).await?;
+    assert_eq!(on.id, r.id);
+    Ok((r, row))
+}
+
+fn registration_of(runner: &runner::Model, running: Vec<Uuid>) -> Registration {
+    Registration {
+        region: "eu".into(),
+        cell: "eu-a".into(),
+        address: runner.address.clone(),
+        subnet: runner.subnet.clone().unwrap_or_default(),
+        capacity: Capacity {
+            memory_mb: 8192,
+            cpu_millis: 4000,
+            slots: 10,
+        },
+        agent_version: "test".into(),
+        allocations: running,
+    }
+}
+
+async fn a_lost_runners_allocations_are_fenced_and_handed_back_to_drain(
+    db: DatabaseConnection,
+) -> Result<()> {
+    let (r, row) = placed_on(&db, "h1", "10.213.30.0/24").await?;
+    let lost = fleet::mark_lost(
+        &db,
+        r.last_seen_at.context("seen")? + chrono::Duration::seconds(1),
+        "test",
+    )
+    .await?;
+    assert_eq!(lost.len(), 1);
+    let fenced = rhone_schema::entity::allocation::Entity::find_by_id(row.id)
+        .one(&db)
+        .await?
+        .context("row")?;
+    assert_eq!(
+        (
+            fenced.stage.as_str(),
+            fenced.desired.as_str(),
+            fenced.generation
+        ),
+        ("failed", "stop", row.generation + 1)
+    );
+    assert!(
+        fenced
+            .exit_status
+            .as_deref()
+            .is_some_and(|s| s.starts_with("runner h1 lost")),
+        "{fenced:?}"
+    );
+    // The fenced row holds no capacity, and the runner's late report is stale.
+    let usage = fleet::runners_with_usage(&db).await?;
+    assert_eq!(
+        usage
+            .iter()
+            .find(|(x, ..)| x.id == r.id)
+            .map(|u| u.3.allocations),
+        Some(0)
+    );
+    let late = rhone_schema::allocations::apply_report(
+        &db,
+        &rhone_schema::allocations::ReportSource::of(&r),
+        &rhone_schema::allocations::RunnerReport {
+            allocation_id: row.id,
+            generation: row.generation,
+            stage: rhone_core::stage::AllocationStage::Ready,
+            address: Some("http://10.213.30.2:8080".into()),
+            exit_status: None,
+            message: None,
+            last_log_lines: Vec::new(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(late, Err(SchemaError::Conflict { .. })),
+        "{late:?}"
+    );
+    // It comes back still running the allocation: told to drain it.
+    let back = fleet::register_runner(&db, &r, &registration_of(&r, vec![row.id])).await?;
+    assert_eq!(back.runner.status, "ready");
+    assert_eq!(back.drain, [row.id]);
+    assert!(back.fenced.is_empty());
+    Ok(())
+}
+
+async fn a_restarted_runners_missing_allocations_are_fenced(db: DatabaseConnection) -> Result<()> {
+    let (r, row) = placed_on(&db, "h2", "10.213.31.0/24").await?;
+    let again = fleet::register_runner(&db, &r, &registration_of(&r, Vec::new())).await?;
+    assert_eq!(again.fenced, [row.id]);
+    assert!(again.drain.is_empty());
+    let now = rhone_schema::entity::allocation::Entity::find_by_id(row.id)
+        .one(&db)
+        .await?
+        .context("row")?;
+    assert_eq!(now.stage, "failed");
+    assert!(
+        now.exit_status
+            .as_deref()
+            .is_some_and(|s| s.contains("registered again without it")),
+        "{now:?}"
+    );
+    // Registering again with what it runs fences nothing.
+    let (_, kept) = placed_on_existing(&db, &r).await?;
+    let same = fleet::register_runner(&db, &r, &registration_of(&r, vec![kept.id])).await?;
+    assert!(same.fenced.is_empty() && same.drain.is_empty(), "{same:?}");
+    Ok(())
+}
+
+async fn placed_on_existing(
+    db: &DatabaseConnection,
+    r: &runner::Model,
+) -> Result<(runner::Model, rhone_schema::entity::allocation::Model)> {
+    let t = fixtures::tenancy(db, "again", "production").await?;
+    let digest = fixtures::digest(0xef);
+    fixtures::artifact(db, &digest).await?;
+    let d = fixtures::deployment(db, &t, &digest, "preview_ready").await?;
+    let (row, on) =
+        fleet::place_allocation(db, &placement(t.environment.id, d.id, &digest, None, 512)).await?;
+    assert_eq!(on.id, r.id);
+    Ok((on, row))
 }
