@@ -249,12 +249,25 @@ pub(crate) async fn placement(
     })
 }
 
-/// A placement error as the activity's: no room anywhere is final for this attempt and
-/// names the shortfall (a retry places again).
-pub(crate) fn placement_err(e: SchemaError) -> ActivityError {
+/// What a placement with no room anywhere does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoRoom {
+    /// Final for this attempt, so the workflow can stop `blocked` with the shortfall.
+    Refuse,
+    /// Retried like any transient failure (a runner may be registering again), then the
+    /// operation needs attention with the shortfall as its error.
+    Retry,
+}
+
+/// A placement error as the activity's, naming the shortfall when there was no room.
+pub(crate) fn placement_err(e: SchemaError, no_room: NoRoom) -> ActivityError {
     match e {
         SchemaError::NoCapacity(shortfall) => {
-            refuse(format!("{}{shortfall}", rhone_core::fleet::NO_CAPACITY))
+            let message = format!("{}{shortfall}", rhone_core::fleet::NO_CAPACITY);
+            match no_room {
+                NoRoom::Refuse => refuse(message),
+                NoRoom::Retry => transient(message),
+            }
         }
         other => db_err(other),
     }
@@ -266,10 +279,11 @@ pub(crate) async fn place(
     db: &DatabaseConnection,
     runners: &RunnerClient,
     placement: &Placement,
+    no_room: NoRoom,
 ) -> Result<(allocation::Model, runner::Model), ActivityError> {
     let (row, runner) = fleet::place_allocation(db, placement)
         .await
-        .map_err(placement_err)?;
+        .map_err(|e| placement_err(e, no_room))?;
     let runner = record_network(db, runners, runner).await?;
     Ok((row, runner))
 }

@@ -14,6 +14,8 @@ pub const FLEET_ACTOR: &str = "worker:fleet";
 
 pub struct FleetActivities {
     pub db: DatabaseConnection,
+    /// This worker's settings: they win over the ones the watch was first started with.
+    pub timings: rhone_core::fleet::FleetTimings,
 }
 
 #[activities]
@@ -24,10 +26,11 @@ impl FleetActivities {
     pub async fn sweep_runners(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        input: SweepInput,
+        _input: SweepInput,
     ) -> Result<Swept, ActivityError> {
-        let lost_after =
-            chrono::Duration::milliseconds(i64::try_from(input.lost_after_ms).unwrap_or(i64::MAX));
+        let lost_after = chrono::Duration::milliseconds(
+            i64::try_from(self.timings.lost_after_ms).unwrap_or(i64::MAX),
+        );
         let cutoff = chrono::Utc::now() - lost_after;
         let lost = rhone_schema::fleet::mark_lost(&self.db, cutoff, FLEET_ACTOR)
             .await
@@ -37,6 +40,7 @@ impl FleetActivities {
         }
         Ok(Swept {
             lost: lost.into_iter().map(|r| r.name).collect(),
+            next_sweep_ms: Some(self.timings.heartbeat_interval_ms),
         })
     }
 }

@@ -161,6 +161,6 @@ impl PreviewActivities {
             return Ok((a, r));
         }
         let placement = allocate::placement(db, new_id(), dep.id, digest).await?;
-        allocate::place(db, &self.runners, &placement).await
+        allocate::place(db, &self.runners, &placement, allocate::NoRoom::Retry).await
     }
 }

@@ -166,7 +166,10 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<FleetWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
-            .register_activities(crate::fleet::FleetActivities { db: db.clone() })
+            .register_activities(crate::fleet::FleetActivities {
+                db: db.clone(),
+                timings: config.fleet,
+            })
             .register_activities(PreviewActivities {
                 db: db.clone(),
                 config: config.preview.clone(),

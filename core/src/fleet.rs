@@ -111,8 +111,12 @@ pub struct Candidate {
 impl Candidate {
     /// Why this runner cannot take `need`, if it cannot.
     pub fn lacks(&self, need: Need) -> Option<String> {
-        if self.status != RunnerStatus::Ready {
-            return Some(format!("{} is {}", self.runner, self.status));
+        match self.status {
+            RunnerStatus::Ready => {}
+            RunnerStatus::Registered => {
+                return Some(format!("{} has not registered yet", self.runner));
+            }
+            status => return Some(format!("{} is {status}", self.runner)),
         }
         let mut short = Vec::new();
         if self.free_memory_mb < need.memory_mb {

@@ -22,22 +22,40 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SHA-256 of the call token this runner takes, shared with its API; `None` refuses
 /// every call.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CallToken(Arc<RwLock<Option<Arc<str>>>>);
+pub(crate) struct CallToken {
+    hash: Arc<RwLock<Option<Arc<str>>>>,
+    /// Configured (`RHONE_RUNNER_CALL_TOKEN_SHA256`): a registration's answer never
+    /// replaces it.
+    pinned: bool,
+}
 
 impl CallToken {
     pub(crate) fn new(hash: Option<String>) -> Self {
-        CallToken(Arc::new(RwLock::new(hash.map(Arc::from))))
+        CallToken {
+            pinned: hash.is_some(),
+            hash: Arc::new(RwLock::new(hash.map(Arc::from))),
+        }
     }
 
     pub(crate) fn get(&self) -> Option<Arc<str>> {
-        self.0
+        self.hash
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// Takes the hash a registration answered, unless one is pinned; a different answer
+    /// than the pinned one is logged and ignored.
     fn set(&self, hash: &str) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::from(hash));
+        if self.pinned {
+            if self.get().as_deref() != Some(hash) {
+                tracing::error!(
+                    "the control plane named a call token other than RHONE_RUNNER_CALL_TOKEN_SHA256; keeping the configured one"
+                );
+            }
+            return;
+        }
+        *self.hash.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::from(hash));
     }
 }
 
@@ -117,7 +135,7 @@ impl Membership {
             let registered = match self.register().await {
                 Ok(r) => r,
                 Err(CallError::Refused(why)) => {
-                    tracing::error!(runner = %self.name, error = %why, "the control plane refused this runner's registration; it takes no calls until it is registered");
+                    tracing::error!(runner = %self.name, error = %why, "the control plane refused this runner's registration (revoked or wrong credential, or another region, cell or subnet); retrying in 10 s");
                     tokio::time::sleep(MAX_BACKOFF).await;
                     continue;
                 }

@@ -215,7 +215,7 @@ pub async fn revoke_runner<C: ConnectionTrait>(
 /// Why a runner's credential was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// No runner of that name, or a malformed credential.
+    /// No runner of that name.
     Unknown,
     Revoked,
     WrongCredential,
@@ -224,7 +224,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Refusal::Unknown => "unknown runner or malformed credential",
+            Refusal::Unknown => "unknown runner",
             Refusal::Revoked => "revoked credential",
             Refusal::WrongCredential => "wrong credential",
         }
@@ -232,13 +232,13 @@ impl Refusal {
 }
 
 /// The runner `name` if `presented` is its credential (compared by hash, in constant time).
-/// A refusal writes a `runner.refused` audit row.
+/// A refusal of a runner that exists writes a `runner.refused` audit row.
 pub async fn authenticate_runner<C: ConnectionTrait>(
     db: &C,
     name: &str,
     presented: &str,
 ) -> Result<Result<runner::Model, Refusal>, SchemaError> {
-    let row = if well_formed_credential(presented) {
+    let row = if name.len() <= 253 {
         find_runner(db, name).await?
     } else {
         None
@@ -247,11 +247,14 @@ pub async fn authenticate_runner<C: ConnectionTrait>(
         None => Err(Refusal::Unknown),
         Some(r) if r.revoked_at.is_some() => Err(Refusal::Revoked),
         Some(r) => match &r.credential_sha256 {
-            Some(hash) if matches_hash(presented, hash) => Ok(r),
+            Some(hash) if well_formed_credential(presented) && matches_hash(presented, hash) => {
+                Ok(r)
+            }
             _ => Err(Refusal::WrongCredential),
         },
     };
-    if let Err(why) = &verdict {
+    // Refusals are audited for runners that exist: a flood of made-up names writes nothing.
+    if let Err(why @ (Refusal::Revoked | Refusal::WrongCredential)) = &verdict {
         let shown: String = name.chars().take(64).collect();
         audit_runner(
             db,
@@ -337,10 +340,12 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
             ),
         });
     };
+    // Held until the commit, so two registrations never both take overlapping subnets.
     let others = runner::Entity::find()
         .filter(runner::Column::Id.ne(row.id))
         .filter(runner::Column::RevokedAt.is_null())
         .filter(runner::Column::Subnet.is_not_null())
+        .lock_exclusive()
         .all(&txn)
         .await?;
     for other in others {
@@ -393,9 +398,10 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
         }),
     )
     .await?;
-    txn.commit().await?;
-    let fenced = fence_allocations(
-        db,
+    // Under the runner's lock: no placement on it lands between the move to ready and the
+    // reconciliation of what it runs.
+    let fenced = fence_in(
+        &txn,
         row.id,
         &registration.allocations,
         &format!(
@@ -408,7 +414,7 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
     let mut drain = Vec::new();
     for id in &registration.allocations {
         let wanted = allocation::Entity::find_by_id(*id)
-            .one(db)
+            .one(&txn)
             .await?
             .is_some_and(|a| {
                 a.runner_id == Some(row.id)
@@ -418,6 +424,7 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
             drain.push(*id);
         }
     }
+    txn.commit().await?;
     Ok(Registered {
         runner: row,
         fenced: fenced.into_iter().map(|a| a.id).collect(),
@@ -438,11 +445,24 @@ pub async fn fence_allocations<C: ConnectionTrait + TransactionTrait>(
     actor: &str,
 ) -> Result<Vec<allocation::Model>, SchemaError> {
     let txn = begin_write(db).await?;
+    let fenced = fence_in(&txn, runner_id, keep, reason, actor).await?;
+    txn.commit().await?;
+    Ok(fenced)
+}
+
+/// [`fence_allocations`] in the caller's write transaction.
+pub async fn fence_in<C: ConnectionTrait>(
+    txn: &C,
+    runner_id: Uuid,
+    keep: &[Uuid],
+    reason: &str,
+    actor: &str,
+) -> Result<Vec<allocation::Model>, SchemaError> {
     let rows = allocation::Entity::find()
         .filter(allocation::Column::RunnerId.eq(runner_id))
         .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()))
         .lock_exclusive()
-        .all(&txn)
+        .all(txn)
         .await?;
     let mut fenced = Vec::new();
     for row in rows {
@@ -456,7 +476,7 @@ pub async fn fence_allocations<C: ConnectionTrait + TransactionTrait>(
         from.transition(AllocationStage::Failed)
             .map_err(|e| SchemaError::IllegalTransition(rhone_core::StageError::from(e)))?;
         let workspace_id = deployment::Entity::find_by_id(row.deployment_id)
-            .one(&txn)
+            .one(txn)
             .await?
             .map(|d| d.workspace_id);
         let generation = row.generation + 1;
@@ -467,7 +487,7 @@ pub async fn fence_allocations<C: ConnectionTrait + TransactionTrait>(
         active.address = Set(None);
         active.exit_status = Set(Some(reason.to_owned()));
         active.updated_at = Set(Utc::now());
-        let written = active.update(&txn).await?;
+        let written = active.update(txn).await?;
         audit_log::ActiveModel {
             id: Set(new_id()),
             workspace_id: Set(workspace_id),
@@ -482,11 +502,10 @@ pub async fn fence_allocations<C: ConnectionTrait + TransactionTrait>(
             })),
             created_at: Set(Utc::now()),
         }
-        .insert(&txn)
+        .insert(txn)
         .await?;
         fenced.push(written);
     }
-    txn.commit().await?;
     Ok(fenced)
 }
 
@@ -539,6 +558,9 @@ pub async fn mark_lost<C: ConnectionTrait + TransactionTrait>(
         .await?;
     let mut lost = Vec::new();
     for row in stale {
+        // The switch, its audit row and the fence commit together: a failure leaves the
+        // runner ready for the next sweep, and a registration waits for the lock.
+        let txn = begin_write(db).await?;
         let now = Utc::now();
         let moved = runner::Entity::update_many()
             .col_expr(
@@ -552,34 +574,36 @@ pub async fn mark_lost<C: ConnectionTrait + TransactionTrait>(
             .filter(runner::Column::Id.eq(row.id))
             .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))
             .filter(runner::Column::LastSeenAt.lt(cutoff))
-            .exec(db)
+            .exec(&txn)
             .await?;
-        if moved.rows_affected == 1 {
-            audit_runner(
-                db,
-                actor,
-                "runner.lost",
-                &row.name,
-                json!({ "last_seen_at": row.last_seen_at, "cutoff": cutoff }),
-            )
-            .await?;
-            let seen = row
-                .last_seen_at
-                .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
-            fence_allocations(
-                db,
-                row.id,
-                &[],
-                &format!("runner {} lost (last seen {seen})", row.name),
-                actor,
-            )
-            .await?;
-            lost.push(runner::Model {
-                status: RunnerStatus::Lost.as_str().to_owned(),
-                status_changed_at: Some(now),
-                ..row
-            });
+        if moved.rows_affected != 1 {
+            continue;
         }
+        audit_runner(
+            &txn,
+            actor,
+            "runner.lost",
+            &row.name,
+            json!({ "last_seen_at": row.last_seen_at, "cutoff": cutoff }),
+        )
+        .await?;
+        let seen = row
+            .last_seen_at
+            .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
+        fence_in(
+            &txn,
+            row.id,
+            &[],
+            &format!("runner {} lost (last seen {seen})", row.name),
+            actor,
+        )
+        .await?;
+        txn.commit().await?;
+        lost.push(runner::Model {
+            status: RunnerStatus::Lost.as_str().to_owned(),
+            status_changed_at: Some(now),
+            ..row
+        });
     }
     Ok(lost)
 }

@@ -585,7 +585,8 @@ impl WakeActivities {
     }
 }
 
-/// Declares lost the runners unseen for longer than `lost_after_ms`.
+/// Declares lost the runners unseen for longer than the lost-after time (the sweeping
+/// worker's own setting; `lost_after_ms` is the one the watch was started with).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepInput {
     pub lost_after_ms: u64,
@@ -595,6 +596,10 @@ pub struct SweepInput {
 pub struct Swept {
     /// The runners declared lost by this sweep.
     pub lost: Vec<String>,
+    /// When to sweep next, as the sweeping worker is configured (the input's interval when
+    /// absent).
+    #[serde(default)]
+    pub next_sweep_ms: Option<u64>,
 }
 
 pub struct FleetActivities;

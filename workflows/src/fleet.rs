@@ -1,7 +1,9 @@
 //! Fleet: the durable watch over the runner hosts. One run per task queue (workflow id
 //! [`fleet_workflow_id`]), started by the worker and kept going with continue-as-new: every
 //! tick it declares lost the runners unseen for longer than the lost-after time (each a
-//! recorded `runner.lost` transition).
+//! recorded `runner.lost` transition, its allocations fenced). The timings are the sweeping
+//! worker's own (its activity answers when to sweep next), so a worker restarted with new
+//! settings applies them to the run it finds.
 
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ impl FleetWorkflow {
         loop {
             // A sweep that failed all its attempts (the control DB away) decides nothing:
             // the next tick sweeps again.
-            let _ = ctx
+            let next = ctx
                 .execute_activity(
                     FleetActivities::sweep_runners,
                     SweepInput {
@@ -51,7 +53,10 @@ impl FleetWorkflow {
                     },
                     options.clone(),
                 )
-                .await;
+                .await
+                .ok()
+                .and_then(|swept| swept.next_sweep_ms)
+                .unwrap_or(input.sweep_every_ms);
             sweeps += 1;
             if sweeps >= SWEEPS_PER_RUN || ctx.continue_as_new_suggested() {
                 match ctx.continue_as_new(input.clone(), ContinueAsNewOptions::default()) {
@@ -59,8 +64,7 @@ impl FleetWorkflow {
                     Ok(never) => match never {},
                 }
             }
-            ctx.timer(Duration::from_millis(input.sweep_every_ms.max(100)))
-                .await;
+            ctx.timer(Duration::from_millis(next.max(100))).await;
         }
     }
 }

@@ -254,10 +254,6 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            ctx.state_mut(|w| {
-                // A decision sent before the block is not a decision about it.
-                w.decisions.take();
-            });
             loop {
                 ctx.wait_condition(|w| w.decisions.pending().is_some())
                     .await?;

@@ -266,7 +266,7 @@ impl PromotionActivities {
             return Ok((row, runner));
         }
         let placement = allocate::placement(db, id, *deployment_id, digest).await?;
-        match allocate::place(db, &self.runners, &placement).await {
+        match allocate::place(db, &self.runners, &placement, allocate::NoRoom::Refuse).await {
             Ok(placed) => Ok(placed),
             Err(e) => {
                 // A concurrent attempt placed it first.

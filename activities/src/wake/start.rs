@@ -97,7 +97,7 @@ impl WakeActivities {
             None => {
                 rhone_schema::fleet::place_allocation_in(&txn, &placement)
                     .await
-                    .map_err(allocate::placement_err)?
+                    .map_err(|e| allocate::placement_err(e, allocate::NoRoom::Retry))?
                     .0
             }
         };

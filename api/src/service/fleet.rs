@@ -107,6 +107,15 @@ pub(crate) async fn revoke(
     require_operator(db, actor).await?;
     let txn = begin_write(db).await?;
     let (runner, from) = fleet::revoke_runner(&txn, name).await?;
+    // Nothing of a revoked host stays routable.
+    let fenced = fleet::fence_in(
+        &txn,
+        runner.id,
+        &[],
+        &format!("runner {} revoked", runner.name),
+        &actor.subject(),
+    )
+    .await?;
     let m = Mutation {
         operation_id: new_id(),
         kind: OperationKind::RunnerRevoke,
@@ -115,7 +124,10 @@ pub(crate) async fn revoke(
         workspace_id: None,
         target_type: "runner",
         target_id: runner.name.clone(),
-        detail: json!({ "from": from }),
+        detail: json!({
+            "from": from,
+            "fenced": fenced.iter().map(|a| a.id).collect::<Vec<_>>(),
+        }),
     };
     record::applied(&txn, &m).await?;
     txn.commit().await?;

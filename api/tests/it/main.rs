@@ -4,6 +4,7 @@
 
 mod access;
 mod bindings;
+mod fleet;
 mod harness;
 mod http;
 mod isolation;

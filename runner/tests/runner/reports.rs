@@ -210,6 +210,8 @@ async fn stages_are_reported_in_order_with_their_generation() -> Result<()> {
     let h = Harness::start_with(|c| {
         c.api_url = Some(api_url);
         c.credential = Some(Secret::new("runner-token"));
+        // Not pinned: the registration's answer names the call token.
+        c.call_token_sha256 = None;
     })
     .await?;
     // Its calls take the registered call token from now on.
