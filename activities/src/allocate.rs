@@ -263,6 +263,8 @@ pub(crate) enum NoRoom {
 pub(crate) fn placement_err(e: SchemaError, no_room: NoRoom) -> ActivityError {
     match e {
         SchemaError::NoCapacity(shortfall) => {
+            // The runners by name, for operators; the operation's error names none.
+            tracing::warn!(detail = %shortfall.detail(), "no runner has room");
             let message = format!("{}{shortfall}", rhone_core::fleet::NO_CAPACITY);
             match no_room {
                 NoRoom::Refuse => refuse(message),

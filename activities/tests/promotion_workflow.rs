@@ -400,7 +400,7 @@ async fn no_room_blocks_the_promotion_until_a_retry() -> Result<()> {
     assert_eq!(seen.op.current_stage, "blocked");
     assert_eq!(
         seen.error(),
-        "no capacity: no runner has room for 512 MiB and 1000 millicores: runner-1 has 88 MiB free"
+        "no capacity: no runner has room for 512 MiB and 1000 millicores (of 1 runner: 1 short of memory)"
     );
     assert_eq!(p.owner().await?, None, "no route moves");
     assert!(p.allocations(p1.id).await?.is_empty(), "nothing is placed");

@@ -132,15 +132,29 @@ impl Candidate {
     }
 }
 
-/// No runner of the region can take the allocation: what was needed and why each runner
-/// could not.
+/// No runner of the region can take the allocation: what was needed, how many runners fell
+/// short of what (its `Display`, which tenants see: no runner is named), and why each one
+/// could not ([`Shortfall::detail`], for operators and logs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortfall {
     /// The region placement was confined to, if any.
     pub region: Option<String>,
     pub need: Need,
-    /// One line per runner considered.
+    /// One line per runner considered, naming it.
     pub runners: Vec<String>,
+    /// Runners considered, and how many were short of memory, CPU, a slot, or not ready.
+    pub considered: usize,
+    pub short_of_memory: usize,
+    pub short_of_cpu: usize,
+    pub without_slot: usize,
+    pub not_ready: usize,
+}
+
+impl Shortfall {
+    /// Why each runner could not take the allocation, naming them (for operators).
+    pub fn detail(&self) -> String {
+        self.runners.join("; ")
+    }
 }
 
 impl fmt::Display for Shortfall {
@@ -154,11 +168,28 @@ impl fmt::Display for Shortfall {
             "has room for {} MiB and {} millicores",
             self.need.memory_mb, self.need.cpu_millis
         )?;
-        if self.runners.is_empty() {
-            f.write_str(": it has no runner")
-        } else {
-            write!(f, ": {}", self.runners.join("; "))
+        if self.considered == 0 {
+            return f.write_str(": there is no runner");
         }
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.short_of_memory, "short of memory"),
+            (self.short_of_cpu, "short of CPU"),
+            (self.without_slot, "without a free slot"),
+            (self.not_ready, "not ready (lost or not registered yet)"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        write!(
+            f,
+            " (of {} runner{}: {})",
+            self.considered,
+            plural(self.considered),
+            parts.join(", ")
+        )
     }
 }
 
@@ -182,10 +213,26 @@ pub fn choose(
                 .then(a.runner.cmp(&b.runner))
         })
         .map(|(i, _)| i)
-        .ok_or_else(|| Shortfall {
-            region: region.map(str::to_owned),
-            need,
-            runners: candidates.iter().filter_map(|c| c.lacks(need)).collect(),
+        .ok_or_else(|| {
+            let count = |short: &dyn Fn(&Candidate) -> bool| {
+                candidates
+                    .iter()
+                    .filter(|c| c.status == RunnerStatus::Ready && short(c))
+                    .count()
+            };
+            Shortfall {
+                region: region.map(str::to_owned),
+                need,
+                runners: candidates.iter().filter_map(|c| c.lacks(need)).collect(),
+                considered: candidates.len(),
+                short_of_memory: count(&|c| c.free_memory_mb < need.memory_mb),
+                short_of_cpu: count(&|c| c.free_cpu_millis < need.cpu_millis),
+                without_slot: count(&|c| c.free_slots < 1),
+                not_ready: candidates
+                    .iter()
+                    .filter(|c| c.status != RunnerStatus::Ready)
+                    .count(),
+            }
         })
 }
 
@@ -244,14 +291,20 @@ mod tests {
         let shortfall = choose(&c, NEED, Some("eu")).expect_err("no room");
         assert_eq!(
             shortfall.to_string(),
-            "no runner in region eu has room for 512 MiB and 1000 millicores: a has 256 MiB free; \
-             b has 500 millicores free, no free slot; c is lost"
+            "no runner in region eu has room for 512 MiB and 1000 millicores (of 3 runners: \
+             1 short of memory, 1 short of CPU, 1 without a free slot, 1 not ready (lost or not \
+             registered yet))",
+            "what tenants see names no runner"
+        );
+        assert_eq!(
+            shortfall.detail(),
+            "a has 256 MiB free; b has 500 millicores free, no free slot; c is lost"
         );
         assert_eq!(
             choose(&[], NEED, Some("eu"))
                 .expect_err("no runner")
                 .to_string(),
-            "no runner in region eu has room for 512 MiB and 1000 millicores: it has no runner"
+            "no runner in region eu has room for 512 MiB and 1000 millicores: there is no runner"
         );
         assert!(
             choose(&c, NEED, None)

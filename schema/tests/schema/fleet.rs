@@ -175,8 +175,9 @@ async fn no_room_names_every_runner(db: DatabaseConnection) -> Result<()> {
     };
     assert_eq!(
         shortfall.to_string(),
-        "no runner has room for 512 MiB and 1000 millicores: gone is lost; small has 256 MiB free"
+        "no runner has room for 512 MiB and 1000 millicores (of 2 runners: 1 short of memory, 1 not ready (lost or not registered yet))"
     );
+    assert_eq!(shortfall.detail(), "gone is lost; small has 256 MiB free");
     Ok(())
 }
 
