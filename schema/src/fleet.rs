@@ -21,8 +21,8 @@ use rhone_runner_protocol::{
     fleet::Registration,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionSession, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -543,7 +543,8 @@ pub fn status_of(row: &runner::Model) -> Result<RunnerStatus, SchemaError> {
 
 /// Declares lost every ready runner last seen before `cutoff` (each a compare-and-set on
 /// its last-seen time, so a heartbeat that lands first wins), fences its allocations
-/// ([`fence_allocations`]) and returns the runners. Only runners
+/// ([`fence_allocations`]) and returns the runners. When more than one runner is watched
+/// and all of them are silent, none is declared lost: that is the control plane's outage. Only runners
 /// with a credential heartbeat; one without (written by a fixture) is never judged.
 pub async fn mark_lost<C: ConnectionTrait + TransactionTrait>(
     db: &C,
@@ -556,6 +557,23 @@ pub async fn mark_lost<C: ConnectionTrait + TransactionTrait>(
         .filter(runner::Column::LastSeenAt.lt(cutoff))
         .all(db)
         .await?;
+    if stale.len() > 1 {
+        let watched = runner::Entity::find()
+            .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))
+            .filter(runner::Column::CredentialSha256.is_not_null())
+            .count(db)
+            .await?;
+        if stale.len() as u64 == watched {
+            // Every runner fell silent at once: the likelier fault is the path from them to
+            // the control DB (the API, the DB, the network), not all of them; nothing is
+            // declared lost until one of them is heard again.
+            tracing::warn!(
+                runners = watched,
+                "no runner heartbeated within the lost-after time; suspecting the control plane and declaring none lost"
+            );
+            return Ok(Vec::new());
+        }
+    }
     let mut lost = Vec::new();
     for row in stale {
         // The switch, its audit row and the fence commit together: a failure leaves the
