@@ -45,7 +45,8 @@ runner:
   RHONE_RUNNER_SUBNET          its allocations' subnet (default the first free 10.213.N.0/24)
   RHONE_RUNNER_WORK_DIR, RHONE_ARTIFACT_DIR, RHONE_RUNNER_RUNTIME (crun), RHONE_RUNNER_NET_LOCK_DIR,
   RHONE_RUNNER_SHARED_DIRS, RHONE_RUNNER_DRAIN_TIMEOUT_MS, RHONE_RUNNER_INHERIT_ENV,
-  RHONE_RUNNER_AGENT_VERSION, RHONE_RUNNER_CALL_TOKEN_SHA256 (a standalone runner)
+  RHONE_RUNNER_AGENT_VERSION, RHONE_RUNNER_CGROUP_PARENT,
+  RHONE_RUNNER_CALL_TOKEN_SHA256 (pins the call token; a standalone runner)
 Every bad variable is reported at once, before anything starts.";
 
 #[derive(clap::Args)]

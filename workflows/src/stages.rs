@@ -248,13 +248,15 @@ impl Operation {
             {
                 return Ok(Err(StepFailure::Rejected(message)));
             }
-            // Exhausted retries or timed out: wait for on-call.
-            self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
-                .await?;
+            // Exhausted retries or timed out: wait for on-call. A decision sent before the
+            // step failed is not a decision about this failure, so it goes before the status
+            // is written; one that arrives once on-call can see `needs_attention` (possibly
+            // in the same activation as the status write's completion) is kept.
             ctx.state_mut(|w| {
-                // A decision sent before the step failed is not a decision about this failure.
                 w.take();
             });
+            self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
+                .await?;
             loop {
                 ctx.wait_condition(|w| {
                     w.pending().is_some_and(|(k, _)| {
