@@ -183,20 +183,10 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            loop {
-                ctx.wait_condition(|w| w.decisions.pending().is_some())
-                    .await?;
-                match ctx.state_mut(|w| w.decisions.take()) {
-                    Some((DecisionKind::Abort, d)) => {
-                        return Ok(Err(StepFailure::Aborted(d).into()));
-                    }
-                    Some((DecisionKind::Approve, d)) => {
-                        approved_by = Some(d);
-                        break;
-                    }
-                    // Nothing to retry: the gates are checked again after the approval.
-                    Some((DecisionKind::Retry, _)) | None => {}
-                }
+            // A retry means nothing here: the gates are checked again after the approval.
+            match Self::decision(ctx, DecisionKind::Approve).await? {
+                Ok(d) => approved_by = Some(d),
+                Err(aborted) => return Ok(Err(StepFailure::Aborted(aborted).into())),
             }
             // The route may have moved while the operation waited.
             policy = step!(
@@ -254,16 +244,8 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            loop {
-                ctx.wait_condition(|w| w.decisions.pending().is_some())
-                    .await?;
-                match ctx.state_mut(|w| w.decisions.take()) {
-                    Some((DecisionKind::Abort, d)) => {
-                        return Ok(Err(StepFailure::Aborted(d).into()));
-                    }
-                    Some((DecisionKind::Retry, _)) => break,
-                    Some((DecisionKind::Approve, _)) | None => {}
-                }
+            if let Err(aborted) = Self::decision(ctx, DecisionKind::Retry).await? {
+                return Ok(Err(StepFailure::Aborted(aborted).into()));
             }
             op.enter_with_status(
                 ctx,
@@ -443,6 +425,23 @@ impl PromotionWorkflow {
                 "allocation_ids": back.allocation_ids, "unhealthy_epoch": moved.epoch,
             }),
         }))
+    }
+
+    /// Waits for a decision of kind `wanted` (`Ok`) or an abort (`Err`); any other kind is
+    /// taken and ignored.
+    async fn decision(
+        ctx: &WorkflowContext<Self>,
+        wanted: DecisionKind,
+    ) -> Result<Result<Decision, Decision>, WorkflowTermination> {
+        loop {
+            ctx.wait_condition(|w| w.decisions.pending().is_some())
+                .await?;
+            match ctx.state_mut(|w| w.decisions.take()) {
+                Some((DecisionKind::Abort, d)) => return Ok(Err(d)),
+                Some((kind, d)) if kind == wanted => return Ok(Ok(d)),
+                Some(_) | None => {}
+            }
+        }
     }
 
     /// Drains exactly the allocations this operation started. A failure to drain parks the
