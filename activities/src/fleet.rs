@@ -1,4 +1,5 @@
-//! The fleet watch's activity: declares lost the runners that stopped heartbeating.
+//! The fleet watch's activity: declares lost the runners that stopped heartbeating, and
+//! finds the route owners due a Repair.
 
 use std::sync::Arc;
 
@@ -38,9 +39,19 @@ impl FleetActivities {
         for runner in &lost {
             tracing::warn!(runner = %runner.name, last_seen_at = ?runner.last_seen_at, "runner lost");
         }
+        let repairs = rhone_schema::repair::repairs_needed(&self.db, chrono::Utc::now())
+            .await
+            .map_err(activity_error)?;
+        for need in &repairs {
+            tracing::warn!(
+                route_key = %need.route_key, epoch = need.epoch, serving = need.serving,
+                instances = need.instances, "route owner lost allocations: repair due"
+            );
+        }
         Ok(Swept {
             lost: lost.into_iter().map(|r| r.name).collect(),
             next_sweep_ms: Some(self.timings.heartbeat_interval_ms),
+            repairs,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod operation;
 pub mod preview;
 pub mod promotion;
+pub mod repair;
 pub mod temporal;
 pub mod tenancy;
 pub mod wake;

@@ -97,6 +97,7 @@ impl PreviewActivities {
         let owner = routes::write_owner(
             db,
             OwnerWrite {
+                instances: 1,
                 route_key: route_key.clone(),
                 environment_id: dep.environment_id,
                 deployment_id: dep.id,

@@ -4,8 +4,8 @@
 use std::{future::Future, time::Duration};
 
 use rhone_workflows::{
-    DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow, PromotionWorkflow, TASK_QUEUE,
-    WakeWorkflow,
+    DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow, PromotionWorkflow, RepairWorkflow,
+    TASK_QUEUE, WakeWorkflow,
 };
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
@@ -166,9 +166,15 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<FleetWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<RepairWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_activities(crate::fleet::FleetActivities {
                 db: db.clone(),
                 timings: config.fleet,
+            })
+            .register_activities(crate::repair::RepairActivities {
+                db: db.clone(),
+                health_window: config.promotion.health_window,
             })
             .register_activities(PreviewActivities {
                 db: db.clone(),

@@ -160,8 +160,21 @@ impl Wake {
             .context("environment row")
     }
 
-    /// `attach` by update-with-start, as the edge calls it.
+    /// `attach` by update-with-start, as the edge calls it: a `sleeping` answer comes from
+    /// the run that has just put the route to sleep and is ending (its workflow id is the
+    /// same), so the edge asks again, and so does this.
     async fn wake(&self, key: &str, epoch: i64, request: WakeRequest) -> Result<WakeStatus> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.wake_once(key, epoch, request.clone()).await?;
+            if status.stage != "sleeping" || tokio::time::Instant::now() > deadline {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wake_once(&self, key: &str, epoch: i64, request: WakeRequest) -> Result<WakeStatus> {
         let options = WorkflowUpdateWithStartOptions::new(
             self.p.h.queue.clone(),
             wake_workflow_id(key, epoch),
@@ -238,6 +251,7 @@ impl Wake {
         let moved = routes::write_owner(
             &self.p.h.fx.db,
             OwnerWrite {
+                instances: 1,
                 route_key: key.to_owned(),
                 environment_id: owner.environment_id,
                 deployment_id: owner.deployment_id,

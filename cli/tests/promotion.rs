@@ -339,3 +339,119 @@ async fn counts(db: &sea_orm::DatabaseConnection, id: &str) -> Result<(u64, u64)
         .await?;
     Ok((cas, allocations))
 }
+
+/// Every descendant of process `pid` (children first found, then theirs), from `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        {
+            parents.push((child, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// `kill -9` of the whole `rhone dev` (Temporal, the runner's sandboxes and the apps in
+/// them included) and a restart on the same data dir: production is served again with no
+/// one acting, and the repair is an operation that names what was lost.
+#[test]
+fn production_heals_after_kill_9_of_rhone_dev() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let mut dev = start_dev(dir.path(), &ports)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let first = deploy(&dev, &repo)?;
+    dev.ok(&[
+        &["promote", first.as_str()][..],
+        &APP,
+        &["--env", "production"],
+    ]
+    .concat())?;
+    let digest = route(&dev)?["artifactDigest"]
+        .as_str()
+        .context("digest")?
+        .to_owned();
+    assert_eq!(served_digest(ports[1])?, digest);
+
+    let tree = descendants(dev.child.id());
+    anyhow::ensure!(!tree.is_empty(), "rhone dev has no child processes");
+    dev.child.kill()?;
+    dev.child.wait()?;
+    for pid in tree {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    drop(dev);
+
+    let started = Instant::now();
+    let dev = start_dev(dir.path(), &ports)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if served_digest(ports[1]).ok().as_deref() == Some(digest.as_str()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "production not served again: {}",
+                json(&dev, &["ops", "list", "--kind", "repair"])?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "served again {:?} after the restart began",
+        started.elapsed()
+    );
+    let repairs = json(&dev, &["ops", "list", "--kind", "repair"])?;
+    let repair = repairs
+        .as_array()
+        .and_then(|r| r.first())
+        .with_context(|| format!("no repair operation: {repairs}"))?;
+    let id = repair["id"].as_str().context("id")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let op = loop {
+        let op = json(&dev, &["ops", "show", id])?;
+        if op["status"] != "RUNNING" || Instant::now() > deadline {
+            break op;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(op["status"], "SUCCEEDED", "{op}");
+    assert_eq!(
+        stages(&op),
+        ["detected", "replacing", "ready", "repaired"],
+        "{op}"
+    );
+    let lost = &op["stages"][0]["evidence"]["lost"][0];
+    assert!(
+        lost["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("restarted")),
+        "{op}"
+    );
+    Ok(())
+}

@@ -79,6 +79,51 @@ impl Default for FleetTimings {
     }
 }
 
+/// A route owner that runs fewer allocations than it is meant to, with the evidence of
+/// why: what the fleet watch hands a Repair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairNeed {
+    pub route_key: String,
+    pub epoch: i64,
+    pub environment_id: Uuid,
+    pub deployment_id: Uuid,
+    pub artifact_digest: String,
+    /// How many allocations the owner is meant to run.
+    pub instances: u32,
+    /// How many still run (or are starting).
+    pub serving: u32,
+    /// The ended allocations of the owner's deployment, newest first (at most `instances`).
+    pub lost: Vec<LostAllocation>,
+}
+
+/// An allocation of a route owner that ended while it was meant to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostAllocation {
+    pub allocation_id: Uuid,
+    /// The runner it was placed on.
+    pub runner: Option<String>,
+    pub stage: String,
+    /// Why, as recorded: the runner's exit status, or the fence's reason (`runner … lost`,
+    /// `… restarted without it`).
+    pub reason: Option<String>,
+}
+
+/// How long after a Repair of a route ended the next may start, given how many ended in
+/// the last [`REPAIR_WINDOW`]: none for the first, then 1 s, 2 s, 4 s … up to five
+/// minutes, so a host loss is repaired at once and an app that crashes after every start
+/// is restarted ever more slowly instead of in a tight loop.
+pub fn repair_backoff(recent: u32) -> std::time::Duration {
+    match recent {
+        0 => std::time::Duration::ZERO,
+        n => std::time::Duration::from_secs(1u64 << (n - 1).min(9)).min(REPAIR_BACKOFF_MAX),
+    }
+}
+
+/// The longest wait between two Repairs of one route.
+pub const REPAIR_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// How far back [`repair_backoff`] counts Repairs.
+pub const REPAIR_WINDOW: std::time::Duration = std::time::Duration::from_secs(900);
+
 /// How a refusal for want of capacity starts (an activity's message; the workflow that
 /// reads it parks the operation `blocked` with the shortfall as evidence).
 pub const NO_CAPACITY: &str = "no capacity: ";
@@ -238,6 +283,15 @@ pub fn choose(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn repairs_back_off_exponentially_up_to_five_minutes() {
+        use super::repair_backoff;
+        use std::time::Duration;
+        let secs: Vec<u64> = (0..12).map(|n| repair_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(repair_backoff(u32::MAX), Duration::from_secs(300));
+    }
+
     use super::*;
 
     fn runner(name: &str, cell: u8, memory: i64, same: u32, same_cell: u32) -> Candidate {

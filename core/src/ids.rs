@@ -51,6 +51,14 @@ pub fn wake_workflow_id(route_key: &str, epoch: i64) -> String {
     format!("wake-{route_key}-e{epoch}")
 }
 
+/// The Temporal workflow id of the Repair of `route_key` at route epoch `epoch`:
+/// `repair-<route key>-e<epoch>`. One runs at a time per route epoch (the fleet watch's
+/// start of a second is refused while the first runs); each run is one Operation whose id
+/// is the run's id, as for the Wake.
+pub fn repair_workflow_id(route_key: &str, epoch: i64) -> String {
+    format!("repair-{route_key}-e{epoch}")
+}
+
 /// The workflow id and, when given, the run id that `operations.workflow_id` names: a plain
 /// workflow id (an operation whose workflow id is derived from it), or `<workflow id>/<run
 /// id>` (an operation that is one run of a reused workflow id, a Wake: the Temporal UI's path

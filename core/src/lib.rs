@@ -14,7 +14,10 @@ pub mod stage;
 
 pub use digest::{Digest, InvalidDigest};
 pub use fleet::RunnerStatus;
-pub use ids::{OperationId, environment_route_key, wake_workflow_id, workflow_id, workflow_run_of};
+pub use ids::{
+    OperationId, environment_route_key, repair_workflow_id, wake_workflow_id, workflow_id,
+    workflow_run_of,
+};
 pub use limits::Limits;
 pub use name::{Name, NameError};
 pub use operation::{OperationKind, OperationStatus, StageError};

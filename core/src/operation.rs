@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stage::{
     DeployStage, HostDrainStage, IllegalTransition, MigrationStage, MutationStage, PromotionStage,
-    RegionEnablementStage, StateMachine, UnknownStage, WakeStage,
+    RegionEnablementStage, RepairStage, StateMachine, UnknownStage, WakeStage,
 };
 
 macro_rules! text_enum {
@@ -59,6 +59,9 @@ text_enum! {
         Promotion = "promotion",
         Rollback = "rollback",
         Wake = "wake",
+        /// A route owner's missing allocations replaced (a lost runner, a crash, a host
+        /// restart), started by the fleet watch.
+        Repair = "repair",
         Drain = "drain",
         RegionEnablement = "region_enablement",
         Migration = "migration",
@@ -126,6 +129,10 @@ macro_rules! with_machine {
                 type $m = WakeStage;
                 $body
             }
+            MachineKind::Repair => {
+                type $m = RepairStage;
+                $body
+            }
             MachineKind::HostDrain => {
                 type $m = HostDrainStage;
                 $body
@@ -150,6 +157,7 @@ enum MachineKind {
     Deploy,
     Promotion,
     Wake,
+    Repair,
     HostDrain,
     RegionEnablement,
     Migration,
@@ -162,6 +170,7 @@ impl OperationKind {
             Self::Deploy => MachineKind::Deploy,
             Self::Promotion | Self::Rollback => MachineKind::Promotion,
             Self::Wake => MachineKind::Wake,
+            Self::Repair => MachineKind::Repair,
             Self::Drain => MachineKind::HostDrain,
             Self::RegionEnablement => MachineKind::RegionEnablement,
             Self::Migration => MachineKind::Migration,

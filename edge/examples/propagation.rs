@@ -312,6 +312,7 @@ impl Seed {
     fn write(&self, which: usize, epoch: i64) -> OwnerWrite {
         let (deployment_id, digest) = &self.deployments[which];
         OwnerWrite {
+            instances: 1,
             route_key: ROUTE_KEY.to_owned(),
             environment_id: self.environment_id,
             deployment_id: *deployment_id,

@@ -292,6 +292,7 @@ async fn seed(db: &DatabaseConnection, keys: usize) -> Result<Vec<String>> {
                 cell_id: Set(cell.id),
                 epoch: Set(1),
                 operation_id: Set(None),
+                instances: Set(1),
                 updated_at: Set(now),
             }
         }))

@@ -94,6 +94,19 @@ pub async fn create_operation<C>(
 where
     C: ConnectionTrait + TransactionTrait,
 {
+    create_operation_with(db, new, Json::Object(Default::default())).await
+}
+
+/// [`create_operation`] with `evidence` on the first stage record (what an operation that
+/// starts from a finding, a Repair, found).
+pub async fn create_operation_with<C>(
+    db: &C,
+    new: NewOperation<'_>,
+    evidence: Json,
+) -> Result<operation::Model, SchemaError>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let now = Utc::now();
     let txn = begin_write(db).await?;
     let op = operation::ActiveModel {
@@ -112,9 +125,9 @@ where
     }
     .insert(&txn)
     .await?;
-    stage_record(new.id, 1, INITIAL_RECORD_KEY, new.initial_stage, 1, now)
-        .insert(&txn)
-        .await?;
+    let mut first = stage_record(new.id, 1, INITIAL_RECORD_KEY, new.initial_stage, 1, now);
+    first.evidence = Set(evidence);
+    first.insert(&txn).await?;
     txn.commit().await?;
     Ok(op)
 }

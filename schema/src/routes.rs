@@ -28,6 +28,8 @@ pub struct OwnerWrite {
     /// The epoch the writer started from (compare-and-swap); `None` advances whatever the
     /// current epoch is (a preview owner, which only its own deploys move).
     pub expected_epoch: Option<i64>,
+    /// How many allocations the owner is meant to run, which a Repair restores.
+    pub instances: u32,
 }
 
 /// A write transaction holding the route lock: every route move, and every decision that
@@ -95,6 +97,7 @@ where
         cell_id: Set(write.cell_id),
         epoch: Set(epoch),
         operation_id: Set(write.operation_id),
+        instances: Set(i32::try_from(write.instances).unwrap_or(i32::MAX)),
         updated_at: Set(now),
     };
     let owner = if current.is_some() {

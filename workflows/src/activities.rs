@@ -600,6 +600,10 @@ pub struct Swept {
     /// absent).
     #[serde(default)]
     pub next_sweep_ms: Option<u64>,
+    /// The route owners that lost allocations and are due a Repair (absent from histories
+    /// recorded before repairs: none).
+    #[serde(default)]
+    pub repairs: Vec<rhone_core::fleet::RepairNeed>,
 }
 
 pub struct FleetActivities;
@@ -608,6 +612,62 @@ pub struct FleetActivities;
 impl FleetActivities {
     #[activity(name = "sweep_runners")]
     pub fn sweep_runners(input: SweepInput) -> Result<Swept, ActivityError> {
+        unimplemented!()
+    }
+}
+
+/// Opens a Repair's operation in `detected`, with what the fleet watch found as evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairOpenInput {
+    pub operation_id: OperationId,
+    /// `<workflow id>/<run id>`, stored as the operation's workflow id.
+    pub workflow_ref: String,
+    pub need: rhone_core::fleet::RepairNeed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairOpened {
+    /// The route's epoch when it moved past the need's (or 0: no owner any more).
+    pub superseded_by: Option<i64>,
+    /// The worker's health window, through which replacements must stay healthy.
+    pub health_window_ms: u64,
+}
+
+/// Whether the route is still at `epoch`, and where `allocation_ids` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairCheckInput {
+    pub route_key: String,
+    pub epoch: i64,
+    pub allocation_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairCheck {
+    pub superseded_by: Option<i64>,
+    pub placed: Vec<PlacedAllocation>,
+}
+
+/// Where an allocation went: the evidence of a repair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacedAllocation {
+    pub allocation_id: Uuid,
+    pub runner: Option<String>,
+    pub cell: Option<String>,
+    pub address: Option<String>,
+    pub stage: String,
+}
+
+pub struct RepairActivities;
+
+#[activity_definitions]
+impl RepairActivities {
+    #[activity(name = "open_repair")]
+    pub fn open_repair(input: RepairOpenInput) -> Result<RepairOpened, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "check_repair")]
+    pub fn check_repair(input: RepairCheckInput) -> Result<RepairCheck, ActivityError> {
         unimplemented!()
     }
 }
@@ -621,6 +681,7 @@ pub mod defs {
     pub use super::promotion_activities::{
         AwaitEdges, CheckPolicy, DrainAllocations, MoveRoute, StartAllocations, WatchHealth,
     };
+    pub use super::repair_activities::{CheckRepair, OpenRepair};
     pub use super::tenancy_activities::CreateEnvironment;
     pub use super::wake_activities::{
         AwaitWakeReady, RecordWakeRequest, RouteIdle, SetWakeState, SleepRoute,

@@ -1,7 +1,8 @@
 //! Fleet: the durable watch over the runner hosts. One run per task queue (workflow id
 //! [`fleet_workflow_id`]), started by the worker and kept going with continue-as-new: every
 //! tick it declares lost the runners unseen for longer than the lost-after time (each a
-//! recorded `runner.lost` transition, its allocations fenced). The timings are the sweeping
+//! recorded `runner.lost` transition, its allocations fenced), then starts a Repair
+//! ([`crate::repair`]) for each route owner that lost allocations and is due one. The timings are the sweeping
 //! worker's own (its activity answers when to sweep next), so a worker restarted with new
 //! settings applies them to the run it finds.
 
@@ -13,6 +14,7 @@ use temporalio_workflow::{ContinueAsNewOptions, WorkflowContext, WorkflowResult}
 
 use crate::{
     activities::{FleetActivities, SweepInput},
+    repair::start_repair,
     stages::step_options,
 };
 
@@ -45,7 +47,7 @@ impl FleetWorkflow {
         loop {
             // A sweep that failed all its attempts (the control DB away) decides nothing:
             // the next tick sweeps again.
-            let next = ctx
+            let swept = ctx
                 .execute_activity(
                     FleetActivities::sweep_runners,
                     SweepInput {
@@ -54,7 +56,11 @@ impl FleetWorkflow {
                     options.clone(),
                 )
                 .await
-                .ok()
+                .ok();
+            for need in swept.iter().flat_map(|s| &s.repairs) {
+                start_repair(ctx, need).await?;
+            }
+            let next = swept
                 .and_then(|swept| swept.next_sweep_ms)
                 .unwrap_or(input.sweep_every_ms);
             sweeps += 1;

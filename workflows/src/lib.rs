@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod environment_create;
 pub mod fleet;
 pub mod promotion;
+pub mod repair;
 pub mod stages;
 pub mod wake;
 
@@ -14,6 +15,7 @@ pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
 pub use fleet::{FleetInput, FleetWorkflow, fleet_workflow_id};
 pub use promotion::{PromotionInput, PromotionOutcome, PromotionWorkflow};
+pub use repair::{RepairInput, RepairOutcome, RepairWorkflow};
 pub use stages::{Decision, DecisionKind, DecisionSignal};
 pub use wake::{
     WakeInput, WakeOutcome, WakeRequest, WakeStatus, WakeTrigger, WakeWorkflow, operation_id_of_run,

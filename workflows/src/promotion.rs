@@ -34,7 +34,10 @@ use crate::{
         AllocationsInput, AllocationsReady, AwaitEdgesInput, DrainInput, HealthInput,
         MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved, RouteTarget,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step, watched},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step,
+        wait_for_decision, watched,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,7 +187,7 @@ impl PromotionWorkflow {
             )
             .await?;
             // A retry means nothing here: the gates are checked again after the approval.
-            match Self::decision(ctx, DecisionKind::Approve).await? {
+            match wait_for_decision(ctx, DecisionKind::Approve).await? {
                 Ok(d) => approved_by = Some(d),
                 Err(aborted) => return Ok(Err(StepFailure::Aborted(aborted).into())),
             }
@@ -244,7 +247,7 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            if let Err(aborted) = Self::decision(ctx, DecisionKind::Retry).await? {
+            if let Err(aborted) = wait_for_decision(ctx, DecisionKind::Retry).await? {
                 return Ok(Err(StepFailure::Aborted(aborted).into()));
             }
             op.enter_with_status(
@@ -425,23 +428,6 @@ impl PromotionWorkflow {
                 "allocation_ids": back.allocation_ids, "unhealthy_epoch": moved.epoch,
             }),
         }))
-    }
-
-    /// Waits for a decision of kind `wanted` (`Ok`) or an abort (`Err`); any other kind is
-    /// taken and ignored.
-    async fn decision(
-        ctx: &WorkflowContext<Self>,
-        wanted: DecisionKind,
-    ) -> Result<Result<Decision, Decision>, WorkflowTermination> {
-        loop {
-            ctx.wait_condition(|w| w.decisions.pending().is_some())
-                .await?;
-            match ctx.state_mut(|w| w.decisions.take()) {
-                Some((DecisionKind::Abort, d)) => return Ok(Err(d)),
-                Some((kind, d)) if kind == wanted => return Ok(Ok(d)),
-                Some(_) | None => {}
-            }
-        }
     }
 
     /// Drains exactly the allocations this operation started. A failure to drain parks the

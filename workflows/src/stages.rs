@@ -248,31 +248,48 @@ impl Operation {
             {
                 return Ok(Err(StepFailure::Rejected(message)));
             }
-            // Exhausted retries or timed out: wait for on-call. A decision sent before the
-            // step failed is not a decision about this failure, so it goes before the status
-            // is written; one that arrives once on-call can see `needs_attention` (possibly
-            // in the same activation as the status write's completion) is kept.
-            ctx.state_mut(|w| {
-                w.take();
-            });
-            self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
-                .await?;
-            loop {
-                ctx.wait_condition(|w| {
-                    w.pending().is_some_and(|(k, _)| {
-                        matches!(k, DecisionKind::Retry | DecisionKind::Abort)
-                    })
-                })
-                .await?;
-                match ctx.state_mut(|w| w.take()) {
-                    Some((DecisionKind::Abort, decision)) => {
-                        return Ok(Err(StepFailure::Aborted(decision)));
-                    }
-                    Some((DecisionKind::Retry, _)) => break,
-                    _ => continue,
-                }
+            // Exhausted retries or timed out: wait for on-call.
+            if let Err(aborted) = self.needs_attention(ctx, message).await? {
+                return Ok(Err(StepFailure::Aborted(aborted)));
             }
-            self.set_status(ctx, OperationStatus::Running, None).await?;
+        }
+    }
+
+    /// Parks the operation as `needs_attention` with `message` and waits for on-call: `Ok`
+    /// on `retry` (the status is `running` again), `Err` with the decision on `abort`. A
+    /// decision sent before this is not a decision about this failure, so it goes before the
+    /// status is written; one that arrives once on-call can see `needs_attention` (possibly
+    /// in the same activation as the status write's completion) is kept.
+    pub async fn needs_attention<W: Decisions>(
+        &self,
+        ctx: &WorkflowContext<W>,
+        message: String,
+    ) -> Result<Result<(), Decision>, WorkflowTermination> {
+        ctx.state_mut(|w| {
+            w.take();
+        });
+        self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
+            .await?;
+        if let Err(aborted) = wait_for_decision(ctx, DecisionKind::Retry).await? {
+            return Ok(Err(aborted));
+        }
+        self.set_status(ctx, OperationStatus::Running, None).await?;
+        Ok(Ok(()))
+    }
+}
+
+/// Waits for a decision of kind `wanted` (`Ok`) or an abort (`Err`); any other kind is
+/// taken and ignored.
+pub async fn wait_for_decision<W: Decisions>(
+    ctx: &WorkflowContext<W>,
+    wanted: DecisionKind,
+) -> Result<Result<Decision, Decision>, WorkflowTermination> {
+    loop {
+        ctx.wait_condition(|w| w.pending().is_some()).await?;
+        match ctx.state_mut(|w| w.take()) {
+            Some((DecisionKind::Abort, d)) => return Ok(Err(d)),
+            Some((kind, d)) if kind == wanted => return Ok(Ok(d)),
+            Some(_) | None => {}
         }
     }
 }

@@ -83,7 +83,13 @@ impl PromotionActivities {
                 dep.id, input.digest
             )));
         };
+        // The owner is meant to run what the operation made ready (a Repair restores it).
+        let serving = placed
+            .iter()
+            .filter(|a| !matches!(a.stage.as_str(), "failed" | "stopped" | "draining"))
+            .count();
         let write = OwnerWrite {
+            instances: u32::try_from(serving.max(1)).unwrap_or(u32::MAX),
             route_key: key.clone(),
             environment_id: dep.environment_id,
             deployment_id: dep.id,

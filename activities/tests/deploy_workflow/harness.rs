@@ -19,11 +19,20 @@ use super::deploy_support::{Deployment, Fixture, Repo};
 /// Where the runner of a harness shows `markers/` of the test's directory to apps.
 pub const MARKERS: &str = "/shared/markers";
 
+/// The in-test API's stop signal and task.
+type ApiTask = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), rhone_api::ApiError>>,
+);
+
 pub struct Harness {
     pub fx: Fixture,
     pub client: Client,
     pub queue: String,
     worker: WorkerHandle,
+    /// The API serving the runner's registration, heartbeats and reports, when it
+    /// registers ([`Harness::start_registered`]).
+    api: Option<ApiTask>,
     runner_stop: tokio::sync::oneshot::Sender<()>,
     runner: tokio::task::JoinHandle<Result<(), rhone_runner::RunnerError>>,
 }
@@ -51,7 +60,17 @@ impl Harness {
     }
 
     pub async fn start(test: &str) -> Result<Harness> {
-        Self::start_with(test, None, |_| {}).await
+        Self::start_with(test, None, false, |_| {}).await
+    }
+
+    /// A harness whose runner registers with an in-test API under a credential an operator
+    /// issued, heartbeats and reports its allocations' changes there, as runners do in
+    /// production (the default harness's runner is a fixture row and reports nowhere).
+    pub async fn start_registered(
+        test: &str,
+        configure: impl FnOnce(&mut WorkerConfig),
+    ) -> Result<Harness> {
+        Self::start_with(test, None, true, configure).await
     }
 
     /// A harness whose worker's configuration is adjusted by `configure` first.
@@ -59,7 +78,7 @@ impl Harness {
         test: &str,
         configure: impl FnOnce(&mut WorkerConfig),
     ) -> Result<Harness> {
-        Self::start_with(test, None, configure).await
+        Self::start_with(test, None, false, configure).await
     }
 
     /// A harness whose worker and runner share an artifact store in a fresh bucket of the
@@ -83,12 +102,13 @@ impl Harness {
             .send()
             .await
             .with_context(|| format!("creating bucket {}", store.bucket()))?;
-        Self::start_with(test, Some(ArtifactStore::S3(store)), |_| {}).await
+        Self::start_with(test, Some(ArtifactStore::S3(store)), false, |_| {}).await
     }
 
     async fn start_with(
         test: &str,
         store: Option<ArtifactStore>,
+        registered: bool,
         configure: impl FnOnce(&mut WorkerConfig),
     ) -> Result<Harness> {
         let mut fx = Fixture::new().await?;
@@ -109,7 +129,37 @@ impl Harness {
         // Marker files a test's app version reads (read-only) to change behaviour later.
         std::fs::create_dir_all(fx.tmp.path().join("markers"))?;
         config.shared_dirs = vec![(fx.tmp.path().join("markers"), MARKERS.to_owned())];
-        config.call_token_sha256 = Some(rhone_testkit::runner_call_token_sha256("runner-1"));
+        let queue = rhone_testkit::unique_name(test);
+        // Registered runners are judged by their heartbeats; a loaded test machine must not
+        // make one look lost.
+        let fleet = rhone_core::fleet::FleetTimings {
+            heartbeat_interval_ms: 1000,
+            lost_after_ms: 10_000,
+        };
+        let mut api = None;
+        if registered {
+            let txn = rhone_schema::begin_write(&fx.db).await?;
+            let (_, credential) =
+                rhone_schema::fleet::add_runner(&txn, "local", "cell-1", "runner-1").await?;
+            txn.commit().await?;
+            let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            config.api_url = Some(format!("http://{}", api_listener.local_addr()?));
+            config.credential = Some(credential);
+            let state = rhone_api::ApiState {
+                db: fx.db.clone(),
+                temporal: client.clone(),
+                task_queue: queue.clone(),
+                runner_key: Some(rhone_testkit::runner_key()),
+                fleet,
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(rhone_api::serve(api_listener, state, async move {
+                let _ = stopped.await;
+            }));
+            api = Some((stop, task));
+        } else {
+            config.call_token_sha256 = Some(rhone_testkit::runner_call_token_sha256("runner-1"));
+        }
         let state = RunnerState {
             identity: RunnerIdentity {
                 name: "runner-1".into(),
@@ -123,14 +173,18 @@ impl Harness {
         let runner = tokio::spawn(rhone_runner::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        rhone_schema::topology::ensure_runner(&fx.db, "local", "cell-1", "runner-1", &address)
-            .await?;
+        if registered {
+            wait_ready(&fx.db, "runner-1").await?;
+        } else {
+            rhone_schema::topology::ensure_runner(&fx.db, "local", "cell-1", "runner-1", &address)
+                .await?;
+        }
 
-        let queue = rhone_testkit::unique_name(test);
         let mut worker_config = WorkerConfig {
             task_queue: queue.clone(),
             deploy: fx.config.clone(),
             runner_key: Some(rhone_testkit::runner_key()),
+            fleet,
             ..WorkerConfig::default()
         };
         configure(&mut worker_config);
@@ -140,6 +194,7 @@ impl Harness {
             client,
             queue,
             worker,
+            api,
             runner_stop,
             runner,
         })
@@ -154,6 +209,12 @@ impl Harness {
         tokio::time::timeout(Duration::from_secs(30), self.runner)
             .await
             .context("runner shutdown")???;
+        if let Some((stop, task)) = self.api {
+            let _ = stop.send(());
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .context("API shutdown")???;
+        }
         Ok(())
     }
 
@@ -345,4 +406,22 @@ impl Harness {
 /// Stage names, for comparing with [`Seen::stages`].
 pub fn stages(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Waits until runner `name` has registered (its row is `ready`).
+async fn wait_ready(db: &sea_orm::DatabaseConnection, name: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = rhone_schema::entity::runner::Entity::find()
+            .filter(rhone_schema::entity::runner::Column::Name.eq(name))
+            .one(db)
+            .await?;
+        if row.as_ref().is_some_and(|r| r.status == "ready") {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("runner {name} did not register: {row:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

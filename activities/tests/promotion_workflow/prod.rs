@@ -51,6 +51,13 @@ pub struct Stats {
     pub allocation_id: Uuid,
 }
 
+/// Health window 1 s, drain grace 300 ms, propagation deadline 3 s.
+fn short_timings(c: &mut WorkerConfig) {
+    c.promotion.health_window = Duration::from_secs(1);
+    c.promotion.drain_grace = Duration::from_millis(300);
+    c.promotion.propagation_deadline = Duration::from_secs(3);
+}
+
 pub struct Prod {
     pub h: Harness,
     pub env: environment::Model,
@@ -67,12 +74,22 @@ impl Prod {
         configure: impl FnOnce(&mut WorkerConfig),
     ) -> Result<Prod> {
         let h = Harness::start_configured(test, |c| {
-            c.promotion.health_window = Duration::from_secs(1);
-            c.promotion.drain_grace = Duration::from_millis(300);
-            c.promotion.propagation_deadline = Duration::from_secs(3);
+            short_timings(c);
             configure(c);
         })
         .await?;
+        Self::on(h, requires_approval).await
+    }
+
+    #[allow(dead_code)]
+    /// [`Prod::start`] on a harness whose runner registers with an in-test API and reports
+    /// its allocations' changes there ([`Harness::start_registered`]).
+    pub async fn start_registered(test: &str) -> Result<Prod> {
+        let h = Harness::start_registered(test, short_timings).await?;
+        Self::on(h, false).await
+    }
+
+    async fn on(h: Harness, requires_approval: bool) -> Result<Prod> {
         let preview = &h.fx.env;
         let env = environment::ActiveModel {
             id: Set(new_id()),

@@ -48,6 +48,7 @@ mirror! {
         Promotion,
         Rollback,
         Wake,
+        Repair,
         Drain,
         RegionEnablement,
         Migration,

@@ -346,6 +346,7 @@ async fn a_service_the_served_artifact_requires_stays_bound() -> Result<()> {
     write_owner(
         db,
         OwnerWrite {
+            instances: 1,
             route_key: "acme-app.acme-proj.acme-ws.rhone.localhost".into(),
             environment_id: env.id,
             deployment_id: d.id,

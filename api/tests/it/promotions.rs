@@ -125,6 +125,7 @@ async fn own(api: &Api, route_key: &str, d: &deployment::Model) -> Result<i64> {
     let owner = write_owner(
         &api.db,
         OwnerWrite {
+            instances: 1,
             route_key: route_key.to_owned(),
             environment_id: d.environment_id,
             deployment_id: d.id,

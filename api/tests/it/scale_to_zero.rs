@@ -221,6 +221,7 @@ async fn a_hot_route_is_watched_and_its_operation_lists_its_audit_entries() -> R
     let owner = write_owner(
         &api.db,
         OwnerWrite {
+            instances: 1,
             route_key: key.into(),
             environment_id: env.id,
             deployment_id: d.id,

@@ -172,6 +172,27 @@ machine! {
 }
 
 machine! {
+    /// Repair of a route owner (not a seed machine: the seeds name the need, "runner crash",
+    /// and `DESIGN.md` the reconciler that records each repair). `detected` names what is
+    /// missing and why (its runner lost, a crash after it was ready, a host restart);
+    /// each `replacing` attempt where the replacements go; `blocked` is no room anywhere
+    /// (tried again as capacity returns, or on retry); `ready` is the replacements serving,
+    /// which the edge routes to; `repaired` once they stayed healthy through the health
+    /// window. A replacement that crashes goes back to `replacing` after a backoff; a crash
+    /// loop parks the operation `needs_attention` with the app's last log lines.
+    RepairStage, "repair", initial Detected,
+    success [Repaired], failure [Failed], blocked [Blocked],
+    {
+        Detected = "detected" => [Replacing, Failed],
+        Replacing = "replacing" => [Ready, Blocked, Failed],
+        Blocked = "blocked" => [Replacing, Failed],
+        Ready = "ready" => [Replacing, Repaired, Failed],
+        Repaired = "repaired" => [],
+        Failed = "failed" => [],
+    }
+}
+
+machine! {
     /// Wake of a route key at one epoch; `hot → sleeping` after the idle period, and a
     /// sleeping route wakes again. `cold → hot` is a run that finds the route hot already
     /// (a promotion, deploy or setting started it to watch the route, or two edges raced);

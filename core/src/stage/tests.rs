@@ -195,6 +195,29 @@ fn wake() {
 }
 
 #[test]
+fn repair() {
+    well_formed::<RepairStage>();
+    legal::<RepairStage>(&["detected", "replacing", "ready", "repaired"]);
+    // No room, then room; a crash in the health window, then a healthy replacement.
+    legal::<RepairStage>(&[
+        "detected",
+        "replacing",
+        "blocked",
+        "replacing",
+        "ready",
+        "replacing",
+        "ready",
+        "repaired",
+    ]);
+    legal::<RepairStage>(&["detected", "replacing", "replacing", "failed"]);
+    legal::<RepairStage>(&["detected", "failed"]);
+    illegal::<RepairStage>("detected", "ready");
+    illegal::<RepairStage>("blocked", "ready");
+    illegal::<RepairStage>("repaired", "replacing");
+    assert!(RepairStage::Blocked.is_blocked() && RepairStage::Repaired.is_success());
+}
+
+#[test]
 fn allocation() {
     well_formed::<AllocationStage>();
     legal::<AllocationStage>(&[

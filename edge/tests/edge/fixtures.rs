@@ -105,6 +105,7 @@ impl Db {
         let owner = write_owner(
             &self.conn,
             OwnerWrite {
+                instances: 1,
                 route_key: route_key.to_owned(),
                 environment_id: self.environment,
                 deployment_id: deployment.id,

@@ -17,6 +17,8 @@ pub struct Model {
     pub cell_id: Uuid,
     pub epoch: i64,
     pub operation_id: Option<Uuid>,
+    /// How many allocations the owner is meant to run (see migration 11).
+    pub instances: i32,
     pub updated_at: DateTimeUtc,
     #[sea_orm(belongs_to, from = "environment_id", to = "id")]
     pub environment: BelongsTo<super::environment::Entity>,

@@ -15,6 +15,7 @@ mod m20261124_000007_promotion;
 mod m20261124_000008_wake;
 mod m20261207_000009_runner_network;
 mod m20261207_000010_runner_fleet;
+mod m20261207_000011_repair;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000008_wake::Migration),
             Box::new(m20261207_000009_runner_network::Migration),
             Box::new(m20261207_000010_runner_fleet::Migration),
+            Box::new(m20261207_000011_repair::Migration),
         ]
     }
 }

@@ -46,6 +46,7 @@ async fn chain(db: &DatabaseConnection) -> Result<Chain> {
 
 fn write(c: &Chain, i: usize, expected_epoch: Option<i64>) -> OwnerWrite {
     OwnerWrite {
+        instances: 1,
         route_key: "preview.web.shop.routes.rhone.localhost".into(),
         environment_id: c.env,
         deployment_id: c.deployments[i],
