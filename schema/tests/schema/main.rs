@@ -8,4 +8,5 @@ mod fleet;
 mod logs;
 mod migrations;
 mod ops;
+mod repair;
 mod routes;
