@@ -402,13 +402,33 @@ fn production_heals_after_kill_9_of_rhone_dev() -> Result<()> {
     anyhow::ensure!(!tree.is_empty(), "rhone dev has no child processes");
     dev.child.kill()?;
     dev.child.wait()?;
-    for pid in tree {
+    for pid in &tree {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
     drop(dev);
+    // Nothing of it survives (the apps included), so what serves next is the repair's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tree.iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    }) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rhone dev's processes outlived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::ensure!(
+        served_digest(ports[1]).is_err(),
+        "production still answers after the kill"
+    );
 
     let started = Instant::now();
     let dev = start_dev(dir.path(), &ports)?;
+    let ready = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if served_digest(ports[1]).ok().as_deref() == Some(digest.as_str()) {
@@ -423,8 +443,9 @@ fn production_heals_after_kill_9_of_rhone_dev() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!(
-        "served again {:?} after the restart began",
-        started.elapsed()
+        "served again {:?} after the restart began, {:?} after rhone dev said it was ready",
+        started.elapsed(),
+        ready.elapsed()
     );
     let repairs = json(&dev, &["ops", "list", "--kind", "repair"])?;
     let repair = repairs

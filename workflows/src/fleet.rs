@@ -42,7 +42,9 @@ pub struct FleetWorkflow;
 impl FleetWorkflow {
     #[run(name = "fleet")]
     pub async fn run(ctx: &mut WorkflowContext<Self>, input: FleetInput) -> WorkflowResult<()> {
-        let options = step_options(Duration::from_secs(10), 3);
+        // A sweep is a few quick queries: one a killed worker had in flight is retried
+        // within seconds, so a restarted platform heals without waiting out a long timeout.
+        let options = step_options(Duration::from_secs(4), 3);
         let mut sweeps = 0u32;
         loop {
             // A sweep that failed all its attempts (the control DB away) decides nothing:
