@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use support::{Dev, RHONE, example_repo, free_ports, http_get, start_dev, start_dev_with};
+use support::{
+    Dev, RHONE, descendants, example_repo, free_ports, http_get, start_dev, start_dev_with,
+};
 
 const APP: [&str; 6] = ["-w", "acme", "-p", "shop", "-a", "web"];
 const PROD_HOST: &str = "web.shop.acme.rhone.localhost";
@@ -338,41 +340,6 @@ async fn counts(db: &sea_orm::DatabaseConnection, id: &str) -> Result<(u64, u64)
         .count(db)
         .await?;
     Ok((cas, allocations))
-}
-
-/// Every descendant of process `pid` (children first found, then theirs), from `/proc`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-        {
-            parents.push((child, ppid));
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, p)| *p == parent)
-                .map(|(c, _)| *c),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 /// `kill -9` of the whole `rhone dev` (Temporal, the runner's sandboxes and the apps in

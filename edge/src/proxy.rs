@@ -149,45 +149,69 @@ impl Proxy {
         &self.pool
     }
 
-    /// Sends `req` to `target` and returns its response with the body still streaming. A
-    /// WebSocket upgrade the allocation accepts is answered 101 here and spliced to the
-    /// allocation's socket in a task of its own.
-    pub(crate) async fn forward(
+    /// Sends `req` to the first of `targets` that takes it and returns its response with
+    /// the body still streaming, and which target answered. A target that cannot be
+    /// connected to has seen nothing of the request, so the next one is tried (an instance
+    /// whose host died does not fail the requests routed to it); any later failure is the
+    /// answer. A WebSocket upgrade the allocation accepts is answered 101 here and spliced
+    /// to the allocation's socket in a task of its own.
+    pub(crate) async fn forward<'t>(
         &self,
         mut req: Request<Incoming>,
-        target: &Target,
+        first: &'t Target,
+        others: &[&'t Target],
         client: &Client,
         activity: &Arc<Activity>,
-    ) -> Result<Response<Body>, EdgeError> {
+    ) -> Result<(Response<Body>, &'t Target), (EdgeError, &'t Target)> {
         let upgrade = req.headers().contains_key(UPGRADE) && is_websocket_upgrade(req.headers());
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         for_allocation(&mut parts, client, upgrade);
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
 
-        let authority = target.authority();
-        let slot = self.pool.slot(authority);
-        let sent = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, send(req, authority, &slot));
-        let (mut resp, sender) = sent
-            .await
-            .map_err(|_| EdgeError::BackendTimeout {
-                allocation: target.allocation_id,
-                address: target.address(),
-                after: RESPONSE_HEADERS_TIMEOUT,
-            })?
-            .map_err(|source| EdgeError::Backend {
+        let mut target = first;
+        let mut tried = others.iter();
+        let (target, slot, mut resp, sender) = loop {
+            let authority = target.authority();
+            let slot = self.pool.slot(authority);
+            let sent = tokio::time::timeout(RESPONSE_HEADERS_TIMEOUT, send(req, authority, &slot));
+            let failed = |source| EdgeError::Backend {
                 allocation: target.allocation_id,
                 address: target.address(),
                 source,
-            })?;
+            };
+            match sent.await {
+                Ok(Ok((resp, sender))) => break (target, slot, resp, sender),
+                Ok(Err(Unsent::NotSent(back, source))) if tried.len() > 0 => {
+                    tracing::warn!(
+                        allocation = %target.allocation_id, address = %target.address(),
+                        error = %source, "allocation unreachable; trying the next one"
+                    );
+                    req = back;
+                    target = tried.next().copied().unwrap_or(target);
+                }
+                Ok(Err(Unsent::NotSent(_, source) | Unsent::Sent(source))) => {
+                    return Err((failed(source), target));
+                }
+                Err(_) => {
+                    let timed_out = EdgeError::BackendTimeout {
+                        allocation: target.allocation_id,
+                        address: target.address(),
+                        after: RESPONSE_HEADERS_TIMEOUT,
+                    };
+                    return Err((timed_out, target));
+                }
+            }
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The allocation's connection is the upgraded socket now, never pooled again.
             drop(sender);
             let Some(client_side) = client_side else {
-                return Err(EdgeError::UnexpectedUpgrade {
+                let unexpected = EdgeError::UnexpectedUpgrade {
                     allocation: target.allocation_id,
-                });
+                };
+                return Err((unexpected, target));
             };
             let backend_side = hyper::upgrade::on(&mut resp);
             // The socket counts as the route's activity while it is open, so an app with a
@@ -202,7 +226,7 @@ impl Proxy {
             );
             let (mut parts, _empty) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
-            return Ok(Response::from_parts(parts, Body::empty()));
+            return Ok((Response::from_parts(parts, Body::empty()), target));
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -214,7 +238,7 @@ impl Proxy {
         if body.body.is_end_stream() {
             body.release();
         }
-        Ok(Response::from_parts(parts, Body::backend(body)))
+        Ok((Response::from_parts(parts, Body::backend(body)), target))
     }
 }
 
@@ -312,13 +336,21 @@ pub(crate) async fn forward_buffered(
     })
 }
 
+/// Why [`send`] has no response.
+enum Unsent {
+    /// Nothing of the request left the edge (no connection could be made): it is back.
+    NotSent(Request<Incoming>, BoxError),
+    /// The request went out (or may have).
+    Sent(BoxError),
+}
+
 /// Sends `req` on a pooled connection to `authority`, or a new one. A pooled connection found
 /// closed before the request went out is replaced by a new one, once.
 async fn send(
     mut req: Request<Incoming>,
     authority: &Authority,
     slot: &Slot,
-) -> Result<(Response<Incoming>, SendRequest<Incoming>), BoxError> {
+) -> Result<(Response<Incoming>, SendRequest<Incoming>), Unsent> {
     if let Some(mut sender) = slot.take()
         && sender.ready().await.is_ok()
     {
@@ -326,12 +358,18 @@ async fn send(
             Ok(resp) => return Ok((resp, sender)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
-                None => return Err(e.into_error().into()),
+                None => return Err(Unsent::Sent(e.into_error().into())),
             },
         }
     }
-    let mut sender = connect(authority).await?;
-    let resp = sender.send_request(req).await?;
+    let mut sender = match connect(authority).await {
+        Ok(sender) => sender,
+        Err(e) => return Err(Unsent::NotSent(req, e)),
+    };
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| Unsent::Sent(e.into()))?;
     Ok((resp, sender))
 }
 

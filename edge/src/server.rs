@@ -33,7 +33,7 @@ use crate::{
     error::{self, EdgeError, Failed},
     page::answer,
     proxy::{Client, Proxy},
-    route::{RouteSource, affinity_key, request_key},
+    route::{RouteSource, Target, affinity_key, request_key},
 };
 
 /// How long a client may take to send a request's headers (also how long an idle keep-alive
@@ -377,17 +377,32 @@ impl<R: RouteSource> Worker<R> {
             };
             return error::respond(&e, at);
         };
-        if !span.is_disabled() {
-            span.record("allocation", tracing::field::display(target.allocation_id));
-        }
+        // The picked one first; the route's others if it cannot be reached (a pinned
+        // request goes to its allocation only).
+        let others: Vec<&Target> = match pinned {
+            Some(_) => Vec::new(),
+            None => route
+                .targets
+                .iter()
+                .filter(|t| t.allocation_id != target.allocation_id)
+                .collect(),
+        };
         match self
             .proxy
-            .forward(req, target, client, &route.activity)
+            .forward(req, target, &others, client, &route.activity)
             .await
         {
-            Ok(resp) => resp,
-            Err(e) => {
-                at.allocation = Some(target.allocation_id);
+            Ok((resp, answered)) => {
+                if !span.is_disabled() {
+                    span.record(
+                        "allocation",
+                        tracing::field::display(answered.allocation_id),
+                    );
+                }
+                resp
+            }
+            Err((e, failed)) => {
+                at.allocation = Some(failed.allocation_id);
                 error::respond(&e, at)
             }
         }
