@@ -640,6 +640,120 @@ fn two_instances_on_two_hosts_and_a_killed_host_replaced_on_a_third() -> Result<
     Ok(())
 }
 
+/// Whether something accepts connections at `address` (`http://a.b.c.d:port`).
+fn listening(address: &str) -> bool {
+    address
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+}
+
+/// A host cut off from the others (its link down) is declared lost and its allocation
+/// replaced; production answers throughout, never from it. Brought back, the host registers
+/// again and its stale allocation, fenced meanwhile, is drained: nothing listens at its
+/// address any more, and no request reaches it.
+#[test]
+fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
+    use rhone_schema::entity::{allocation, runner};
+    let t = Topology::start("multihost_cut", 3, None)?;
+    let deployment = t.deployed()?;
+    t.rhone(
+        &[
+            &["promote", deployment.as_str()][..],
+            &APP,
+            &["--env", "production", "--instances", "2"],
+        ]
+        .concat(),
+    )?;
+    let serving = t.serving()?;
+    assert_eq!(serving.len(), 2, "{serving:?}");
+    let (stale, stale_host) = serving[0].clone();
+    let address =
+        t.rt.block_on(allocation::Entity::find_by_id(stale).one(&t.db))?
+            .and_then(|a| a.address)
+            .context("the stale allocation's address")?;
+    assert!(listening(&address), "{address} serves before the cut");
+    let h = t
+        .hosts
+        .iter()
+        .position(|h| h.name == stale_host)
+        .context("the host")?;
+
+    let cut_at = Instant::now();
+    ip(&["link", "set", &t.hosts[h].veth, "down"])?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let replaced = loop {
+        let answered = t.answered_by()?;
+        assert!(
+            answered.is_some(),
+            "production stopped answering {:?} after the cut",
+            cut_at.elapsed()
+        );
+        assert_ne!(answered.as_deref(), Some(stale.to_string().as_str()));
+        let now = t.serving()?;
+        if now.len() == 2 && !now.iter().any(|(id, _)| *id == stale) {
+            break now;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no replacement: {now:?}\nworker: {}",
+            t.log("worker")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("replacement ready {:?} after the cut", cut_at.elapsed());
+    assert!(
+        replaced.iter().all(|(_, host)| *host != stale_host),
+        "{replaced:?}"
+    );
+    let status = |name: &str| -> Result<String> {
+        Ok(t.rt
+            .block_on(
+                runner::Entity::find()
+                    .filter(runner::Column::Name.eq(name))
+                    .one(&t.db),
+            )?
+            .context("runner row")?
+            .status)
+    };
+    assert_eq!(status(&stale_host)?, "lost");
+    let row =
+        t.rt.block_on(allocation::Entity::find_by_id(stale).one(&t.db))?
+            .context("row")?;
+    assert_eq!(
+        (row.desired.as_str(), row.stage.as_str()),
+        ("stop", "failed"),
+        "fenced"
+    );
+
+    // Back: it registers again and drains what it should no longer run.
+    ip(&["link", "set", &t.hosts[h].veth, "up"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&stale_host)? != "ready" || listening(&address) {
+        assert_ne!(
+            t.answered_by()?.as_deref(),
+            Some(stale.to_string().as_str())
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "the host did not come back and drain: {}, listening {}\n{}",
+            status(&stale_host)?,
+            listening(&address),
+            t.log(&format!("runner-{stale_host}"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..20 {
+        assert_ne!(
+            t.answered_by()?.as_deref(),
+            Some(stale.to_string().as_str())
+        );
+    }
+    let repairs = t.json(&["ops", "list", "--kind", "repair"])?;
+    assert_eq!(repairs.as_array().map(Vec::len), Some(1), "{repairs}");
+    Ok(())
+}
+
 /// No runner anywhere has room: the promotion stops `blocked` naming the shortfall. Each
 /// host offers 600 MiB and the app asks 512: the preview takes one host, and a promotion
 /// of two instances finds room for one.
