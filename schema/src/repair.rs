@@ -5,8 +5,9 @@
 //! Not repaired here: a route that scales to zero (its Wake starts the next allocation on
 //! the next request), a route whose moving operation is still under way or waiting for
 //! on-call (a promotion in its health window decides the outcome itself), a route epoch
-//! whose last Repair on-call aborted, and a route whose previous Repairs ended within their
-//! backoff ([`rhone_core::fleet::repair_backoff`]).
+//! whose last Repair on-call aborted, and a route whose app crashed while its previous
+//! Repairs ended within their backoff ([`rhone_core::fleet::repair_backoff`]). A loss the
+//! platform fenced (a runner lost, a host restarted) is repaired at once.
 
 use chrono::{DateTime, Utc};
 use rhone_core::{
@@ -84,7 +85,10 @@ pub async fn repairs_needed<C: ConnectionTrait>(
         {
             continue;
         }
-        if !due(db, &owner, now).await? {
+        // A crash (ended while still meant to run) backs off; a loss the platform fenced
+        // (a runner lost, a host restarted) is repaired at once, however often hosts fail.
+        let crashed = lost.iter().any(|r| r.desired == Desired::Run.as_str());
+        if !due(db, &owner, now, crashed).await? {
             continue;
         }
         let mut evidence = Vec::new();
@@ -127,11 +131,12 @@ pub async fn repairs_needed<C: ConnectionTrait>(
 }
 
 /// Whether a Repair of `owner` may start now: none is under way, on-call did not abort the
-/// last one at this epoch, and the backoff after the recent ones has passed.
+/// last one at this epoch, and, after a crash, the backoff after the recent ones has passed.
 async fn due<C: ConnectionTrait>(
     db: &C,
     owner: &route_owner::Model,
     now: DateTime<Utc>,
+    crashed: bool,
 ) -> Result<bool, SchemaError> {
     let window = chrono::Duration::from_std(REPAIR_WINDOW).unwrap_or(chrono::Duration::MAX);
     let recent = operation::Entity::find()
@@ -156,7 +161,7 @@ async fn due<C: ConnectionTrait>(
         }
         ended += 1;
     }
-    let Some(last) = recent.first() else {
+    let Some(last) = recent.first().filter(|_| crashed) else {
         return Ok(true);
     };
     let wait = chrono::Duration::from_std(repair_backoff(ended)).unwrap_or(chrono::Duration::MAX);

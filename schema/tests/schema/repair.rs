@@ -105,7 +105,10 @@ async fn repairs_are_due_only_where_allocations_were_lost_and_no_one_else_acts(
         "both serve"
     );
 
+    // Fenced: its runner was lost (desired `stop` at the next generation).
     set_stage(&db, a.id, "failed", Some("runner r1 lost: no heartbeat")).await?;
+    rhone_schema::allocations::set_desired(&db, a.id, rhone_schema::allocations::Desired::Stop)
+        .await?;
     let needs = repairs_needed(&db, Utc::now()).await?;
     assert_eq!(needs.len(), 1, "{needs:?}");
     let need = &needs[0];
@@ -192,7 +195,13 @@ async fn repairs_are_due_only_where_allocations_were_lost_and_no_one_else_acts(
         chrono::Duration::milliseconds(500),
     )
     .await?;
+    // A fenced loss is repaired at once: hosts failing often is no reason to wait.
     let now = Utc::now();
+    assert_eq!(repairs_needed(&db, now).await?.len(), 1, "a fenced loss");
+    // A crash (it ended while still meant to run) waits out the backoff.
+    rhone_schema::allocations::set_desired(&db, a.id, rhone_schema::allocations::Desired::Run)
+        .await?;
+    set_stage(&db, a.id, "failed", Some("exited with status 3")).await?;
     assert!(
         repairs_needed(&db, now).await?.is_empty(),
         "inside the backoff"
