@@ -3,8 +3,8 @@
 //! topologies of concurrent tests; only addresses inside namespaces the test made), each
 //! running `rhone serve runner` as that host; API, worker and edge are separate
 //! `rhone serve` processes on PostgreSQL and an S3 API server (`s3s-fs`), as in a
-//! multi-host install. Allocations live on each runner's own bridge (`10.213.N.0/24`
-//! inside its host); the topology routes those subnets through the hosts, as a routed
+//! multi-host install. Allocations live on each runner's own bridge (`10.215.K.16i/28`
+//! inside host i); the topology routes those subnets through the hosts, as a routed
 //! (host-gateway) network would. Nothing is forwarded or NATed out of the machine.
 
 mod support;
@@ -18,8 +18,6 @@ use anyhow::{Context, Result, bail, ensure};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use support::{RHONE, descendants, example_repo, free_port};
 
-const APP: [&str; 6] = ["-w", "acme", "-p", "shop", "-a", "web"];
-const PROD_HOST: &str = "web.shop.acme.rhone.localhost";
 /// The operator key of the topology (API and worker derive the runners' call tokens).
 const RUNNER_KEY: &str = "multihost-topology-runner-key-0123456789";
 
@@ -72,6 +70,11 @@ struct Host {
 
 struct Topology {
     k: u8,
+    /// `acme<K>`: route keys, and so Repair and Wake workflow ids, differ between the
+    /// topologies of concurrent tests, which share one Temporal namespace.
+    workspace: String,
+    /// Production's host: `web.shop.<workspace>.rhone.localhost`.
+    prod_host: String,
     dir: tempfile::TempDir,
     bridge: String,
     gateway: String,
@@ -105,7 +108,7 @@ fn claim() -> Result<(u8, std::fs::File)> {
     std::fs::create_dir_all("/run/rhone")?;
     let used = String::from_utf8(Command::new("ip").args(["-4", "addr"]).output()?.stdout)?;
     for k in 1..=250u8 {
-        if used.contains(&format!("10.214.{k}.")) {
+        if used.contains(&format!("10.214.{k}.")) || used.contains(&format!("10.215.{k}.")) {
             continue;
         }
         let file = std::fs::File::create(format!("/run/rhone/multihost-{k}.lock"))?;
@@ -117,6 +120,11 @@ fn claim() -> Result<(u8, std::fs::File)> {
 }
 
 impl Topology {
+    /// `-w <workspace> -p shop -a web`.
+    fn app(&self) -> [&str; 6] {
+        ["-w", &self.workspace, "-p", "shop", "-a", "web"]
+    }
+
     /// Makes the bridge, the control plane (API, worker, edge, S3) and `hosts` runner
     /// hosts, each registered with a credential an operator issued; `memory_mb` caps what
     /// each runner offers.
@@ -146,6 +154,8 @@ impl Topology {
             .context("a bootstrap token")?;
 
         let mut t = Topology {
+            workspace: format!("acme{k}"),
+            prod_host: format!("web.shop.acme{k}.rhone.localhost"),
             k,
             dir,
             bridge,
@@ -357,6 +367,12 @@ impl Topology {
             .env("RHONE_LISTEN", "0.0.0.0:8082")
             .env("RHONE_RUNNER_ADDRESS", format!("http://{}:8082", host.ip))
             .env("RHONE_RUNNER_WORK_DIR", work.join("work"))
+            // A subnet of this topology's own: never one a runner of the root namespace
+            // (or one it left) holds, which the route to this host would clash with.
+            .env(
+                "RHONE_RUNNER_SUBNET",
+                format!("10.215.{}.{}/28", self.k, 16 * (h + 1)),
+            )
             .envs(self.s3_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
@@ -441,14 +457,14 @@ impl Topology {
     /// session store so it may run more than one instance), and a deploy of the example app
     /// to preview: the deployment id.
     fn deployed(&self) -> Result<String> {
-        self.rhone(&["workspaces", "create", "acme"])?;
-        self.rhone(&["projects", "create", "-w", "acme", "shop"])?;
-        self.rhone(&["apps", "create", "-w", "acme", "-p", "shop", "web"])?;
+        self.rhone(&["workspaces", "create", &self.workspace])?;
+        self.rhone(&["projects", "create", "-w", &self.workspace, "shop"])?;
+        self.rhone(&["apps", "create", "-w", &self.workspace, "-p", "shop", "web"])?;
         for (name, kind) in [("preview", "preview"), ("production", "production")] {
             self.rhone(
                 &[
                     &["envs", "create"][..],
-                    &APP,
+                    &self.app(),
                     &[name, "--kind", kind, "--requires-approval", "false"],
                 ]
                 .concat(),
@@ -461,7 +477,7 @@ impl Topology {
         self.rhone(
             &[
                 &["envs", "bind"][..],
-                &APP,
+                &self.app(),
                 &["production", "session_store", "--config", &store],
             ]
             .concat(),
@@ -469,7 +485,7 @@ impl Topology {
         let repo = example_repo(self.dir.path())?;
         let repo = repo.display().to_string();
         let out =
-            self.rhone(&[&["deploy", repo.as_str()][..], &APP, &["--env", "preview"]].concat())?;
+            self.rhone(&[&["deploy", repo.as_str()][..], &self.app(), &["--env", "preview"]].concat())?;
         Ok(out
             .lines()
             .find_map(|l| l.split("rhone promote ").nth(1))
@@ -483,7 +499,7 @@ impl Topology {
     fn serving(&self) -> Result<Vec<(uuid::Uuid, String)>> {
         use rhone_schema::entity::{allocation, route_owner, runner};
         self.rt.block_on(async {
-            let owner = route_owner::Entity::find_by_id(PROD_HOST.to_owned())
+            let owner = route_owner::Entity::find_by_id(self.prod_host.clone())
                 .one(&self.db)
                 .await?
                 .context("a production owner")?;
@@ -512,7 +528,7 @@ impl Topology {
 
     /// `GET /_rhone/stats` of production through the edge: the allocation that answered.
     fn answered_by(&self) -> Result<Option<String>> {
-        let Ok(body) = support::http_get(self.edge_port, PROD_HOST, "/_rhone/stats") else {
+        let Ok(body) = support::http_get(self.edge_port, &self.prod_host, "/_rhone/stats") else {
             return Ok(None);
         };
         let stats: serde_json::Value = match serde_json::from_str(&body) {
@@ -568,7 +584,7 @@ fn two_instances_on_two_hosts_and_a_killed_host_replaced_on_a_third() -> Result<
     t.rhone(
         &[
             &["promote", deployment.as_str()][..],
-            &APP,
+            &t.app(),
             &["--env", "production", "--instances", "2"],
         ]
         .concat(),
@@ -660,7 +676,7 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
     t.rhone(
         &[
             &["promote", deployment.as_str()][..],
-            &APP,
+            &t.app(),
             &["--env", "production", "--instances", "2"],
         ]
         .concat(),
@@ -754,6 +770,196 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
     Ok(())
 }
 
+/// Host pids of the processes of allocation `id`'s sandbox (its container's cgroup).
+fn sandbox_processes(id: uuid::Uuid) -> Vec<u32> {
+    let needle = format!("/{id}/");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
+        })
+        .collect()
+}
+
+/// A runner SIGKILLed on a live host, its app left running, and started again on the same
+/// work directory adopts the app: production answers from the same process throughout (its
+/// counter kept), the output the app wrote meanwhile reaches the allocation's log, the
+/// runner is never declared lost and no Repair is made. Killed again, this time with its
+/// app, the next runner reports how the app ended, and a Repair replaces it.
+#[test]
+fn a_restarted_runner_adopts_its_allocations_without_a_replacement() -> Result<()> {
+    use rhone_schema::entity::{allocation, runner};
+    let mut t = Topology::start("multihost_restart", 2, None)?;
+    let deployment = t.deployed()?;
+    t.rhone(
+        &[
+            &["promote", deployment.as_str()][..],
+            &t.app(),
+            &["--env", "production"],
+        ]
+        .concat(),
+    )?;
+    let serving = t.serving()?;
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    let (id, host) = serving[0].clone();
+    let h = t
+        .hosts
+        .iter()
+        .position(|x| x.name == host)
+        .context("the host")?;
+    let increment = |t: &Topology| -> Result<()> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "10", "-X", "POST", "-d", ""])
+            .args(["-H", &format!("Host: {}", t.prod_host)])
+            .arg(format!(
+                "http://127.0.0.1:{}/actions/increment",
+                t.edge_port
+            ))
+            .output()?;
+        ensure!(out.status.success(), "POST /actions/increment failed");
+        Ok(())
+    };
+    let counter = |t: &Topology| -> Result<i64> {
+        let body = support::http_get(t.edge_port, &t.prod_host, "/_rhone/stats")?;
+        let stats: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(stats["allocation_id"] == id.to_string().as_str(), "{stats}");
+        stats["counter"].as_i64().context("counter")
+    };
+    for _ in 0..3 {
+        increment(&t)?;
+    }
+    assert_eq!(counter(&t)?, 3);
+    let log_file = t
+        .dir
+        .path()
+        .join(&host)
+        .join("work/allocations")
+        .join(id.to_string())
+        .join("output.log");
+    let runner_status = |t: &Topology| -> Result<String> {
+        Ok(t.rt
+            .block_on(
+                runner::Entity::find()
+                    .filter(runner::Column::Name.eq(host.as_str()))
+                    .one(&t.db),
+            )?
+            .context("runner row")?
+            .status)
+    };
+
+    // SIGKILL of the runner alone: its app runs on and answers.
+    let mut old = t.hosts[h].runner.take().context("a runner")?;
+    let killed_at = Instant::now();
+    old.child.kill()?;
+    old.child.wait()?;
+    drop(old);
+    support::http_get(
+        t.edge_port,
+        &t.prod_host,
+        "/_rhone/stats?while=the-runner-is-down",
+    )?;
+    assert_eq!(
+        counter(&t)?,
+        3,
+        "the same process answers while no runner runs"
+    );
+    t.start_runner(h, None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !t
+        .log(&format!("runner-{host}"))
+        .contains("adopted a running allocation")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "nothing adopted:\n{}",
+            t.log(&format!("runner-{host}"))
+        );
+        assert_eq!(counter(&t)?, 3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("adopted {:?} after the kill", killed_at.elapsed());
+    // Past the lost-after time and a sweep: still the same allocation, never lost.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(counter(&t)?, 3, "the same process answers");
+        assert_eq!(runner_status(&t)?, "ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(t.serving()?, serving, "no replacement");
+    let repairs = t.json(&["ops", "list", "--kind", "repair"])?;
+    assert_eq!(repairs.as_array().map(Vec::len), Some(0), "{repairs}");
+    increment(&t)?;
+    support::http_get(t.edge_port, &t.prod_host, "/_rhone/stats?after=adoption")?;
+    assert_eq!(counter(&t)?, 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("while=the-runner-is-down") && log.contains("after=adoption") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the app's output is not all in its log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGKILL of the runner, then of its app: the next runner reports how it ended.
+    let mut old = t.hosts[h].runner.take().context("a runner")?;
+    old.child.kill()?;
+    old.child.wait()?;
+    drop(old);
+    let app = sandbox_processes(id);
+    ensure!(!app.is_empty(), "the app's processes");
+    for pid in app {
+        let _ = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    t.start_runner(h, None)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = loop {
+        let row =
+            t.rt.block_on(allocation::Entity::find_by_id(id).one(&t.db))?
+                .context("row")?;
+        if row.stage == "failed" {
+            break row;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the ended app was not reported: {row:?}\n{}",
+            t.log(&format!("runner-{host}"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        row.exit_status.as_deref(),
+        Some("signal 9 (SIGKILL)"),
+        "{row:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = t.serving()?;
+        if now.len() == 1 && now[0].0 != id && t.answered_by()?.is_some() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no replacement: {now:?}\nworker: {}",
+            t.log("worker")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let repairs = t.json(&["ops", "list", "--kind", "repair"])?;
+    assert_eq!(repairs.as_array().map(Vec::len), Some(1), "{repairs}");
+    Ok(())
+}
+
 /// No runner anywhere has room: the promotion stops `blocked` naming the shortfall. Each
 /// host offers 600 MiB and the app asks 512: the preview takes one host, and a promotion
 /// of two instances finds room for one.
@@ -767,7 +973,7 @@ fn no_capacity_anywhere_blocks_the_promotion_naming_the_shortfall() -> Result<()
             .args(
                 [
                     &["promote", deployment.as_str()][..],
-                    &APP,
+                    &t.app(),
                     &["--env", "production", "--instances", "2"],
                 ]
                 .concat(),
@@ -837,7 +1043,7 @@ fn heal_bench() -> Result<()> {
     t.rhone(
         &[
             &["promote", deployment.as_str()][..],
-            &APP,
+            &t.app(),
             &["--env", "production"],
         ]
         .concat(),

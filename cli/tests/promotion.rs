@@ -438,7 +438,7 @@ fn production_heals_after_kill_9_of_rhone_dev() -> Result<()> {
     assert!(
         lost["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("restarted")),
+            .is_some_and(|r| r.contains("ended while the runner was down")),
         "{op}"
     );
     Ok(())

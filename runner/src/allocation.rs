@@ -1,7 +1,11 @@
 //! One allocation on this runner: its spec (the latest generation accepted), what is
 //! observed of it, its output, and its stop signal. Every stage move goes through the core
-//! Allocation machine ([`Allocation::enter`]) and is reported.
+//! Allocation machine ([`Allocation::enter`]) and is reported. Spec and observed state are
+//! kept on disk too (`allocations/<id>/allocation.json`, root only: the spec holds the
+//! secrets the sandbox's own bundle holds), rewritten at every change, so a runner that
+//! restarts knows what it ran ([`Record`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rhone_core::{StateMachine, stage::AllocationStage};
@@ -20,8 +24,32 @@ pub const REPORT_LINE_BYTES: usize = 1024;
 /// Lines of output `GET /v1/allocations/{id}` shows.
 pub const STATUS_LOG_LINES: usize = 50;
 
+/// The file an allocation's [`Record`] is kept in, in its directory.
+pub(crate) const RECORD_FILE: &str = "allocation.json";
+
+/// What a runner keeps of an allocation on disk.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Record {
+    pub spec: AllocationSpec,
+    pub observed: Observed,
+}
+
+impl Record {
+    /// The record in `dir`, if it is there and readable.
+    pub(crate) fn read(dir: &Path) -> Option<Record> {
+        let text = std::fs::read(dir.join(RECORD_FILE)).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "an unreadable allocation record; ignored");
+                None
+            }
+        }
+    }
+}
+
 /// What changes as the allocation runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Observed {
     pub stage: AllocationStage,
     /// The allocation's own address on the runner's bridge.
@@ -72,6 +100,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Allocation {
     pub id: Uuid,
+    /// `allocations/<id>`: its record, its log, its home.
+    pub dir: PathBuf,
     state: Mutex<State>,
     pub logs: Arc<LogBuffer>,
     stop_tx: watch::Sender<bool>,
@@ -79,29 +109,76 @@ pub(crate) struct Allocation {
 }
 
 impl Allocation {
-    /// A `planned` allocation, reported as such; the caller starts its task.
-    pub(crate) fn new(spec: AllocationSpec, logs: Arc<LogBuffer>, reports: ReportQueue) -> Self {
-        let stop = spec.desired == Desired::Stop;
+    /// A `planned` allocation, recorded and reported as such; the caller starts its task.
+    pub(crate) fn new(
+        spec: AllocationSpec,
+        dir: PathBuf,
+        logs: Arc<LogBuffer>,
+        reports: ReportQueue,
+    ) -> Self {
+        let observed = Observed {
+            stage: AllocationStage::INITIAL,
+            ip: None,
+            port: None,
+            pid: None,
+            exit_status: None,
+            exit_code: None,
+            message: None,
+        };
+        Self::recovered(Record { spec, observed }, dir, logs, reports)
+    }
+
+    /// An allocation as its record has it (a new one, or one an earlier runner ran), its
+    /// current stage reported again; the caller starts its task.
+    pub(crate) fn recovered(
+        record: Record,
+        dir: PathBuf,
+        logs: Arc<LogBuffer>,
+        reports: ReportQueue,
+    ) -> Self {
+        let stop = record.spec.desired == Desired::Stop;
         let allocation = Allocation {
-            id: spec.allocation_id,
+            id: record.spec.allocation_id,
+            dir,
             state: Mutex::new(State {
-                spec: Arc::new(spec),
-                observed: Observed {
-                    stage: AllocationStage::INITIAL,
-                    ip: None,
-                    port: None,
-                    pid: None,
-                    exit_status: None,
-                    exit_code: None,
-                    message: None,
-                },
+                spec: Arc::new(record.spec),
+                observed: record.observed,
             }),
             logs,
             stop_tx: watch::Sender::new(stop),
             reports,
         };
+        allocation.save(&allocation.lock());
         allocation.report_current();
         allocation
+    }
+
+    /// Writes the record (a temporary file renamed over the last one). A failure is logged:
+    /// the allocation runs on, and a restart would not adopt it.
+    fn save(&self, state: &State) {
+        let record = Record {
+            spec: (*state.spec).clone(),
+            observed: state.observed.clone(),
+        };
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::create_dir_all(&self.dir)?;
+                let tmp = self.dir.join(format!("{RECORD_FILE}.tmp"));
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(&bytes)?;
+                std::fs::rename(&tmp, self.dir.join(RECORD_FILE))
+            });
+        if let Err(e) = written {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot record the allocation");
+        }
     }
 
     pub(crate) fn spec(&self) -> Arc<AllocationSpec> {
@@ -120,6 +197,7 @@ impl Allocation {
             let mut next = (*state.spec).clone();
             next.desired = Desired::Stop;
             state.spec = Arc::new(next);
+            self.save(&state);
         }
         self.stop_tx.send_replace(true);
     }
@@ -159,6 +237,7 @@ impl Allocation {
         }
         let stop = spec.desired == Desired::Stop;
         state.spec = Arc::new(spec);
+        self.save(&state);
         // The control plane learns that the new generation was taken.
         self.reports.send(self.report_of(&state));
         drop(state);
@@ -181,6 +260,7 @@ impl Allocation {
         change(&mut state.observed);
         let scrubber = self.logs.scrubber();
         state.observed.message = state.observed.message.as_deref().map(|m| scrubber.scrub(m));
+        self.save(&state);
         let report = self.report_of(&state);
         match next {
             AllocationStage::Failed => tracing::warn!(
@@ -196,7 +276,14 @@ impl Allocation {
 
     /// Records a change that moves no stage (where the process runs); not reported.
     pub(crate) fn observe(&self, change: impl FnOnce(&mut Observed)) {
-        change(&mut self.lock().observed);
+        let mut state = self.lock();
+        change(&mut state.observed);
+        self.save(&state);
+    }
+
+    /// The stage and what else is observed now.
+    pub(crate) fn observed(&self) -> Observed {
+        self.lock().observed.clone()
     }
 
     /// Reports the current stage again.

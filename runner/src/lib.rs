@@ -5,10 +5,13 @@
 //! bridge with its own address), probes readiness (`probe`), drains on request, and reports
 //! every stage change to the control plane with the allocation's generation (`report`). One
 //! task per allocation (`lifecycle`) drives the core Allocation machine: planned → pulling →
-//! starting → ready → draining → stopped, or failed. State is in memory (`table`); secret
-//! values (`rhone_core::Secret`) never leave the process except into the app's environment,
-//! and are blanked out of the output it keeps (`scrub`). Sandboxes left running by a runner
-//! that was killed are removed when the next one starts. The wire types (spec, status,
+//! starting → ready → draining → stopped, or failed. State is in memory (`table`) and in a
+//! record per allocation on disk; secret values (`rhone_core::Secret`) never leave the
+//! runner except into the app's environment (and the root-only record and sandbox bundle),
+//! and are blanked out of the output it keeps (`scrub`). Apps run under supervisors that
+//! outlive the runner: a runner that was killed leaves them running, and the next one on
+//! the same work directory adopts them (or reports how they ended) and removes any other
+//! sandbox it finds. A runner that stops gracefully drains its allocations. The wire types (spec, status,
 //! report) are `rhone_runner_protocol`'s, re-exported here.
 //!
 //! Entry point: [`serve`].
@@ -86,7 +89,7 @@ pub async fn serve(
         config,
         store,
     } = state;
-    for dir in ["artifacts", "allocations"] {
+    for dir in ["artifacts", table::ALLOCATIONS_DIR] {
         let path = config.work_dir.join(dir);
         tokio::fs::create_dir_all(&path)
             .await
@@ -101,17 +104,21 @@ pub async fn serve(
         cgroup_parent: config.cgroup_parent.clone(),
     })
     .map_err(RunnerError::Sandbox)?;
-    // Sandboxes a killed predecessor left running go before anything new starts.
-    let killed = sandbox.reap().await;
-    if killed > 0 {
-        tracing::warn!(killed, "removed sandboxes a previous runner left");
-    }
+    // The subnet this work directory had last: its allocations, if any still run, are there.
+    let last_subnet = config.work_dir.join("subnet");
+    let preferred = std::fs::read_to_string(&last_subnet)
+        .ok()
+        .and_then(|s| rhone_sandbox::net::parse_subnet(s.trim()).ok());
     let network = rhone_sandbox::HostNetwork::claim(&rhone_sandbox::NetworkConfig {
         subnet: config.subnet,
+        preferred,
         lock_dir: config.net_lock_dir.clone(),
     })
     .await
     .map_err(RunnerError::Sandbox)?;
+    if let Err(e) = std::fs::write(&last_subnet, network.subnet()) {
+        tracing::warn!(error = %e, "cannot record the runner's subnet");
+    }
     tracing::info!(bridge = network.bridge(), subnet = %network.subnet(), "allocation network ready");
     // No proxy: probes go to loopback ports, reports to the configured URL as given.
     let http = reqwest::Client::builder()
@@ -161,6 +168,14 @@ pub async fn serve(
         network,
     });
     let table = Arc::new(table::Table::new(ctx.clone(), reporter));
+    // What a predecessor that died left running is adopted; any other sandbox or network
+    // namespace it left goes before anything new starts.
+    let adopted = table.recover();
+    let killed = ctx.sandbox.reap_except(&adopted).await;
+    if killed > 0 {
+        tracing::warn!(killed, "removed sandboxes a previous runner left");
+    }
+    ctx.network.prune(&adopted).await;
     let membership = membership.map(|(api_url, credential, registration)| {
         tokio::spawn(
             membership::Membership {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rhone_core::stage::AllocationStage::*;
 use rhone_runner_protocol::AllocationSpec;
-use rhone_sandbox::{Bind, HostNetwork, Network, Sandbox, SandboxSpec, describe_exit};
+use rhone_sandbox::{Adoption, Bind, HostNetwork, Network, Sandbox, SandboxSpec, describe_exit};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -43,6 +43,89 @@ pub(crate) async fn run(ctx: Arc<Context>, alloc: Arc<Allocation>) {
     drive(&ctx, &alloc, &spec).instrument(span).await;
 }
 
+/// Takes over an allocation an earlier runner on this host ran, from the stage its record
+/// has: not started yet, it starts; its process still running (and its network there), it
+/// is adopted and watched on (probed first if it was not ready yet); ended while no runner
+/// watched, it is reported failed (stopped, if it was draining) with how it ended.
+pub(crate) async fn resume(ctx: Arc<Context>, alloc: Arc<Allocation>) {
+    let spec = alloc.spec();
+    let span = tracing::info_span!(
+        "allocation",
+        allocation_id = %alloc.id,
+        digest = %spec.artifact_digest,
+    );
+    adopt(&ctx, &alloc, &spec).instrument(span).await;
+}
+
+async fn adopt(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
+    let was = alloc.observed().stage;
+    if matches!(was, Planned | Pulling) {
+        // Nothing of it was started: start it.
+        return drive(ctx, alloc, spec).await;
+    }
+    let id = alloc.id.to_string();
+    let limit = spec.process.limits.memory_mb;
+    let found = ctx.sandbox.adopt(&id);
+    let attachment = ctx.network.adopt(&id).await;
+    let end = if was == Draining { Stopped } else { Failed };
+    match (found, attachment) {
+        (Some(Adoption::Running(supervised, output)), Some(attachment)) => {
+            let mut process = Process::adopt(&ctx.sandbox, supervised, output, &alloc.logs);
+            tracing::info!(stage = %was, address = %attachment.address, "adopted a running allocation");
+            if was == Draining {
+                alloc.request_stop();
+            }
+            let mut stop = alloc.stop_signal();
+            if was != Starting
+                || become_ready(
+                    ctx,
+                    alloc,
+                    spec,
+                    &mut process,
+                    attachment.address,
+                    &mut stop,
+                )
+                .await
+            {
+                run_until_end(ctx, alloc, spec, &mut process, &mut stop).await;
+            }
+            ctx.network.detach(&attachment).await;
+        }
+        (Some(Adoption::Running(supervised, output)), None) => {
+            let mut process = Process::adopt(&ctx.sandbox, supervised, output, &alloc.logs);
+            let ended = process.terminate(FAILED_GRACE).await;
+            let why = "its network namespace was gone when the runner restarted; stopped";
+            alloc.enter(end, ended_with(ended, why, limit));
+        }
+        (found, attachment) => {
+            if let Some(attachment) = attachment {
+                ctx.network.detach(&attachment).await;
+            }
+            let status = match found {
+                Some(Adoption::Ended(status)) => status,
+                _ => None,
+            };
+            let exit = ctx.sandbox.finish(&id, status).await;
+            let ended = Ok(Ended {
+                status,
+                oom_killed: exit.oom_killed,
+                killed_at_deadline: false,
+            });
+            let why = "the runner restarted and found the process ended";
+            let record = ended_with(ended, why, limit);
+            alloc.enter(end, |o| {
+                record(o);
+                if status.is_none() {
+                    o.exit_status = Some(
+                        "ended while the runner was down (how was not recorded: its supervisor was killed too)"
+                            .to_owned(),
+                    );
+                }
+            });
+        }
+    }
+}
+
 async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     let mut stop = alloc.stop_signal();
     if *stop.borrow() {
@@ -67,11 +150,7 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     };
 
     alloc.enter(Starting, |_| {});
-    let dir = ctx
-        .config
-        .work_dir
-        .join("allocations")
-        .join(alloc.id.to_string());
+    let dir = alloc.dir.clone();
     let sandbox_id = alloc.id.to_string();
     let spec_in_sandbox = sandbox_spec(ctx, alloc, spec, &root, &dir);
     // The network namespace, the app's home and the sandbox's bundle and cgroups are made
@@ -130,6 +209,21 @@ async fn supervise(
     ip: Ipv4Addr,
     stop: &mut watch::Receiver<bool>,
 ) {
+    if become_ready(ctx, alloc, spec, process, ip, stop).await {
+        run_until_end(ctx, alloc, spec, process, stop).await;
+    }
+}
+
+/// Probes readiness until it answers (`ready`: true), the process ends, or a stop comes
+/// (both final: false).
+async fn become_ready(
+    ctx: &Context,
+    alloc: &Allocation,
+    spec: &AllocationSpec,
+    process: &mut Process,
+    ip: Ipv4Addr,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let limit = spec.process.limits.memory_mb;
     let url = format!(
         "http://{ip}:{}{}",
@@ -141,24 +235,35 @@ async fn supervise(
             Ok(()) => {
                 let pid = process.pid();
                 alloc.enter(Ready, |o| o.pid = pid);
+                true
             }
             Err(not_ready) => {
                 let ended = process.terminate(FAILED_GRACE).await;
                 alloc.enter(Failed, ended_with(ended, &not_ready.to_string(), limit));
-                return;
+                false
             }
         },
         ended = process.wait() => {
             alloc.enter(Failed, ended_with(ended, "the process exited while starting", limit));
-            return;
+            false
         }
         _ = stopped(stop) => {
             let ended = process.terminate(drain_deadline(ctx, spec)).await;
             alloc.enter(Stopped, ended_with(ended, "stopped while starting", limit));
-            return;
+            false
         }
     }
+}
 
+/// Watches a ready process until it ends on its own (failed) or is drained (stopped).
+async fn run_until_end(
+    ctx: &Context,
+    alloc: &Allocation,
+    spec: &AllocationSpec,
+    process: &mut Process,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let limit = spec.process.limits.memory_mb;
     tokio::select! {
         ended = process.wait() => {
             alloc.enter(Failed, ended_with(ended, "the process exited on its own", limit));
@@ -274,9 +379,12 @@ fn ended_with<'a>(
 ) -> impl FnOnce(&mut Observed) + 'a {
     move |o| match ended {
         Ok(ended) => {
-            let described = describe_exit(ended.status);
+            let described = ended.status.map_or_else(
+                || "not recorded (its supervisor was killed)".to_owned(),
+                describe_exit,
+            );
             o.exit_status = Some(described.clone());
-            o.exit_code = ended.status.code();
+            o.exit_code = ended.status.and_then(|s| s.code());
             o.message = Some(if ended.oom_killed {
                 format!("out of memory (limit {memory_mb} MiB): {why} ({described})")
             } else {

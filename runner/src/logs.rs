@@ -50,6 +50,37 @@ impl LogBuffer {
             .collect()
     }
 
+    /// Fills the ring with the last lines of the log file (an allocation taken over from an
+    /// earlier runner, whose output so far is there).
+    pub(crate) fn restore(&self) {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let tail = (RING_LINES * MAX_LINE_BYTES) as u64;
+        let len = file.metadata().map_or(0, |m| m.len());
+        let mut bytes = Vec::new();
+        if file
+            .seek(SeekFrom::Start(len.saturating_sub(tail)))
+            .is_err()
+            || file.read_to_end(&mut bytes).is_err()
+        {
+            return;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<&str> = text.lines().collect();
+        if len > tail && !lines.is_empty() {
+            lines.remove(0); // cut mid-line
+        }
+        let mut ring = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.clear();
+        ring.extend(
+            lines[lines.len().saturating_sub(RING_LINES)..]
+                .iter()
+                .map(|l| (*l).to_owned()),
+        );
+    }
+
     /// Adds one line of output (without its line break).
     pub(crate) async fn push(&self, raw: &[u8]) {
         let line = self.scrubber.scrub(&String::from_utf8_lossy(raw));

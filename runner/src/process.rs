@@ -1,15 +1,17 @@
-//! An app process: `sh -c COMMAND` in a sandbox of its own (`rhone_sandbox`), its output
-//! pumped into the allocation's [`LogBuffer`]; signals go to every process of the sandbox,
-//! and when it ends (or is dropped) nothing it started outlives it: the sandbox's PID
-//! namespace ends with its first process, and its container, cgroups and bundle are removed.
+//! An app process: `sh -c COMMAND` in a sandbox of its own (`rhone_sandbox`), under a
+//! supervisor that outlives the runner (a runner that crashes leaves its apps running for
+//! the next one to adopt, [`Process::adopt`]), its output pumped into the allocation's
+//! [`LogBuffer`]; signals go to every process of the sandbox, and when it ends (or is
+//! dropped) nothing it started outlives it: the sandbox's PID namespace ends with its first
+//! process, and its container, cgroups and bundle are removed.
 
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rhone_sandbox::{Exit, Sandbox, SandboxSpec};
-use tokio::process::Child;
+use rhone_sandbox::{Exit, Sandbox, SandboxSpec, Supervised};
+use tokio::net::unix::pipe;
 use tokio::task::JoinSet;
 
 use crate::logs::{LogBuffer, pump};
@@ -20,7 +22,8 @@ const PUMP_DRAIN: Duration = Duration::from_secs(1);
 /// How a process ended: its status, and whether the OOM killer ended it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ended {
-    pub status: ExitStatus,
+    /// `None`: the supervisor was killed before it could record the status.
+    pub status: Option<ExitStatus>,
     pub oom_killed: bool,
     /// The drain deadline ran out and the sandbox was killed.
     pub killed_at_deadline: bool,
@@ -31,41 +34,50 @@ pub(crate) struct Ended {
 pub(crate) struct Process {
     sandbox: Sandbox,
     id: String,
-    child: Child,
+    supervised: Supervised,
     pumps: JoinSet<()>,
-    exited: Option<(ExitStatus, Exit)>,
+    exited: Option<(Option<ExitStatus>, Exit)>,
 }
 
 impl Process {
-    /// Starts the prepared sandbox of `spec` with piped output.
+    /// Starts the prepared sandbox of `spec` under its supervisor.
     pub(crate) fn spawn(
         sandbox: &Sandbox,
         spec: &SandboxSpec,
         logs: &Arc<LogBuffer>,
     ) -> Result<Process, rhone_sandbox::SandboxError> {
-        let started = sandbox.spawn(spec, Stdio::piped(), Stdio::piped())?;
-        let mut child = started.child;
+        let (supervised, output) = sandbox.spawn_supervised(spec)?;
+        Ok(Self::watch(sandbox, supervised, output, logs))
+    }
+
+    /// Watches a sandbox an earlier runner started and reads its output on.
+    pub(crate) fn adopt(
+        sandbox: &Sandbox,
+        supervised: Supervised,
+        output: pipe::Receiver,
+        logs: &Arc<LogBuffer>,
+    ) -> Process {
+        Self::watch(sandbox, supervised, output, logs)
+    }
+
+    fn watch(
+        sandbox: &Sandbox,
+        supervised: Supervised,
+        output: pipe::Receiver,
+        logs: &Arc<LogBuffer>,
+    ) -> Process {
         let mut pumps = JoinSet::new();
-        let span = tracing::Span::current();
-        if let Some(out) = child.stdout.take() {
-            pumps.spawn(tracing::Instrument::instrument(
-                pump(out, logs.clone()),
-                span.clone(),
-            ));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.spawn(tracing::Instrument::instrument(
-                pump(err, logs.clone()),
-                span,
-            ));
-        }
-        Ok(Process {
+        pumps.spawn(tracing::Instrument::instrument(
+            pump(output, logs.clone()),
+            tracing::Span::current(),
+        ));
+        Process {
             sandbox: sandbox.clone(),
-            id: started.id,
-            child,
+            id: supervised.id.clone(),
+            supervised,
             pumps,
             exited: None,
-        })
+        }
     }
 
     /// The host pid of the sandbox's first process, once the runtime has written it.
@@ -79,7 +91,7 @@ impl Process {
         let (status, exit) = match self.exited {
             Some(ended) => ended,
             None => {
-                let status = self.child.wait().await?;
+                let status = self.supervised.wait(&self.sandbox).await?;
                 let exit = self.sandbox.finish(&self.id, status).await;
                 self.exited = Some((status, exit));
                 (status, exit)

@@ -1,19 +1,26 @@
-//! The allocations of this runner, in memory: created by the first spec for an id, updated
-//! by newer generations, drained on request, and all stopped when the runner shuts down.
+//! The allocations of this runner: created by the first spec for an id, updated by newer
+//! generations, drained on request, all stopped when the runner shuts down, and taken over
+//! from their records by the next runner when this one died without stopping them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use rhone_core::StateMachine as _;
 use rhone_runner_protocol::{AllocationSpec, AllocationStatus};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::allocation::{Allocation, UpdateError, Updated};
+use crate::allocation::{Allocation, Record, UpdateError, Updated};
 use crate::lifecycle::{self, Context};
 use crate::logs::LogBuffer;
 use crate::report::Reporter;
 use crate::scrub::Scrubber;
+
+/// Where allocations keep their record, log and home, in the work directory.
+pub(crate) const ALLOCATIONS_DIR: &str = "allocations";
+/// An allocation's output, in its directory.
+const LOG_FILE: &str = "output.log";
 
 /// What a `PUT` did.
 #[derive(Debug)]
@@ -68,22 +75,73 @@ impl Table {
             return Err(PutError::ShuttingDown);
         }
         let id = spec.allocation_id;
-        let log_path = self
-            .ctx
-            .config
-            .work_dir
-            .join("allocations")
-            .join(id.to_string())
-            .join("output.log");
+        let dir = self.dir_of(id);
         let logs = Arc::new(LogBuffer::new(
-            log_path,
+            dir.join(LOG_FILE),
             Scrubber::new(spec.secrets.values()),
         ));
-        let allocation = Arc::new(Allocation::new(spec, logs, self.reporter.queue(id)));
+        let allocation = Arc::new(Allocation::new(spec, dir, logs, self.reporter.queue(id)));
         let task = tokio::spawn(lifecycle::run(self.ctx.clone(), allocation.clone()));
         let status = allocation.status();
         entries.insert(id, Entry { allocation, task });
         Ok(PutOutcome::Created(status))
+    }
+
+    /// Takes over what an earlier runner in this work directory left unfinished: every
+    /// allocation whose record is not final, each resumed by its own task
+    /// ([`lifecycle::resume`]: adopted if it still runs, reported if it died). Returns
+    /// their sandbox ids, which are this runner's now.
+    pub(crate) fn recover(&self) -> Vec<String> {
+        let mut kept = Vec::new();
+        let root = self.ctx.config.work_dir.join(ALLOCATIONS_DIR);
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return kept;
+        };
+        let mut entries = self.entries();
+        for dir in dirs.flatten() {
+            let Some(id) = dir
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            let Some(record) = Record::read(&dir.path()) else {
+                continue;
+            };
+            if record.spec.allocation_id != id || record.observed.stage.is_terminal() {
+                continue;
+            }
+            let logs = LogBuffer::new(
+                dir.path().join(LOG_FILE),
+                Scrubber::new(record.spec.secrets.values()),
+            );
+            logs.restore();
+            let allocation = Arc::new(Allocation::recovered(
+                record,
+                dir.path(),
+                Arc::new(logs),
+                self.reporter.queue(id),
+            ));
+            let task = tokio::spawn(lifecycle::resume(self.ctx.clone(), allocation.clone()));
+            entries.insert(id, Entry { allocation, task });
+            kept.push(id.to_string());
+        }
+        if !kept.is_empty() {
+            tracing::info!(
+                count = kept.len(),
+                "taking over the allocations an earlier runner left"
+            );
+        }
+        kept
+    }
+
+    fn dir_of(&self, id: Uuid) -> std::path::PathBuf {
+        self.ctx
+            .config
+            .work_dir
+            .join(ALLOCATIONS_DIR)
+            .join(id.to_string())
     }
 
     pub(crate) fn get(&self, id: Uuid) -> Option<AllocationStatus> {

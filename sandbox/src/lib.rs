@@ -15,12 +15,14 @@ pub mod net;
 mod runtime;
 mod seccomp;
 mod spec;
+mod supervise;
 
 use std::path::{Path, PathBuf};
 
 pub use net::{Attachment, HostNetwork, NetworkConfig};
 pub use rhone_core::Limits;
 pub use runtime::{DEFAULT_RUNTIME, Exit, Sandbox, SandboxConfig, Started, describe_exit};
+pub use supervise::{Adoption, Supervised};
 
 /// The uid (and gid) tenant code runs as inside its sandbox.
 pub const SANDBOX_UID: u32 = 1000;

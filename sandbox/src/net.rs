@@ -9,7 +9,10 @@
 //!
 //! The subnet is configured, or claimed automatically (`10.213.N.0/24`, the first `N` no
 //! other runner on the host holds): a runner holds a lock file for its bridge while it
-//! lives, so a bridge whose lock is free was left by a runner that died, and is remade.
+//! lives, so a bridge whose lock is free was left by a runner that died. The next runner
+//! keeps it when it is intact (its address and firewall rules in place), with the
+//! namespaces of the allocations it adopts ([`HostNetwork::adopt`]); the rest it removes
+//! ([`HostNetwork::prune`]). A bridge that is not intact is remade.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -35,6 +38,9 @@ pub struct NetworkConfig {
     /// `RHONE_RUNNER_SUBNET`: the runner's subnet (`10.213.7.0/24`); `None` claims the
     /// first free `10.213.N.0/24`.
     pub subnet: Option<(Ipv4Addr, u8)>,
+    /// Without `subnet`: the one to try first (what this runner had before it restarted,
+    /// where the allocations it adopts are).
+    pub preferred: Option<(Ipv4Addr, u8)>,
     pub lock_dir: PathBuf,
 }
 
@@ -42,6 +48,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             subnet: None,
+            preferred: None,
             lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
         }
     }
@@ -113,8 +120,12 @@ impl HostNetwork {
         )))?;
         let candidates: Vec<(Ipv4Addr, u8)> = match config.subnet {
             Some(subnet) => vec![subnet],
-            None => (0..=255u8)
-                .map(|n| (Ipv4Addr::new(AUTO_PREFIX[0], AUTO_PREFIX[1], n, 0), 24))
+            None => config
+                .preferred
+                .into_iter()
+                .chain(
+                    (0..=255u8).map(|n| (Ipv4Addr::new(AUTO_PREFIX[0], AUTO_PREFIX[1], n, 0), 24)),
+                )
                 .collect(),
         };
         for (addr, prefix) in candidates {
@@ -144,8 +155,10 @@ impl HostNetwork {
                 used: Mutex::new(Addresses::default()),
                 _lock: lock,
             };
-            net.remove_leftovers().await;
-            net.create_bridge().await?;
+            if !net.intact().await {
+                net.remove_leftovers().await;
+                net.create_bridge().await?;
+            }
             return Ok(net);
         }
         Err(SandboxError::Network(match config.subnet {
@@ -252,6 +265,83 @@ impl HostNetwork {
         Ok(Attachment { netns, address })
     }
 
+    /// The namespace an earlier runner made for sandbox `id`, with its address (now taken),
+    /// if it is there.
+    pub async fn adopt(&self, id: &str) -> Option<Attachment> {
+        let netns = self.netns_name(id);
+        let out = Command::new("ip")
+            .args(["-n", &netns, "-4", "-o", "addr", "show", "dev", "eth0"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let address: Ipv4Addr = text
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()?;
+        let host = u32::from(address).wrapping_sub(self.network);
+        if !out.status.success() || host >= 1u32 << (32 - self.prefix) {
+            return None;
+        }
+        let mut addresses = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        addresses.used.insert(host);
+        addresses.last = addresses.last.max(host);
+        Some(Attachment { netns, address })
+    }
+
+    /// Removes the namespaces of this bridge but those of `keep` (adopted sandboxes'):
+    /// what an earlier runner left.
+    pub async fn prune(&self, keep: &[String]) {
+        let keep: Vec<String> = keep.iter().map(|id| self.netns_name(id)).collect();
+        for name in self.namespaces() {
+            if !keep.contains(&name) {
+                let _ = run_ip(&[], &format!("netns del {name}\n"), true).await;
+            }
+        }
+    }
+
+    /// The namespaces of this bridge's sandboxes.
+    fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.bridge);
+        std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Whether the bridge is there with its address and every firewall rule, as an earlier
+    /// holder made it.
+    async fn intact(&self) -> bool {
+        let Ok(out) = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", &self.bridge])
+            .stdin(Stdio::null())
+            .output()
+            .await
+        else {
+            return false;
+        };
+        let expected = format!("inet {}/{} ", self.gateway(), self.prefix);
+        if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains(&expected) {
+            return false;
+        }
+        for chain in ["INPUT", "FORWARD"] {
+            for rule in firewall(&self.bridge) {
+                if iptables(&["-C", chain], &rule).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Removes the namespace (and with it the veth pair) and frees the address.
     pub async fn detach(&self, attachment: &Attachment) {
         if let Err(e) = run_ip(&[], &format!("netns del {}\n", attachment.netns), false).await {
@@ -314,16 +404,7 @@ impl HostNetwork {
 
     /// Whatever an earlier holder of this bridge left: namespaces, rules, the bridge.
     async fn remove_leftovers(&self) {
-        let prefix = format!("{}-", self.bridge);
-        if let Ok(entries) = std::fs::read_dir("/run/netns") {
-            for entry in entries.flatten() {
-                if let Ok(name) = entry.file_name().into_string()
-                    && name.starts_with(&prefix)
-                {
-                    let _ = run_ip(&[], &format!("netns del {name}\n"), true).await;
-                }
-            }
-        }
+        self.prune(&[]).await;
         for chain in ["INPUT", "FORWARD"] {
             for rule in firewall(&self.bridge) {
                 while iptables(&["-D", chain], &rule).await.is_ok() {}

@@ -13,7 +13,7 @@ use crate::cgroup::Cgroups;
 use crate::{SandboxError, SandboxSpec, spec, valid_id};
 
 /// Where the runtime writes the sandbox's first pid, in its bundle.
-const PID_FILE: &str = "pid";
+pub(crate) const PID_FILE: &str = "pid";
 /// The runtime used when the configuration names none.
 pub const DEFAULT_RUNTIME: &str = "crun";
 
@@ -44,8 +44,8 @@ impl SandboxConfig {
 /// Runs sandboxes of one owner (a runner, a builder).
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    runtime: PathBuf,
-    root: PathBuf,
+    pub(crate) runtime: PathBuf,
+    pub(crate) root: PathBuf,
     bundles: PathBuf,
     cgroups: Cgroups,
 }
@@ -101,7 +101,7 @@ impl Sandbox {
         })
     }
 
-    fn bundle(&self, id: &str) -> PathBuf {
+    pub(crate) fn bundle(&self, id: &str) -> PathBuf {
         self.bundles.join(id)
     }
 
@@ -209,11 +209,12 @@ impl Sandbox {
     }
 
     /// After the sandbox's `run` ended with `status`: whether the OOM killer ended it (it
-    /// was killed by SIGKILL after its memory met the limit), then the container, its
-    /// cgroups and its bundle are removed.
-    pub async fn finish(&self, id: &str, status: std::process::ExitStatus) -> Exit {
+    /// was killed by SIGKILL after its memory met the limit; with no status, whether its
+    /// memory met the limit), then the container, its cgroups and its bundle are removed.
+    pub async fn finish(&self, id: &str, status: Option<std::process::ExitStatus>) -> Exit {
         use std::os::unix::process::ExitStatusExt;
-        let sigkill = status.code() == Some(128 + 9) || status.signal() == Some(9);
+        let sigkill = status
+            .is_none_or(|status| status.code() == Some(128 + 9) || status.signal() == Some(9));
         let oom_killed = sigkill && self.cgroups.memory_limit_reached(id);
         self.delete(id).await;
         Exit { oom_killed }
@@ -268,6 +269,12 @@ impl Sandbox {
     /// Kills and removes every sandbox of this owner: those a crashed predecessor left.
     /// Returns how many there were.
     pub async fn reap(&self) -> usize {
+        self.reap_except(&[]).await
+    }
+
+    /// Kills and removes every sandbox of this owner but those of `keep` (adopted ones).
+    /// Returns how many there were.
+    pub async fn reap_except(&self, keep: &[String]) -> usize {
         let mut ids: Vec<String> = Vec::new();
         if let Ok(out) = self.runtime().args(["list", "--quiet"]).output().await {
             ids.extend(
@@ -286,7 +293,7 @@ impl Sandbox {
         }
         ids.sort();
         ids.dedup();
-        ids.retain(|id| valid_id(id));
+        ids.retain(|id| valid_id(id) && !keep.contains(id));
         for id in &ids {
             self.signal(id, Signal::SIGKILL).await;
             self.delete(id).await;

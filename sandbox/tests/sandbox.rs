@@ -27,7 +27,7 @@ async fn run(sandbox: &Sandbox, spec: &SandboxSpec) -> Result<(i32, String, bool
         .start(spec, Stdio::piped(), Stdio::inherit())
         .await?;
     let out = started.child.wait_with_output().await?;
-    let exit = sandbox.finish(&spec.id, out.status).await;
+    let exit = sandbox.finish(&spec.id, Some(out.status)).await;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -221,7 +221,7 @@ async fn run_command(
             std::os::unix::process::ExitStatusExt::from_raw(9)
         }
     };
-    let oom_killed = sandbox.finish(&id, ended).await.oom_killed;
+    let oom_killed = sandbox.finish(&id, Some(ended)).await.oom_killed;
     drop(guard.disarm());
     let status = match status? {
         Some(status) => status,

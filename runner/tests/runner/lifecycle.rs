@@ -271,6 +271,6 @@ async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> 
         .signal(&decoy_id, nix::sys::signal::Signal::SIGKILL)
         .await;
     let status = decoy.child.wait().await?;
-    theirs.finish(&decoy_id, status).await;
+    theirs.finish(&decoy_id, Some(status)).await;
     h.shutdown().await
 }
