@@ -93,7 +93,7 @@ impl DeployWorkflow {
             .await?
         {
             Ok(c) => c,
-            Err(f) => return Ok(Err(f.into())),
+            Err(f) => return Ok(Err(f)),
         };
 
         op.enter(
@@ -120,7 +120,7 @@ impl DeployWorkflow {
             .await?
         {
             Ok(b) => b,
-            Err(f) => return Ok(Err(f.into())),
+            Err(f) => return Ok(Err(f)),
         };
         let build_evidence = json!({
             "digest": built.digest, "size_bytes": built.size_bytes,
@@ -148,7 +148,7 @@ impl DeployWorkflow {
                 .await?
             {
                 Ok(v) => v,
-                Err(f) => return Ok(Err(f.into())),
+                Err(f) => return Ok(Err(f)),
             };
             if !validation.fatal.is_empty() {
                 return Ok(Err(StepFailure::Rejected(validation.fatal.join("; "))));
@@ -171,7 +171,7 @@ impl DeployWorkflow {
                     .await?
                 {
                     Ok(p) => p,
-                    Err(f) => return Ok(Err(f.into())),
+                    Err(f) => return Ok(Err(f)),
                 };
                 let evidence = json!({
                     "gates": validation.gates, "digest": built.digest, "url": started.url,

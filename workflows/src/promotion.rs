@@ -414,7 +414,7 @@ impl PromotionWorkflow {
             },
             quick()
         );
-        let (edges, options) = edges_of(input, &policy, back_moved.seq);
+        let (edges, options) = edges_of(input, policy, back_moved.seq);
         let acked = step!(op, ctx, PromotionActivities::await_edges, edges, options);
         Self::drain_own(ctx, op, input, started).await?;
         Ok(Err(Ending::RolledBack {
