@@ -153,10 +153,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
             edge_id: "dev-edge".to_owned(),
             ..rhone_edge::EdgeConfig::for_address(edge.local_addr()?)
         },
-        wake: Some(rhone_edge::WakeClient {
+        wake: Some(rhone_edge::WakeClient::new(
             client,
-            task_queue: WorkerConfig::default().task_queue,
-        }),
+            WorkerConfig::default().task_queue,
+        )),
         assets: Some(rhone_edge::Assets::new(
             rhone_activities::deploy::DeployConfig::under(&data_dir).store,
             rhone_edge::DEFAULT_ASSET_CACHE_BYTES,

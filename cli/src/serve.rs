@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, future::Future, net::SocketAddr};
 
 use anyhow::{Context, Result, bail};
+use clap::ValueEnum as _;
 use rhone_activities::{
     PromotionConfig, WakeConfig, Worker, WorkerConfig,
     temporal::{self, TemporalConfig},
@@ -54,6 +55,11 @@ Every bad variable is reported at once, before anything starts.";
 pub struct ServeArgs {
     #[arg(value_enum)]
     role: Role,
+    /// Check the role's configuration (every RHONE_* variable it reads, the files they
+    /// name) and exit: 0 and a summary when it would start, 1 and every problem otherwise.
+    /// Nothing is connected to or bound.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -406,14 +412,65 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Every problem with the configuration of `role` in `env`, at once: the shared keys, what
+/// the role requires, the runner's own keys, the operator key and the S3 store.
+fn check(role: Role, env: &BTreeMap<String, String>) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let config = Config::parse(env).map_err(|e| errors.extend(e)).ok();
+    if role == Role::Runner {
+        if let Err(e) = rhone_runner::RunnerConfig::parse(env) {
+            errors.extend(e);
+        }
+    } else if config.as_ref().is_some_and(|c| c.database_url.is_none()) {
+        errors.push(
+            "RHONE_DATABASE_URL is required for this role (sqlite://path?mode=rwc or postgres://…)"
+                .to_owned(),
+        );
+    }
+    if matches!(role, Role::Api | Role::Worker)
+        && let Err(e) = runner_key(env)
+    {
+        errors.push(format!("{e:#}"));
+    }
+    if let Some(Some(s3)) = config.as_ref().map(|c| &c.s3)
+        && let Err(e) = s3.store()
+    {
+        errors.push(format!("the S3 artifact store: {e:#}"));
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(errors),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("RHONE_"))
         .collect();
-    let config = match Config::parse(&env) {
+    let role = args
+        .role
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned());
+    let config = match check(args.role, &env) {
         Ok(c) => c,
-        Err(errors) => bail!("invalid configuration:\n  {}", errors.join("\n  ")),
+        Err(errors) => bail!(
+            "invalid configuration for `rhone serve {role}`:\n  {}",
+            errors.join("\n  ")
+        ),
     };
+    if args.check {
+        let store = match &config.s3 {
+            Some(s3) => format!("S3 bucket {} at {}", s3.bucket, s3.endpoint),
+            None => "local".to_owned(),
+        };
+        println!(
+            "rhone serve {role}: the configuration is valid (listen {}, artifact store {store})",
+            config
+                .listen
+                .map_or_else(|| "default".to_owned(), |a| a.to_string())
+        );
+        return Ok(());
+    }
     let default_port = match args.role {
         Role::Api | Role::Worker => 8080,
         Role::Edge => 8081,
@@ -452,9 +509,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await;
     }
     let Some(url) = &config.database_url else {
-        bail!(
-            "RHONE_DATABASE_URL is required for this role (sqlite://path?mode=rwc or postgres://…)"
-        );
+        bail!("RHONE_DATABASE_URL is required for this role");
     };
     let db = rhone_schema::connect(url).await?;
     rhone_schema::migrate(&db).await?;
@@ -509,18 +564,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             if let Some(poll) = config.edge_poll_interval {
                 edge.poll_interval = poll;
             }
-            // Waking a sleeping app is the one thing the edge asks Temporal; without it the
-            // edge still routes every app that is awake.
-            let wake = match temporal::connect(&temporal_config).await {
-                Ok(client) => Some(rhone_edge::WakeClient {
-                    client,
-                    task_queue: config.task_queue,
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "no Temporal: this edge cannot wake sleeping apps");
-                    None
-                }
-            };
+            // Waking a sleeping app is the one thing the edge asks Temporal; until it is
+            // reachable the edge routes every app that is awake, and keeps trying.
+            let wake = Some(rhone_edge::WakeClient::connecting(
+                move || {
+                    let config = temporal_config.clone();
+                    async move { temporal::connect(&config).await }
+                },
+                config.task_queue,
+            ));
             tracing::info!(%listen, edge_id = %edge.edge_id, "edge serving");
             // Assets of sleeping apps come from the artifact store the worker writes to.
             let store = match (&config.s3, &config.data_dir) {

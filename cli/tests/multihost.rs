@@ -484,8 +484,14 @@ impl Topology {
         )?;
         let repo = example_repo(self.dir.path())?;
         let repo = repo.display().to_string();
-        let out =
-            self.rhone(&[&["deploy", repo.as_str()][..], &self.app(), &["--env", "preview"]].concat())?;
+        let out = self.rhone(
+            &[
+                &["deploy", repo.as_str()][..],
+                &self.app(),
+                &["--env", "preview"],
+            ]
+            .concat(),
+        )?;
         Ok(out
             .lines()
             .find_map(|l| l.split("rhone promote ").nth(1))

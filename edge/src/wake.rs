@@ -29,12 +29,64 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_millis(100);
 /// How long the edge waits for Temporal to answer a wake call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the edge needs to ask for wakes: a connected Temporal client and the control
-/// plane's task queue.
+/// First and longest wait between two attempts to connect to Temporal.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// What the edge needs to ask for wakes: a Temporal client (connected, or being connected)
+/// and the control plane's task queue.
 #[derive(Clone)]
 pub struct WakeClient {
-    pub client: Client,
-    pub task_queue: String,
+    client: watch::Receiver<Option<Client>>,
+    task_queue: String,
+}
+
+impl WakeClient {
+    /// With a connected client.
+    pub fn new(client: Client, task_queue: String) -> Self {
+        WakeClient {
+            client: watch::channel(Some(client)).1,
+            task_queue,
+        }
+    }
+
+    /// With the client `connect` makes, tried now and again (every 0.5 s, doubling up to
+    /// 10 s) until it succeeds, on the current runtime: an edge that starts before Temporal
+    /// routes every awake app meanwhile, and a request for a sleeping one gets a 503 until
+    /// Temporal answers.
+    pub fn connecting<F, Fut, E>(connect: F, task_queue: String) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Client, E>> + Send,
+        E: std::fmt::Display + Send,
+    {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let mut wait = FIRST_RETRY;
+            loop {
+                match connect().await {
+                    Ok(client) => {
+                        tracing::info!("connected to Temporal: this edge can wake sleeping apps");
+                        let _ = tx.send(Some(client));
+                        return;
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        tracing::warn!(%error, retry_in = ?wait, "no Temporal yet: this edge cannot wake sleeping apps until it connects");
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(MAX_RETRY);
+                    }
+                }
+            }
+        });
+        WakeClient {
+            client: rx,
+            task_queue,
+        }
+    }
 }
 
 /// The outcome of one wake call, when it has come: the operation and its stage, or why the
@@ -119,7 +171,12 @@ impl Waker {
         )
         .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
         .build();
-        let client = self.wake.client.clone();
+        let Some(client) = self.wake.client.borrow().clone() else {
+            let _ = tx.send(Some(Err(
+                "Temporal is not reachable yet; the edge keeps trying to connect".to_owned(),
+            )));
+            return rx;
+        };
         let route_key = owner.route_key.clone();
         let epoch = owner.epoch;
         self.io.spawn(async move {

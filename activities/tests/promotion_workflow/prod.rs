@@ -128,10 +128,10 @@ impl Prod {
                 edge_id: id.to_owned(),
                 ..EdgeConfig::for_address(address)
             },
-            wake: Some(rhone_edge::WakeClient {
-                client: self.h.client.clone(),
-                task_queue: self.h.queue.clone(),
-            }),
+            wake: Some(rhone_edge::WakeClient::new(
+                self.h.client.clone(),
+                self.h.queue.clone(),
+            )),
             assets: Some(rhone_edge::Assets::new(
                 self.h.fx.config.store.clone(),
                 rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
