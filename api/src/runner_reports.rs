@@ -131,6 +131,14 @@ async fn register(
             return refuse(rejection.status(), ErrorCode::InvalidArgument, &message);
         }
     };
+    if let Err(problems) = registration.check() {
+        let message = format!("invalid registration: {}", problems.join("; "));
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidArgument,
+            &message,
+        );
+    }
     let Some(key) = &runners.key else {
         return refuse(StatusCode::NOT_FOUND, ErrorCode::NotFound, "disabled");
     };

@@ -281,6 +281,47 @@ pub fn choose(
         })
 }
 
+/// A runner's subnet, where its allocations' addresses come from: `a.b.c.d/p`, `p` from 16
+/// to 28, the host bits clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+
+    /// The error names what is wrong with `text`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected a.b.c.d/prefix"))?;
+        let network: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{text:?}: {addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (16..=28).contains(p))
+            .ok_or_else(|| format!("{text:?}: the prefix must be from 16 to 28"))?;
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(network) & !mask != 0 {
+            return Err(format!(
+                "{text:?}: host bits are set; the network is {}/{prefix}",
+                std::net::Ipv4Addr::from(u32::from(network) & mask)
+            ));
+        }
+        Ok(Subnet { network, prefix })
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -46,6 +46,40 @@ pub struct Registration {
     pub allocations: Vec<uuid::Uuid>,
 }
 
+impl Registration {
+    /// What is wrong with it as a runner sent it, every problem named by its field; the
+    /// region, cell and overlaps are the control plane's to judge.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.subnet.parse::<rhone_core::fleet::Subnet>() {
+            problems.push(format!("subnet: {e}"));
+        }
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            self.address
+                .strip_prefix(p)
+                .is_some_and(|rest| !rest.is_empty())
+        });
+        if !scheme_ok || self.address.len() > 255 {
+            problems.push(format!(
+                "address: {:?} is not http://host:port (up to 255 characters)",
+                self.address.chars().take(80).collect::<String>()
+            ));
+        }
+        let c = &self.capacity;
+        if c.memory_mb < 0 || c.cpu_millis < 0 || c.slots < 0 {
+            problems.push(format!("capacity: {c:?} has a negative figure"));
+        }
+        if self.agent_version.is_empty() || self.agent_version.len() > 64 {
+            problems.push("agent_version: expected 1 to 64 characters".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
 /// The API's answer to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {

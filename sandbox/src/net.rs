@@ -54,27 +54,11 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Parses `a.b.c.d/p` (p from 16 to 28), the network address itself.
+/// Parses `a.b.c.d/p` (p from 16 to 28), the network address itself
+/// ([`rhone_core::fleet::Subnet`]).
 pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (addr, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?}: expected a.b.c.d/prefix"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{text:?}: {addr:?} is not an IPv4 address"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| (16..=28).contains(p))
-        .ok_or_else(|| format!("{text:?}: the prefix must be from 16 to 28"))?;
-    let mask = u32::MAX << (32 - prefix);
-    if u32::from(addr) & !mask != 0 {
-        return Err(format!(
-            "{text:?}: host bits are set; the network is {}/{prefix}",
-            Ipv4Addr::from(u32::from(addr) & mask)
-        ));
-    }
-    Ok((addr, prefix))
+    text.parse::<rhone_core::fleet::Subnet>()
+        .map(|s| (s.network, s.prefix))
 }
 
 /// The bridge and the addresses of one runner.

@@ -62,11 +62,8 @@ impl ReportSource {
 
 /// `a.b.c.d/p` (p from 16 to 28, host bits clear) as the network and its prefix.
 pub fn parse_subnet(text: &str) -> Option<(u32, u8)> {
-    let (addr, prefix) = text.split_once('/')?;
-    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| (16..=28).contains(p))?;
-    let network = u32::from(addr);
-    (network & !(u32::MAX << (32 - prefix)) == 0).then_some((network, prefix))
+    let subnet: rhone_core::fleet::Subnet = text.parse().ok()?;
+    Some((u32::from(subnet.network), subnet.prefix))
 }
 
 /// Whether `address` (`http://a.b.c.d:port`) is an allocation's address inside `subnet`:

@@ -677,26 +677,51 @@ async fn usage_by_runner<C: ConnectionTrait>(
     db: &C,
     runners: Option<&[Uuid]>,
 ) -> Result<HashMap<Uuid, Usage>, SchemaError> {
-    let mut query = allocation::Entity::find()
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait as _, Func};
+    let sum = |column: allocation::Column| {
+        Expr::expr(Func::sum(Expr::col(column))).cast_as(Alias::new("BIGINT"))
+    };
+    // Summed by the DB: one row per runner, however many allocations there are.
+    let mut query = holding_capacity(allocation::Entity::find())
+        .select_only()
+        .column(allocation::Column::RunnerId)
+        .column_as(sum(allocation::Column::MemoryMb), "memory_mb")
+        .column_as(sum(allocation::Column::CpuMillis), "cpu_millis")
+        .column_as(allocation::Column::Id.count(), "allocations")
         .filter(allocation::Column::RunnerId.is_not_null())
-        .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()));
+        .group_by(allocation::Column::RunnerId);
     if let Some(ids) = runners {
         query = query.filter(allocation::Column::RunnerId.is_in(ids.iter().copied()));
     }
-    let mut usage: HashMap<Uuid, Usage> = HashMap::new();
-    for row in query.all(db).await? {
-        if !holds_capacity(&row.stage) {
-            continue;
-        }
-        let Some(runner_id) = row.runner_id else {
-            continue;
-        };
-        let used = usage.entry(runner_id).or_default();
-        used.memory_mb += row.memory_mb;
-        used.cpu_millis += row.cpu_millis;
-        used.allocations += 1;
-    }
-    Ok(usage)
+    let rows: Vec<(Option<Uuid>, Option<i64>, Option<i64>, i64)> =
+        query.into_tuple().all(db).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(runner, memory_mb, cpu_millis, allocations)| {
+            Some((
+                runner?,
+                Usage {
+                    memory_mb: memory_mb.unwrap_or(0),
+                    cpu_millis: cpu_millis.unwrap_or(0),
+                    allocations,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Only the allocations that hold their runner's capacity: meant to run and not ended.
+fn holding_capacity(
+    query: sea_orm::Select<allocation::Entity>,
+) -> sea_orm::Select<allocation::Entity> {
+    let ended: Vec<&str> = AllocationStage::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str())
+        .collect();
+    query
+        .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()))
+        .filter(allocation::Column::Stage.is_not_in(ended))
 }
 
 /// A new allocation to place: of `deployment_id`'s artifact, for `environment_id`, in
@@ -770,18 +795,20 @@ pub async fn place_allocation_in<C: ConnectionTrait>(
         .into_iter()
         .collect();
     let mut same_env: HashMap<Uuid, u32> = HashMap::new();
-    if !ids.is_empty() {
-        for row in allocation::Entity::find()
+    if !ids.is_empty() && !deployments.is_empty() {
+        let rows: Vec<(Option<Uuid>, i64)> = holding_capacity(allocation::Entity::find())
+            .select_only()
+            .column(allocation::Column::RunnerId)
+            .column_as(allocation::Column::Id.count(), "allocations")
             .filter(allocation::Column::RunnerId.is_in(ids.iter().copied()))
-            .filter(allocation::Column::Desired.eq(crate::allocations::Desired::Run.as_str()))
+            .filter(allocation::Column::DeploymentId.is_in(deployments.iter().copied()))
+            .group_by(allocation::Column::RunnerId)
+            .into_tuple()
             .all(txn)
-            .await?
-        {
-            if deployments.contains(&row.deployment_id)
-                && holds_capacity(&row.stage)
-                && let Some(r) = row.runner_id
-            {
-                *same_env.entry(r).or_default() += 1;
+            .await?;
+        for (runner, count) in rows {
+            if let Some(r) = runner {
+                same_env.insert(r, u32::try_from(count).unwrap_or(u32::MAX));
             }
         }
     }

@@ -336,6 +336,23 @@ async fn a_runner_registers_heartbeats_and_is_declared_lost() -> Result<()> {
         "{body}"
     );
 
+    // A malformed registration is refused, every problem named, before anything is read.
+    let mut malformed = own.clone();
+    malformed["subnet"] = json!("10.213.251.7/24");
+    malformed["address"] = json!("ftp://runner");
+    let (status, body) = post_as(&register, "h1", Some(&token), &malformed).await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("INVALID_ARGUMENT")),
+        "{body}"
+    );
+    let error = body["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("subnet: \"10.213.251.7/24\": host bits are set")
+            && error.contains("address: \"ftp://runner\""),
+        "{body}"
+    );
+
     let (status, body) = post_as(&register, "h1", Some(&token), &own).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
