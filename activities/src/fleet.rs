@@ -32,7 +32,11 @@ impl FleetActivities {
         let lost_after = chrono::Duration::milliseconds(
             i64::try_from(self.timings.lost_after_ms).unwrap_or(i64::MAX),
         );
-        let cutoff = chrono::Utc::now() - lost_after;
+        // The DB's clock, which wrote the heartbeats: no skew between hosts counts.
+        let now = rhone_schema::db_now(&self.db)
+            .await
+            .map_err(|e| activity_error(rhone_schema::SchemaError::from(e)))?;
+        let cutoff = now - lost_after;
         let lost = rhone_schema::fleet::mark_lost(&self.db, cutoff, FLEET_ACTOR)
             .await
             .map_err(activity_error)?;

@@ -372,7 +372,7 @@ pub async fn register_runner<C: ConnectionTrait + TransactionTrait>(
         });
     }
     let from = row.status.clone();
-    let now = Utc::now();
+    let now = crate::db_now(&txn).await?;
     let mut active: runner::ActiveModel = row.into();
     active.address = Set(registration.address.clone());
     active.subnet = Set(Some(registration.subnet.clone()));
@@ -515,7 +515,7 @@ pub async fn heartbeat<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<RunnerSta
     let seen = runner::Entity::update_many()
         .col_expr(
             runner::Column::LastSeenAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
+            crate::db_now_expr(db.get_database_backend()),
         )
         .filter(runner::Column::Id.eq(id))
         .filter(runner::Column::Status.eq(RunnerStatus::Ready.as_str()))

@@ -92,6 +92,36 @@ pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, 
     .await
 }
 
+/// The control DB's clock (PostgreSQL's `now()`); on SQLite, which one host uses, this
+/// host's. Runners' last-seen times are written and judged by it, so clock skew between the
+/// API's host and the worker's cannot declare a runner lost.
+pub async fn db_now<C: sea_orm::ConnectionTrait>(
+    db: &C,
+) -> Result<chrono::DateTime<chrono::Utc>, DbErr> {
+    use sea_orm::{DbBackend, Statement};
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(chrono::Utc::now());
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT clock_timestamp() AS now",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the DB's clock".to_owned()))?;
+    row.try_get::<chrono::DateTime<chrono::Utc>>("", "now")
+}
+
+/// The DB's clock as an expression for a write (see [`db_now`]).
+pub(crate) fn db_now_expr(backend: sea_orm::DbBackend) -> sea_orm::sea_query::Expr {
+    use sea_orm::sea_query::Expr;
+    if backend == sea_orm::DbBackend::Postgres {
+        Expr::cust("clock_timestamp()")
+    } else {
+        Expr::value(chrono::Utc::now())
+    }
+}
+
 /// A new row id: UUIDv7, so ids sort by creation time.
 pub fn new_id() -> Uuid {
     Uuid::now_v7()
