@@ -130,6 +130,9 @@ enum CallError {
 impl Membership {
     /// Registers, then heartbeats, for as long as the task runs.
     pub(crate) async fn run(self) {
+        if in_clear(&self.api_url) {
+            tracing::warn!(api = %self.api_url, "this runner's credential goes to the API over plain http: put the API behind TLS (https://) or keep this link on a private network");
+        }
         let mut backoff = FIRST_BACKOFF;
         loop {
             let registered = match self.register().await {
@@ -228,9 +231,44 @@ impl Membership {
     }
 }
 
+/// Whether calls to `url` cross a network unencrypted: plain http to anything but loopback.
+fn in_clear(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    !(host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_beyond_loopback_is_in_clear() {
+        for url in [
+            "http://api:8080",
+            "http://10.0.0.5:8080/",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(in_clear(url), "{url}");
+        }
+        for url in [
+            "https://api:8443",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(!in_clear(url), "{url}");
+        }
+    }
 
     #[test]
     fn capacity_is_capped_by_the_host_and_the_subnet() {
