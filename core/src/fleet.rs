@@ -285,7 +285,7 @@ pub fn choose(
 /// to 28, the host bits clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
-    pub network: std::net::Ipv4Addr,
+    pub network: core::net::Ipv4Addr,
     pub prefix: u8,
 }
 
@@ -297,7 +297,7 @@ impl FromStr for Subnet {
         let (addr, prefix) = text
             .split_once('/')
             .ok_or_else(|| format!("{text:?}: expected a.b.c.d/prefix"))?;
-        let network: std::net::Ipv4Addr = addr
+        let network: core::net::Ipv4Addr = addr
             .parse()
             .map_err(|_| format!("{text:?}: {addr:?} is not an IPv4 address"))?;
         let prefix: u8 = prefix
@@ -309,7 +309,7 @@ impl FromStr for Subnet {
         if u32::from(network) & !mask != 0 {
             return Err(format!(
                 "{text:?}: host bits are set; the network is {}/{prefix}",
-                std::net::Ipv4Addr::from(u32::from(network) & mask)
+                core::net::Ipv4Addr::from(u32::from(network) & mask)
             ));
         }
         Ok(Subnet { network, prefix })
