@@ -70,8 +70,8 @@ struct Host {
 
 struct Topology {
     k: u8,
-    /// `acme<K>`: route keys, and so Repair and Wake workflow ids, differ between the
-    /// topologies of concurrent tests, which share one Temporal namespace.
+    /// `acme<K>t<time>`: route keys, and so Repair and Wake workflow ids, differ between
+    /// the topologies of a test run, which share one Temporal namespace.
     workspace: String,
     /// Production's host: `web.shop.<workspace>.rhone.localhost`.
     prod_host: String,
@@ -153,9 +153,15 @@ impl Topology {
             .block_on(rhone_api::bootstrap_admin(&db, "ops@example.com"))?
             .context("a bootstrap token")?;
 
+        // Unique in the test run, not only among the topologies alive now: a Repair a
+        // finished topology left running in Temporal (its worker is gone) keeps its id.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 100_000_000);
+        let workspace = format!("acme{k}t{stamp}");
         let mut t = Topology {
-            workspace: format!("acme{k}"),
-            prod_host: format!("web.shop.acme{k}.rhone.localhost"),
+            workspace: workspace.clone(),
+            prod_host: format!("web.shop.{workspace}.rhone.localhost"),
             k,
             dir,
             bridge,
