@@ -444,10 +444,24 @@ impl Topology {
             .env("RHONE_CONFIG", self.dir.path().join("none.json"))
             .output()?;
         if !out.status.success() {
+            let runners: Vec<String> = self
+                .hosts
+                .iter()
+                .map(|h| {
+                    format!(
+                        "runner {}:\n{}",
+                        h.name,
+                        self.log(&format!("runner-{}", h.name))
+                    )
+                })
+                .collect();
             bail!(
-                "rhone {args:?} failed: {}{}",
+                "rhone {args:?} failed: {}{}\nworker:\n{}\napi:\n{}\n{}",
                 String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.stderr),
+                self.log("worker"),
+                self.log("api"),
+                runners.join("\n")
             );
         }
         Ok(String::from_utf8(out.stdout)?)
