@@ -34,7 +34,11 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for pid in tree {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // Some are gone already (a sandbox ends with its first process).
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
