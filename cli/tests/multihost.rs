@@ -142,7 +142,17 @@ impl Topology {
         for i in 1..=hosts {
             let _ = ip(&["netns", "del", &format!("rhmh{k}-h{i}")]);
         }
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        // An address of its own: a bridge without one takes its lowest port's, which
+        // changes as hosts join and leaves the others' cached gateway address stale.
+        ip(&[
+            "link",
+            "add",
+            &bridge,
+            "address",
+            &format!("02:74:00:00:00:{k:02x}"),
+            "type",
+            "bridge",
+        ])?;
         ip(&["addr", "add", &format!("{gateway}/24"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
 

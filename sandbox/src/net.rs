@@ -364,10 +364,15 @@ impl HostNetwork {
 
     async fn create_bridge(&self) -> Result<(), SandboxError> {
         let br = &self.bridge;
+        // A bridge without an address of its own takes its lowest port's, so it would
+        // change as allocations join: every allocation that cached the old one would send
+        // to nobody until its neighbour entry expired. Its own, stable per subnet, never
+        // changes.
+        let [a, b, c, d] = self.network.to_be_bytes();
         run_ip(
             &[],
             &format!(
-                "link add {br} type bridge\n\
+                "link add {br} address 02:72:{a:02x}:{b:02x}:{c:02x}:{d:02x} type bridge\n\
                  addr add {gw}/{prefix} dev {br}\n\
                  link set {br} up\n",
                 gw = self.gateway(),
