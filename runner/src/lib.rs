@@ -46,6 +46,11 @@ pub use rhone_runner_protocol::{
 };
 pub use rhone_store::ArtifactStore;
 
+/// How long an ended allocation's directory (its record, log and home) is kept, for on-call.
+const KEEP_ENDED: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How often ended allocations' directories are looked for.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("runner server failed: {0}")]
@@ -176,6 +181,26 @@ pub async fn serve(
         tracing::warn!(killed, "removed sandboxes a previous runner left");
     }
     ctx.network.prune(&adopted).await;
+    // What ended long ago goes from the work directory, now and every hour.
+    let pruner = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                let table = table.clone();
+                let pruned = tokio::task::spawn_blocking(move || table.prune_ended(KEEP_ENDED))
+                    .await
+                    .unwrap_or(0);
+                if pruned > 0 {
+                    tracing::info!(
+                        pruned,
+                        "removed the directories of allocations that ended over a day ago"
+                    );
+                }
+            }
+        })
+    };
     let membership = membership.map(|(api_url, credential, registration)| {
         tokio::spawn(
             membership::Membership {
@@ -205,6 +230,7 @@ pub async fn serve(
     if let Some(task) = membership {
         task.abort();
     }
+    pruner.abort();
     table.shutdown().await;
     ctx.network.teardown().await;
     served.map_err(RunnerError::Serve)

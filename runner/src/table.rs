@@ -136,6 +136,47 @@ impl Table {
         kept
     }
 
+    /// Removes the directories (record, log, home) of allocations that ended more than
+    /// `retain` ago and are no longer in the table; returns how many went.
+    pub(crate) fn prune_ended(&self, retain: std::time::Duration) -> usize {
+        let root = self.ctx.config.work_dir.join(ALLOCATIONS_DIR);
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return 0;
+        };
+        let mut pruned = 0;
+        for dir in dirs.flatten() {
+            let path = dir.path();
+            let Some(id) = dir
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            let record = path.join(crate::allocation::RECORD_FILE);
+            let old_enough = std::fs::metadata(&record)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retain));
+            if !old_enough
+                || self
+                    .entries()
+                    .get(&id)
+                    .is_some_and(|e| !e.allocation.observed().stage.is_terminal())
+                || !Record::read(&path).is_some_and(|r| r.observed.stage.is_terminal())
+            {
+                continue;
+            }
+            self.entries().remove(&id);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => pruned += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove an ended allocation's directory")
+                }
+            }
+        }
+        pruned
+    }
+
     fn dir_of(&self, id: Uuid) -> std::path::PathBuf {
         self.ctx
             .config

@@ -274,3 +274,57 @@ async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> 
     theirs.finish(&decoy_id, Some(status)).await;
     h.shutdown().await
 }
+
+/// The directory (record, log, home) of an allocation that ended over a day ago goes when
+/// the runner starts; one that ended recently stays, for on-call.
+#[tokio::test]
+async fn directories_of_allocations_ended_long_ago_are_removed() -> Result<()> {
+    let dir = Harness::dir()?;
+    let record = |id: Uuid| {
+        serde_json::json!({
+            "spec": {
+                "allocation_id": id,
+                "generation": 1,
+                "artifact_digest": format!("sha256:{}", "a".repeat(64)),
+                "process": { "command": "exec true", "health_path": "/healthz" },
+                "desired": "stop",
+            },
+            "observed": {
+                "stage": "stopped", "ip": null, "port": null, "pid": null,
+                "exit_status": "exit code 0", "exit_code": 0, "message": "drained",
+            },
+        })
+    };
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for id in [old, recent] {
+        let at = dir.path().join("work/allocations").join(id.to_string());
+        std::fs::create_dir_all(at.join("home"))?;
+        std::fs::write(at.join("output.log"), "the app's last words\n")?;
+        std::fs::write(at.join("allocation.json"), record(id).to_string())?;
+    }
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(
+            dir.path()
+                .join("work/allocations")
+                .join(old.to_string())
+                .join("allocation.json"),
+        )?
+        .set_modified(two_days_ago)?;
+    let allocations = dir.path().join("work/allocations");
+
+    let h = Harness::start_in(dir, |_| {}).await?;
+    eventually(WITHIN, "the old directory is removed", || {
+        !allocations.join(old.to_string()).exists()
+    })
+    .await?;
+    assert!(
+        allocations
+            .join(recent.to_string())
+            .join("output.log")
+            .exists(),
+        "the recent one is kept"
+    );
+    h.shutdown().await
+}
