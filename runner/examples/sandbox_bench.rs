@@ -601,7 +601,7 @@ impl Bench {
         if !app.is_empty() {
             let a = Stats::of(&app);
             println!(
-                "  added, app's view (sandboxed app answers − bare): p50 {:.1} ms; runner's view − app's view: p50 {:+.1} ms (its probe backs off from 5 ms)",
+                "  added, app's view (sandboxed app answers − bare): p50 {:.1} ms; runner's view − app's view: p50 {:+.1} ms (its probe backs off from 2 ms)",
                 a.p50 - b.p50,
                 r.p50 - a.p50
             );

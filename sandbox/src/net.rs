@@ -197,7 +197,9 @@ impl HostNetwork {
         let veth = veth_name(id);
         let address = Ipv4Addr::from(self.network + host);
         // A namespace of the same id left by an earlier attempt goes first.
-        let _ = run_ip(&[], &format!("netns del {netns}\n"), true).await;
+        if Path::new("/run/netns").join(&netns).exists() {
+            let _ = run_ip(&[], &format!("netns del {netns}\n"), true).await;
+        }
         run_ip(
             &[],
             &format!(

@@ -23,6 +23,8 @@ pub fn free_port() -> Result<u16> {
 pub struct Dev {
     pub child: Child,
     pub config: std::path::PathBuf,
+    /// Where `rhone dev`'s stderr (its log) goes.
+    pub log: std::path::PathBuf,
     /// What `rhone dev` printed until it was ready.
     pub lines: Vec<String>,
 }
@@ -58,11 +60,19 @@ impl Dev {
         let out = self.rhone(args)?;
         if !out.status.success() {
             bail!(
-                "rhone {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "rhone {args:?} failed: {}\nrhone dev's log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
             );
         }
         Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The last lines `rhone dev` logged (its stderr).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
@@ -84,6 +94,8 @@ pub fn start_dev(dir: &Path, ports: &[u16; 5]) -> Result<Dev> {
 /// `rhone dev` with `extra` arguments (e.g. `--no-worker`), ready once it says so.
 pub fn start_dev_with(dir: &Path, ports: &[u16; 5], extra: &[&str]) -> Result<Dev> {
     let config = dir.join("credentials.json");
+    // Appended to across restarts on the same directory.
+    let log = dir.join("rhone-dev.log");
     let mut child = Command::new(RHONE)
         .arg("dev")
         .args(extra)
@@ -104,7 +116,12 @@ pub fn start_dev_with(dir: &Path, ports: &[u16; 5], extra: &[&str]) -> Result<De
         .args(["--temporal-ui-port", &ports[4].to_string()])
         .env("RHONE_CONFIG", &config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?,
+        )
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -116,6 +133,7 @@ pub fn start_dev_with(dir: &Path, ports: &[u16; 5], extra: &[&str]) -> Result<De
     let mut dev = Dev {
         child,
         config,
+        log,
         lines: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(90);
