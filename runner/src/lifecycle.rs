@@ -134,46 +134,45 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     }
 
     alloc.enter(Pulling, |_| {});
-    let root = tokio::select! {
-        root = ctx.cache.ensure(&spec.artifact_digest) => root,
-        _ = stopped(&mut stop) => {
-            alloc.enter(Stopped, note("stopped while pulling"));
-            return;
-        }
-    };
-    let root = match root {
-        Ok(root) => root,
-        Err(e) => {
-            alloc.enter(Failed, note(&e.to_string()));
-            return;
-        }
-    };
-
-    alloc.enter(Starting, |_| {});
     let dir = alloc.dir.clone();
     let sandbox_id = alloc.id.to_string();
+    let root = ctx.cache.path_of(&spec.artifact_digest);
     let spec_in_sandbox = sandbox_spec(ctx, alloc, spec, &root, &dir);
-    // The network namespace, the app's home and the sandbox's bundle and cgroups are made
-    // side by side: each is a few milliseconds of the start.
-    let (attached, prepared) = tokio::join!(
+    // The artifact is made sure of while the network namespace, the app's home and the
+    // sandbox's bundle and cgroups are made, side by side: none needs the others, and each
+    // is a few milliseconds of the start.
+    let pulled = async {
+        tokio::select! {
+            pulled = ctx.cache.ensure(&spec.artifact_digest) => Some(pulled),
+            _ = stopped(&mut stop) => None,
+        }
+    };
+    let (pulled, attached, prepared) = tokio::join!(
+        pulled,
         ctx.network.attach(&sandbox_id, spec.process.port < 1024),
         prepare(ctx, &spec_in_sandbox, &dir),
     );
-    let attachment = match (attached, prepared) {
-        (Ok(attachment), Ok(())) => attachment,
-        (attached, prepared) => {
-            let message = match &attached {
-                Err(e) => e.to_string(),
-                Ok(attachment) => {
-                    ctx.network.detach(attachment).await;
-                    prepared.err().unwrap_or_default()
-                }
-            };
+    let failure = match (&pulled, &attached, &prepared) {
+        (Some(Ok(_)), Ok(_), Ok(())) => None,
+        (None, _, _) => Some((Stopped, "stopped while pulling".to_owned())),
+        (Some(Err(e)), _, _) => Some((Failed, e.to_string())),
+        (_, Err(e), _) => Some((Failed, e.to_string())),
+        (_, _, Err(message)) => Some((Failed, message.clone())),
+    };
+    let attachment = match (failure, attached) {
+        (None, Ok(attachment)) => attachment,
+        (failure, attached) => {
+            if let Ok(attachment) = &attached {
+                ctx.network.detach(attachment).await;
+            }
             ctx.sandbox.discard(&sandbox_id).await;
-            alloc.enter(Failed, note(&message));
+            let (stage, message) =
+                failure.unwrap_or((Failed, "the network namespace was not made".to_owned()));
+            alloc.enter(stage, note(&message));
             return;
         }
     };
+    alloc.enter(Starting, |_| {});
     match Process::spawn(&ctx.sandbox, &spec_in_sandbox, &alloc.logs) {
         Ok(mut process) => {
             tracing::info!(address = %attachment.address, port = spec.process.port, "process started");

@@ -58,10 +58,15 @@ impl ArtifactCache {
         }
     }
 
+    /// Where [`ArtifactCache::ensure`] puts the artifact of `digest`.
+    pub(crate) fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
     /// The root of the unpacked artifact, fetching and unpacking it first if needed.
     /// `unpack` renames a complete tree into place, so an existing directory is whole.
     pub(crate) async fn ensure(&self, digest: &Digest) -> Result<PathBuf, PullError> {
-        let dest = self.dir.join(digest.hex());
+        let dest = self.path_of(digest);
         let lock = self
             .locks
             .lock()
