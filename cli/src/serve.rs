@@ -413,13 +413,19 @@ pub async fn shutdown_signal() {
 }
 
 /// Every problem with the configuration of `role` in `env`, at once: the shared keys, what
-/// the role requires, the runner's own keys, the operator key and the S3 store.
-fn check(role: Role, env: &BTreeMap<String, String>) -> Result<Config, Vec<String>> {
+/// the role requires, the runner's own keys, the operator key and the S3 store. The role's
+/// configuration, and the runner's own for a runner.
+fn check(
+    role: Role,
+    env: &BTreeMap<String, String>,
+) -> Result<(Config, Option<rhone_runner::RunnerConfig>), Vec<String>> {
     let mut errors = Vec::new();
     let config = Config::parse(env).map_err(|e| errors.extend(e)).ok();
+    let mut runner = None;
     if role == Role::Runner {
-        if let Err(e) = rhone_runner::RunnerConfig::parse(env) {
-            errors.extend(e);
+        match rhone_runner::RunnerConfig::parse(env) {
+            Ok(c) => runner = Some(c),
+            Err(e) => errors.extend(e),
         }
     } else if config.as_ref().is_some_and(|c| c.database_url.is_none()) {
         errors.push(
@@ -438,7 +444,7 @@ fn check(role: Role, env: &BTreeMap<String, String>) -> Result<Config, Vec<Strin
         errors.push(format!("the S3 artifact store: {e:#}"));
     }
     match config {
-        Some(config) if errors.is_empty() => Ok(config),
+        Some(config) if errors.is_empty() => Ok((config, runner)),
         _ => Err(errors),
     }
 }
@@ -451,7 +457,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .role
         .to_possible_value()
         .map_or_else(String::new, |v| v.get_name().to_owned());
-    let config = match check(args.role, &env) {
+    let (config, runner_config) = match check(args.role, &env) {
         Ok(c) => c,
         Err(errors) => bail!(
             "invalid configuration for `rhone serve {role}`:\n  {}",
@@ -479,7 +485,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let listen = config
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
-    if args.role == Role::Runner {
+    if let Some(runner_config) = runner_config {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -487,10 +493,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             name: config.runner_name,
             region: config.region,
             cell: config.cell,
-        };
-        let runner_config = match rhone_runner::RunnerConfig::parse(&env) {
-            Ok(c) => c,
-            Err(errors) => bail!("invalid runner configuration:\n  {}", errors.join("\n  ")),
         };
         let store = match &config.s3 {
             Some(s3) => s3.store()?,

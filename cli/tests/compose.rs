@@ -52,13 +52,16 @@ fn interpolate(value: &str, vars: &BTreeMap<&str, &str>) -> Result<String> {
     Ok(out)
 }
 
+/// A service's name, its role and its environment.
+type Service = (String, String, BTreeMap<String, String>);
+
 /// Each service running `rhone serve ROLE`: its name, role and environment as compose
 /// would give it, with `/run/secrets/NAME` pointing at a file of `secrets`.
 fn rhone_services(
     compose: &Value,
     secrets: &Path,
     vars: &BTreeMap<&str, &str>,
-) -> Result<Vec<(String, String, BTreeMap<String, String>)>> {
+) -> Result<Vec<Service>> {
     let services = compose["services"]
         .as_mapping()
         .context("a services mapping")?;

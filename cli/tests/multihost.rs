@@ -129,6 +129,41 @@ impl Topology {
         ["-w", &self.workspace, "-p", "shop", "-a", "web"]
     }
 
+    /// `rhone promote DEPLOYMENT` to production with `instances`.
+    fn promote(&self, deployment: &str, instances: u32) -> Result<String> {
+        let instances = instances.to_string();
+        self.rhone(
+            &[
+                &["promote", deployment][..],
+                &self.app(),
+                &["--env", "production", "--instances", &instances],
+            ]
+            .concat(),
+        )
+    }
+
+    /// The index in `hosts` of host `name`.
+    fn host_index(&self, name: &str) -> Result<usize> {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .with_context(|| format!("no host {name}"))
+    }
+
+    /// Runner `name`'s status in the control DB.
+    fn runner_status(&self, name: &str) -> Result<String> {
+        use rhone_schema::entity::runner;
+        Ok(self
+            .rt
+            .block_on(
+                runner::Entity::find()
+                    .filter(runner::Column::Name.eq(name))
+                    .one(&self.db),
+            )?
+            .with_context(|| format!("no runner row {name}"))?
+            .status)
+    }
+
     /// Makes the bridge, the control plane (API, worker, edge, S3) and `hosts` runner
     /// hosts, each registered with a credential an operator issued; `memory_mb` caps what
     /// each runner offers.
@@ -621,14 +656,7 @@ impl Drop for Topology {
 fn two_instances_on_two_hosts_and_a_killed_host_replaced_on_a_third() -> Result<()> {
     let mut t = Topology::start("multihost_kill", 3, None)?;
     let deployment = t.deployed()?;
-    t.rhone(
-        &[
-            &["promote", deployment.as_str()][..],
-            &t.app(),
-            &["--env", "production", "--instances", "2"],
-        ]
-        .concat(),
-    )?;
+    t.promote(&deployment, 2)?;
     let serving = t.serving()?;
     assert_eq!(serving.len(), 2, "{serving:?}");
     assert_ne!(serving[0].1, serving[1].1, "two hosts: {serving:?}");
@@ -648,11 +676,7 @@ fn two_instances_on_two_hosts_and_a_killed_host_replaced_on_a_third() -> Result<
     // SIGKILL the first host's runner and its apps.
     let (dead, dead_host) = serving[0].clone();
     let (kept, kept_host) = serving[1].clone();
-    let h = t
-        .hosts
-        .iter()
-        .position(|h| h.name == dead_host)
-        .context("the host")?;
+    let h = t.host_index(&dead_host)?;
     let killed_at = Instant::now();
     t.hosts[h].runner.as_mut().context("a runner")?.kill_tree();
     // Production keeps answering from the other instance meanwhile, and a replacement
@@ -710,17 +734,10 @@ fn listening(address: &str) -> bool {
 /// address any more, and no request reaches it.
 #[test]
 fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
-    use rhone_schema::entity::{allocation, runner};
+    use rhone_schema::entity::allocation;
     let t = Topology::start("multihost_cut", 3, None)?;
     let deployment = t.deployed()?;
-    t.rhone(
-        &[
-            &["promote", deployment.as_str()][..],
-            &t.app(),
-            &["--env", "production", "--instances", "2"],
-        ]
-        .concat(),
-    )?;
+    t.promote(&deployment, 2)?;
     let serving = t.serving()?;
     assert_eq!(serving.len(), 2, "{serving:?}");
     let (stale, stale_host) = serving[0].clone();
@@ -729,11 +746,7 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
             .and_then(|a| a.address)
             .context("the stale allocation's address")?;
     assert!(listening(&address), "{address} serves before the cut");
-    let h = t
-        .hosts
-        .iter()
-        .position(|h| h.name == stale_host)
-        .context("the host")?;
+    let h = t.host_index(&stale_host)?;
 
     let cut_at = Instant::now();
     ip(&["link", "set", &t.hosts[h].veth, "down"])?;
@@ -762,17 +775,7 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
         replaced.iter().all(|(_, host)| *host != stale_host),
         "{replaced:?}"
     );
-    let status = |name: &str| -> Result<String> {
-        Ok(t.rt
-            .block_on(
-                runner::Entity::find()
-                    .filter(runner::Column::Name.eq(name))
-                    .one(&t.db),
-            )?
-            .context("runner row")?
-            .status)
-    };
-    assert_eq!(status(&stale_host)?, "lost");
+    assert_eq!(t.runner_status(&stale_host)?, "lost");
     let row =
         t.rt.block_on(allocation::Entity::find_by_id(stale).one(&t.db))?
             .context("row")?;
@@ -785,7 +788,7 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
     // Back: it registers again and drains what it should no longer run.
     ip(&["link", "set", &t.hosts[h].veth, "up"])?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while status(&stale_host)? != "ready" || listening(&address) {
+    while t.runner_status(&stale_host)? != "ready" || listening(&address) {
         assert_ne!(
             t.answered_by()?.as_deref(),
             Some(stale.to_string().as_str())
@@ -793,7 +796,7 @@ fn a_cut_off_host_is_replaced_and_drained_when_it_returns() -> Result<()> {
         ensure!(
             Instant::now() < deadline,
             "the host did not come back and drain: {}, listening {}\n{}",
-            status(&stale_host)?,
+            t.runner_status(&stale_host)?,
             listening(&address),
             t.log(&format!("runner-{stale_host}"))
         );
@@ -832,25 +835,14 @@ fn sandbox_processes(id: uuid::Uuid) -> Vec<u32> {
 /// app, the next runner reports how the app ended, and a Repair replaces it.
 #[test]
 fn a_restarted_runner_adopts_its_allocations_without_a_replacement() -> Result<()> {
-    use rhone_schema::entity::{allocation, runner};
+    use rhone_schema::entity::allocation;
     let mut t = Topology::start("multihost_restart", 2, None)?;
     let deployment = t.deployed()?;
-    t.rhone(
-        &[
-            &["promote", deployment.as_str()][..],
-            &t.app(),
-            &["--env", "production"],
-        ]
-        .concat(),
-    )?;
+    t.promote(&deployment, 1)?;
     let serving = t.serving()?;
     assert_eq!(serving.len(), 1, "{serving:?}");
     let (id, host) = serving[0].clone();
-    let h = t
-        .hosts
-        .iter()
-        .position(|x| x.name == host)
-        .context("the host")?;
+    let h = t.host_index(&host)?;
     let increment = |t: &Topology| -> Result<()> {
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "10", "-X", "POST", "-d", ""])
@@ -880,16 +872,6 @@ fn a_restarted_runner_adopts_its_allocations_without_a_replacement() -> Result<(
         .join("work/allocations")
         .join(id.to_string())
         .join("output.log");
-    let runner_status = |t: &Topology| -> Result<String> {
-        Ok(t.rt
-            .block_on(
-                runner::Entity::find()
-                    .filter(runner::Column::Name.eq(host.as_str()))
-                    .one(&t.db),
-            )?
-            .context("runner row")?
-            .status)
-    };
 
     // SIGKILL of the runner alone: its app runs on and answers.
     let mut old = t.hosts[h].runner.take().context("a runner")?;
@@ -926,7 +908,7 @@ fn a_restarted_runner_adopts_its_allocations_without_a_replacement() -> Result<(
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         assert_eq!(counter(&t)?, 3, "the same process answers");
-        assert_eq!(runner_status(&t)?, "ready");
+        assert_eq!(t.runner_status(&host)?, "ready");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(t.serving()?, serving, "no replacement");
@@ -1080,14 +1062,7 @@ fn heal_bench() -> Result<()> {
         .unwrap_or(5);
     let mut t = Topology::start("multihost_heal_bench", 3, None)?;
     let deployment = t.deployed()?;
-    t.rhone(
-        &[
-            &["promote", deployment.as_str()][..],
-            &t.app(),
-            &["--env", "production"],
-        ]
-        .concat(),
-    )?;
+    t.promote(&deployment, 1)?;
     let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     let (mut heals, mut starts, mut overheads, mut detections) = (vec![], vec![], vec![], vec![]);
     println!(
@@ -1097,11 +1072,7 @@ fn heal_bench() -> Result<()> {
         let serving = t.serving()?;
         ensure!(serving.len() == 1, "round {round}: {serving:?}");
         let (old, host) = serving[0].clone();
-        let h = t
-            .hosts
-            .iter()
-            .position(|x| x.name == host)
-            .context("host")?;
+        let h = t.host_index(&host)?;
         let killed = chrono::Utc::now();
         t.hosts[h].runner.as_mut().context("runner")?.kill_tree();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -32,22 +32,12 @@ pub(crate) struct Context {
     pub network: HostNetwork,
 }
 
-/// Runs the allocation until it is stopped or failed.
+/// Runs the allocation until it is stopped or failed, from the stage it is at: a new one
+/// (`planned`) starts; one an earlier runner on this host ran is taken over from the stage its
+/// record has: not started yet, it starts; its process still running (and its network
+/// there), it is adopted and watched on (probed first if it was not ready yet); ended while
+/// no runner watched, it is reported failed (stopped, if it was draining) with how it ended.
 pub(crate) async fn run(ctx: Arc<Context>, alloc: Arc<Allocation>) {
-    let spec = alloc.spec();
-    let span = tracing::info_span!(
-        "allocation",
-        allocation_id = %alloc.id,
-        digest = %spec.artifact_digest,
-    );
-    drive(&ctx, &alloc, &spec).instrument(span).await;
-}
-
-/// Takes over an allocation an earlier runner on this host ran, from the stage its record
-/// has: not started yet, it starts; its process still running (and its network there), it
-/// is adopted and watched on (probed first if it was not ready yet); ended while no runner
-/// watched, it is reported failed (stopped, if it was draining) with how it ended.
-pub(crate) async fn resume(ctx: Arc<Context>, alloc: Arc<Allocation>) {
     let spec = alloc.spec();
     let span = tracing::info_span!(
         "allocation",

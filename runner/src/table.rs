@@ -89,41 +89,27 @@ impl Table {
 
     /// Takes over what an earlier runner in this work directory left unfinished: every
     /// allocation whose record is not final, each resumed by its own task
-    /// ([`lifecycle::resume`]: adopted if it still runs, reported if it died). Returns
+    /// ([`lifecycle::run`]: adopted if it still runs, reported if it died). Returns
     /// their sandbox ids, which are this runner's now.
     pub(crate) fn recover(&self) -> Vec<String> {
         let mut kept = Vec::new();
-        let root = self.ctx.config.work_dir.join(ALLOCATIONS_DIR);
-        let Ok(dirs) = std::fs::read_dir(&root) else {
-            return kept;
-        };
         let mut entries = self.entries();
-        for dir in dirs.flatten() {
-            let Some(id) = dir
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Uuid>().ok())
-            else {
-                continue;
-            };
-            let Some(record) = Record::read(&dir.path()) else {
-                continue;
-            };
-            if record.spec.allocation_id != id || record.observed.stage.is_terminal() {
+        for (id, dir, record) in self.recorded() {
+            if record.observed.stage.is_terminal() {
                 continue;
             }
             let logs = LogBuffer::new(
-                dir.path().join(LOG_FILE),
+                dir.join(LOG_FILE),
                 Scrubber::new(record.spec.secrets.values()),
             );
             logs.restore();
             let allocation = Arc::new(Allocation::recovered(
                 record,
-                dir.path(),
+                dir,
                 Arc::new(logs),
                 self.reporter.queue(id),
             ));
-            let task = tokio::spawn(lifecycle::resume(self.ctx.clone(), allocation.clone()));
+            let task = tokio::spawn(lifecycle::run(self.ctx.clone(), allocation.clone()));
             entries.insert(id, Entry { allocation, task });
             kept.push(id.to_string());
         }
@@ -139,31 +125,16 @@ impl Table {
     /// Removes the directories (record, log, home) of allocations that ended more than
     /// `retain` ago and are no longer in the table; returns how many went.
     pub(crate) fn prune_ended(&self, retain: std::time::Duration) -> usize {
-        let root = self.ctx.config.work_dir.join(ALLOCATIONS_DIR);
-        let Ok(dirs) = std::fs::read_dir(&root) else {
-            return 0;
-        };
         let mut pruned = 0;
-        for dir in dirs.flatten() {
-            let path = dir.path();
-            let Some(id) = dir
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Uuid>().ok())
-            else {
-                continue;
-            };
-            let record = path.join(crate::allocation::RECORD_FILE);
-            let old_enough = std::fs::metadata(&record)
+        for (id, path, record) in self.recorded() {
+            let old_enough = std::fs::metadata(path.join(crate::allocation::RECORD_FILE))
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retain));
-            if !old_enough
-                || self
-                    .entries()
-                    .get(&id)
-                    .is_some_and(|e| !e.allocation.observed().stage.is_terminal())
-                || !Record::read(&path).is_some_and(|r| r.observed.stage.is_terminal())
-            {
+            let running = self
+                .entries()
+                .get(&id)
+                .is_some_and(|e| !e.allocation.observed().stage.is_terminal());
+            if !old_enough || running || !record.observed.stage.is_terminal() {
                 continue;
             }
             self.entries().remove(&id);
@@ -175,6 +146,22 @@ impl Table {
             }
         }
         pruned
+    }
+
+    /// Every allocation directory of the work directory with a readable record of its own
+    /// allocation: its id, its path and the record.
+    fn recorded(&self) -> Vec<(Uuid, std::path::PathBuf, Record)> {
+        let root = self.ctx.config.work_dir.join(ALLOCATIONS_DIR);
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|dir| {
+                let id: Uuid = dir.file_name().to_str()?.parse().ok()?;
+                let record = Record::read(&dir.path())?;
+                (record.spec.allocation_id == id).then(|| (id, dir.path(), record))
+            })
+            .collect()
     }
 
     fn dir_of(&self, id: Uuid) -> std::path::PathBuf {

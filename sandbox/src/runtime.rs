@@ -173,14 +173,10 @@ impl Sandbox {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<Started, SandboxError> {
-        let child = self
-            .runtime()
-            .arg("run")
-            .arg("--bundle")
-            .arg(self.bundle(&spec.id))
-            .arg("--pid-file")
-            .arg(self.bundle(&spec.id).join(PID_FILE))
-            .arg(&spec.id)
+        let (program, args) = self.run_argv(&spec.id);
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(false)
@@ -193,6 +189,23 @@ impl Sandbox {
             id: spec.id.clone(),
             child,
         })
+    }
+
+    /// The runtime and the arguments of its `run` of prepared sandbox `id`: it runs in the
+    /// foreground and ends with the sandbox's first process, writing its pid to the bundle.
+    pub(crate) fn run_argv(&self, id: &str) -> (&Path, Vec<std::ffi::OsString>) {
+        let bundle = self.bundle(id);
+        let args = vec![
+            "--root".into(),
+            self.root.clone().into(),
+            "run".into(),
+            "--bundle".into(),
+            bundle.clone().into(),
+            "--pid-file".into(),
+            bundle.join(PID_FILE).into(),
+            id.into(),
+        ];
+        (&self.runtime, args)
     }
 
     /// Sends `signal` to every process of the sandbox (of its cgroup). A sandbox that is

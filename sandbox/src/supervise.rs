@@ -20,7 +20,6 @@ use nix::sys::stat::Mode;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
 
-use crate::runtime::PID_FILE;
 use crate::{Sandbox, SandboxError, SandboxSpec, valid_id};
 
 /// The supervisor: runs the runtime, then records how it ended (atomically).
@@ -91,20 +90,14 @@ impl Sandbox {
         let reader = pipe::OpenOptions::new()
             .open_receiver(&fifo)
             .map_err(SandboxError::io(format!("reading {}", fifo.display())))?;
+        let (runtime, args) = self.run_argv(&spec.id);
         let child = Command::new("sh")
             .arg("-c")
             .arg(SUPERVISOR)
             .arg("rhone-supervisor")
             .arg(bundle.join(EXIT_FILE))
-            .arg(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("run")
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--pid-file")
-            .arg(bundle.join(PID_FILE))
-            .arg(&spec.id)
+            .arg(runtime)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -693,8 +693,9 @@ async fn usage_by_runner<C: ConnectionTrait>(
     if let Some(ids) = runners {
         query = query.filter(allocation::Column::RunnerId.is_in(ids.iter().copied()));
     }
-    let rows: Vec<(Option<Uuid>, Option<i64>, Option<i64>, i64)> =
-        query.into_tuple().all(db).await?;
+    // Runner, memory, CPU, allocations.
+    type Row = (Option<Uuid>, Option<i64>, Option<i64>, i64);
+    let rows: Vec<Row> = query.into_tuple().all(db).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(runner, memory_mb, cpu_millis, allocations)| {
