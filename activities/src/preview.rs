@@ -134,6 +134,15 @@ impl PreviewActivities {
             .await
             .map_err(db_err)?
             .ok_or_else(|| refuse(format!("the environment of deployment {} is gone", dep.id)))?;
+        // The one route this writer moves without a compare-and-swap is a preview's: a
+        // workflow started around the API (the Temporal UI, a script) still cannot move a
+        // staging or production route past its promotion.
+        if env.kind != environment::KIND_PREVIEW {
+            return Err(refuse(format!(
+                "environment {:?} is a {} environment: a deploy serves preview environments only; staging and production move through a promotion (`rhone promote`)",
+                env.name, env.kind
+            )));
+        }
         crate::allocate::environment_host(&self.db, &env, &self.config.domain).await
     }
 

@@ -87,6 +87,44 @@ async fn unknown_refs_and_repositories_are_final_and_named() -> Result<()> {
     Ok(())
 }
 
+/// A builder whose operator has not allowed local repositories refuses to clone a path on
+/// its host, even from a workflow started around the API, and names the setting; git is
+/// then allowed no file transport either.
+#[tokio::test]
+async fn a_local_repository_is_refused_where_the_operator_has_not_allowed_it() -> Result<()> {
+    let fx = Fixture::new().await?;
+    let repo = fx.repo("repo", |_| Ok(()))?;
+    let config = DeployConfig {
+        local_repositories: false,
+        ..fx.config.clone()
+    };
+    for repository in [
+        repo.path.display().to_string(),
+        format!("file://{}", repo.path.display()),
+    ] {
+        let source = rhone_workflows::activities::SourceSpec {
+            repository: repository.clone(),
+            git_ref: "main".into(),
+        };
+        let d = fx.deployment(&source).await?;
+        let err = clone_source(&config, &Fixture::clone_input(d, &source))
+            .await
+            .expect_err("a local repository is refused");
+        assert!(err.is_final(), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("is a path on the builder's host")
+                && message.contains("RHONE_ALLOW_LOCAL_REPOSITORIES=1"),
+            "{message}"
+        );
+        assert!(
+            !fx.config.work_dir.join(d.id.to_string()).join("src").exists(),
+            "nothing was cloned for {repository}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_example_builds_into_a_stored_and_recorded_artifact() -> Result<()> {
     let fx = Fixture::new().await?;

@@ -193,6 +193,30 @@ async fn stale_generated_artifacts_fail_the_deploy() -> Result<()> {
     h.stop().await
 }
 
+/// A Deploy workflow started around the API (the Temporal UI, a script) on a production
+/// environment builds, but its preview step refuses to move the route: staging and
+/// production move only through a promotion.
+#[tokio::test]
+async fn a_deploy_started_around_the_api_never_moves_a_production_route() -> Result<()> {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let h = Harness::start("deploy_wf_production").await?;
+    let mut env: rhone_schema::entity::environment::ActiveModel = h.fx.env.clone().into();
+    env.kind = Set("production".into());
+    env.update(&h.fx.db).await?;
+    let repo = h.repo("prod", |_| Ok(()))?;
+    let d = h.deploy(&repo).await?;
+    let seen = h.wait_status(d, "failed", 1).await?;
+    assert_eq!(seen.stages, after_validating(&["failed"]));
+    assert!(
+        seen.error().contains("is a production environment")
+            && seen.error().contains("rhone promote"),
+        "{}",
+        seen.error()
+    );
+    h.assert_no_preview(d).await?;
+    h.stop().await
+}
+
 /// A failing build command and a malformed rhone.toml fail the deploy in `building`, with
 /// the exit status and the manifest's line, column and field.
 #[tokio::test]

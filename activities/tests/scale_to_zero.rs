@@ -139,6 +139,11 @@ fn url(p: &Prod, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", p.edges[0].port)
 }
 
+/// The first edge's `/_rhone/status`, on its admin listener.
+fn status_url(p: &Prod) -> String {
+    format!("http://127.0.0.1:{}/_rhone/status", p.edges[0].admin_port)
+}
+
 /// Output lines of every allocation the runner started, in no particular order.
 fn app_output(p: &Prod) -> Result<Vec<String>> {
     let mut lines = Vec::new();
@@ -297,7 +302,7 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
     assert_eq!(p.allocations(prod_deployment).await?.len(), before + 1);
     // The edge's own account: the held requests were routed, on a handful of wake calls.
     let status: Value = http
-        .get(url(&p, "/_rhone/status"))
+        .get(status_url(&p))
         .send()
         .await?
         .json()
@@ -590,7 +595,7 @@ async fn writes_while_cold_are_applied_once_or_never() -> Result<()> {
     assert_eq!(count("applied increment key=None "), 0, "{output:#?}");
     assert_eq!(count("applied webhook /webhooks/stripe"), 1, "{output:#?}");
     let status: Value = http
-        .get(url(&p, "/_rhone/status"))
+        .get(status_url(&p))
         .send()
         .await?
         .json()

@@ -39,6 +39,10 @@ pub struct ApiState {
     pub runner_key: Option<rhone_runner_protocol::RunnerKey>,
     /// How often runners heartbeat and when they count as lost.
     pub fleet: rhone_core::fleet::FleetTimings,
+    /// Whether deploys may name a local path or a `file://` repository, one on the
+    /// builder's host (`RHONE_ALLOW_LOCAL_REPOSITORIES`; `rhone dev` allows them). Off, such
+    /// a deploy is refused naming the setting.
+    pub local_repositories: bool,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight

@@ -28,6 +28,10 @@ pub struct DevArgs {
     /// Port of the edge (the HTTP front door for apps).
     #[arg(long, default_value_t = 8081)]
     edge_port: u16,
+    /// Port of the edge's admin listener (`/_rhone/status` for on-call), on 127.0.0.1
+    /// only; 0 takes any free port (printed).
+    #[arg(long, default_value_t = 9081)]
+    edge_admin_port: u16,
     /// Port of the runner agent's control endpoint.
     #[arg(long, default_value_t = 8082)]
     runner_port: u16,
@@ -93,6 +97,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     // Every listener first, so a taken port fails before anything starts.
     let api = bind(args.api_port, "API", "--api-port").await?;
     let edge = bind(args.edge_port, "edge", "--edge-port").await?;
+    let edge_admin = bind(args.edge_admin_port, "edge admin", "--edge-admin-port").await?;
+    let edge_admin_addr = edge_admin.local_addr()?;
     let runner = bind(args.runner_port, "runner", "--runner-port").await?;
 
     let (mut temporal_child, temporal_address) = match &args.temporal_address {
@@ -130,11 +136,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
         task_queue: WorkerConfig::default().task_queue,
         runner_key: Some(runner_key.clone()),
         fleet: rhone_core::fleet::FleetTimings::default(),
+        // `rhone dev` deploys the developer's own checkouts.
+        local_repositories: true,
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
     let worker_config = WorkerConfig {
-        deploy: rhone_activities::deploy::DeployConfig::under(&data_dir),
+        deploy: rhone_activities::deploy::DeployConfig {
+            local_repositories: true,
+            ..rhone_activities::deploy::DeployConfig::under(&data_dir)
+        },
         preview: rhone_activities::preview::PreviewConfig {
             domain: DEV_DOMAIN.to_owned(),
             port_suffix: format!(":{}", args.edge_port),
@@ -161,6 +172,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             rhone_activities::deploy::DeployConfig::under(&data_dir).store,
             rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
         )),
+        admin: Some(edge_admin),
     };
     tasks.spawn(serve::named(
         "edge",
@@ -189,6 +201,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "  Edge      http://127.0.0.1:{}   (apps by Host header)",
         args.edge_port
     );
+    println!("  Edge admin http://{edge_admin_addr}/_rhone/status   (on-call)");
     println!("  Runner    http://127.0.0.1:{}", args.runner_port);
     if args.no_worker {
         println!("  Worker    not started (--no-worker); run `rhone serve worker` with:");
@@ -252,7 +265,7 @@ fn worker_env(
     temporal_address: &str,
     data_dir: &std::path::Path,
     edge_port: u16,
-) -> [(&'static str, String); 7] {
+) -> [(&'static str, String); 8] {
     [
         (
             "RHONE_RUNNER_KEY_FILE",
@@ -264,6 +277,7 @@ fn worker_env(
         ("RHONE_DATA_DIR", data_dir.display().to_string()),
         ("RHONE_PREVIEW_DOMAIN", DEV_DOMAIN.to_owned()),
         ("RHONE_PREVIEW_PORT_SUFFIX", format!(":{edge_port}")),
+        (rhone_core::repository::ALLOW_LOCAL_VAR, "1".to_owned()),
     ]
 }
 

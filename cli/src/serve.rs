@@ -23,6 +23,7 @@ api, worker, edge:
 api, worker:
   RHONE_RUNNER_KEY[_FILE]      operator key (32+ characters) the runners' call tokens derive from
   RHONE_RUNNER_LOST_AFTER_MS   a runner unseen this long is lost (default 3000)
+  RHONE_ALLOW_LOCAL_REPOSITORIES  1: deploys may clone a path or file:// URL on the worker's host (default 0)
 api:
   RHONE_RUNNER_HEARTBEAT_MS    how often runners heartbeat (default 1000)
 worker:
@@ -34,6 +35,7 @@ worker:
   RHONE_WAKE_IDLE_CHECK_MS, RHONE_WAKE_DRAIN_GRACE_MS   promotion and wake timings
 edge:
   RHONE_EDGE_ID, RHONE_EDGE_POLL_MS, RHONE_EDGE_ASSET_CACHE_BYTES, RHONE_DATA_DIR
+  RHONE_EDGE_ADMIN_LISTEN      on-call's /_rhone/status (default 127.0.0.1:9081; `off` for none)
 worker, runner, edge:
   RHONE_S3_ENDPOINT, RHONE_S3_BUCKET, RHONE_S3_ACCESS_KEY_ID, RHONE_S3_SECRET_ACCESS_KEY[_FILE],
   RHONE_S3_REGION (us-east-1), RHONE_S3_PREFIX   the artifact store is this S3 bucket
@@ -94,6 +96,9 @@ pub struct Config {
     /// `RHONE_PREVIEW_DOMAIN` (worker): preview hosts are `<env>.<app>.<project>.<workspace>.`
     /// followed by it. Default `rhone.localhost`.
     pub preview_domain: String,
+    /// `RHONE_EDGE_ADMIN_LISTEN` (edge): where `GET /_rhone/status` is served for on-call,
+    /// never on the public listener. Default `127.0.0.1:9081`; `off` serves none.
+    pub edge_admin_listen: Option<SocketAddr>,
     /// `RHONE_EDGE_ID` (edge): the edge's name in `edge_acks`, unique per control DB.
     /// Default `edge-<hostname>-<port>`.
     pub edge_id: Option<String>,
@@ -126,6 +131,9 @@ pub struct Config {
     /// `RHONE_S3_PREFIX` (default none) (worker, runner, edge): the artifact store is this
     /// S3 bucket. Default: the local store under `RHONE_DATA_DIR` / `RHONE_ARTIFACT_DIR`.
     pub s3: Option<S3Settings>,
+    /// `RHONE_ALLOW_LOCAL_REPOSITORIES` (api, worker): `1` lets deploys clone a local path or
+    /// a `file://` URL on the worker's host. Default `0`: only remote URLs.
+    pub local_repositories: bool,
 }
 
 /// The S3 artifact store of a role. `Debug` leaves the secret key out.
@@ -262,6 +270,19 @@ impl Config {
                 None
             }
         });
+        let edge_admin_listen = match get("RHONE_EDGE_ADMIN_LISTEN").as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9081))),
+            Some("off") => None,
+            Some(v) => match v.parse() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(format!(
+                        "RHONE_EDGE_ADMIN_LISTEN={v:?} is not an address like 127.0.0.1:9081, or `off` ({e})"
+                    ));
+                    None
+                }
+            },
+        };
         let mut millis = |key: &str| {
             get(key).and_then(|v| match v.parse::<u64>() {
                 Ok(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms)),
@@ -314,6 +335,17 @@ impl Config {
                 rhone_edge::DEFAULT_ASSET_CACHE_BYTES
             }),
         };
+        let local_repositories = match get(rhone_core::repository::ALLOW_LOCAL_VAR).as_deref() {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(v) => {
+                errors.push(format!(
+                    "{}={v:?} must be 1 or 0",
+                    rhone_core::repository::ALLOW_LOCAL_VAR
+                ));
+                false
+            }
+        };
         let database_url = get("RHONE_DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("sqlite:")
@@ -335,6 +367,7 @@ impl Config {
             preview_domain: get("RHONE_PREVIEW_DOMAIN")
                 .unwrap_or_else(|| "rhone.localhost".to_owned()),
             edge_id: get("RHONE_EDGE_ID"),
+            edge_admin_listen,
             edge_poll_interval,
             edge_asset_cache_bytes,
             preview_port_suffix: get("RHONE_PREVIEW_PORT_SUFFIX").unwrap_or_default(),
@@ -342,6 +375,7 @@ impl Config {
             wake,
             fleet,
             s3,
+            local_repositories,
         };
         if errors.is_empty() {
             Ok(config)
@@ -532,6 +566,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 task_queue: config.task_queue,
                 runner_key: runner_key(&env)?,
                 fleet: config.fleet,
+                local_repositories: config.local_repositories,
             };
             named("api", rhone_api::serve(listener, state, shutdown_signal())).await
         }
@@ -553,6 +588,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             wc.promotion = config.promotion;
             wc.wake = config.wake;
             wc.fleet = config.fleet;
+            wc.deploy.local_repositories = config.local_repositories;
             named("worker", Worker::run(wc, client, db, shutdown_signal())).await
         }
         Role::Edge => {
@@ -589,11 +625,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                     "neither RHONE_S3_ENDPOINT nor RHONE_DATA_DIR is set: assets of sleeping apps wake them"
                 );
             }
+            let admin = match config.edge_admin_listen {
+                Some(addr) => {
+                    let admin = TcpListener::bind(addr).await.with_context(|| {
+                        format!("binding RHONE_EDGE_ADMIN_LISTEN {addr}")
+                    })?;
+                    tracing::info!(%addr, "edge admin (/_rhone/status) serving");
+                    Some(admin)
+                }
+                None => None,
+            };
             let state = rhone_edge::EdgeState {
                 db,
                 config: edge,
                 wake,
                 assets,
+                admin,
             };
             named(
                 "edge",
@@ -651,6 +698,8 @@ mod tests {
         assert_eq!(c.region, "local");
         assert_eq!(c.edge_id, None);
         assert_eq!(c.edge_poll_interval, None);
+        assert_eq!(c.edge_admin_listen, Some(([127, 0, 0, 1], 9081).into()));
+        assert!(!c.local_repositories, "local repositories are the operator's choice");
     }
 
     #[test]
@@ -670,6 +719,22 @@ mod tests {
                 Config::parse(&env(&[("RHONE_EDGE_POLL_MS", bad)])).expect_err("a bad poll");
             assert!(errors[0].contains("RHONE_EDGE_POLL_MS"), "{errors:?}");
         }
+        let c = Config::parse(&env(&[("RHONE_EDGE_ADMIN_LISTEN", "off")])).expect("off");
+        assert_eq!(c.edge_admin_listen, None);
+        let errors = Config::parse(&env(&[("RHONE_EDGE_ADMIN_LISTEN", "everywhere")]))
+            .expect_err("a bad admin address");
+        assert!(errors[0].contains("RHONE_EDGE_ADMIN_LISTEN"), "{errors:?}");
+    }
+
+    #[test]
+    fn local_repositories_key() {
+        for (v, on) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+            let c = Config::parse(&env(&[("RHONE_ALLOW_LOCAL_REPOSITORIES", v)])).expect(v);
+            assert_eq!(c.local_repositories, on, "{v}");
+        }
+        let errors = Config::parse(&env(&[("RHONE_ALLOW_LOCAL_REPOSITORIES", "yes")]))
+            .expect_err("not 1 or 0");
+        assert!(errors[0].contains("RHONE_ALLOW_LOCAL_REPOSITORIES"), "{errors:?}");
     }
 
     #[test]

@@ -238,6 +238,8 @@ impl Topology {
                 rhone_testkit::unique_name(test),
             ),
             ("RHONE_RUNNER_KEY".to_owned(), RUNNER_KEY.to_owned()),
+            // The test's repositories are local git directories.
+            ("RHONE_ALLOW_LOCAL_REPOSITORIES".to_owned(), "1".to_owned()),
         ];
         let mut api = common.clone();
         api.push(("RHONE_LISTEN".into(), format!("{}:{api_port}", t.gateway)));

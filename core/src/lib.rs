@@ -8,6 +8,7 @@ pub mod ids;
 pub mod limits;
 pub mod name;
 pub mod operation;
+pub mod repository;
 pub mod role;
 pub mod secret;
 pub mod stage;

@@ -127,13 +127,17 @@ async fn run(backend: &str, url: &str, edges: usize, changes: usize) -> Result<(
             ..EdgeConfig::for_address(addr)
         };
         let db = rhone_schema::connect(url).await?;
+        let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let status_url = format!("http://{}/_rhone/status", admin.local_addr()?);
         ready.push((
             listener,
+            status_url,
             EdgeState {
                 db,
                 config,
                 wake: None,
                 assets: None,
+                admin: Some(admin),
             },
         ));
     }
@@ -142,11 +146,10 @@ async fn run(backend: &str, url: &str, edges: usize, changes: usize) -> Result<(
     let poll_interval = EdgeConfig::DEFAULT_POLL_INTERVAL;
     let first_start = Instant::now();
     let mut running = Vec::with_capacity(edges);
-    for (i, (listener, state)) in ready.into_iter().enumerate() {
+    for (i, (listener, status_url, state)) in ready.into_iter().enumerate() {
         tokio::time::sleep_until((first_start + poll_interval * i as u32 / edges as u32).into())
             .await;
         let edge_id = state.config.edge_id.clone();
-        let status_url = format!("http://{}/_rhone/status", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.await;

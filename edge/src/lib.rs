@@ -6,12 +6,14 @@
 //! control DB, then a follower task applies the route change log in order and follows
 //! allocation changes, holds keys closed across a gap in the log until it reloads, and
 //! acknowledges what it serves in the edge's `edge_acks` row (deleted when the edge stops).
-//! A request never waits on the DB. `GET /_rhone/status` reports the table for on-call.
+//! A request never waits on the DB. `GET /_rhone/status` on the admin listener (`admin`)
+//! reports the table for on-call.
 //!
 //! Requests are served by one thread per core (`server`), each a current-thread runtime with
 //! its own accept loop, hyper HTTP/1 connections and pool of connections to allocations.
 
 mod activity;
+mod admin;
 mod assets;
 mod body;
 mod classify;
@@ -46,7 +48,6 @@ pub use wake::WakeClient;
 pub const DEFAULT_ASSET_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What `serve` reads route authority from, and how this edge names itself.
-#[derive(Clone)]
 pub struct EdgeState {
     pub db: DatabaseConnection,
     pub config: EdgeConfig,
@@ -55,6 +56,9 @@ pub struct EdgeState {
     /// Where fingerprinted assets of sleeping apps are served from (the artifact store);
     /// without it, an asset request to a sleeping app wakes it like any read.
     pub assets: Option<Assets>,
+    /// Where `GET /_rhone/status` and `/_rhone/healthz` are served for on-call: a listener
+    /// on a private address, never the public one. Without it the status is not served.
+    pub admin: Option<TcpListener>,
 }
 
 /// The edge server stopped with an error.
@@ -94,6 +98,14 @@ pub async fn serve(
         state.config.heartbeat,
         stopped.clone(),
     ))));
+    let admin = state.admin.map(|listener| {
+        AbortOnDrop(Some(tokio::spawn(admin::serve(
+            listener,
+            table.clone(),
+            Some(cold.clone()),
+            stopped.clone(),
+        ))))
+    });
     let follower = AbortOnDrop(Some(tokio::spawn(table::follow(
         table.clone(),
         state.db,
@@ -102,6 +114,9 @@ pub async fn serve(
     ))));
     let served = server::run(listener, table, Some(cold), shutdown, workers).await;
     let _ = stop.send(true);
+    if let Some(admin) = admin {
+        admin.join().await;
+    }
     reporter.join().await;
     follower.join().await;
     served
@@ -133,8 +148,8 @@ impl Drop for AbortOnDrop {
 /// Serves the edge on `listener` until `shutdown` resolves, with route authority from
 /// `routes`, on [`default_workers`] threads: each runs a current-thread tokio runtime that
 /// accepts on its own clone of `listener`, serves its connections with hyper's HTTP/1 server
-/// and pools its own connections to allocations. `GET /_rhone/healthz` and
-/// `/_rhone/status` are answered on any host. On shutdown, accepting stops and the requests
+/// and pools its own connections to allocations. `GET /_rhone/healthz` is answered on any
+/// host. On shutdown, accepting stops and the requests
 /// in flight are answered; established WebSocket connections are not waited for.
 pub async fn serve_routes<R: RouteSource>(
     listener: TcpListener,

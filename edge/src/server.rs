@@ -12,9 +12,8 @@ use std::{
 };
 
 use hyper::{
-    Method, Request, Response, StatusCode,
+    Request, Response,
     body::Incoming,
-    header::{ALLOW, HeaderValue},
     server::conn::http1,
     service::service_fn,
 };
@@ -31,7 +30,6 @@ use crate::{
     body::Body,
     cold::{Cold, Decision, needs_policy},
     error::{self, EdgeError, Failed},
-    page::answer,
     proxy::{Client, Proxy},
     route::{RouteSource, Target, affinity_key, request_key},
 };
@@ -277,8 +275,8 @@ async fn connection<R: RouteSource>(
 impl<R: RouteSource> Worker<R> {
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
         match req.uri().path() {
-            "/_rhone/healthz" => return self.healthz(req.method()),
-            "/_rhone/status" => return self.status(req.method()),
+            // The load balancer's probe; the status is on the admin listener only.
+            "/_rhone/healthz" => return crate::admin::healthz(&*self.routes, req.method()),
             _ => {}
         }
         // A debug span: at the default `info` filter it is never built. Warnings name the
@@ -407,64 +405,4 @@ impl<R: RouteSource> Worker<R> {
             }
         }
     }
-
-    /// `ok` once the edge can route: a route table answers 503 until its first snapshot.
-    fn healthz(&self, method: &Method) -> Response<Body> {
-        if let Some(refused) = get_only(method) {
-            return refused;
-        }
-        match self.routes.status() {
-            Some(s) if !s.loaded => answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                "loading",
-            ),
-            _ => answer(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
-        }
-    }
-
-    fn status(&self, method: &Method) -> Response<Body> {
-        if let Some(refused) = get_only(method) {
-            return refused;
-        }
-        match self.routes.status() {
-            Some(s) => match serde_json::to_value(&s).and_then(|mut v| {
-                // What the cold path did (holds, wakes, assets, writes, webhooks).
-                if let Some(cold) = &self.cold {
-                    v["cold"] = serde_json::to_value(cold.status())?;
-                }
-                serde_json::to_vec(&v)
-            }) {
-                Ok(json) => answer(StatusCode::OK, "application/json", json),
-                Err(e) => {
-                    tracing::error!(error = %e, "the route table status did not serialize");
-                    answer(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "text/plain; charset=utf-8",
-                        "internal error",
-                    )
-                }
-            },
-            None => answer(
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                "this edge keeps no route table",
-            ),
-        }
-    }
-}
-
-/// `None` for GET and HEAD; a 405 otherwise.
-fn get_only(method: &Method) -> Option<Response<Body>> {
-    if method == Method::GET || method == Method::HEAD {
-        return None;
-    }
-    let mut resp = answer(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "text/plain; charset=utf-8",
-        "",
-    );
-    resp.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
-    Some(resp)
 }

@@ -201,3 +201,43 @@ fn workflow_sources_use_no_clock_randomness_or_io() {
         hits.join("\n")
     );
 }
+
+/// Temporal keeps every workflow input, activity input and activity result in the
+/// workflow's history, which anyone with the Temporal UI reads. Every one of those types is
+/// defined in `rhone-workflows`: none may hold a secret (a `Secret`, a token, a credential,
+/// a password, a key). Activities look secrets up themselves and return none.
+#[test]
+fn workflow_histories_carry_no_secret() {
+    let words = ["secret", "token", "credential", "password", "private_key", "api_key"];
+    let mut hits = Vec::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .expect("readable dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&p).expect("readable source");
+            // Code only: comments may say what is checked (`secrets_bound`).
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                let lower = line.to_lowercase();
+                for w in words {
+                    if lower.contains(w) {
+                        hits.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "a workflow or activity type names a secret; Temporal histories are readable:\n{}",
+        hits.join("\n")
+    );
+}

@@ -48,6 +48,10 @@ pub struct DeployConfig {
     pub clone_timeout: Duration,
     /// The OCI runtime that runs build commands in their sandboxes. Default `crun`.
     pub runtime: PathBuf,
+    /// Whether a repository may be a path or `file://` URL on this host (`rhone dev`; an
+    /// operator's `RHONE_ALLOW_LOCAL_REPOSITORIES=1`). Default off: git is then allowed the
+    /// https, http, ssh and git transports only.
+    pub local_repositories: bool,
 }
 
 impl DeployConfig {
@@ -82,6 +86,7 @@ impl Default for DeployConfig {
             git: PathBuf::from("git"),
             clone_timeout: Duration::from_secs(300),
             runtime: PathBuf::from(rhone_sandbox::DEFAULT_RUNTIME),
+            local_repositories: false,
         }
     }
 }

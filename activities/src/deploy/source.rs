@@ -74,10 +74,13 @@ pub async fn ensure_checkout(
 ) -> Result<Checkout, DeployError> {
     let git = Git::new(config, source);
     let git_ref = normalized_ref(&source.git_ref);
-    for (what, value) in [("repository", source.repository.as_str()), ("ref", git_ref)] {
-        if value.is_empty() || value.starts_with('-') || value.chars().any(char::is_control) {
-            return Err(git.rejected(format!("invalid {what} {:?}", redact(value))));
-        }
+    // The API checked both; a workflow started around it (the Temporal UI, a script) was not.
+    if let Err(why) = rhone_core::repository::check(&source.repository, config.local_repositories)
+    {
+        return Err(git.rejected(format!("repository {why}")));
+    }
+    if git_ref.is_empty() || git_ref.starts_with('-') || git_ref.chars().any(char::is_control) {
+        return Err(git.rejected(format!("invalid ref {git_ref:?}")));
     }
     let dir = checkout_dir(config, deployment_id);
     if !tokio::fs::try_exists(&dir)
@@ -117,6 +120,8 @@ struct Git<'a> {
     program: &'a Path,
     limit: Duration,
     source: &'a SourceSpec,
+    /// Whether the file transport (local paths, `file://`) is allowed.
+    local: bool,
 }
 
 impl<'a> Git<'a> {
@@ -125,6 +130,7 @@ impl<'a> Git<'a> {
             program: &config.git,
             limit: config.clone_timeout,
             source,
+            local: config.local_repositories,
         }
     }
 
@@ -133,6 +139,10 @@ impl<'a> Git<'a> {
         command
             .args(args)
             .current_dir(cwd)
+            .env(
+                "GIT_ALLOW_PROTOCOL",
+                rhone_core::repository::git_allow_protocol(self.local),
+            )
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GCM_INTERACTIVE", "never")
             .env("LC_ALL", "C");

@@ -48,6 +48,8 @@ impl Fixture {
         let config = DeployConfig {
             work_dir: tmp.path().join("work"),
             store: ArtifactStore::local(tmp.path().join("artifacts")),
+            // Test repositories are local git directories.
+            local_repositories: true,
             ..DeployConfig::default()
         };
         let env = environment(&db).await?;

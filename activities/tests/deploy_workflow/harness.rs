@@ -151,6 +151,7 @@ impl Harness {
                 task_queue: queue.clone(),
                 runner_key: Some(rhone_testkit::runner_key()),
                 fleet,
+                local_repositories: true,
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(rhone_api::serve(api_listener, state, async move {

@@ -25,6 +25,9 @@ use super::harness::{Harness, Seen};
 /// One edge serving on loopback.
 pub struct Edge {
     pub port: u16,
+    /// Its admin listener (`/_rhone/status`), read by the scale-to-zero tests.
+    #[allow(dead_code)]
+    pub admin_port: u16,
     stop: tokio::sync::oneshot::Sender<()>,
     task: JoinHandle<Result<(), rhone_edge::ServeError>>,
 }
@@ -122,6 +125,8 @@ impl Prod {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let port = address.port();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin_port = admin.local_addr()?.port();
         let state = EdgeState {
             db: self.h.fx.db.clone(),
             config: EdgeConfig {
@@ -136,12 +141,18 @@ impl Prod {
                 self.h.fx.config.store.clone(),
                 rhone_edge::DEFAULT_ASSET_CACHE_BYTES,
             )),
+            admin: Some(admin),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(rhone_edge::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        self.edges.push(Edge { port, stop, task });
+        self.edges.push(Edge {
+            port,
+            admin_port,
+            stop,
+            task,
+        });
         Ok(())
     }
 

@@ -20,54 +20,20 @@ use crate::{
     auth::Actor,
     error::ApiError,
     record::{self, Mutation},
-    service::{environments::start_failed, tenancy::app_for},
+    service::{
+        environments::{EnvironmentKind, start_failed},
+        tenancy::app_for,
+    },
 };
 
-/// The longest repository location or ref accepted.
-const MAX_REPOSITORY_LEN: usize = 2048;
+/// The longest ref accepted.
 const MAX_REF_LEN: usize = 255;
 
-/// Checks a repository location: a URL git understands or an absolute local path.
-pub(crate) fn repository(text: &str) -> Result<String, ApiError> {
-    let field = "repository";
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(ApiError::invalid(
-            field,
-            "is empty; give a git URL or an absolute path",
-        ));
-    }
-    if t.len() > MAX_REPOSITORY_LEN {
-        return Err(ApiError::invalid(
-            field,
-            format!("is longer than {MAX_REPOSITORY_LEN} characters"),
-        ));
-    }
-    if t.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::invalid(
-            field,
-            "contains whitespace or control characters",
-        ));
-    }
-    let known = [
-        "https://", "http://", "ssh://", "git://", "file://", "git@", "/",
-    ];
-    if !known.iter().any(|p| t.starts_with(p)) || t.starts_with('-') {
-        return Err(ApiError::invalid(
-            field,
-            "must be an https://, ssh://, git://, file:// or git@host: URL, or an absolute path",
-        ));
-    }
-    if let Some((_, rest)) = t.split_once("://")
-        && let Some((userinfo, _)) = rest.split('/').next().unwrap_or("").rsplit_once('@')
-        && userinfo.contains(':')
-    {
-        return Err(ApiError::invalid(
-            field,
-            "contains a password; it would be recorded in the operation and its workflow history. Use a URL without credentials",
-        ));
-    }
-    Ok(t.to_owned())
+/// Checks a repository location (`rhone_core::repository::check`); local paths and
+/// `file://` only where the operator allows them.
+pub(crate) fn repository(text: &str, allow_local: bool) -> Result<String, ApiError> {
+    rhone_core::repository::check(text, allow_local)
+        .map_err(|reason| ApiError::invalid("repository", reason))
 }
 
 /// Checks a git ref (branch, tag or commit) by git's own naming rules, loosely.
@@ -111,8 +77,19 @@ pub(crate) async fn deploy(
         .ok_or_else(not_found)?;
     // Answers NOT_FOUND, not FORBIDDEN, where the caller has no access to the workspace.
     let app = app_for(db, actor, env.app_id, Role::Developer).await?;
+    // A deploy builds and serves a preview; staging and production move only through a
+    // promotion (approval, gates, the route's compare-and-swap, the drain of the old one).
+    if env.kind != EnvironmentKind::Preview.as_str() {
+        return Err(ApiError::invalid(
+            "environmentId",
+            format!(
+                "environment {:?} is a {} environment: deploys go to preview environments only. Deploy to a preview, then move it here with `rhone promote` (the promote mutation)",
+                env.name, env.kind
+            ),
+        ));
+    }
     let source = SourceSpec {
-        repository: repository(repository_text)?,
+        repository: repository(repository_text, state.local_repositories)?,
         git_ref: git_ref(ref_text)?,
     };
     let operation_id = new_id();
@@ -184,26 +161,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repositories() {
-        for ok in [
-            "https://example.com/a.git",
-            "/srv/git/app",
-            "git@github.com:a/b.git",
-            "file:///tmp/x",
-            "ssh://git@host/r.git",
-        ] {
-            assert!(repository(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "relative/path",
-            "-uhoh",
-            "https://a b",
-            "ftp://x",
-            "https://u:secret@host/r.git",
-        ] {
-            assert!(repository(bad).is_err(), "{bad}");
-        }
+    fn repositories_name_the_field() {
+        assert!(repository("https://example.com/a.git", false).is_ok());
+        assert!(repository("/srv/git/app", true).is_ok());
+        let err = repository("https://TOKEN@host/r.git", true).unwrap_err().to_string();
+        assert!(err.starts_with("invalid repository: carries credentials"), "{err}");
+        assert!(!err.contains("TOKEN"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl EnvironmentKind {
     /// The text stored in `environments.kind`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Preview => "preview",
+            Self::Preview => environment::KIND_PREVIEW,
             Self::Staging => "staging",
             Self::Production => "production",
         }

@@ -188,7 +188,7 @@ pub(crate) async fn promote(
     if let Some(why) = not_promotable(db, &source, &env).await? {
         return Err(ApiError::invalid("deploymentId", why));
     }
-    if env.kind == "preview" {
+    if env.kind == environment::KIND_PREVIEW {
         return Err(ApiError::invalid(
             "environmentId",
             format!(

@@ -55,6 +55,20 @@ impl Api {
         temporal: temporalio_client::Client,
         db_url: Option<String>,
     ) -> Result<Api> {
+        Api::start_full(name, temporal, db_url, true).await
+    }
+
+    /// An API as a platform operator runs it: deploys of local repositories refused.
+    pub async fn start_without_local_repositories(name: &str) -> Result<Api> {
+        Api::start_full(name, temporal_client().await?, None, false).await
+    }
+
+    async fn start_full(
+        name: &str,
+        temporal: temporalio_client::Client,
+        db_url: Option<String>,
+        local_repositories: bool,
+    ) -> Result<Api> {
         let dir = tempfile::Builder::new().prefix("rhone-api-").tempdir()?;
         let url = db_url.unwrap_or_else(|| {
             format!(
@@ -73,6 +87,7 @@ impl Api {
             task_queue: task_queue.clone(),
             runner_key: None,
             fleet: rhone_core::fleet::FleetTimings::default(),
+            local_repositories,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {

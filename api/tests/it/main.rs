@@ -4,6 +4,7 @@
 
 mod access;
 mod bindings;
+mod deploys;
 mod fleet;
 mod harness;
 mod http;

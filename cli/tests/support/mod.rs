@@ -114,6 +114,7 @@ pub fn start_dev_with(dir: &Path, ports: &[u16; 5], extra: &[&str]) -> Result<De
             &ports[3].to_string(),
         ])
         .args(["--temporal-ui-port", &ports[4].to_string()])
+        .args(["--edge-admin-port", "0"])
         .env("RHONE_CONFIG", &config)
         .stdout(Stdio::piped())
         .stderr(

@@ -28,6 +28,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// One running edge.
 pub struct Edge {
     pub addr: SocketAddr,
+    /// The admin listener: `/_rhone/status`.
+    pub admin: SocketAddr,
     pub edge_id: String,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -39,6 +41,8 @@ impl Edge {
     pub async fn start(db: &Db, edge_id: &str, tune: impl FnOnce(&mut EdgeConfig)) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let admin = admin_listener.local_addr()?;
         let mut config = EdgeConfig {
             edge_id: edge_id.to_owned(),
             poll_interval: POLL,
@@ -50,6 +54,7 @@ impl Edge {
             config,
             wake: None,
             assets: None,
+            admin: Some(admin_listener),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(rhone_edge::serve(listener, state, async {
@@ -63,6 +68,7 @@ impl Edge {
             .build()?;
         Ok(Self {
             addr,
+            admin,
             edge_id: edge_id.to_owned(),
             http,
             stop: Some(stop),
@@ -91,11 +97,11 @@ impl Edge {
         Ok(v["backend"].as_str().map(str::to_owned))
     }
 
-    /// `GET /_rhone/status`.
+    /// `GET /_rhone/status` on the admin listener.
     pub async fn status(&self) -> Result<Value> {
         let resp = self
             .http
-            .get(format!("http://{}/_rhone/status", self.addr))
+            .get(format!("http://{}/_rhone/status", self.admin))
             .send()
             .await?;
         ensure!(resp.status() == StatusCode::OK, "status {}", resp.status());

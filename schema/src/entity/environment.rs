@@ -11,6 +11,10 @@ pub const DEFAULT_WAKE_BUDGET_MS: i64 = 10_000;
 /// How long a scale-to-zero environment stays hot without a request before it sleeps.
 pub const DEFAULT_SLEEP_AFTER_MS: i64 = 300_000;
 
+/// `kind` of a preview environment: the one kind a deploy serves (staging and production
+/// move only through a promotion).
+pub const KIND_PREVIEW: &str = "preview";
+
 /// `wake_state` of an environment whose route is running (every environment that does not
 /// scale to zero stays here).
 pub const WAKE_STATE_HOT: &str = "hot";

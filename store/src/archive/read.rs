@@ -6,11 +6,8 @@ use std::path::Path;
 
 use tar::EntryType;
 
-use super::{check_link_target, safe_components};
+use super::{Followed, Kind, LEAVES_THROUGH_LINKS, check_link_target, follow, safe_components};
 use crate::error::{Result, StoreError};
-
-/// How many symlinks one lookup follows at most, as Linux's `MAXSYMLINKS`.
-const MAX_LINKS: usize = 40;
 
 /// The files of an archive in memory, looked up by their path inside the tree. Built by
 /// [`files`]; borrows the archive's bytes, so a file is a slice of them, never a copy.
@@ -106,7 +103,16 @@ pub fn files(bytes: &[u8]) -> Result<Files<'_>> {
             }
         }
     }
-    Ok(Files { bytes, nodes })
+    let files = Files { bytes, nodes };
+    // Every link, against the whole tree: `unpack` refuses the same ones.
+    for (path, node) in &files.nodes {
+        if matches!(node, Node::Symlink(_))
+            && files.follow(Path::new(path)) == Followed::Outside
+        {
+            return Err(StoreError::unsafe_entry(path.clone(), LEAVES_THROUGH_LINKS));
+        }
+    }
+    Ok(files)
 }
 
 impl<'a> Files<'a> {
@@ -114,45 +120,25 @@ impl<'a> Files<'a> {
     /// separated), following symlinks inside the tree; `None` when there is no such file,
     /// when `path` is absolute or has a `..` component, or when it is a directory.
     pub fn get(&self, path: &str) -> Option<&'a [u8]> {
-        let mut pending: Vec<String> = safe_components(Path::new(path))
-            .ok()?
-            .iter()
-            .rev()
-            .map(|c| c.to_str().map(str::to_owned))
-            .collect::<Option<_>>()?;
-        let mut resolved: Vec<String> = Vec::new();
-        let mut links = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                resolved.pop()?;
-                continue;
-            }
-            resolved.push(part);
-            match self.nodes.get(&resolved.join("/")) {
-                Some(Node::Symlink(target)) => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return None;
-                    }
-                    resolved.pop();
-                    // The target is relative to the link's directory, which `resolved` now is.
-                    pending.extend(
-                        target
-                            .split('/')
-                            .filter(|c| !c.is_empty() && *c != ".")
-                            .rev()
-                            .map(str::to_owned),
-                    );
-                }
-                Some(Node::File { .. }) if !pending.is_empty() => return None,
-                // A directory, a file at the end, or a directory the archive has no entry for.
-                _ => {}
-            }
-        }
-        match self.nodes.get(&resolved.join("/"))? {
+        let path = Path::new(path);
+        safe_components(path).ok()?;
+        let Followed::Inside(resolved) = self.follow(path) else {
+            return None;
+        };
+        match self.nodes.get(resolved.to_str()?)? {
             Node::File { start, len } => self.bytes.get(*start..start + len),
             Node::Dir | Node::Symlink(_) => None,
         }
+    }
+
+    fn follow(&self, path: &Path) -> Followed {
+        follow(path, |p| {
+            Some(match self.nodes.get(p.to_str()?)? {
+                Node::Dir => Kind::Dir,
+                Node::File { .. } => Kind::File,
+                Node::Symlink(target) => Kind::Link(Path::new(target)),
+            })
+        })
     }
 
     /// How many entries (files, directories, symlinks) the archive has.

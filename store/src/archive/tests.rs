@@ -216,6 +216,17 @@ fn unpack_rejects_unsafe_entries_and_leaves_nothing() -> TestResult {
             "d/l",
             "through a symlink",
         ),
+        // Each target's text stays inside the tree; through `b/c` (the root) it leaves.
+        (
+            &[("b/c", Symlink, ".."), ("a", Symlink, "b/c/b/c/../../..")],
+            "a",
+            "outside the tree through another symlink",
+        ),
+        (
+            &[("b/up", Symlink, ".."), ("b/x", Symlink, "up/b/up/..")],
+            "b/x",
+            "outside the tree through another symlink",
+        ),
         (&[("ok/first.txt", Regular, "")], "ok/first.txt", "twice"),
         (
             &[("ok/first.txt/x", Regular, "")],

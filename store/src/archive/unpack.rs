@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{check_link_target, safe_components};
+use std::collections::HashMap;
+
+use super::{Followed, Kind, LEAVES_THROUGH_LINKS, check_link_target, follow, safe_components};
 use crate::error::{Result, StoreError};
 use rhone_core::digest::Digest;
 
@@ -53,9 +55,27 @@ pub fn unpack(bytes: &[u8], dest: &Path, expected: &Digest) -> Result<()> {
     let entries = archive
         .entries()
         .map_err(|e| StoreError::io("reading the archive", e))?;
+    // What each entry made, by its path in the tree, to follow every link through it.
+    let mut tree: HashMap<PathBuf, Made> = HashMap::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| StoreError::io("reading an archive entry", e))?;
-        extract(&mut entry, staging.path())?;
+        if let Some((path, made)) = extract(&mut entry, staging.path())? {
+            tree.insert(path, made);
+        }
+    }
+    for (path, made) in &tree {
+        if let Made::Link { name, .. } = made {
+            let followed = follow(path, |p| {
+                Some(match tree.get(p)? {
+                    Made::Dir => Kind::Dir,
+                    Made::File => Kind::File,
+                    Made::Link { target, .. } => Kind::Link(target),
+                })
+            });
+            if followed == Followed::Outside {
+                return Err(StoreError::unsafe_entry(name.clone(), LEAVES_THROUGH_LINKS));
+            }
+        }
     }
 
     let io_err = |what: &str, e| StoreError::io(format!("{what} {}", dest.display()), e);
@@ -70,7 +90,20 @@ pub fn unpack(bytes: &[u8], dest: &Path, expected: &Digest) -> Result<()> {
     Ok(())
 }
 
-fn extract<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()> {
+/// What an entry made in the tree.
+enum Made {
+    Dir,
+    File,
+    /// A symlink, with the entry's name as the archive wrote it (for the error).
+    Link { target: PathBuf, name: String },
+}
+
+/// Extracts one entry under `root`; its path in the tree and what it made (`None` for the
+/// root itself).
+fn extract<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    root: &Path,
+) -> Result<Option<(PathBuf, Made)>> {
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     let fail = |reason: &str| StoreError::unsafe_entry(name.clone(), reason);
     let path = entry
@@ -82,11 +115,12 @@ fn extract<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()> {
     let Some((last, parents)) = components.split_last() else {
         // `./`, which common tar tools write for the root, names nothing to create.
         return match kind {
-            EntryType::Directory => Ok(()),
+            EntryType::Directory => Ok(None),
             _ => Err(fail("the path is empty")),
         };
     };
-    match kind {
+    let in_tree: PathBuf = components.iter().collect();
+    let made = match kind {
         EntryType::Regular | EntryType::Continuous => {
             let executable = entry.header().mode().map_err(|_| fail("bad mode field"))? & 0o111;
             let mode = if executable != 0 { 0o755 } else { 0o644 };
@@ -99,10 +133,12 @@ fn extract<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()> {
                 .open(&target)
                 .map_err(|e| exists_or_io(e, &name))?;
             io::copy(entry, &mut file).map_err(|e| StoreError::io(format!("writing {name}"), e))?;
+            Made::File
         }
         EntryType::Directory => {
             let target = make_parents(root, parents, &name)?.join(last);
             make_dir(&target, &name)?;
+            Made::Dir
         }
         EntryType::Symlink => {
             let link = entry
@@ -113,13 +149,17 @@ fn extract<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()> {
             check_link_target(parents.len(), &link).map_err(fail)?;
             let target = make_parents(root, parents, &name)?.join(last);
             std::os::unix::fs::symlink(&link, &target).map_err(|e| exists_or_io(e, &name))?;
+            Made::Link {
+                target: link,
+                name: name.clone(),
+            }
         }
         EntryType::Link => return Err(fail("hard links are not allowed")),
         EntryType::Char | EntryType::Block => return Err(fail("device files are not allowed")),
         EntryType::Fifo => return Err(fail("fifos are not allowed")),
         other => return Err(fail(&format!("unsupported entry type {other:?}"))),
-    }
-    Ok(())
+    };
+    Ok(Some((in_tree, made)))
 }
 
 /// Creates the directories `parents` under `root` one at a time, refusing to go through
