@@ -15,7 +15,7 @@ use rhone_schema::{
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
+    EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait, sea_query::Expr,
 };
 use serde_json::json;
 use tracing::Instrument;
@@ -32,6 +32,13 @@ pub const TOKEN_PREFIX: &str = "rhone_";
 const TOKEN_RANDOM_LEN: usize = 43;
 /// Characters of the clear token kept in `prefix` for display: `rhone_` and six more.
 const DISPLAY_PREFIX_LEN: usize = 12;
+/// How long a new token lasts unless its creator says otherwise.
+pub const DEFAULT_TOKEN_DAYS: u32 = 90;
+/// The longest a token may last.
+pub const MAX_TOKEN_DAYS: u32 = 365;
+/// `last_used_at` is written when it is older than this (one write a minute per token at
+/// most, not one per request).
+const LAST_USED_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Who is calling: a user, or an app's runtime identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +60,13 @@ impl Actor {
     /// The `actor` of operations and audit rows: `user:<uuid>` or `runtime:<app uuid>`.
     pub fn subject(&self) -> String {
         self.to_string()
+    }
+
+    /// The token the actor called with.
+    pub(crate) fn token_id(&self) -> Uuid {
+        match self {
+            Actor::User { token_id, .. } | Actor::Runtime { token_id, .. } => *token_id,
+        }
     }
 
     /// The user behind the actor, or FORBIDDEN for a runtime identity.
@@ -99,8 +113,16 @@ pub(crate) async fn authenticate(
         .filter(api_token::Column::TokenHash.eq(api_token::hash_token(token)))
         .one(db)
         .await?
-        .filter(|t| t.revoked_at.is_none())
         .ok_or(ApiError::Unauthenticated)?;
+    usable(&row)?;
+    let now = Utc::now();
+    if row.last_used_at.is_none_or(|at| now - at >= LAST_USED_EVERY) {
+        api_token::Entity::update_many()
+            .col_expr(api_token::Column::LastUsedAt, Expr::value(now))
+            .filter(api_token::Column::Id.eq(row.id))
+            .exec(db)
+            .await?;
+    }
     let actor = match (row.kind.as_str(), row.user_id, row.app_id) {
         (api_token::KIND_USER, Some(user_id), None) => Actor::User {
             user_id,
@@ -123,6 +145,39 @@ pub(crate) async fn authenticate(
         }
     };
     Ok(Some(actor))
+}
+
+/// Refuses a revoked or expired token.
+fn usable(row: &api_token::Model) -> Result<(), ApiError> {
+    if row.revoked_at.is_some() {
+        return Err(ApiError::TokenRevoked);
+    }
+    match row.expires_at {
+        Some(at) if at <= Utc::now() => Err(ApiError::TokenExpired(at)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the token `token_id` is still accepted: what a long-lived stream (a
+/// subscription) checks as it goes, so a revoked or expired token's streams end.
+pub(crate) async fn still_usable(db: &DatabaseConnection, token_id: Uuid) -> Result<(), ApiError> {
+    let row = api_token::Entity::find_by_id(token_id)
+        .one(db)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    usable(&row)
+}
+
+/// A token's lifetime in days, checked: `None` is [`DEFAULT_TOKEN_DAYS`].
+pub(crate) fn lifetime_days(days: Option<i32>) -> Result<u32, ApiError> {
+    match days {
+        None => Ok(DEFAULT_TOKEN_DAYS),
+        Some(d) if (1..=MAX_TOKEN_DAYS as i32).contains(&d) => Ok(d as u32),
+        Some(_) => Err(ApiError::invalid(
+            "expiresInDays",
+            format!("must be between 1 and {MAX_TOKEN_DAYS}"),
+        )),
+    }
 }
 
 fn well_formed(token: &str) -> bool {
@@ -150,8 +205,10 @@ pub(crate) enum TokenOwner {
 
 /// A created token: the clear value (shown once) and what may be shown again.
 pub(crate) struct NewToken {
+    pub id: Uuid,
     pub clear: String,
     pub prefix: String,
+    pub expires_at: chrono::DateTime<Utc>,
     pub operation: rhone_schema::entity::operation::Model,
 }
 
@@ -161,9 +218,10 @@ pub(crate) async fn create_token(
     actor: String,
     owner: TokenOwner,
     name: &str,
+    days: u32,
 ) -> Result<NewToken, ApiError> {
     let txn = begin_write(db).await?;
-    let token = insert_token(&txn, actor, owner, name).await?;
+    let token = insert_token(&txn, actor, owner, name, days).await?;
     txn.commit().await?;
     Ok(token)
 }
@@ -174,6 +232,7 @@ async fn insert_token<C>(
     actor: String,
     owner: TokenOwner,
     name: &str,
+    days: u32,
 ) -> Result<NewToken, ApiError>
 where
     C: ConnectionTrait + TransactionTrait,
@@ -202,8 +261,9 @@ where
         workspace_id,
         target_type: "api_token",
         target_id: token_id.to_string(),
-        detail: json!({ "name": name.as_str(), "prefix": prefix, "kind": kind }),
+        detail: json!({ "name": name.as_str(), "prefix": prefix, "kind": kind, "expires_in_days": days }),
     };
+    let expires_at = Utc::now() + chrono::TimeDelta::days(i64::from(days));
     let span = tracing::info_span!("create_token", operation_id = %m.operation_id, %token_id);
     async {
         api_token::ActiveModel {
@@ -217,14 +277,17 @@ where
             created_at: Set(Utc::now()),
             last_used_at: Set(None),
             revoked_at: Set(None),
+            expires_at: Set(Some(expires_at)),
         }
         .insert(txn)
         .await?;
         let operation = record::applied(txn, &m).await?;
         tracing::info!(%prefix, "token created");
         Ok(NewToken {
+            id: token_id,
             clear,
             prefix,
+            expires_at,
             operation,
         })
     }
@@ -263,10 +326,27 @@ pub async fn bootstrap_admin(
         "system".to_owned(),
         TokenOwner::User(user_id),
         "bootstrap",
+        MAX_TOKEN_DAYS,
     )
     .await?;
     txn.commit().await?;
     Ok(Some(token.clear))
+}
+
+/// `clear` if the API still accepts it; else, for a revoked or expired token of a user, a
+/// fresh token of the same user (named like the old one) in clear, once. `rhone dev` keeps
+/// its admin token in its data directory and renews it this way at start.
+pub async fn usable_or_renewed(db: &DatabaseConnection, clear: &str) -> Result<String, ApiError> {
+    let row = api_token::Entity::find()
+        .filter(api_token::Column::TokenHash.eq(api_token::hash_token(clear)))
+        .one(db)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if usable(&row).is_ok() {
+        return Ok(clear.to_owned());
+    }
+    let user_id = row.user_id.ok_or(ApiError::Unauthenticated)?;
+    issue_token(db, user_id, &row.name).await
 }
 
 /// Creates a token for an existing user and returns it in clear, once (an operator's
@@ -280,7 +360,14 @@ pub async fn issue_token(
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("user", user_id))?;
-    let token = create_token(db, "system".to_owned(), TokenOwner::User(user_id), name).await?;
+    let token = create_token(
+        db,
+        "system".to_owned(),
+        TokenOwner::User(user_id),
+        name,
+        MAX_TOKEN_DAYS,
+    )
+    .await?;
     Ok(token.clear)
 }
 
@@ -299,7 +386,7 @@ pub async fn issue_runtime_token(
         app_id,
         workspace_id: app.workspace_id,
     };
-    let token = create_token(db, "system".to_owned(), owner, name).await?;
+    let token = create_token(db, "system".to_owned(), owner, name, DEFAULT_TOKEN_DAYS).await?;
     Ok(token.clear)
 }
 

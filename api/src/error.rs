@@ -50,6 +50,12 @@ pub enum ApiError {
         "authentication required: send `Authorization: Bearer <token>` with a valid, unrevoked Rhone token"
     )]
     Unauthenticated,
+    #[error(
+        "the token expired at {0}; create a new one (`rhone tokens create`, or the createToken mutation with another token)"
+    )]
+    TokenExpired(chrono::DateTime<chrono::Utc>),
+    #[error("the token was revoked; use another one")]
+    TokenRevoked,
     #[error("{0}")]
     Forbidden(String),
     #[error("{what} {id} not found")]
@@ -101,7 +107,9 @@ impl ApiError {
     /// The one mapping from an error to its code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::Unauthenticated | Self::TokenExpired(_) | Self::TokenRevoked => {
+                ErrorCode::Unauthenticated
+            }
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::InvalidArgument { .. } => ErrorCode::InvalidArgument,

@@ -112,7 +112,9 @@ async fn graphql_post(
     };
     let actor = match auth::authenticate(&shared.state.db, header).await {
         Ok(actor) => actor,
-        Err(err @ ApiError::Unauthenticated) => return refuse(StatusCode::UNAUTHORIZED, &err),
+        Err(err @ (ApiError::Unauthenticated | ApiError::TokenExpired(_) | ApiError::TokenRevoked)) => {
+            return refuse(StatusCode::UNAUTHORIZED, &err);
+        }
         Err(err) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &err),
     };
     // Introspection-only documents never touch data, so they may run without a token and

@@ -20,7 +20,7 @@ use std::future::Future;
 
 use sea_orm::DatabaseConnection;
 
-pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token};
+pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token, usable_or_renewed};
 pub use error::{ApiError, ErrorCode};
 pub use graphql::{INTROSPECTION_MAX_DEPTH, MAX_COMPLEXITY, MAX_DEPTH, sdl};
 pub use http::{MAX_BODY_BYTES, router};

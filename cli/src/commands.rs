@@ -88,6 +88,25 @@ pub enum ClientCommand {
         /// A host, e.g. web.shop.acme.rhone.localhost (a port is ignored).
         host: String,
     },
+    /// Your API tokens: list, create (shown once), revoke.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokensCmd {
+    /// Your tokens: name, prefix, when created, last used, expires, revoked.
+    List,
+    /// Create a token and print it, this once (the API keeps only its SHA-256).
+    Create {
+        name: String,
+        /// Days until it expires (1 to 365).
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: i32,
+    },
+    /// Revoke a token by its id or its prefix (as `tokens list` shows them): its requests
+    /// are refused from now on and its open subscriptions end.
+    Revoke { token: String },
 }
 
 // The app a command acts on: its workspace, project and app, each by name or id. A plain
@@ -285,6 +304,56 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
     };
     match cmd {
         ClientCommand::Login { .. } => unreachable!("handled above"),
+        ClientCommand::Tokens(TokensCmd::List) => {
+            let d = api
+                .call(
+                    "{ tokens { id name prefix kind createdAt lastUsedAt expiresAt revokedAt } }",
+                    json!({}),
+                )
+                .await?;
+            out(&d["tokens"], &|v| {
+                table(
+                    v,
+                    &["name", "prefix", "createdAt", "lastUsedAt", "expiresAt", "revokedAt", "id"],
+                )
+            });
+        }
+        ClientCommand::Tokens(TokensCmd::Create {
+            name,
+            expires_in_days,
+        }) => {
+            let d = api
+                .call(
+                    "mutation($n: String!, $d: Int) { createToken(name: $n, expiresInDays: $d) { id token prefix expiresAt } }",
+                    json!({ "n": name, "d": expires_in_days }),
+                )
+                .await?;
+            out(&d["createToken"], &|v| {
+                println!(
+                    "token {name} created (id {}), expires {}. Shown this once:",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["expiresAt"].as_str().unwrap_or_default()
+                );
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            });
+        }
+        ClientCommand::Tokens(TokensCmd::Revoke { token }) => {
+            let id = resolve_token(&api, &token).await?;
+            let d = api
+                .call(
+                    "mutation($id: UUID!) { revokeToken(id: $id) { token { id name prefix revokedAt } operation { id } } }",
+                    json!({ "id": id }),
+                )
+                .await?;
+            out(&d["revokeToken"], &|v| {
+                println!(
+                    "token {} ({}…) revoked at {}: its requests are refused from now on",
+                    v["token"]["name"].as_str().unwrap_or_default(),
+                    v["token"]["prefix"].as_str().unwrap_or_default(),
+                    v["token"]["revokedAt"].as_str().unwrap_or_default()
+                );
+            });
+        }
         ClientCommand::Workspaces(WorkspacesCmd::List) => {
             let d = api
                 .call("{ workspaces { id name displayName } }", json!({}))
@@ -879,6 +948,32 @@ fn show_environment(e: &Value) {
                 b["createdAt"].as_str().unwrap_or("?")
             );
         }
+    }
+}
+
+/// The id of one of the caller's tokens, given as its id or its display prefix (a prefix
+/// that names several tokens is refused, listing them).
+async fn resolve_token(api: &Api, given: &str) -> Result<String> {
+    let d = api.call("{ tokens { id name prefix revokedAt } }", json!({})).await?;
+    let matches: Vec<&Value> = d["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["id"] == given || t["prefix"].as_str().is_some_and(|p| p.starts_with(given))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one["id"].as_str().unwrap_or_default().to_owned()),
+        [] => bail!("none of your tokens has the id or prefix {given:?} (`rhone tokens list`)"),
+        many => bail!(
+            "{} of your tokens start with {given:?}: give the id ({})",
+            many.len(),
+            many.iter()
+                .map(|t| t["id"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

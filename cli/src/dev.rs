@@ -385,7 +385,18 @@ async fn admin_token(
             data_dir.display()
         )
     })?;
-    Ok(token.trim().to_owned())
+    let token = token.trim();
+    let usable = rhone_api::usable_or_renewed(db, token)
+        .await
+        .with_context(|| format!("the token in {} is unknown to this database", path.display()))?;
+    if usable != token {
+        write_private(&path, &usable)?;
+        eprintln!(
+            "rhone dev: the admin token in {} had expired or was revoked; a new one is there now (log the CLI in with it: rhone login URL - < that file)",
+            path.display()
+        );
+    }
+    Ok(usable)
 }
 
 /// Writes a secret readable by its owner only.

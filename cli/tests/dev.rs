@@ -1,6 +1,7 @@
 //! `rhone dev` as a new user runs it: the real binary starts Temporal, the API, the worker,
 //! the edge and the runner; the client commands create a workspace down to an environment
-//! through them; GraphiQL, the Temporal UI and the edge answer; Ctrl-C stops everything.
+//! through them (a deploy to staging refused, tokens made and revoked); GraphiQL, the
+//! Temporal UI and the edge answer; Ctrl-C stops everything.
 //! And the two prerequisite errors a user meets first are one clear line each.
 
 mod support;
@@ -103,6 +104,55 @@ fn rhone_dev_runs_the_platform_for_the_cli() -> Result<()> {
         String::from_utf8_lossy(&dup.stderr).contains("CONFLICT"),
         "{dup:?}"
     );
+
+    // A deploy to staging is refused before anything is recorded, naming the way there.
+    let repo = example_repo(dir.path())?;
+    let refused = dev.rhone(&[
+        "deploy",
+        &repo.display().to_string(),
+        "-w",
+        "acme",
+        "-p",
+        "shop",
+        "-a",
+        "web",
+        "--env",
+        "staging",
+    ])?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("INVALID_ARGUMENT") && stderr.contains("rhone promote"),
+        "{stderr}"
+    );
+
+    // Tokens: created (shown once, with its expiry), listed, revoked by prefix, refused.
+    let created: serde_json::Value = serde_json::from_str(&dev.ok(&[
+        "--json",
+        "tokens",
+        "create",
+        "laptop",
+        "--expires-in-days",
+        "7",
+    ])?)?;
+    let token = created["token"].as_str().context("token")?;
+    let prefix = created["prefix"].as_str().context("prefix")?;
+    let graphql = format!("http://127.0.0.1:{}/graphql", ports[0]);
+    let me = |token: &str| -> Result<String> {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "Content-Type: application/json"])
+            .args(["-d", r#"{"query":"{ me { actor } }"}"#, &graphql])
+            .output()?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    assert_eq!(me(token)?, "200");
+    let listed = dev.ok(&["tokens", "list"])?;
+    assert!(listed.contains("laptop") && listed.contains(prefix), "{listed}");
+    let revoked = dev.ok(&["tokens", "revoke", prefix])?;
+    assert!(revoked.contains("token laptop") && revoked.contains("revoked"), "{revoked}");
+    assert_eq!(me(token)?, "401");
 
     assert_eq!(
         http_status(&format!("http://127.0.0.1:{}/graphql", ports[0]), None)?,

@@ -73,6 +73,8 @@ text_enum! {
         EnvironmentUpdate = "environment_update",
         GrantCreate = "grant_create",
         TokenCreate = "token_create",
+        /// A token revoked by its owner (or a workspace admin, for an app's token).
+        TokenRevoke = "token_revoke",
         /// An operator added a runner host (and issued its credential).
         RunnerAdd = "runner_add",
         /// An operator revoked a runner host's credential.
@@ -181,6 +183,7 @@ impl OperationKind {
             | Self::EnvironmentUpdate
             | Self::GrantCreate
             | Self::TokenCreate
+            | Self::TokenRevoke
             | Self::RunnerAdd
             | Self::RunnerRevoke => MachineKind::Mutation,
         }

@@ -59,6 +59,7 @@ mirror! {
         EnvironmentUpdate,
         GrantCreate,
         TokenCreate,
+        TokenRevoke,
         RunnerAdd,
         RunnerRevoke,
     }

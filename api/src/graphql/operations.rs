@@ -139,7 +139,7 @@ impl OperationSubscription {
     ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<OperationStage>>> {
         let (state, actor) = caller(ctx)?;
         operations::operation(&state.db, actor, id).await?;
-        Ok(operations::follow_stages(state.db.clone(), id)
+        Ok(operations::follow_stages(state.db.clone(), id, actor.token_id())
             .map(|record| {
                 record
                     .map(OperationStage::from)

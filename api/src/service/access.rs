@@ -4,7 +4,7 @@ use chrono::Utc;
 use rhone_core::{OperationKind, Role};
 use rhone_schema::{
     begin_write,
-    entity::{grant, operation, user, workspace},
+    entity::{api_token, app, grant, operation, user, workspace},
     new_id,
 };
 use sea_orm::{
@@ -196,12 +196,102 @@ pub(crate) async fn grant_role(
     .await
 }
 
-/// Creates an API token for the calling user. Runtime identities cannot create tokens.
+/// Creates an API token for the calling user, lasting `expires_in_days` (default
+/// [`auth::DEFAULT_TOKEN_DAYS`], at most [`auth::MAX_TOKEN_DAYS`]). Runtime identities
+/// cannot create tokens.
 pub(crate) async fn create_token(
     db: &DatabaseConnection,
     actor: &Actor,
     name: &str,
+    expires_in_days: Option<i32>,
 ) -> Result<NewToken, ApiError> {
     let user_id = actor.user_id()?;
-    auth::create_token(db, actor.subject(), TokenOwner::User(user_id), name).await
+    let days = auth::lifetime_days(expires_in_days)?;
+    auth::create_token(db, actor.subject(), TokenOwner::User(user_id), name, days).await
+}
+
+/// The calling user's tokens, newest first (names, prefixes and dates; never a token).
+pub(crate) async fn tokens(
+    db: &DatabaseConnection,
+    actor: &Actor,
+) -> Result<Vec<api_token::Model>, ApiError> {
+    let user_id = actor.user_id()?;
+    Ok(api_token::Entity::find()
+        .filter(api_token::Column::UserId.eq(user_id))
+        .order_by_desc(api_token::Column::CreatedAt)
+        .all(db)
+        .await?)
+}
+
+/// Revokes a token: one of the caller's own, or, for an admin of its workspace, an app's
+/// runtime token. From the commit on, its requests are refused and its open subscriptions
+/// end at their next poll. Another user's token is NOT_FOUND.
+pub(crate) async fn revoke_token(
+    db: &DatabaseConnection,
+    actor: &Actor,
+    token_id: Uuid,
+) -> Result<(api_token::Model, operation::Model), ApiError> {
+    let caller = actor.user_id()?;
+    let not_found = || ApiError::not_found("token", token_id);
+    let row = api_token::Entity::find_by_id(token_id)
+        .one(db)
+        .await?
+        .ok_or_else(not_found)?;
+    let workspace_id = match (row.user_id, row.app_id) {
+        (Some(owner), None) if owner == caller => None,
+        (None, Some(app_id)) => {
+            let app = app::Entity::find_by_id(app_id)
+                .one(db)
+                .await?
+                .ok_or_else(not_found)?;
+            let target = rbac::Target {
+                what: "token",
+                id: token_id,
+            };
+            rbac::require(db, actor, app.workspace_id, Role::Admin, target).await?;
+            Some(app.workspace_id)
+        }
+        _ => return Err(not_found()),
+    };
+    if let Some(at) = row.revoked_at {
+        return Err(ApiError::Conflict(format!(
+            "token {} ({}…) was already revoked at {at}",
+            row.name, row.prefix
+        )));
+    }
+    let m = Mutation {
+        operation_id: new_id(),
+        kind: OperationKind::TokenRevoke,
+        action: "token.revoke",
+        actor: actor.subject(),
+        workspace_id,
+        target_type: "api_token",
+        target_id: token_id.to_string(),
+        detail: json!({ "name": row.name, "prefix": row.prefix, "kind": row.kind }),
+    };
+    let txn = begin_write(db).await?;
+    let now = Utc::now();
+    let changed = api_token::Entity::update_many()
+        .col_expr(
+            api_token::Column::RevokedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(api_token::Column::Id.eq(token_id))
+        .filter(api_token::Column::RevokedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if changed.rows_affected == 0 {
+        return Err(ApiError::Conflict(format!(
+            "token {} ({}…) was revoked meanwhile",
+            row.name, row.prefix
+        )));
+    }
+    let operation = record::applied(&txn, &m).await?;
+    txn.commit().await?;
+    tracing::info!(%token_id, prefix = %row.prefix, "token revoked");
+    let row = api_token::Model {
+        revoked_at: Some(now),
+        ..row
+    };
+    Ok((row, operation))
 }

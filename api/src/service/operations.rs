@@ -100,6 +100,8 @@ pub(crate) const STAGE_FOLLOW_LIMIT: Duration = Duration::from_secs(60 * 60);
 struct Follow {
     db: DatabaseConnection,
     operation_id: Uuid,
+    /// The subscriber's token: revoked or expired, the stream ends.
+    token_id: Uuid,
     /// The `seq` of the last record yielded (0 before the first).
     after: i32,
     /// Read and not yet yielded, in `seq` order.
@@ -115,6 +117,7 @@ impl Follow {
     /// status it sets are written in one transaction, so a final status read first means
     /// the read that follows has every record.
     async fn poll(&mut self) -> Result<(), ApiError> {
+        crate::auth::still_usable(&self.db, self.token_id).await?;
         let op = operation::Entity::find_by_id(self.operation_id)
             .one(&self.db)
             .await?
@@ -138,14 +141,17 @@ impl Follow {
 /// The stage records of an operation the caller has already been allowed to read, in `seq`
 /// order, each once: those recorded so far, then new ones as they are written (polled every
 /// [`STAGE_POLL`]). Ends after the last record of a final operation, after
-/// [`STAGE_FOLLOW_LIMIT`], or after the first error, which it yields.
+/// [`STAGE_FOLLOW_LIMIT`], or after the first error, which it yields: a revoked or expired
+/// `token_id` (the subscriber's) is one, checked at every poll.
 pub(crate) fn follow_stages(
     db: DatabaseConnection,
     operation_id: Uuid,
+    token_id: Uuid,
 ) -> impl Stream<Item = Result<operation_stage::Model, ApiError>> + Send + 'static {
     let follow = Follow {
         db,
         operation_id,
+        token_id,
         after: 0,
         pending: VecDeque::new(),
         finished: false,

@@ -205,3 +205,54 @@ async fn subscriptions_refuse_strangers() -> Result<()> {
     assert_eq!(complete["type"], "complete", "{complete}");
     Ok(())
 }
+
+/// A subscription lives no longer than its token: revoked, the stream ends at its next poll
+/// with an error that says so.
+#[tokio::test]
+async fn a_revoked_tokens_subscription_ends() -> Result<()> {
+    let api = Api::start("a_revoked_tokens_subscription_ends").await?;
+    let admin = api.admin().await?;
+    let (_, _, app) = tenancy(&admin, "revoke").await?;
+    // No worker: the operation stays running, so the stream would wait for an hour.
+    let op = admin
+        .data(CREATE_ENV, json!({ "a": app, "n": "prod" }))
+        .await?["createEnvironment"]
+        .clone();
+    let id = op["id"].as_str().context("operation id")?;
+    let created = admin
+        .data(
+            "mutation { createToken(name: \"watcher\") { id token } }",
+            json!({}),
+        )
+        .await?["createToken"]
+        .clone();
+    let watcher = api.caller(created["token"].as_str().context("token")?);
+    let mut ws = Ws::acked(&api, &watcher).await?;
+    ws.subscribe("1", STAGES, json!({ "id": id })).await?;
+    let first = ws.recv_json().await?;
+    assert_eq!(first["payload"]["data"]["operationStages"]["stage"], "requested", "{first}");
+
+    admin
+        .data(
+            "mutation($id: UUID!) { revokeToken(id: $id) { token { revokedAt } } }",
+            json!({ "id": created["id"] }),
+        )
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let message = ws.recv_json().await?;
+            if message["type"] == "next"
+                && let Some(error) = message["payload"]["errors"].get(0)
+            {
+                return anyhow::Ok(error.clone());
+            }
+        }
+    })
+    .await
+    .context("the stream did not end within 10 s of the revocation")??;
+    assert_eq!(ended["extensions"]["code"], "UNAUTHENTICATED", "{ended}");
+    assert_eq!(ended["message"], "the token was revoked; use another one");
+    let complete = ws.recv_json().await?;
+    assert_eq!(complete["type"], "complete", "{complete}");
+    Ok(())
+}

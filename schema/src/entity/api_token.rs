@@ -26,8 +26,11 @@ pub struct Model {
     /// The first characters of the clear token, so a user can tell tokens apart.
     pub prefix: String,
     pub created_at: DateTimeUtc,
+    /// When the API last accepted the token (written at most once a minute).
     pub last_used_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// After this the token is refused. `None` only for tokens made before tokens expired.
+    pub expires_at: Option<DateTimeUtc>,
     #[sea_orm(belongs_to, from = "user_id", to = "id")]
     pub user: BelongsTo<Option<super::user::Entity>>,
     #[sea_orm(belongs_to, from = "app_id", to = "id")]

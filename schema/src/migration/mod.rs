@@ -16,6 +16,7 @@ mod m20261124_000008_wake;
 mod m20261207_000009_runner_network;
 mod m20261207_000010_runner_fleet;
 mod m20261207_000011_repair;
+mod m20261207_000012_token_expiry;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000009_runner_network::Migration),
             Box::new(m20261207_000010_runner_fleet::Migration),
             Box::new(m20261207_000011_repair::Migration),
+            Box::new(m20261207_000012_token_expiry::Migration),
         ]
     }
 }

@@ -71,6 +71,7 @@ async fn a_token_has_exactly_one_owner(db: DatabaseConnection) -> Result<()> {
         created_at: Set(Utc::now()),
         last_used_at: Set(None),
         revoked_at: Set(None),
+        expires_at: Set(None),
     };
     let user = user::ActiveModel {
         id: Set(new_id()),
