@@ -76,6 +76,9 @@ pub(crate) fn db_err(e: impl Into<SchemaError>) -> ActivityError {
     activity_error(e.into())
 }
 
+/// How often [`Heartbeat::during`] beats.
+const BEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Records heartbeats of the running activity; does nothing when the activity's logic is
 /// called directly (tests).
 #[derive(Clone, Copy, Default)]
@@ -89,6 +92,25 @@ impl<'a> Heartbeat<'a> {
     /// No activity context: nothing is recorded.
     pub fn none() -> Self {
         Heartbeat(None)
+    }
+
+    /// Runs `work`, heartbeating every [`BEAT_EVERY`] until it ends. Temporal then knows
+    /// within the step's heartbeat timeout (`stages::watched`, 5 s) that a worker which
+    /// died mid-way is gone, and retries the activity, instead of after its whole
+    /// start-to-close timeout (two hours for a build).
+    pub async fn during<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        if self.0.is_none() {
+            return work.await;
+        }
+        let mut work = std::pin::pin!(work);
+        let mut every = tokio::time::interval(BEAT_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                _ = every.tick() => self.beat(serde_json::Value::Null).await,
+            }
+        }
     }
 
     pub async fn beat(&self, details: serde_json::Value) {

@@ -55,7 +55,9 @@ impl PreviewActivities {
         input: PreviewInput,
     ) -> Result<Preview, ActivityError> {
         let span = tracing::info_span!("start_preview", operation_id = %input.operation_id, deployment_id = %input.deployment_id);
-        self.preview(input, Heartbeat::of(&ctx))
+        // Beats throughout (placement, the runner's pull), not only while it polls readiness.
+        Heartbeat::of(&ctx)
+            .during(self.preview(input, Heartbeat::of(&ctx)))
             .instrument(span)
             .await
     }

@@ -1,6 +1,7 @@
 //! Promotion and rollback through the real binaries: `rhone dev` (Temporal, API, edge,
-//! runner) and the `rhone` CLI; in the kill test the worker is a separate
-//! `rhone serve worker` process that is SIGKILLed in each Promotion stage and restarted.
+//! runner) and the `rhone` CLI; in the kill tests the worker is a separate
+//! `rhone serve worker` process that is SIGKILLed in each Promotion stage, and in each
+//! Deploy stage, and restarted.
 
 mod support;
 
@@ -319,6 +320,142 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
         assert_eq!(owner["epoch"], epoch + 1, "{owner}");
     }
     Ok(())
+}
+
+/// Kills the worker (SIGKILL) once a deploy has entered each stage in turn (and, for the
+/// preview start, once its allocation is placed), restarts it 300 ms later, and checks that
+/// every deploy reaches `preview_ready` within a minute of the kill (the lost attempt is
+/// seen by its missing heartbeats, not after its start-to-close timeout), each stage
+/// recorded once, one allocation, and no build left running from the lost attempt.
+#[test]
+fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev_with(dir.path(), &ports, &["--no-worker"])?;
+    let env = worker_env(&dev);
+    let data_dir = env
+        .iter()
+        .find(|(k, _)| k == "RHONE_DATA_DIR")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .context("RHONE_DATA_DIR")?;
+    let db_url = &env
+        .iter()
+        .find(|(k, _)| k == "RHONE_DATABASE_URL")
+        .context("db")?
+        .1;
+    let log = dir.path().join("worker.log");
+    let mut worker = start_worker(&env, &log)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = runtime.block_on(rhone_schema::connect(db_url))?;
+
+    let mut seen_ops = std::collections::HashSet::new();
+    for stage in ["cloning", "building", "validating", "preview start"] {
+        let repo_arg = repo.display().to_string();
+        let deploy = Command::new(RHONE)
+            .args([&["deploy", repo_arg.as_str()][..], &APP, &["--env", "preview"]].concat())
+            .env("RHONE_CONFIG", &dev.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let ops = json(&dev, &["ops", "list", "--kind", "deploy"])?;
+            let new = ops.as_array().into_iter().flatten().find_map(|o| {
+                let id = o["id"].as_str()?;
+                (!seen_ops.contains(id)).then(|| id.to_owned())
+            });
+            if let Some(new) = new {
+                break new;
+            }
+            if Instant::now() > deadline {
+                bail!("no deploy operation appeared");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen_ops.insert(id.clone());
+        let deployment = json(&dev, &["ops", "show", &id])?["targetId"]
+            .as_str()
+            .context("the deploy's deployment")?
+            .to_owned();
+        let entered = stage.split(' ').next().map(|s| if s == "preview" { "validating" } else { s });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let op = json(&dev, &["ops", "show", &id])?;
+            let placed = stage != "preview start"
+                || runtime.block_on(allocations_of(&db, &deployment))? > 0;
+            if placed && stages(&op).iter().any(|s| Some(s.as_str()) == entered) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{id} never reached {stage}: {op}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let killed_at = Instant::now();
+        drop(worker);
+        std::thread::sleep(Duration::from_millis(300));
+        worker = start_worker(&env, &log)?;
+
+        let out = finish_within(deploy, Duration::from_secs(90))?;
+        let took = killed_at.elapsed();
+        eprintln!("killed in {stage}: finished {took:?} after the kill");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "deploy killed in {stage} did not finish:\n{stdout}\n{}\nworker log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(took < Duration::from_secs(60), "killed in {stage}: {took:?}");
+        let op = json(&dev, &["ops", "show", &id])?;
+        assert_eq!(
+            stages(&op),
+            ["queued", "cloning", "building", "validating", "preview_ready"],
+            "killed in {stage}: {op}"
+        );
+        assert_eq!(
+            runtime.block_on(allocations_of(&db, &deployment))?,
+            1,
+            "killed in {stage}: one allocation"
+        );
+        let build = data_dir
+            .join("work/sandbox/runtime")
+            .join(format!("build-{deployment}"));
+        assert!(!build.exists(), "killed in {stage}: a build sandbox is left: {}", build.display());
+    }
+    Ok(())
+}
+
+/// The output of `child` once it exits, or an error (it killed) after `limit`.
+fn finish_within(mut child: Child, limit: Duration) -> Result<std::process::Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "still running after {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Allocations of deployment `id`.
+async fn allocations_of(db: &sea_orm::DatabaseConnection, id: &str) -> Result<u64> {
+    use rhone_schema::entity::allocation;
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let id: uuid::Uuid = id.parse()?;
+    Ok(allocation::Entity::find()
+        .filter(allocation::Column::DeploymentId.eq(id))
+        .count(db)
+        .await?)
 }
 
 /// Route changes written by operation `id`, and allocations of the deployment it promoted.

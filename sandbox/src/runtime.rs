@@ -144,11 +144,7 @@ impl Sandbox {
                 range.end()
             ))
         })?;
-        if self.root.join(&spec.id).exists() {
-            // A container of this id outlived an earlier attempt (its starter was killed).
-            self.signal(&spec.id, Signal::SIGKILL).await;
-            self.delete(&spec.id).await;
-        }
+        self.end_leftover(&spec.id).await;
         let bundle = self.bundle(&spec.id);
         let (this, owned) = (self.clone(), spec.clone());
         let cgroups_path = self.cgroups.runtime_path(&spec.id);
@@ -240,6 +236,18 @@ impl Sandbox {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Ends a sandbox of this id that an earlier attempt left behind (its starter was
+    /// killed: a worker lost mid-build): its processes are killed and it is removed.
+    /// Whether there was one.
+    pub async fn end_leftover(&self, id: &str) -> bool {
+        if !self.root.join(id).exists() {
+            return false;
+        }
+        self.signal(id, Signal::SIGKILL).await;
+        self.delete(id).await;
+        true
     }
 
     /// Undoes a [`Sandbox::prepare`] whose process never started.

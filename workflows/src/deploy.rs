@@ -22,7 +22,7 @@ use crate::{
         BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
         ValidateInput, Validation,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, step_options},
+    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, watched},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ impl DeployWorkflow {
                 ctx,
                 || DeployActivities::clone_source,
                 clone,
-                step_options(Duration::from_secs(300), 3),
+                watched(Duration::from_secs(300)),
             )
             .await?
         {
@@ -109,13 +109,14 @@ impl DeployWorkflow {
             source: source.clone(),
             commit_sha: cloned.commit_sha.clone(),
         };
-        // The build's own time limit comes from rhone.toml (at most 2 h); this bounds a lost worker.
+        // The build's own time limit comes from rhone.toml (at most 2 h); a lost worker is
+        // seen by its missing heartbeats within seconds.
         let built = match op
             .step(
                 ctx,
                 || DeployActivities::build_artifact,
                 build,
-                step_options(Duration::from_secs(7500), 2),
+                watched(Duration::from_secs(7500)),
             )
             .await?
         {
@@ -143,7 +144,7 @@ impl DeployWorkflow {
                     ctx,
                     || DeployActivities::validate_deployment,
                     validate,
-                    step_options(Duration::from_secs(300), 3),
+                    watched(Duration::from_secs(300)),
                 )
                 .await?
             {
@@ -166,7 +167,7 @@ impl DeployWorkflow {
                         ctx,
                         || PreviewActivities::start_preview,
                         preview,
-                        step_options(Duration::from_secs(300), 3),
+                        watched(Duration::from_secs(300)),
                     )
                     .await?
                 {

@@ -46,6 +46,12 @@ pub async fn build_artifact(
     config: &DeployConfig,
     input: &BuildInput,
 ) -> Result<Built, DeployError> {
+    // A lost attempt (its worker killed) may have left its build running in its sandbox,
+    // still writing to the checkout: it is ended before the checkout is made clean.
+    let sandbox = Sandbox::new(&config.sandbox()).map_err(sandbox_error)?;
+    if sandbox.end_leftover(&build_id(input.deployment_id)).await {
+        tracing::warn!("ended the build an earlier, lost attempt left running");
+    }
     let checkout = ensure_checkout(
         config,
         input.deployment_id,
@@ -148,6 +154,12 @@ async fn output_dir(checkout: &Path, output_dir: &str) -> Result<std::path::Path
     }
 }
 
+/// The sandbox id of a deployment's build: the same for every attempt, so a retry finds
+/// what a lost one left.
+fn build_id(deployment_id: uuid::Uuid) -> String {
+    format!("build-{deployment_id}")
+}
+
 /// Runs `build.command` with `sh -c` at the checkout root in a sandbox of its own (no
 /// network, the checkout its only writable directory, `[build]` limits), its stdout and
 /// stderr on one pipe (interleaved as written) into the log, killed at the time limit.
@@ -163,7 +175,7 @@ async fn run_command(
         move |e| DeployError::io(format!("{what} for the build command"), e)
     };
     let sandbox = Sandbox::new(&config.sandbox()).map_err(sandbox_error)?;
-    let id = format!("build-{}", input.deployment_id);
+    let id = build_id(input.deployment_id);
     let owner = rhone_sandbox::host_uid(&id);
     let dir = checkout.dir.clone();
     tokio::task::spawn_blocking(move || rhone_sandbox::chown_tree(&dir, owner))

@@ -27,6 +27,8 @@ use sea_orm::DatabaseConnection;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
+use crate::allocate::Heartbeat;
+
 pub use build::build_artifact;
 pub use error::{DeployError, deploy_activity_error};
 pub use source::clone_source;
@@ -101,10 +103,11 @@ impl DeployActivities {
     #[activity(definition = defs::CloneSource)]
     pub async fn clone_source(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: CloneInput,
     ) -> Result<Cloned, ActivityError> {
-        clone_source(&self.config, &input)
+        Heartbeat::of(&ctx)
+            .during(clone_source(&self.config, &input))
             .await
             .map_err(deploy_activity_error)
     }
@@ -112,10 +115,11 @@ impl DeployActivities {
     #[activity(definition = defs::BuildArtifact)]
     pub async fn build_artifact(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: BuildInput,
     ) -> Result<Built, ActivityError> {
-        build_artifact(&self.db, &self.config, &input)
+        Heartbeat::of(&ctx)
+            .during(build_artifact(&self.db, &self.config, &input))
             .await
             .map_err(deploy_activity_error)
     }
@@ -123,10 +127,11 @@ impl DeployActivities {
     #[activity(definition = defs::ValidateDeployment)]
     pub async fn validate_deployment(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: ValidateInput,
     ) -> Result<Validation, ActivityError> {
-        validate_deployment(&self.db, &self.config, &input)
+        Heartbeat::of(&ctx)
+            .during(validate_deployment(&self.db, &self.config, &input))
             .await
             .map_err(deploy_activity_error)
     }
