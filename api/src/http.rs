@@ -175,41 +175,123 @@ async fn graphql_ws(
         .on_upgrade(move |socket| serve_ws(shared, socket, protocol))
 }
 
-/// Runs async-graphql's protocol driver over `socket` until either side closes.
+/// How long a WebSocket may stay open without a `connection_init`; then it is closed with
+/// 4408, as the graphql-transport-ws protocol says.
+pub const WS_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The most subscriptions one WebSocket runs at once; another is answered with an error.
+pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 16;
+
+/// What the client asked of the protocol driver, as far as the limits need to know.
+enum ClientMessage {
+    Subscribe(String),
+    Complete(String),
+    Other,
+}
+
+fn client_message(data: &[u8]) -> ClientMessage {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return ClientMessage::Other;
+    };
+    let id = v["id"].as_str().map(str::to_owned);
+    match (v["type"].as_str(), id) {
+        // graphql-transport-ws `subscribe`, graphql-ws `start`.
+        (Some("subscribe" | "start"), Some(id)) => ClientMessage::Subscribe(id),
+        (Some("complete" | "stop"), Some(id)) => ClientMessage::Complete(id),
+        _ => ClientMessage::Other,
+    }
+}
+
+/// Runs async-graphql's protocol driver over `socket` until either side closes. A socket
+/// that sends no `connection_init` within [`WS_INIT_TIMEOUT`] is closed; a subscription past
+/// [`MAX_SUBSCRIPTIONS_PER_SOCKET`] running ones is refused with an error for its id.
 async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketProtocols) {
-    let (mut sink, stream) = socket.split();
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let (sink, stream) = socket.split();
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let (refusals, mut refused) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let counted = running.clone();
     let incoming = stream
         .take_while(|message| future::ready(message.is_ok()))
-        .filter_map(|message| {
-            future::ready(match message {
+        .filter_map(move |message| {
+            let data = match message {
                 Ok(message @ (Message::Text(_) | Message::Binary(_))) => Some(message.into_data()),
                 _ => None,
-            })
+            };
+            let data = data.and_then(|data| {
+                let mut running = counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match client_message(&data) {
+                    ClientMessage::Subscribe(id) if !running.contains(&id) => {
+                        if running.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+                            let _ = refusals.send(id);
+                            return None;
+                        }
+                        running.insert(id);
+                    }
+                    ClientMessage::Complete(id) => {
+                        running.remove(&id);
+                    }
+                    _ => {}
+                }
+                Some(data)
+            });
+            future::ready(data)
         });
     let db = shared.state.db.clone();
+    let (inited, mut init_seen) = tokio::sync::watch::channel(false);
     let mut outgoing = GraphQLWebSocket::new(shared.schema.clone(), incoming, protocol)
-        .on_connection_init(move |payload| async move {
-            let actor = ws_actor(&db, &payload).await.map_err(|err| {
-                let message = match err {
-                    ApiError::Unauthenticated => WS_UNAUTHENTICATED.to_owned(),
-                    other => other.to_graphql().message,
-                };
-                async_graphql::Error::new(message)
-            })?;
-            tracing::info!(actor = actor.subject(), "GraphQL WebSocket authenticated");
-            let mut data = async_graphql::Data::default();
-            data.insert(actor);
-            Ok(data)
+        .on_connection_init(move |payload| {
+            let _ = inited.send(true);
+            async move {
+                let actor = ws_actor(&db, &payload).await.map_err(|err| {
+                    let message = match err {
+                        ApiError::Unauthenticated => WS_UNAUTHENTICATED.to_owned(),
+                        other => other.to_graphql().message,
+                    };
+                    async_graphql::Error::new(message)
+                })?;
+                tracing::info!(actor = actor.subject(), "GraphQL WebSocket authenticated");
+                let mut data = async_graphql::Data::default();
+                data.insert(actor);
+                Ok(data)
+            }
         });
-    while let Some(message) = outgoing.next().await {
-        let message = match message {
-            WsMessage::Text(text) => Message::Text(text.into()),
-            WsMessage::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
+    let init_deadline = tokio::time::sleep(WS_INIT_TIMEOUT);
+    tokio::pin!(init_deadline);
+    loop {
+        let message = tokio::select! {
+            message = outgoing.next() => match message {
+                Some(WsMessage::Text(text)) => {
+                    // The server completing a subscription frees its place.
+                    if let ClientMessage::Complete(id) = client_message(text.as_bytes()) {
+                        running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                    }
+                    Message::Text(text.into())
+                }
+                Some(WsMessage::Close(code, reason)) => Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })),
+                None => break,
+            },
+            Some(id) = refused.recv() => {
+                let error = serde_json::json!([{
+                    "message": format!("too many subscriptions on this connection (at most {MAX_SUBSCRIPTIONS_PER_SOCKET}); complete one first"),
+                    "extensions": { "code": "INVALID_ARGUMENT" },
+                }]);
+                // `error` for that id, in both protocols.
+                Message::Text(serde_json::json!({ "id": id, "type": "error", "payload": error }).to_string().into())
+            }
+            () = &mut init_deadline, if !*init_seen.borrow_and_update() => {
+                let _ = sink.lock().await.send(Message::Close(Some(CloseFrame {
+                    code: 4408,
+                    reason: "connection initialisation timeout: send connection_init with your token".into(),
+                }))).await;
+                break;
+            }
         };
-        if sink.send(message).await.is_err() {
+        if sink.lock().await.send(message).await.is_err() {
             break;
         }
     }

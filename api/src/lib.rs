@@ -23,7 +23,7 @@ use sea_orm::DatabaseConnection;
 pub use auth::{Actor, bootstrap_admin, issue_runtime_token, issue_token, usable_or_renewed};
 pub use error::{ApiError, ErrorCode};
 pub use graphql::{INTROSPECTION_MAX_DEPTH, MAX_COMPLEXITY, MAX_DEPTH, sdl};
-pub use http::{MAX_BODY_BYTES, router};
+pub use http::{MAX_BODY_BYTES, MAX_SUBSCRIPTIONS_PER_SOCKET, WS_INIT_TIMEOUT, router};
 
 /// What every request needs: the control DB, the Temporal client and the task queue the
 /// worker polls.

@@ -698,7 +698,7 @@ async fn build_log(api: &Api, id: &str, follow: bool, json_out: bool) -> Result<
     loop {
         let d = api
             .call(
-                "query($id: UUID!, $a: Int!) { buildLog(operationId: $id, afterSeq: $a, first: 500) { seq attempt text createdAt } operation(id: $id) { status } }",
+                "query($id: UUID!, $a: Int!) { buildLog(operationId: $id, afterSeq: $a, first: 200) { seq attempt text createdAt } operation(id: $id) { status } }",
                 json!({ "id": id, "a": after }),
             )
             .await?;

@@ -19,6 +19,7 @@ pub struct AuditQuery;
 impl AuditQuery {
     /// Audit entries, newest first: a workspace's, or without `workspaceId` the caller's
     /// own entries that belong to no workspace (token creations).
+    #[graphql(complexity = "(first.unwrap_or(20).clamp(1, 100) as usize) * child_complexity")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

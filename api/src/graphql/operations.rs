@@ -38,7 +38,9 @@ impl OperationQuery {
     }
 
     /// The build log of a deploy operation, in chunks after `afterSeq` (0 for the start);
-    /// poll with the last chunk's `seq` to follow a running build.
+    /// poll with the last chunk's `seq` to follow a running build. Costs `first` times its
+    /// selection toward the query's complexity limit (up to 64 KiB a chunk).
+    #[graphql(complexity = "(first.clamp(1, 500) as usize) * child_complexity")]
     async fn build_log(
         &self,
         ctx: &Context<'_>,
@@ -70,6 +72,7 @@ impl OperationQuery {
     }
 
     /// A workspace's operations, newest first.
+    #[graphql(complexity = "(first.unwrap_or(20).clamp(1, 100) as usize) * child_complexity")]
     async fn operations(
         &self,
         ctx: &Context<'_>,

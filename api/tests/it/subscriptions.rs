@@ -256,3 +256,66 @@ async fn a_revoked_tokens_subscription_ends() -> Result<()> {
     assert_eq!(complete["type"], "complete", "{complete}");
     Ok(())
 }
+
+/// A socket that never says who it is does not stay open: closed with 4408 after the init
+/// timeout (5 s).
+#[tokio::test]
+async fn a_socket_without_connection_init_is_closed() -> Result<()> {
+    let api = Api::start("a_socket_without_connection_init_is_closed").await?;
+    let mut ws = Ws::connect(&api).await?;
+    let started = std::time::Instant::now();
+    match ws.recv().await? {
+        Received::Closed(code, reason) => {
+            assert_eq!(code, 4408, "{reason}");
+            assert!(reason.contains("connection_init"), "{reason}");
+        }
+        other => bail!("expected a close, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= rhone_api::WS_INIT_TIMEOUT - Duration::from_millis(100)
+            && waited < rhone_api::WS_INIT_TIMEOUT + Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    Ok(())
+}
+
+/// One socket runs at most 16 subscriptions (each polls the DB): the 17th is answered with
+/// an error for its id and the others go on; completing one frees its place.
+#[tokio::test]
+async fn subscriptions_past_the_cap_are_refused() -> Result<()> {
+    let api = Api::start("subscriptions_past_the_cap_are_refused").await?;
+    let admin = api.admin().await?;
+    let (_, _, app) = tenancy(&admin, "cap").await?;
+    // No worker: the operation stays running, so every subscription stays open.
+    let op = admin
+        .data(CREATE_ENV, json!({ "a": app, "n": "prod" }))
+        .await?["createEnvironment"]
+        .clone();
+    let id = op["id"].as_str().context("operation id")?;
+    let mut ws = Ws::acked(&api, &admin).await?;
+    let cap = rhone_api::MAX_SUBSCRIPTIONS_PER_SOCKET;
+    for n in 1..=cap {
+        ws.subscribe(&n.to_string(), STAGES, json!({ "id": id })).await?;
+        let first = ws.recv_json().await?;
+        assert_eq!(first["type"], "next", "{first}");
+    }
+    let over = (cap + 1).to_string();
+    ws.subscribe(&over, STAGES, json!({ "id": id })).await?;
+    let refused = ws.recv_json().await?;
+    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some(over.as_str())), "{refused}");
+    let message = refused["payload"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("at most {cap}")), "{refused}");
+
+    ws.send(json!({ "id": "1", "type": "complete" })).await?;
+    ws.subscribe(&over, STAGES, json!({ "id": id })).await?;
+    let again = loop {
+        // The server confirms `1` complete first.
+        let message = ws.recv_json().await?;
+        if message["id"] == over.as_str() {
+            break message;
+        }
+    };
+    assert_eq!((again["type"].as_str(), again["id"].as_str()), (Some("next"), Some(over.as_str())), "{again}");
+    Ok(())
+}
