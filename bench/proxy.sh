@@ -224,7 +224,7 @@ setup_rhone() {
     local dir="$work/$name"
     mkdir -p "$dir"
     local db="$dir/control.db"
-    local rhone_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$port")
+    local rhone_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$port" RHONE_EDGE_ADMIN_LISTEN=127.0.0.1:0)
     [ -z "${BENCH_RHONE_LOG:-}" ] || rhone_env+=(RHONE_LOG="$BENCH_RHONE_LOG")
     start_rhone() {
         env "${rhone_env[@]}" "$rhone" serve edge >>"$dir/edge.log" 2>&1 &

@@ -405,7 +405,7 @@ if [ "$edge" = 1 ]; then
     edge_dir="$work/edge"
     mkdir -p "$edge_dir"
     db="$edge_dir/control.db"
-    edge_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$edge_port")
+    edge_env=(RHONE_DATABASE_URL="sqlite://$db?mode=rwc" RHONE_LISTEN="127.0.0.1:$edge_port" RHONE_EDGE_ADMIN_LISTEN=127.0.0.1:0)
     start_edge() {
         env "${edge_env[@]}" "$rhone" serve edge >>"$edge_dir/edge.log" 2>&1 7>&- &
         edge_pid=$!
