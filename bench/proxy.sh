@@ -103,6 +103,7 @@ fi
 # --- the Rhone binary --------------------------------------------------------------------
 if [ -n "${RHONE_BIN:-}" ]; then
     rhone=$RHONE_BIN
+    [ -x "$rhone" ] || { echo "bench: RHONE_BIN=$rhone is not an executable file" >&2; exit 1; }
 else
     echo "bench/proxy: cargo build --profile dist -p rhone-cli (thin LTO, one codegen unit: many minutes the first time)"
     start=$(rhone_now_ms)

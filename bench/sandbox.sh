@@ -155,6 +155,7 @@ fi
 if [ "$edge" = 1 ]; then
     if [ -n "${RHONE_BIN:-}" ]; then
         rhone=$RHONE_BIN
+        [ -x "$rhone" ] || { echo "bench: RHONE_BIN=$rhone is not an executable file" >&2; exit 1; }
     else
         echo "bench/sandbox: cargo build --release -p rhone-cli --bin rhone (BENCH_EDGE=1)"
         start=$(rhone_now_ms)
