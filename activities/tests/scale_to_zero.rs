@@ -273,7 +273,17 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
         1,
         "one allocation answered: {allocations:?}"
     );
-    let wakes = wake_ops(&p, &prod_key).await?;
+    // The requests are served once the edge sees the allocation ready; the Wake records
+    // `hot` right after, so it may still be finishing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let wakes = loop {
+        let wakes = wake_ops(&p, &prod_key).await?;
+        let hot = wakes.last().is_some_and(|w| w.current_stage == "hot");
+        if hot || std::time::Instant::now() > deadline {
+            break wakes;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         wakes.len(),
         prod_wakes + 1,

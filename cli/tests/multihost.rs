@@ -257,6 +257,8 @@ impl Topology {
         edge.extend(t.s3_env.clone());
         edge.push(("RHONE_LISTEN".into(), format!("127.0.0.1:{}", t.edge_port)));
         edge.push(("RHONE_EDGE_ID".into(), "edge-1".into()));
+        // Topologies run side by side: any free port for the admin listener.
+        edge.push(("RHONE_EDGE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
         edge.push((
             "RHONE_DATA_DIR".into(),
             t.dir.path().join("edge").display().to_string(),
