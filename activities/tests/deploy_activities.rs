@@ -118,7 +118,11 @@ async fn a_local_repository_is_refused_where_the_operator_has_not_allowed_it() -
             "{message}"
         );
         assert!(
-            !fx.config.work_dir.join(d.id.to_string()).join("src").exists(),
+            !fx.config
+                .work_dir
+                .join(d.id.to_string())
+                .join("src")
+                .exists(),
             "nothing was cloned for {repository}"
         );
     }

@@ -311,12 +311,7 @@ async fn sleeping_apps_wake_once_for_a_stampede_and_apart_from_each_other() -> R
     );
     assert_eq!(p.allocations(prod_deployment).await?.len(), before + 1);
     // The edge's own account: the held requests were routed, on a handful of wake calls.
-    let status: Value = http
-        .get(status_url(&p))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let status: Value = http.get(status_url(&p)).send().await?.json().await?;
     let cold = &status["cold"];
     assert_eq!(cold["held_now"], 0, "{cold}");
     assert!(cold["held_routed"].as_u64() >= Some(200), "{cold}");
@@ -604,12 +599,7 @@ async fn writes_while_cold_are_applied_once_or_never() -> Result<()> {
     assert_eq!(count("applied increment key=k-2 "), 1, "{output:#?}");
     assert_eq!(count("applied increment key=None "), 0, "{output:#?}");
     assert_eq!(count("applied webhook /webhooks/stripe"), 1, "{output:#?}");
-    let status: Value = http
-        .get(status_url(&p))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let status: Value = http.get(status_url(&p)).send().await?.json().await?;
     let cold = &status["cold"];
     assert_eq!(cold["writes_refused"], 1, "{cold}");
     assert_eq!(cold["writes_replayed"], 2, "{cold}");

@@ -116,7 +116,10 @@ pub(crate) async fn authenticate(
         .ok_or(ApiError::Unauthenticated)?;
     usable(&row)?;
     let now = Utc::now();
-    if row.last_used_at.is_none_or(|at| now - at >= LAST_USED_EVERY) {
+    if row
+        .last_used_at
+        .is_none_or(|at| now - at >= LAST_USED_EVERY)
+    {
         api_token::Entity::update_many()
             .col_expr(api_token::Column::LastUsedAt, Expr::value(now))
             .filter(api_token::Column::Id.eq(row.id))

@@ -112,7 +112,9 @@ async fn graphql_post(
     };
     let actor = match auth::authenticate(&shared.state.db, header).await {
         Ok(actor) => actor,
-        Err(err @ (ApiError::Unauthenticated | ApiError::TokenExpired(_) | ApiError::TokenRevoked)) => {
+        Err(
+            err @ (ApiError::Unauthenticated | ApiError::TokenExpired(_) | ApiError::TokenRevoked),
+        ) => {
             return refuse(StatusCode::UNAUTHORIZED, &err);
         }
         Err(err) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &err),
@@ -220,7 +222,9 @@ async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketPro
                 _ => None,
             };
             let data = data.and_then(|data| {
-                let mut running = counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut running = counted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match client_message(&data) {
                     ClientMessage::Subscribe(id) if !running.contains(&id) => {
                         if running.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {

@@ -314,7 +314,15 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             out(&d["tokens"], &|v| {
                 table(
                     v,
-                    &["name", "prefix", "createdAt", "lastUsedAt", "expiresAt", "revokedAt", "id"],
+                    &[
+                        "name",
+                        "prefix",
+                        "createdAt",
+                        "lastUsedAt",
+                        "expiresAt",
+                        "revokedAt",
+                        "id",
+                    ],
                 )
             });
         }
@@ -954,14 +962,14 @@ fn show_environment(e: &Value) {
 /// The id of one of the caller's tokens, given as its id or its display prefix (a prefix
 /// that names several tokens is refused, listing them).
 async fn resolve_token(api: &Api, given: &str) -> Result<String> {
-    let d = api.call("{ tokens { id name prefix revokedAt } }", json!({})).await?;
+    let d = api
+        .call("{ tokens { id name prefix revokedAt } }", json!({}))
+        .await?;
     let matches: Vec<&Value> = d["tokens"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|t| {
-            t["id"] == given || t["prefix"].as_str().is_some_and(|p| p.starts_with(given))
-        })
+        .filter(|t| t["id"] == given || t["prefix"].as_str().is_some_and(|p| p.starts_with(given)))
         .collect();
     match matches.as_slice() {
         [one] => Ok(one["id"].as_str().unwrap_or_default().to_owned()),

@@ -388,7 +388,12 @@ async fn admin_token(
     let token = token.trim();
     let usable = rhone_api::usable_or_renewed(db, token)
         .await
-        .with_context(|| format!("the token in {} is unknown to this database", path.display()))?;
+        .with_context(|| {
+            format!(
+                "the token in {} is unknown to this database",
+                path.display()
+            )
+        })?;
     if usable != token {
         write_private(&path, &usable)?;
         eprintln!(

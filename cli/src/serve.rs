@@ -627,9 +627,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
             let admin = match config.edge_admin_listen {
                 Some(addr) => {
-                    let admin = TcpListener::bind(addr).await.with_context(|| {
-                        format!("binding RHONE_EDGE_ADMIN_LISTEN {addr}")
-                    })?;
+                    let admin = TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding RHONE_EDGE_ADMIN_LISTEN {addr}"))?;
                     tracing::info!(%addr, "edge admin (/_rhone/status) serving");
                     Some(admin)
                 }
@@ -699,7 +699,10 @@ mod tests {
         assert_eq!(c.edge_id, None);
         assert_eq!(c.edge_poll_interval, None);
         assert_eq!(c.edge_admin_listen, Some(([127, 0, 0, 1], 9081).into()));
-        assert!(!c.local_repositories, "local repositories are the operator's choice");
+        assert!(
+            !c.local_repositories,
+            "local repositories are the operator's choice"
+        );
     }
 
     #[test]
@@ -734,7 +737,10 @@ mod tests {
         }
         let errors = Config::parse(&env(&[("RHONE_ALLOW_LOCAL_REPOSITORIES", "yes")]))
             .expect_err("not 1 or 0");
-        assert!(errors[0].contains("RHONE_ALLOW_LOCAL_REPOSITORIES"), "{errors:?}");
+        assert!(
+            errors[0].contains("RHONE_ALLOW_LOCAL_REPOSITORIES"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -149,9 +149,15 @@ fn rhone_dev_runs_the_platform_for_the_cli() -> Result<()> {
     };
     assert_eq!(me(token)?, "200");
     let listed = dev.ok(&["tokens", "list"])?;
-    assert!(listed.contains("laptop") && listed.contains(prefix), "{listed}");
+    assert!(
+        listed.contains("laptop") && listed.contains(prefix),
+        "{listed}"
+    );
     let revoked = dev.ok(&["tokens", "revoke", prefix])?;
-    assert!(revoked.contains("token laptop") && revoked.contains("revoked"), "{revoked}");
+    assert!(
+        revoked.contains("token laptop") && revoked.contains("revoked"),
+        "{revoked}"
+    );
     assert_eq!(me(token)?, "401");
 
     assert_eq!(

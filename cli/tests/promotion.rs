@@ -356,7 +356,14 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     for stage in ["cloning", "building", "validating", "preview start"] {
         let repo_arg = repo.display().to_string();
         let deploy = Command::new(RHONE)
-            .args([&["deploy", repo_arg.as_str()][..], &APP, &["--env", "preview"]].concat())
+            .args(
+                [
+                    &["deploy", repo_arg.as_str()][..],
+                    &APP,
+                    &["--env", "preview"],
+                ]
+                .concat(),
+            )
             .env("RHONE_CONFIG", &dev.config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -381,12 +388,15 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
             .as_str()
             .context("the deploy's deployment")?
             .to_owned();
-        let entered = stage.split(' ').next().map(|s| if s == "preview" { "validating" } else { s });
+        let entered = stage
+            .split(' ')
+            .next()
+            .map(|s| if s == "preview" { "validating" } else { s });
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let op = json(&dev, &["ops", "show", &id])?;
-            let placed = stage != "preview start"
-                || runtime.block_on(allocations_of(&db, &deployment))? > 0;
+            let placed =
+                stage != "preview start" || runtime.block_on(allocations_of(&db, &deployment))? > 0;
             if placed && stages(&op).iter().any(|s| Some(s.as_str()) == entered) {
                 break;
             }
@@ -410,11 +420,20 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        assert!(took < Duration::from_secs(60), "killed in {stage}: {took:?}");
+        assert!(
+            took < Duration::from_secs(60),
+            "killed in {stage}: {took:?}"
+        );
         let op = json(&dev, &["ops", "show", &id])?;
         assert_eq!(
             stages(&op),
-            ["queued", "cloning", "building", "validating", "preview_ready"],
+            [
+                "queued",
+                "cloning",
+                "building",
+                "validating",
+                "preview_ready"
+            ],
             "killed in {stage}: {op}"
         );
         assert_eq!(
@@ -425,7 +444,11 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
         let build = data_dir
             .join("work/sandbox/runtime")
             .join(format!("build-{deployment}"));
-        assert!(!build.exists(), "killed in {stage}: a build sandbox is left: {}", build.display());
+        assert!(
+            !build.exists(),
+            "killed in {stage}: a build sandbox is left: {}",
+            build.display()
+        );
     }
     Ok(())
 }

@@ -38,7 +38,10 @@ fn start_edge(
                 "RHONE_DATABASE_URL",
                 format!("sqlite://{}?mode=rwc", dir.join("control.db").display()),
             )
-            .env("RHONE_TEMPORAL_ADDRESS", format!("127.0.0.1:{temporal_port}"))
+            .env(
+                "RHONE_TEMPORAL_ADDRESS",
+                format!("127.0.0.1:{temporal_port}"),
+            )
             .env("RHONE_LISTEN", format!("127.0.0.1:{edge_port}"))
             .env("RHONE_EDGE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("RHONE_LOG", "info")
@@ -77,13 +80,24 @@ fn the_status_is_served_on_the_admin_listener_only() -> Result<()> {
     })?;
     let body = support::http_get(admin_port, "127.0.0.1", "/_rhone/status")?;
     let status: serde_json::Value = serde_json::from_str(&body)?;
-    ensure!(status["loaded"] == true && status.get("cold").is_some(), "{body}");
+    ensure!(
+        status["loaded"] == true && status.get("cold").is_some(),
+        "{body}"
+    );
     let public = format!("http://127.0.0.1:{edge_port}/_rhone/status");
     for host in [None, Some("localhost"), Some("app.example.com")] {
         let code = support::http_status(&public, host)?;
-        ensure!(code == 404, "public /_rhone/status with Host {host:?}: {code}");
+        ensure!(
+            code == 404,
+            "public /_rhone/status with Host {host:?}: {code}"
+        );
     }
-    ensure!(support::http_status(&format!("http://127.0.0.1:{edge_port}/_rhone/healthz"), None)? == 200);
+    ensure!(
+        support::http_status(
+            &format!("http://127.0.0.1:{edge_port}/_rhone/healthz"),
+            None
+        )? == 200
+    );
     Ok(())
 }
 
@@ -92,7 +106,13 @@ fn the_edge_keeps_trying_temporal_until_it_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (temporal_port, ui_port, edge_port) = (free_port()?, free_port()?, free_port()?);
     let log_path = dir.path().join("edge.log");
-    let _edge = start_edge(dir.path(), temporal_port, edge_port, free_port()?, &log_path)?;
+    let _edge = start_edge(
+        dir.path(),
+        temporal_port,
+        edge_port,
+        free_port()?,
+        &log_path,
+    )?;
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let wait = |what: &str, done: &dyn Fn() -> bool| wait(&log_path, what, done);
     let healthz = format!("http://127.0.0.1:{edge_port}/_rhone/healthz");

@@ -87,14 +87,21 @@ pub fn check(location: &str, allow_local: bool) -> Result<String, String> {
         && !path.is_empty()
         && !path.starts_with(':')
     {
-        if host.rsplit_once('@').is_some_and(|(user, _)| user.is_empty()) {
+        if host
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.is_empty())
+        {
             return Err("has an empty user before its host".to_owned());
         }
         return Ok(t.to_owned());
     }
     Err(format!(
         "is not a repository location: give an https://, ssh:// or git:// URL or git@host:path{}",
-        if allow_local { ", or an absolute path" } else { "" }
+        if allow_local {
+            ", or an absolute path"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -127,8 +134,14 @@ mod tests {
             "ssh://git:pass@host/r.git",
         ] {
             let why = check(bad, true).expect_err(bad);
-            assert!(why.contains("credentials") || why.contains("password"), "{bad}: {why}");
-            assert!(!why.contains("TOKEN") && !why.contains("secret") && !why.contains("ghp_"), "{why}");
+            assert!(
+                why.contains("credentials") || why.contains("password"),
+                "{bad}: {why}"
+            );
+            assert!(
+                !why.contains("TOKEN") && !why.contains("secret") && !why.contains("ghp_"),
+                "{why}"
+            );
         }
     }
 
@@ -137,7 +150,10 @@ mod tests {
         for local in ["/srv/git/app", "file:///tmp/x"] {
             assert!(is_local(local));
             let why = check(local, false).expect_err(local);
-            assert!(why.contains(ALLOW_LOCAL_VAR) && why.contains("rhone dev"), "{why}");
+            assert!(
+                why.contains(ALLOW_LOCAL_VAR) && why.contains("rhone dev"),
+                "{why}"
+            );
             assert_eq!(check(local, true).as_deref(), Ok(local));
         }
         assert!(!is_local("https://h/r"));
@@ -161,6 +177,12 @@ mod tests {
         ] {
             assert!(check(bad, true).is_err(), "{bad}");
         }
-        assert!(check(&format!("https://h/{}", "a".repeat(MAX_REPOSITORY_LEN)), true).is_err());
+        assert!(
+            check(
+                &format!("https://h/{}", "a".repeat(MAX_REPOSITORY_LEN)),
+                true
+            )
+            .is_err()
+        );
     }
 }

@@ -46,7 +46,12 @@ pub(crate) async fn serve<R: RouteSource>(
                 let shared = shared.clone();
                 async move {
                     let (routes, cold) = &*shared;
-                    Ok::<_, Infallible>(respond(req.uri().path(), req.method(), routes, cold.as_deref()))
+                    Ok::<_, Infallible>(respond(
+                        req.uri().path(),
+                        req.method(),
+                        routes,
+                        cold.as_deref(),
+                    ))
                 }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -105,7 +110,11 @@ fn status<R: RouteSource>(routes: &R, cold: Option<&Cold>, method: &Method) -> R
                 answer(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "internal error")
             }
         },
-        None => answer(StatusCode::NOT_FOUND, TEXT, "this edge keeps no route table"),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "this edge keeps no route table",
+        ),
     }
 }
 

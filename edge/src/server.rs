@@ -11,12 +11,7 @@ use std::{
     convert::Infallible, future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration,
 };
 
-use hyper::{
-    Request, Response,
-    body::Incoming,
-    server::conn::http1,
-    service::service_fn,
-};
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::TcpListener,
@@ -274,10 +269,9 @@ async fn connection<R: RouteSource>(
 
 impl<R: RouteSource> Worker<R> {
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
-        match req.uri().path() {
-            // The load balancer's probe; the status is on the admin listener only.
-            "/_rhone/healthz" => return crate::admin::healthz(&*self.routes, req.method()),
-            _ => {}
+        // The load balancer's probe; the status is on the admin listener only.
+        if req.uri().path() == "/_rhone/healthz" {
+            return crate::admin::healthz(&*self.routes, req.method());
         }
         // A debug span: at the default `info` filter it is never built. Warnings name the
         // route key, epoch and allocation themselves.

@@ -208,7 +208,14 @@ fn workflow_sources_use_no_clock_randomness_or_io() {
 /// a password, a key). Activities look secrets up themselves and return none.
 #[test]
 fn workflow_histories_carry_no_secret() {
-    let words = ["secret", "token", "credential", "password", "private_key", "api_key"];
+    let words = [
+        "secret",
+        "token",
+        "credential",
+        "password",
+        "private_key",
+        "api_key",
+    ];
     let mut hits = Vec::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut todo = vec![root];

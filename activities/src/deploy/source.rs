@@ -75,8 +75,7 @@ pub async fn ensure_checkout(
     let git = Git::new(config, source);
     let git_ref = normalized_ref(&source.git_ref);
     // The API checked both; a workflow started around it (the Temporal UI, a script) was not.
-    if let Err(why) = rhone_core::repository::check(&source.repository, config.local_repositories)
-    {
+    if let Err(why) = rhone_core::repository::check(&source.repository, config.local_repositories) {
         return Err(git.rejected(format!("repository {why}")));
     }
     if git_ref.is_empty() || git_ref.starts_with('-') || git_ref.chars().any(char::is_control) {

@@ -142,12 +142,14 @@ impl OperationSubscription {
     ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<OperationStage>>> {
         let (state, actor) = caller(ctx)?;
         operations::operation(&state.db, actor, id).await?;
-        Ok(operations::follow_stages(state.db.clone(), id, actor.token_id())
-            .map(|record| {
-                record
-                    .map(OperationStage::from)
-                    .map_err(async_graphql::Error::from)
-            })
-            .boxed())
+        Ok(
+            operations::follow_stages(state.db.clone(), id, actor.token_id())
+                .map(|record| {
+                    record
+                        .map(OperationStage::from)
+                        .map_err(async_graphql::Error::from)
+                })
+                .boxed(),
+        )
     }
 }

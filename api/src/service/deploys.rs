@@ -164,8 +164,13 @@ mod tests {
     fn repositories_name_the_field() {
         assert!(repository("https://example.com/a.git", false).is_ok());
         assert!(repository("/srv/git/app", true).is_ok());
-        let err = repository("https://TOKEN@host/r.git", true).unwrap_err().to_string();
-        assert!(err.starts_with("invalid repository: carries credentials"), "{err}");
+        let err = repository("https://TOKEN@host/r.git", true)
+            .expect_err("a token in the URL")
+            .to_string();
+        assert!(
+            err.starts_with("invalid repository: carries credentials"),
+            "{err}"
+        );
         assert!(!err.contains("TOKEN"), "{err}");
     }
 

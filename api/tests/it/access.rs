@@ -110,19 +110,28 @@ async fn tokens_expire_show_their_use_and_are_revoked_by_their_owner() -> Result
     let api = Api::start("tokens_expire_show_their_use_and_are_revoked_by_their_owner").await?;
     let admin = api.admin().await?;
     const CREATE: &str = "mutation($d: Int) { createToken(name: \"ci\", expiresInDays: $d) { id token prefix expiresAt } }";
-    const LIST: &str = "{ tokens { id name prefix kind createdAt lastUsedAt expiresAt revokedAt } }";
+    const LIST: &str =
+        "{ tokens { id name prefix kind createdAt lastUsedAt expiresAt revokedAt } }";
     const REVOKE: &str = "mutation($id: UUID!) { revokeToken(id: $id) { token { id revokedAt } operation { kind status actor } } }";
 
     for bad in [0, 366, -1] {
         let (code, message) = admin.error(CREATE, json!({ "d": bad })).await?;
         assert_eq!(code, "INVALID_ARGUMENT", "{bad}: {message}");
-        assert!(message.contains("invalid expiresInDays: must be between 1 and 365"), "{message}");
+        assert!(
+            message.contains("invalid expiresInDays: must be between 1 and 365"),
+            "{message}"
+        );
     }
     let default = admin.data(CREATE, json!({})).await?["createToken"].clone();
-    let expires: chrono::DateTime<chrono::Utc> =
-        default["expiresAt"].as_str().context("expiresAt")?.parse()?;
+    let expires: chrono::DateTime<chrono::Utc> = default["expiresAt"]
+        .as_str()
+        .context("expiresAt")?
+        .parse()?;
     let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
-    assert!((89.9..=90.0).contains(&days), "default lifetime {days} days");
+    assert!(
+        (89.9..=90.0).contains(&days),
+        "default lifetime {days} days"
+    );
 
     let created = admin.data(CREATE, json!({ "d": 7 })).await?["createToken"].clone();
     let id = created["id"].as_str().context("id")?.to_owned();
@@ -144,7 +153,13 @@ async fn tokens_expire_show_their_use_and_are_revoked_by_their_owner() -> Result
     // Another user neither sees nor revokes it.
     let other = api.user("mallory@example.com").await?;
     let theirs = other.data(LIST, json!({})).await?["tokens"].clone();
-    assert!(theirs.as_array().context("tokens")?.iter().all(|t| t["id"] != id.as_str()));
+    assert!(
+        theirs
+            .as_array()
+            .context("tokens")?
+            .iter()
+            .all(|t| t["id"] != id.as_str())
+    );
     let (code, _) = other.error(REVOKE, json!({ "id": id })).await?;
     assert_eq!(code, "NOT_FOUND");
 
@@ -154,17 +169,28 @@ async fn tokens_expire_show_their_use_and_are_revoked_by_their_owner() -> Result
     assert_eq!(revoked["operation"]["status"], "SUCCEEDED");
     let (status, response) = ci.post(json!({ "query": "{ me { actor } }" })).await?;
     assert_eq!(status, 401, "{response}");
-    assert_eq!(error_of(&response)?, ("UNAUTHENTICATED".to_owned(), "the token was revoked; use another one".to_owned()));
+    assert_eq!(
+        error_of(&response)?,
+        (
+            "UNAUTHENTICATED".to_owned(),
+            "the token was revoked; use another one".to_owned()
+        )
+    );
     let (code, message) = admin.error(REVOKE, json!({ "id": id })).await?;
     assert_eq!(code, "CONFLICT", "{message}");
 
     // Expired: refused, saying when.
     let created = admin.data(CREATE, json!({ "d": 1 })).await?["createToken"].clone();
     let short = api.caller(created["token"].as_str().context("token")?);
-    let row = api_token::Entity::find_by_id(created["id"].as_str().context("id")?.parse::<uuid::Uuid>()?)
-        .one(&api.db)
-        .await?
-        .context("row")?;
+    let row = api_token::Entity::find_by_id(
+        created["id"]
+            .as_str()
+            .context("id")?
+            .parse::<uuid::Uuid>()?,
+    )
+    .one(&api.db)
+    .await?
+    .context("row")?;
     let mut expired: api_token::ActiveModel = row.into();
     expired.expires_at = Set(Some(chrono::Utc::now() - chrono::TimeDelta::seconds(1)));
     expired.update(&api.db).await?;
@@ -172,6 +198,9 @@ async fn tokens_expire_show_their_use_and_are_revoked_by_their_owner() -> Result
     assert_eq!(status, 401, "{response}");
     let (code, message) = error_of(&response)?;
     assert_eq!(code, "UNAUTHENTICATED");
-    assert!(message.starts_with("the token expired at ") && message.contains("rhone tokens create"), "{message}");
+    assert!(
+        message.starts_with("the token expired at ") && message.contains("rhone tokens create"),
+        "{message}"
+    );
     Ok(())
 }

@@ -7,14 +7,26 @@ use serde_json::json;
 
 use crate::harness::{Api, Caller, environment_row, tenancy};
 
-const DEPLOY: &str = "mutation($e: UUID!, $r: String!) { deploy(environmentId: $e, repository: $r) { id } }";
+const DEPLOY: &str =
+    "mutation($e: UUID!, $r: String!) { deploy(environmentId: $e, repository: $r) { id } }";
 
 /// Deploys `repository` to `env` as `caller`; the refusal's code and message, after
 /// checking that nothing was recorded.
-async fn refused(api: &Api, caller: &Caller, env: uuid::Uuid, repository: &str) -> Result<(String, String)> {
+async fn refused(
+    api: &Api,
+    caller: &Caller,
+    env: uuid::Uuid,
+    repository: &str,
+) -> Result<(String, String)> {
     let before = api.counts().await?;
-    let refusal = caller.error(DEPLOY, json!({ "e": env, "r": repository })).await?;
-    assert_eq!(api.counts().await?, before, "{repository}: a refused deploy records nothing");
+    let refusal = caller
+        .error(DEPLOY, json!({ "e": env, "r": repository }))
+        .await?;
+    assert_eq!(
+        api.counts().await?,
+        before,
+        "{repository}: a refused deploy records nothing"
+    );
     Ok(refusal)
 }
 
@@ -55,7 +67,10 @@ async fn a_repository_url_with_a_token_is_refused_without_echoing_it() -> Result
     ] {
         let (code, message) = refused(&api, &admin, env.id, url).await?;
         assert_eq!(code, "INVALID_ARGUMENT", "{url}: {message}");
-        assert!(message.starts_with("invalid repository: carries credentials"), "{url}: {message}");
+        assert!(
+            message.starts_with("invalid repository: carries credentials"),
+            "{url}: {message}"
+        );
         assert!(!message.contains("ghp_TOKEN123"), "{url}: {message}");
     }
     Ok(())

@@ -118,17 +118,33 @@ async fn oversize_deep_and_complex_queries_are_refused() -> Result<()> {
 
     // A list costs what it may return: three `buildLog(first: 500)` are 1500 chunks.
     let logs: String = (0..3)
-        .map(|i| format!("l{i}: buildLog(operationId: \"{}\", first: 500) {{ seq }} ", uuid::Uuid::nil()))
+        .map(|i| {
+            format!(
+                "l{i}: buildLog(operationId: \"{}\", first: 500) {{ seq }} ",
+                uuid::Uuid::nil()
+            )
+        })
         .collect();
     let (code, message) = admin.error(&format!("{{ {logs} }}"), json!({})).await?;
     assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("too complex: the limit is 1000"), "{message}");
+    assert!(
+        message.contains("too complex: the limit is 1000"),
+        "{message}"
+    );
     let pages: String = (0..11)
-        .map(|i| format!("o{i}: operations(workspaceId: \"{}\", first: 100) {{ nodes {{ id }} }} ", uuid::Uuid::nil()))
+        .map(|i| {
+            format!(
+                "o{i}: operations(workspaceId: \"{}\", first: 100) {{ nodes {{ id }} }} ",
+                uuid::Uuid::nil()
+            )
+        })
         .collect();
     let (code, message) = admin.error(&format!("{{ {pages} }}"), json!({})).await?;
     assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("too complex: the limit is 1000"), "{message}");
+    assert!(
+        message.contains("too complex: the limit is 1000"),
+        "{message}"
+    );
 
     // Not GraphQL at all.
     let (status, response) = admin.post(json!([1, 2])).await?;

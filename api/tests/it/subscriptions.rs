@@ -230,7 +230,10 @@ async fn a_revoked_tokens_subscription_ends() -> Result<()> {
     let mut ws = Ws::acked(&api, &watcher).await?;
     ws.subscribe("1", STAGES, json!({ "id": id })).await?;
     let first = ws.recv_json().await?;
-    assert_eq!(first["payload"]["data"]["operationStages"]["stage"], "requested", "{first}");
+    assert_eq!(
+        first["payload"]["data"]["operationStages"]["stage"], "requested",
+        "{first}"
+    );
 
     admin
         .data(
@@ -296,15 +299,22 @@ async fn subscriptions_past_the_cap_are_refused() -> Result<()> {
     let mut ws = Ws::acked(&api, &admin).await?;
     let cap = rhone_api::MAX_SUBSCRIPTIONS_PER_SOCKET;
     for n in 1..=cap {
-        ws.subscribe(&n.to_string(), STAGES, json!({ "id": id })).await?;
+        ws.subscribe(&n.to_string(), STAGES, json!({ "id": id }))
+            .await?;
         let first = ws.recv_json().await?;
         assert_eq!(first["type"], "next", "{first}");
     }
     let over = (cap + 1).to_string();
     ws.subscribe(&over, STAGES, json!({ "id": id })).await?;
     let refused = ws.recv_json().await?;
-    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some(over.as_str())), "{refused}");
-    let message = refused["payload"][0]["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (refused["type"].as_str(), refused["id"].as_str()),
+        (Some("error"), Some(over.as_str())),
+        "{refused}"
+    );
+    let message = refused["payload"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(message.contains(&format!("at most {cap}")), "{refused}");
 
     ws.send(json!({ "id": "1", "type": "complete" })).await?;
@@ -316,6 +326,10 @@ async fn subscriptions_past_the_cap_are_refused() -> Result<()> {
             break message;
         }
     };
-    assert_eq!((again["type"].as_str(), again["id"].as_str()), (Some("next"), Some(over.as_str())), "{again}");
+    assert_eq!(
+        (again["type"].as_str(), again["id"].as_str()),
+        (Some("next"), Some(over.as_str())),
+        "{again}"
+    );
     Ok(())
 }

@@ -106,9 +106,7 @@ pub fn files(bytes: &[u8]) -> Result<Files<'_>> {
     let files = Files { bytes, nodes };
     // Every link, against the whole tree: `unpack` refuses the same ones.
     for (path, node) in &files.nodes {
-        if matches!(node, Node::Symlink(_))
-            && files.follow(Path::new(path)) == Followed::Outside
-        {
+        if matches!(node, Node::Symlink(_)) && files.follow(Path::new(path)) == Followed::Outside {
             return Err(StoreError::unsafe_entry(path.clone(), LEAVES_THROUGH_LINKS));
         }
     }

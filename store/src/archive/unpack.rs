@@ -95,15 +95,15 @@ enum Made {
     Dir,
     File,
     /// A symlink, with the entry's name as the archive wrote it (for the error).
-    Link { target: PathBuf, name: String },
+    Link {
+        target: PathBuf,
+        name: String,
+    },
 }
 
 /// Extracts one entry under `root`; its path in the tree and what it made (`None` for the
 /// root itself).
-fn extract<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    root: &Path,
-) -> Result<Option<(PathBuf, Made)>> {
+fn extract<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<Option<(PathBuf, Made)>> {
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     let fail = |reason: &str| StoreError::unsafe_entry(name.clone(), reason);
     let path = entry
