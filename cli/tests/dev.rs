@@ -333,6 +333,7 @@ fn missing_temporal_is_one_clear_line() -> Result<()> {
         .args(["dev", "--data-dir"])
         .arg(dir.path())
         .args(["--api-port", "0", "--edge-port", "0", "--runner-port", "0"])
+        .args(["--edge-admin-port", "0"])
         .env("PATH", "/nonexistent")
         .output()?;
     assert!(!out.status.success());

@@ -147,7 +147,11 @@ pub fn start_dev_with(dir: &Path, ports: &[u16; 5], extra: &[&str]) -> Result<De
             }
             Err(_) => {
                 if let Some(status) = dev.child.try_wait()? {
-                    bail!("rhone dev exited with {status}: {:?}", dev.lines);
+                    bail!(
+                        "rhone dev exited with {status}: {:?}\nits log:\n{}",
+                        dev.lines,
+                        dev.log_tail()
+                    );
                 }
             }
         }
