@@ -1,6 +1,7 @@
 //! An allocation's output: stdout and stderr are read line by line, scrubbed of secret
 //! values, kept in a ring of the last [`RING_LINES`] lines and appended to
-//! `allocations/<id>/output.log`.
+//! `allocations/<id>/output.log`, which is rotated at [`MAX_LOG_BYTES`] (the previous one
+//! kept as `output.log.1`): an app's output takes at most twice that on the runner's disk.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -15,14 +16,25 @@ pub const RING_LINES: usize = 200;
 /// A longer line is cut into pieces of this many bytes, so one endless line cannot hold
 /// memory without bound.
 pub const MAX_LINE_BYTES: usize = 4096;
+/// `output.log` is rotated when a line would take it past this size.
+pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The open log file and how many bytes it holds.
+#[derive(Debug)]
+struct LogFile {
+    file: tokio::fs::File,
+    len: u64,
+}
 
 /// The output of one allocation.
 #[derive(Debug)]
 pub(crate) struct LogBuffer {
     lines: Mutex<VecDeque<String>>,
-    file: tokio::sync::Mutex<Option<tokio::fs::File>>,
+    file: tokio::sync::Mutex<Option<LogFile>>,
     path: PathBuf,
     scrubber: Scrubber,
+    /// Rotation size, [`MAX_LOG_BYTES`] but in tests.
+    max_bytes: u64,
 }
 
 impl LogBuffer {
@@ -33,7 +45,14 @@ impl LogBuffer {
             file: tokio::sync::Mutex::new(None),
             path,
             scrubber,
+            max_bytes: MAX_LOG_BYTES,
         }
+    }
+
+    #[cfg(test)]
+    fn rotating_at(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     pub(crate) fn scrubber(&self) -> &Scrubber {
@@ -91,10 +110,28 @@ impl LogBuffer {
             }
             lines.push_back(line.clone());
         }
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
         let mut file = self.file.lock().await;
+        if file
+            .as_ref()
+            .is_some_and(|f| f.len > 0 && f.len + bytes.len() as u64 > self.max_bytes)
+        {
+            // Rotate: the full log becomes `output.log.1` (replacing the one before).
+            if let Some(mut full) = file.take() {
+                let _ = full.file.flush().await;
+            }
+            let rotated = self.path.with_extension("log.1");
+            if let Err(e) = tokio::fs::rename(&self.path, &rotated).await {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the allocation log");
+            }
+        }
         if file.is_none() {
             match open_append(&self.path).await {
-                Ok(f) => *file = Some(f),
+                Ok(f) => {
+                    let len = f.metadata().await.map_or(0, |m| m.len());
+                    *file = Some(LogFile { file: f, len });
+                }
                 Err(e) => {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot open the allocation log");
                     return;
@@ -102,10 +139,11 @@ impl LogBuffer {
             }
         }
         if let Some(f) = file.as_mut() {
-            let mut bytes = line.into_bytes();
-            bytes.push(b'\n');
-            if let Err(e) = f.write_all(&bytes).await {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot write the allocation log");
+            match f.file.write_all(&bytes).await {
+                Ok(()) => f.len += bytes.len() as u64,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the allocation log");
+                }
             }
         }
     }
@@ -113,7 +151,7 @@ impl LogBuffer {
     /// Flushes the log file to the OS.
     pub(crate) async fn flush(&self) {
         if let Some(f) = self.file.lock().await.as_mut()
-            && let Err(e) = f.flush().await
+            && let Err(e) = f.file.flush().await
         {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot flush the allocation log");
         }
@@ -202,6 +240,38 @@ mod tests {
         assert_eq!(lines[2].len(), MAX_LINE_BYTES);
         assert_eq!(lines[3], "x".repeat(10));
         assert!(!file.contains("hunter2"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_log_file_is_rotated_at_its_size() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("output.log");
+        let logs = Arc::new(LogBuffer::new(path.clone(), Scrubber::new(&[])).rotating_at(1000));
+        let mut input = Vec::new();
+        for i in 0..300 {
+            input.extend_from_slice(format!("line {i:04}\n").as_bytes());
+        }
+        pump(&input[..], logs.clone()).await;
+        logs.flush().await;
+        let current = tokio::fs::read_to_string(&path).await?;
+        let previous = tokio::fs::read_to_string(dir.path().join("output.log.1")).await?;
+        assert!(
+            current.len() <= 1000 && previous.len() <= 1000,
+            "{} {}",
+            current.len(),
+            previous.len()
+        );
+        assert!(
+            current.ends_with("line 0299\n"),
+            "the newest lines are in output.log"
+        );
+        // The two files hold the last lines without a gap between them.
+        let joined: Vec<&str> = previous.lines().chain(current.lines()).collect();
+        let first: usize = joined[0][5..].parse().expect("a line number");
+        let expected: Vec<String> = (first..300).map(|i| format!("line {i:04}")).collect();
+        assert_eq!(joined, expected);
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 2, "no third file");
         Ok(())
     }
 }
