@@ -555,10 +555,15 @@ impl Cold {
         let hash = idempotency::request_hash(parts.method.as_str(), &path_and_query, &bytes);
         let scope = idempotency::scope(&owner.route_key, parts.headers.get(header::AUTHORIZATION));
         let claimed = {
-            let (scope, key, hash) = (scope.clone(), key.clone(), hash.clone());
-            self.on_io(
-                |c| async move { idempotency::begin(c.policies.db(), &scope, &key, &hash).await },
-            )
+            let (route_key, scope, key, hash) = (
+                owner.route_key.clone(),
+                scope.clone(),
+                key.clone(),
+                hash.clone(),
+            );
+            self.on_io(|c| async move {
+                idempotency::begin(c.policies.db(), &route_key, &scope, &key, &hash).await
+            })
             .await
         };
         let id = match claimed {
@@ -573,6 +578,7 @@ impl Cold {
             }
             Ok(Begin::InFlight) => return fail(&EdgeError::IdempotencyInFlight { key }, &owner),
             Ok(Begin::Mismatch) => return fail(&EdgeError::IdempotencyMismatch { key }, &owner),
+            Ok(Begin::Full) => return fail(&EdgeError::IdempotencyFull, &owner),
             Err(e) => return fail(&EdgeError::IdempotencyStore(Box::new(e)), &owner),
         };
         // From here the record is settled however this request ends (see `Claim`).

@@ -124,6 +124,9 @@ pub enum EdgeError {
     /// A request with an `Idempotency-Key` whose first request is still in flight.
     #[error("a request with Idempotency-Key {key:?} is still in flight")]
     IdempotencyInFlight { key: String },
+    /// The route holds as many unexpired idempotency records as it may.
+    #[error("this route holds the most idempotency records it may")]
+    IdempotencyFull,
     /// An `Idempotency-Key` used again for a different request.
     #[error("Idempotency-Key {key:?} was first used for a different request")]
     IdempotencyMismatch { key: String },
@@ -295,6 +298,14 @@ pub(crate) fn respond(err: &EdgeError, at: Failed<'_>) -> Response<Body> {
             StatusCode::CONFLICT,
             "In flight",
             format!("A request with Idempotency-Key {key} is still being handled. Retry when it has finished."),
+        ),
+        IdempotencyFull => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many idempotent writes",
+            format!(
+                "The app is asleep, and the edge already keeps the answers of {} idempotent requests to it (each for a day). Retry once the app is awake, when writes go to it directly.",
+                crate::idempotency::MAX_RECORDS_PER_ROUTE
+            ),
         ),
         IdempotencyMismatch { key } => (
             StatusCode::UNPROCESSABLE_ENTITY,

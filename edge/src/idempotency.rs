@@ -13,14 +13,18 @@ use chrono::{Duration as ChronoDuration, Utc};
 use hyper::body::Bytes;
 use rhone_schema::entity::idempotency_record;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, sea_query::OnConflict,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// How long a key's answer is kept.
+/// How long a key's answer is kept; expired rows are purged by [`purge_expired`].
 const KEEP: ChronoDuration = ChronoDuration::hours(24);
+/// The most unexpired records one route key holds (every credential's together): a new key
+/// past it is refused (429) until old ones expire. Each may hold an answer of up to the
+/// edge's body limit, so this bounds what one route's callers can make the DB keep.
+pub(crate) const MAX_RECORDS_PER_ROUTE: u64 = 1000;
 
 /// What the store says about a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +41,8 @@ pub(crate) enum Begin {
     InFlight,
     /// The key was first used for a different request.
     Mismatch,
+    /// The route already holds [`MAX_RECORDS_PER_ROUTE`] unexpired records.
+    Full,
 }
 
 /// The key space of a request: its route key and, for a client that authenticates with an
@@ -67,11 +73,21 @@ pub(crate) fn request_hash(method: &str, path_and_query: &str, body: &[u8]) -> S
 /// Claims `key` in `scope` for a request of `hash`, or says what happened to it before.
 pub(crate) async fn begin(
     db: &DatabaseConnection,
+    route_key: &str,
     scope: &str,
     key: &str,
     hash: &str,
 ) -> Result<Begin, DbErr> {
     for _ in 0..2 {
+        let exists = idempotency_record::Entity::find()
+            .filter(idempotency_record::Column::Scope.eq(scope))
+            .filter(idempotency_record::Column::Key.eq(key))
+            .count(db)
+            .await?
+            > 0;
+        if !exists && held_by_route(db, route_key).await? >= MAX_RECORDS_PER_ROUTE {
+            return Ok(Begin::Full);
+        }
         let id = Uuid::new_v4();
         let now = Utc::now();
         let inserted = idempotency_record::Entity::insert(idempotency_record::ActiveModel {
@@ -127,6 +143,29 @@ pub(crate) async fn begin(
         });
     }
     Ok(Begin::InFlight)
+}
+
+/// Unexpired records of `route_key`, every credential's key space together.
+async fn held_by_route(db: &DatabaseConnection, route_key: &str) -> Result<u64, DbErr> {
+    idempotency_record::Entity::find()
+        .filter(
+            Condition::any()
+                .add(idempotency_record::Column::Scope.eq(route_key))
+                .add(idempotency_record::Column::Scope.starts_with(format!("{route_key} auth:"))),
+        )
+        .filter(idempotency_record::Column::ExpiresAt.gt(Utc::now()))
+        .count(db)
+        .await
+}
+
+/// Removes every record past its `expires_at`; how many. Each edge runs it now and then
+/// (`PURGE_EVERY` in `lib.rs`); edges doing it at once only delete the same rows.
+pub(crate) async fn purge_expired(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    Ok(idempotency_record::Entity::delete_many()
+        .filter(idempotency_record::Column::ExpiresAt.lte(Utc::now()))
+        .exec(db)
+        .await?
+        .rows_affected)
 }
 
 /// Stores the answer of the request that claimed row `id`.
@@ -209,5 +248,78 @@ mod tests {
                 Bytes::from_static(b"{\"a\":1}")
             )
         );
+    }
+
+    async fn store() -> Result<(tempfile::TempDir, DatabaseConnection), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let db = rhone_schema::connect(&url).await?;
+        rhone_schema::migrate(&db).await?;
+        Ok((dir, db))
+    }
+
+    /// A route's callers (every credential together) can make the DB keep at most
+    /// `MAX_RECORDS_PER_ROUTE` records; a key already held still answers, another route is
+    /// not affected, and once the records expire the purge frees the route.
+    #[tokio::test]
+    async fn a_route_holds_at_most_its_quota_until_the_purge()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, db) = store().await?;
+        let route = "app.example.com";
+        let now = Utc::now();
+        let rows = (0..MAX_RECORDS_PER_ROUTE).map(|i| idempotency_record::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            // Half under the route's own key space, half under a credential's.
+            scope: Set(if i % 2 == 0 {
+                route.to_owned()
+            } else {
+                format!("{route} auth:{i:032}")
+            }),
+            key: Set(format!("k{i}")),
+            request_hash: Set("h".to_owned()),
+            status_code: Set(Some(201)),
+            response_body: Set(Some(b"text/plain\nok".to_vec())),
+            created_at: Set(now),
+            expires_at: Set(now + KEEP),
+        });
+        idempotency_record::Entity::insert_many(rows)
+            .exec_without_returning(&db)
+            .await?;
+
+        assert_eq!(begin(&db, route, route, "new", "h").await?, Begin::Full);
+        let other = format!("{route} auth:{}", "f".repeat(32));
+        assert_eq!(
+            begin(&db, route, &other, "new", "h").await?,
+            Begin::Full,
+            "any credential"
+        );
+        assert!(
+            matches!(
+                begin(&db, route, route, "k0", "h").await?,
+                Begin::Replay { status: 201, .. }
+            ),
+            "a key it holds still answers"
+        );
+        assert!(matches!(
+            begin(&db, "other.example.com", "other.example.com", "new", "h").await?,
+            Begin::First(_)
+        ));
+
+        assert_eq!(purge_expired(&db).await?, 0, "nothing has expired yet");
+        idempotency_record::Entity::update_many()
+            .col_expr(
+                idempotency_record::Column::ExpiresAt,
+                sea_orm::sea_query::Expr::value(now - ChronoDuration::seconds(1)),
+            )
+            .filter(idempotency_record::Column::Scope.ne("other.example.com"))
+            .exec(&db)
+            .await?;
+        assert_eq!(purge_expired(&db).await?, MAX_RECORDS_PER_ROUTE);
+        assert!(matches!(
+            begin(&db, route, route, "new", "h").await?,
+            Begin::First(_)
+        ));
+        Ok(())
     }
 }

@@ -106,6 +106,10 @@ pub async fn serve(
             stopped.clone(),
         ))))
     });
+    let purger = AbortOnDrop(Some(tokio::spawn(purge_idempotency_records(
+        state.db.clone(),
+        stopped.clone(),
+    ))));
     let follower = AbortOnDrop(Some(tokio::spawn(table::follow(
         table.clone(),
         state.db,
@@ -118,8 +122,34 @@ pub async fn serve(
         admin.join().await;
     }
     reporter.join().await;
+    purger.join().await;
     follower.join().await;
     served
+}
+
+/// How often an edge removes expired idempotency records.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes expired idempotency records at start and every [`PURGE_EVERY`] until `stopped`.
+async fn purge_idempotency_records(db: DatabaseConnection, mut stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = stopped.changed() => {
+                if changed.is_err() || *stopped.borrow() {
+                    return;
+                }
+                continue;
+            }
+        }
+        match idempotency::purge_expired(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired idempotency records removed"),
+            Err(e) => tracing::warn!(error = %e, "removing expired idempotency records failed"),
+        }
+    }
 }
 
 /// Aborts the task when dropped before it was joined, so the follower never outlives an
