@@ -16,6 +16,7 @@
 //! a request worker's.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -138,6 +139,8 @@ impl Drop for Holding<'_> {
 /// The cold path's state, shared by every worker thread.
 pub(crate) struct Cold {
     counters: Counters,
+    /// How many blocked-webhook audit rows each route may still write this minute.
+    audit_budget: std::sync::Mutex<AuditBudget>,
     policies: Policies,
     assets: Option<Assets>,
     sessions: Sessions,
@@ -157,6 +160,7 @@ impl Cold {
     ) -> Self {
         Self {
             counters: Counters::default(),
+            audit_budget: std::sync::Mutex::new(AuditBudget::default()),
             policies: Policies::new(db),
             assets,
             sessions: Sessions::default(),
@@ -687,6 +691,16 @@ impl Cold {
         path: &str,
         problem: &str,
     ) {
+        // Unsigned deliveries cost the sender nothing: a route writes at most
+        // `AUDIT_ROWS_PER_MINUTE` rows a minute, the next one saying how many it left out.
+        let admitted = self
+            .audit_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(&owner.route_key, Instant::now());
+        let Some(left_out) = admitted else {
+            return;
+        };
         let row = audit_log::ActiveModel {
             id: Set(Uuid::new_v4()),
             workspace_id: Set(Some(policy.workspace_id)),
@@ -701,6 +715,7 @@ impl Cold {
                 "deployment_id": owner.deployment_id,
                 "problem": problem,
                 "decision": "answered 401, not forwarded, no wake",
+                "not_recorded_before": left_out,
             })),
             created_at: Set(chrono::Utc::now()),
         };
@@ -710,6 +725,53 @@ impl Cold {
         if let Err(e) = done {
             tracing::error!(route_key = %owner.route_key, error = %e, "recording a blocked webhook failed");
         }
+    }
+}
+
+/// Blocked-webhook audit rows a route may write per minute.
+const AUDIT_ROWS_PER_MINUTE: u32 = 10;
+const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// A fixed one-minute window of audit rows per route key.
+#[derive(Debug, Default)]
+struct AuditBudget {
+    routes: HashMap<String, AuditWindow>,
+}
+
+#[derive(Debug)]
+struct AuditWindow {
+    started: Instant,
+    written: u32,
+    /// Rows left out since the last one written.
+    left_out: u64,
+}
+
+impl AuditBudget {
+    /// `Some(rows left out before this one)` if a row for `route_key` may be written at
+    /// `now`; `None` (counted) if the route has written its rows this minute.
+    fn admit(&mut self, route_key: &str, now: Instant) -> Option<u64> {
+        if self.routes.len() > 10_000 {
+            self.routes
+                .retain(|_, w| now.duration_since(w.started) < AUDIT_WINDOW);
+        }
+        let window = self
+            .routes
+            .entry(route_key.to_owned())
+            .or_insert(AuditWindow {
+                started: now,
+                written: 0,
+                left_out: 0,
+            });
+        if now.duration_since(window.started) >= AUDIT_WINDOW {
+            window.started = now;
+            window.written = 0;
+        }
+        if window.written >= AUDIT_ROWS_PER_MINUTE {
+            window.left_out += 1;
+            return None;
+        }
+        window.written += 1;
+        Some(std::mem::take(&mut window.left_out))
     }
 }
 
@@ -871,4 +933,32 @@ async fn read_bounded(
 pub(crate) fn needs_policy(method: &Method, headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         || (!classify::is_safe(method) && headers.contains_key(classify::IDEMPOTENCY_KEY))
+}
+
+#[cfg(test)]
+mod audit_budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_route_writes_ten_audit_rows_a_minute_then_says_how_many_it_left_out() {
+        let mut budget = AuditBudget::default();
+        let t0 = Instant::now();
+        for _ in 0..AUDIT_ROWS_PER_MINUTE {
+            assert_eq!(budget.admit("a.example.com", t0), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(
+                budget.admit("a.example.com", t0 + Duration::from_secs(30)),
+                None
+            );
+        }
+        assert_eq!(
+            budget.admit("b.example.com", t0),
+            Some(0),
+            "another route has its own"
+        );
+        let later = t0 + AUDIT_WINDOW;
+        assert_eq!(budget.admit("a.example.com", later), Some(25));
+        assert_eq!(budget.admit("a.example.com", later), Some(0));
+    }
 }
