@@ -82,6 +82,8 @@ pub(crate) enum Decision {
 pub struct ColdStatus {
     /// Requests held for a wake right now.
     pub held_now: u64,
+    /// Requests answered 503 because the edge already held [`MAX_HELD`].
+    pub held_refused: u64,
     /// Held requests routed once an allocation was ready.
     pub held_routed: u64,
     /// Held requests answered 503 at the end of their wake budget.
@@ -105,6 +107,7 @@ pub struct ColdStatus {
 #[derive(Default)]
 struct Counters {
     held_now: AtomicU64,
+    held_refused: AtomicU64,
     held_routed: AtomicU64,
     held_timed_out: AtomicU64,
     held_wake_failed: AtomicU64,
@@ -120,13 +123,26 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The most requests one edge holds at once for waking apps (each may carry a body of up
+/// to [`MAX_HELD_BODY`]); the next is answered 503 at once.
+pub(crate) const MAX_HELD: u64 = 1000;
+
 /// Counts a held request while it is held.
 struct Holding<'a>(&'a AtomicU64);
 
 impl<'a> Holding<'a> {
-    fn new(c: &'a AtomicU64) -> Self {
-        bump(c);
-        Self(c)
+    /// A place among at most `max` held requests, if one is free.
+    fn within(c: &'a AtomicU64, max: u64) -> Option<Self> {
+        let mut now = c.load(Ordering::Relaxed);
+        loop {
+            if now >= max {
+                return None;
+            }
+            match c.compare_exchange_weak(now, now + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(Self(c)),
+                Err(seen) => now = seen,
+            }
+        }
     }
 }
 
@@ -175,6 +191,7 @@ impl Cold {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ColdStatus {
             held_now: get(&c.held_now),
+            held_refused: get(&c.held_refused),
             held_routed: get(&c.held_routed),
             held_timed_out: get(&c.held_timed_out),
             held_wake_failed: get(&c.held_wake_failed),
@@ -428,7 +445,10 @@ impl Cold {
         deadline: Instant,
         budget: Duration,
     ) -> Result<Arc<Route>, EdgeError> {
-        let _held = Holding::new(&self.counters.held_now);
+        let Some(_held) = Holding::within(&self.counters.held_now, MAX_HELD) else {
+            bump(&self.counters.held_refused);
+            return Err(EdgeError::TooManyHeld { limit: MAX_HELD });
+        };
         let held = self
             .hold_inner(routes, waker, owner, request, deadline, budget)
             .await;
@@ -960,5 +980,22 @@ mod audit_budget_tests {
         let later = t0 + AUDIT_WINDOW;
         assert_eq!(budget.admit("a.example.com", later), Some(25));
         assert_eq!(budget.admit("a.example.com", later), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod holding_tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_holds_at_most_its_limit_and_frees_places_as_requests_leave() {
+        let c = AtomicU64::new(0);
+        let held: Vec<_> = (0..3).map(|_| Holding::within(&c, 3)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(Holding::within(&c, 3).is_none(), "the fourth is refused");
+        assert_eq!(c.load(Ordering::Relaxed), 3);
+        drop(held);
+        assert_eq!(c.load(Ordering::Relaxed), 0);
+        assert!(Holding::within(&c, 3).is_some());
     }
 }

@@ -124,6 +124,9 @@ pub enum EdgeError {
     /// A request with an `Idempotency-Key` whose first request is still in flight.
     #[error("a request with Idempotency-Key {key:?} is still in flight")]
     IdempotencyInFlight { key: String },
+    /// The edge already holds as many requests for waking apps as it may.
+    #[error("the edge holds {limit} requests for waking apps already")]
+    TooManyHeld { limit: u64 },
     /// The route holds as many unexpired idempotency records as it may.
     #[error("this route holds the most idempotency records it may")]
     IdempotencyFull,
@@ -299,6 +302,13 @@ pub(crate) fn respond(err: &EdgeError, at: Failed<'_>) -> Response<Body> {
             "In flight",
             format!("A request with Idempotency-Key {key} is still being handled. Retry when it has finished."),
         ),
+        TooManyHeld { limit } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            format!(
+                "The app is asleep, and this edge is already holding {limit} requests for apps that are waking. Retry in a moment."
+            ),
+        ),
         IdempotencyFull => (
             StatusCode::TOO_MANY_REQUESTS,
             "Too many idempotent writes",
@@ -413,6 +423,12 @@ mod tests {
         let key = || "shop.example.com".to_owned();
         check(EdgeError::MissingHost, 400, None);
         check(EdgeError::NoRouteOwner { route_key: key() }, 404, None);
+        check(
+            EdgeError::TooManyHeld { limit: 1000 },
+            503,
+            Some(RETRY_AFTER_SECS),
+        );
+        check(EdgeError::IdempotencyFull, 429, None);
         check(
             EdgeError::NoReadyAllocation {
                 route_key: key(),
