@@ -112,6 +112,17 @@ pub(crate) async fn create_environment(
         )));
     }
     let kind = new.kind;
+    // Approval is production's guard: only an admin of the workspace may create a
+    // production environment without it.
+    if kind == EnvironmentKind::Production && new.requires_approval == Some(false) {
+        let role = crate::rbac::role_in(db, actor, app.workspace_id).await?;
+        if !role.is_some_and(|r| r.allows(Role::Admin)) {
+            return Err(ApiError::Forbidden(format!(
+                "a production environment without approval (requiresApproval: false) needs an admin of the workspace; create it with approval required, or ask an admin of app {:?}'s workspace",
+                app.name
+            )));
+        }
+    }
     let operation_id = new_id();
     let environment = CreateEnvironmentInput {
         operation_id: OperationId(operation_id),

@@ -78,6 +78,13 @@ async fn roles_limit_what_members_may_change() -> Result<()> {
     expect(&dev, CREATE_PROJECT, json!({ "w": ws }), "FORBIDDEN").await?;
     let owner = json!({ "w": ws, "e": "dev@example.com", "r": "OWNER" });
     expect(&dev, GRANT, owner, "FORBIDDEN").await?;
+    // Nor a production environment without approval: that is an admin's call.
+    let unguarded = json!({ "a": app });
+    let message = expect(&dev, CREATE_UNGUARDED_PROD, unguarded, "FORBIDDEN").await?;
+    assert!(
+        message.contains("requiresApproval: false") && message.contains("needs an admin"),
+        "{message}"
+    );
     assert_eq!(
         api.counts().await?,
         before,
@@ -85,8 +92,17 @@ async fn roles_limit_what_members_may_change() -> Result<()> {
     );
 
     dev.data(CREATE_APP, json!({ "p": project })).await?;
+    // The admin may; the developer may create one that requires approval.
+    admin.data(CREATE_UNGUARDED_PROD, json!({ "a": app })).await?;
+    dev.data(
+        "mutation($a: UUID!) { createEnvironment(appId: $a, name: \"guarded\", kind: PRODUCTION) { id } }",
+        json!({ "a": app }),
+    )
+    .await?;
     Ok(())
 }
+
+const CREATE_UNGUARDED_PROD: &str = "mutation($a: UUID!) { createEnvironment(appId: $a, name: \"unguarded\", kind: PRODUCTION, requiresApproval: false) { id } }";
 
 #[tokio::test]
 async fn workspaces_are_walled_off_from_each_other() -> Result<()> {
