@@ -235,6 +235,28 @@ pub(crate) async fn decide(
             kind.as_str()
         )));
     }
+    // A decision is taken only when the operation waits for one: an approve sent while it
+    // runs would approve a gate nobody has seen yet; an abort during a step is not heard.
+    let (accepted, when) = match kind {
+        DecisionKind::Approve => (
+            status == OperationStatus::Waiting,
+            "while it waits for approval",
+        ),
+        DecisionKind::Retry | DecisionKind::Abort => (
+            matches!(
+                status,
+                OperationStatus::Waiting | OperationStatus::NeedsAttention
+            ),
+            "while it waits for a decision or needs attention",
+        ),
+    };
+    if !accepted {
+        return Err(ApiError::Conflict(format!(
+            "operation {id} is {status} (stage {}): {} is accepted only {when}",
+            op.current_stage,
+            kind.as_str()
+        )));
+    }
     let reason = reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());

@@ -93,7 +93,9 @@ async fn roles_limit_what_members_may_change() -> Result<()> {
 
     dev.data(CREATE_APP, json!({ "p": project })).await?;
     // The admin may; the developer may create one that requires approval.
-    admin.data(CREATE_UNGUARDED_PROD, json!({ "a": app })).await?;
+    admin
+        .data(CREATE_UNGUARDED_PROD, json!({ "a": app }))
+        .await?;
     dev.data(
         "mutation($a: UUID!) { createEnvironment(appId: $a, name: \"guarded\", kind: PRODUCTION) { id } }",
         json!({ "a": app }),

@@ -383,7 +383,8 @@ async fn a_decision_goes_to_the_run_its_operation_names() -> Result<()> {
                 target_type: "route",
                 target_id: "decide.rhone.localhost",
                 initial_stage: "cold",
-                status: "running",
+                // Parked for on-call, so a decision is taken.
+                status: "needs_attention",
                 workflow_id: &stored,
             },
         )

@@ -108,6 +108,24 @@ async fn decisions_are_signalled_to_the_running_workflow() -> Result<()> {
         .await?;
     assert_eq!(code, "FORBIDDEN");
 
+    // Running: no decision is awaited, so none is taken (nothing is sent or written).
+    let before = api.counts().await?;
+    for d in ["RETRY", "APPROVE", "ABORT"] {
+        let (code, message) = admin.error(DECIDE, json!({ "o": id, "d": d })).await?;
+        assert_eq!(code, "CONFLICT", "{d}: {message}");
+        assert!(
+            message.contains("is running") && message.contains("is accepted only while"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        api.counts().await?,
+        before,
+        "a refused decision writes nothing"
+    );
+
+    // Parked for on-call (as a step that exhausted its retries leaves it): retry is taken.
+    rhone_schema::ops::set_status(&api.db, id.parse()?, "needs_attention", None).await?;
     let decided = admin.data(DECIDE, json!({ "o": id, "d": "RETRY" })).await?;
     assert_eq!(decided["decideOperation"]["id"], id);
     let audit = admin
