@@ -42,6 +42,10 @@ impl TenancyActivities {
             name: Set(input.name.clone()),
             kind: Set(input.kind.clone()),
             requires_approval: Set(input.requires_approval),
+            // Not given (an input from before the setting): the kind's default.
+            self_approval: Set(input
+                .self_approval
+                .unwrap_or(input.kind != environment::KIND_PRODUCTION)),
             scale_to_zero: Set(input.scale_to_zero),
             wake_budget_ms: Set(input.wake_budget_ms),
             sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),

@@ -130,6 +130,7 @@ impl Harness {
                 app_id: app.id,
                 name: name.to_owned(),
                 kind: "production".into(),
+                self_approval: None,
                 requires_approval: true,
                 scale_to_zero: false,
                 wake_budget_ms: 10_000,

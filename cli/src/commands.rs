@@ -179,6 +179,10 @@ pub enum EnvsCmd {
         /// Whether promotions need approval (default: true for production).
         #[arg(long)]
         requires_approval: Option<bool>,
+        /// Whether whoever requests an operation there may approve it too (default: false
+        /// for production; true there needs an admin).
+        #[arg(long)]
+        self_approval: Option<bool>,
         /// Whether the app sleeps when idle (default: true for preview).
         #[arg(long)]
         scale_to_zero: Option<bool>,
@@ -531,16 +535,17 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             name,
             kind,
             requires_approval,
+            self_approval,
             scale_to_zero,
             wake_budget_ms,
         }) => {
             let a = resolve_app(&api, &app_ref).await?;
             let q = format!(
-                "mutation($a: UUID!, $n: String!, $k: EnvironmentKind!, $r: Boolean, $s: Boolean, $w: Int) {{ \
-                 createEnvironment(appId: $a, name: $n, kind: $k, requiresApproval: $r, scaleToZero: $s, wakeBudgetMs: $w) {{ {OP_FIELDS} }} }}"
+                "mutation($a: UUID!, $n: String!, $k: EnvironmentKind!, $r: Boolean, $sa: Boolean, $s: Boolean, $w: Int) {{ \
+                 createEnvironment(appId: $a, name: $n, kind: $k, requiresApproval: $r, selfApproval: $sa, scaleToZero: $s, wakeBudgetMs: $w) {{ {OP_FIELDS} }} }}"
             );
             let d = api
-                .call(&q, json!({ "a": a, "n": name, "k": kind.to_uppercase(), "r": requires_approval, "s": scale_to_zero, "w": wake_budget_ms }))
+                .call(&q, json!({ "a": a, "n": name, "k": kind.to_uppercase(), "r": requires_approval, "sa": self_approval, "s": scale_to_zero, "w": wake_budget_ms }))
                 .await?;
             let op = follow(&api, &d["createEnvironment"], json_out, OnWait::Return).await?;
             out(&op, &|_| {});

@@ -203,6 +203,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     );
     println!("  Edge admin http://{edge_admin_addr}/_rhone/status   (on-call)");
     println!("  Runner    http://127.0.0.1:{}", args.runner_port);
+    println!(
+        "  Approvals in production come from another member; to approve your own locally: rhone envs create … --kind production --self-approval true"
+    );
     if args.no_worker {
         println!("  Worker    not started (--no-worker); run `rhone serve worker` with:");
         for (key, value) in worker_env(&db_url, &temporal_address, &data_dir, args.edge_port) {

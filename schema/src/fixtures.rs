@@ -63,6 +63,7 @@ pub async fn tenancy<C: ConnectionTrait>(
         name: Set(env.to_owned()),
         kind: Set(env.to_owned()),
         requires_approval: Set(env == "production"),
+        self_approval: Set(true),
         scale_to_zero: Set(false),
         wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
         sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),

@@ -47,6 +47,10 @@ pub struct CreateEnvironmentInput {
     pub name: String,
     pub kind: String,
     pub requires_approval: bool,
+    /// Whether the requester of an operation may approve it; `None` (an input recorded
+    /// before the setting) takes the kind's default.
+    #[serde(default)]
+    pub self_approval: Option<bool>,
     pub scale_to_zero: bool,
     pub wake_budget_ms: i64,
 }

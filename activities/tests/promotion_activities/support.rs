@@ -171,6 +171,7 @@ impl World {
             name: Set("preview".into()),
             kind: Set("preview".into()),
             requires_approval: Set(false),
+            self_approval: Set(true),
             scale_to_zero: Set(false),
             wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
             sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),

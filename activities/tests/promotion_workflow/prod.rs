@@ -101,6 +101,7 @@ impl Prod {
             name: Set("production".into()),
             kind: Set("production".into()),
             requires_approval: Set(requires_approval),
+            self_approval: Set(true),
             scale_to_zero: Set(false),
             wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
             sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),

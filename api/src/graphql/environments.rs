@@ -81,6 +81,10 @@ impl EnvironmentMutation {
         kind: EnvironmentKind,
         #[graphql(desc = "Whether promotions need approval. Default: true for PRODUCTION.")]
         requires_approval: Option<bool>,
+        #[graphql(
+            desc = "Whether the member who requested an operation here may approve it too. Default: false for PRODUCTION, true otherwise; true on PRODUCTION needs admin."
+        )]
+        self_approval: Option<bool>,
         #[graphql(desc = "Whether the app sleeps when idle. Default: true for PREVIEW.")]
         scale_to_zero: Option<bool>,
         #[graphql(
@@ -93,6 +97,7 @@ impl EnvironmentMutation {
             name,
             kind,
             requires_approval,
+            self_approval,
             scale_to_zero,
             wake_budget_ms,
         };

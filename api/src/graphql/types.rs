@@ -90,6 +90,8 @@ pub struct Environment {
     pub name: String,
     pub kind: EnvironmentKind,
     pub requires_approval: bool,
+    /// Whether the member who requested an operation here may approve it too.
+    pub self_approval: bool,
     pub scale_to_zero: bool,
     /// How long the edge holds a request while the app wakes.
     pub wake_budget_ms: i32,
@@ -170,6 +172,7 @@ impl TryFrom<environment::Model> for Environment {
             name: m.name,
             kind,
             requires_approval: m.requires_approval,
+            self_approval: m.self_approval,
             scale_to_zero: m.scale_to_zero,
             wake_budget_ms: i32::try_from(m.wake_budget_ms)
                 .map_err(|e| ApiError::internal("reading an environment's wake budget", e))?,

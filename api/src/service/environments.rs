@@ -64,6 +64,8 @@ pub(crate) struct NewEnvironment {
     pub kind: EnvironmentKind,
     /// Default: production needs approval, other kinds do not.
     pub requires_approval: Option<bool>,
+    /// Default: off for production, on for other kinds.
+    pub self_approval: Option<bool>,
     /// Default: previews scale to zero, other kinds do not.
     pub scale_to_zero: Option<bool>,
     /// Default: [`environment::DEFAULT_WAKE_BUDGET_MS`].
@@ -114,11 +116,23 @@ pub(crate) async fn create_environment(
     let kind = new.kind;
     // Approval is production's guard: only an admin of the workspace may create a
     // production environment without it.
-    if kind == EnvironmentKind::Production && new.requires_approval == Some(false) {
+    let unguarded = [
+        (
+            new.requires_approval == Some(false),
+            "without approval (requiresApproval: false)",
+        ),
+        (
+            new.self_approval == Some(true),
+            "whose requesters approve themselves (selfApproval: true)",
+        ),
+    ];
+    if kind == EnvironmentKind::Production
+        && let Some((_, what)) = unguarded.iter().find(|(asked, _)| *asked)
+    {
         let role = crate::rbac::role_in(db, actor, app.workspace_id).await?;
         if !role.is_some_and(|r| r.allows(Role::Admin)) {
             return Err(ApiError::Forbidden(format!(
-                "a production environment without approval (requiresApproval: false) needs an admin of the workspace; create it with approval required, or ask an admin of app {:?}'s workspace",
+                "a production environment {what} needs an admin of the workspace; leave it out, or ask an admin of app {:?}'s workspace",
                 app.name
             )));
         }
@@ -134,6 +148,10 @@ pub(crate) async fn create_environment(
         requires_approval: new
             .requires_approval
             .unwrap_or(kind == EnvironmentKind::Production),
+        self_approval: Some(
+            new.self_approval
+                .unwrap_or(kind != EnvironmentKind::Production),
+        ),
         scale_to_zero: new
             .scale_to_zero
             .unwrap_or(kind == EnvironmentKind::Preview),
@@ -152,6 +170,7 @@ pub(crate) async fn create_environment(
             "kind": environment.kind,
             "app_id": app_id,
             "requires_approval": environment.requires_approval,
+            "self_approval": environment.self_approval,
             "scale_to_zero": environment.scale_to_zero,
             "wake_budget_ms": environment.wake_budget_ms,
         }),

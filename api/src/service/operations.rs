@@ -10,7 +10,7 @@ use std::{collections::VecDeque, time::Duration};
 use futures::{Stream, stream};
 use rhone_core::{OperationKind, OperationStatus, Role};
 use rhone_schema::{
-    entity::{audit_log, operation, operation_stage},
+    entity::{audit_log, deployment, environment, operation, operation_stage},
     ops::{self, OperationFilter, Page},
 };
 use rhone_workflows::{Decision, DecisionKind, DecisionSignal};
@@ -257,6 +257,9 @@ pub(crate) async fn decide(
             kind.as_str()
         )));
     }
+    if kind == DecisionKind::Approve && op.actor == actor.subject() {
+        refuse_self_approval(db, &op).await?;
+    }
     let reason = reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
@@ -300,6 +303,39 @@ pub(crate) async fn decide(
     }
     .instrument(span)
     .await
+}
+
+/// FORBIDDEN when `op` (which the caller requested) moves a deployment of an environment
+/// whose requesters may not approve their own operations (production, by default).
+async fn refuse_self_approval(
+    db: &DatabaseConnection,
+    op: &operation::Model,
+) -> Result<(), ApiError> {
+    if op.target_type != "deployment" {
+        return Ok(());
+    }
+    let Ok(deployment_id) = op.target_id.parse::<Uuid>() else {
+        return Ok(());
+    };
+    let Some(dep) = deployment::Entity::find_by_id(deployment_id)
+        .one(db)
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(env) = environment::Entity::find_by_id(dep.environment_id)
+        .one(db)
+        .await?
+    else {
+        return Ok(());
+    };
+    if env.self_approval {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "you requested operation {}; in environment {:?} another member (developer or above) approves it. An admin can allow self-approval there (selfApproval), for a local `rhone dev` environment: `rhone envs create … --self-approval true`",
+        op.id, env.name
+    )))
 }
 
 /// The handle of an operation's workflow. `operations.workflow_id` is a workflow id, or

@@ -336,6 +336,7 @@ pub async fn environment_row(
         name: Set(name.to_owned()),
         kind: Set(kind.to_owned()),
         requires_approval: Set(kind == "production"),
+        self_approval: Set(kind != "production"),
         scale_to_zero: Set(false),
         wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
         sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),

@@ -95,6 +95,7 @@ async fn env_row(
         name: Set(name.to_owned()),
         kind: Set(kind.to_owned()),
         requires_approval: Set(kind == "production"),
+        self_approval: Set(kind != "production"),
         scale_to_zero: Set(false),
         wake_budget_ms: Set(environment::DEFAULT_WAKE_BUDGET_MS),
         sleep_after_ms: Set(environment::DEFAULT_SLEEP_AFTER_MS),
@@ -636,5 +637,53 @@ async fn route_owner_is_visible_to_members_of_its_workspace_only() -> Result<()>
     }
     let (code, message) = admin.error(ROUTE_OWNER, json!({ "h": "web/shop" })).await?;
     assert_eq!(code, "INVALID_ARGUMENT", "{message}");
+    Ok(())
+}
+
+/// In production (by default) the member who requested a promotion cannot approve it:
+/// another developer does. The refusal says who may and how an admin allows it.
+#[tokio::test]
+async fn a_requester_cannot_approve_their_own_production_promotion() -> Result<()> {
+    let api = Api::start("a_requester_cannot_approve_their_own_production_promotion").await?;
+    let admin = api.admin().await?;
+    let w = World::new(&api, &admin, "acme").await?;
+    let prod = w.env(&api, "prod", "production").await?;
+    let ready = deployment(&api, w.preview(), 1, "preview_ready").await?;
+    let op = admin
+        .data(
+            PROMOTE,
+            json!({ "d": ready.id, "e": prod.environment.id, "n": 1 }),
+        )
+        .await?["promote"]
+        .clone();
+    let id: Uuid = op["id"].as_str().context("operation id")?.parse()?;
+    // As the promotion parks at its approval gate (no worker runs here).
+    rhone_schema::ops::set_status(&api.db, id, "waiting", None).await?;
+    const APPROVE: &str =
+        "mutation($o: UUID!) { decideOperation(id: $o, decision: APPROVE) { id } }";
+    let before = api.counts().await?;
+    let (code, message) = admin.error(APPROVE, json!({ "o": id })).await?;
+    assert_eq!(code, "FORBIDDEN", "{message}");
+    assert!(
+        message.contains("you requested operation")
+            && message.contains("another member")
+            && message.contains("--self-approval true"),
+        "{message}"
+    );
+    assert_eq!(
+        api.counts().await?,
+        before,
+        "a refused approval writes nothing"
+    );
+
+    let dev = crate::harness::member(
+        &api,
+        &admin,
+        &w.ws.to_string(),
+        "dev@example.com",
+        "DEVELOPER",
+    )
+    .await?;
+    dev.data(APPROVE, json!({ "o": id })).await?;
     Ok(())
 }

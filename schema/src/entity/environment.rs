@@ -15,6 +15,9 @@ pub const DEFAULT_SLEEP_AFTER_MS: i64 = 300_000;
 /// move only through a promotion).
 pub const KIND_PREVIEW: &str = "preview";
 
+/// `kind` of a production environment.
+pub const KIND_PRODUCTION: &str = "production";
+
 /// `wake_state` of an environment whose route is running (every environment that does not
 /// scale to zero stays here).
 pub const WAKE_STATE_HOT: &str = "hot";
@@ -30,6 +33,9 @@ pub struct Model {
     pub name: String,
     pub kind: String,
     pub requires_approval: bool,
+    /// Whether the member who requested an operation here may approve it too (off for
+    /// production unless an admin allows it).
+    pub self_approval: bool,
     pub scale_to_zero: bool,
     pub wake_budget_ms: i64,
     pub created_at: DateTimeUtc,

@@ -17,6 +17,7 @@ mod m20261207_000009_runner_network;
 mod m20261207_000010_runner_fleet;
 mod m20261207_000011_repair;
 mod m20261207_000012_token_expiry;
+mod m20261207_000013_self_approval;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_runner_fleet::Migration),
             Box::new(m20261207_000011_repair::Migration),
             Box::new(m20261207_000012_token_expiry::Migration),
+            Box::new(m20261207_000013_self_approval::Migration),
         ]
     }
 }
