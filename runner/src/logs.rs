@@ -69,35 +69,19 @@ impl LogBuffer {
             .collect()
     }
 
-    /// Fills the ring with the last lines of the log file (an allocation taken over from an
-    /// earlier runner, whose output so far is there).
+    /// Fills the ring with the last lines of the log (an allocation taken over from an
+    /// earlier runner, whose output so far is there): from `output.log`, and from the
+    /// rotated `output.log.1` before it when the current one holds fewer lines.
     pub(crate) fn restore(&self) {
-        use std::io::{Read as _, Seek as _, SeekFrom};
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return;
-        };
-        let tail = (RING_LINES * MAX_LINE_BYTES) as u64;
-        let len = file.metadata().map_or(0, |m| m.len());
-        let mut bytes = Vec::new();
-        if file
-            .seek(SeekFrom::Start(len.saturating_sub(tail)))
-            .is_err()
-            || file.read_to_end(&mut bytes).is_err()
-        {
-            return;
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        let mut lines: Vec<&str> = text.lines().collect();
-        if len > tail && !lines.is_empty() {
-            lines.remove(0); // cut mid-line
+        let mut lines = tail_lines(&self.path);
+        if lines.len() < RING_LINES {
+            let mut older = tail_lines(&self.path.with_extension("log.1"));
+            older.append(&mut lines);
+            lines = older;
         }
         let mut ring = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         ring.clear();
-        ring.extend(
-            lines[lines.len().saturating_sub(RING_LINES)..]
-                .iter()
-                .map(|l| (*l).to_owned()),
-        );
+        ring.extend(lines.drain(lines.len().saturating_sub(RING_LINES)..));
     }
 
     /// Adds one line of output (without its line break).
@@ -156,6 +140,33 @@ impl LogBuffer {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot flush the allocation log");
         }
     }
+}
+
+/// The last [`RING_LINES`] lines of the file at `path` (none if it cannot be read).
+fn tail_lines(path: &Path) -> Vec<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let tail = (RING_LINES * MAX_LINE_BYTES) as u64;
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(tail)))
+        .is_err()
+        || file.read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if len > tail && !lines.is_empty() {
+        lines.remove(0); // cut mid-line
+    }
+    lines[lines.len().saturating_sub(RING_LINES)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
 }
 
 async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
@@ -272,6 +283,19 @@ mod tests {
         let expected: Vec<String> = (first..300).map(|i| format!("line {i:04}")).collect();
         assert_eq!(joined, expected);
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 2, "no third file");
+
+        // A runner that takes the allocation over finds its last lines in both files.
+        let restored = LogBuffer::new(path.clone(), Scrubber::new(&[]));
+        restored.restore();
+        let last = restored.last(RING_LINES);
+        let expected: Vec<String> = (300 - last.len()..300)
+            .map(|i| format!("line {i:04}"))
+            .collect();
+        assert_eq!(last, expected);
+        assert!(
+            last.len() > current.lines().count(),
+            "lines from output.log.1 too"
+        );
         Ok(())
     }
 }
