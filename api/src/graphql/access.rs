@@ -104,7 +104,7 @@ pub struct Token {
     pub created_at: DateTime<Utc>,
     /// When the API last accepted it (to the minute).
     pub last_used_at: Option<DateTime<Utc>>,
-    /// After this it is refused; none for a token made before tokens expired.
+    /// After this it is refused.
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
 }

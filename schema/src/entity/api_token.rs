@@ -29,7 +29,7 @@ pub struct Model {
     /// When the API last accepted the token (written at most once a minute).
     pub last_used_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
-    /// After this the token is refused. `None` only for tokens made before tokens expired.
+    /// After this the token is refused (migration 12 gave older tokens 90 days).
     pub expires_at: Option<DateTimeUtc>,
     #[sea_orm(belongs_to, from = "user_id", to = "id")]
     pub user: BelongsTo<Option<super::user::Entity>>,

@@ -1,6 +1,6 @@
 //! Tokens expire: `expires_at` on `api_tokens`. Every token created from now on has one
 //! (`createToken(expiresInDays)`, 90 days by default); a token from before this migration
-//! has none until its owner revokes it and makes a new one (`rhone tokens list` shows which).
+//! gets 90 days from the migration, time for its owner to replace it.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -25,6 +25,16 @@ impl MigrationTrait for Migration {
                 Table::alter()
                     .table(ApiTokens::Table)
                     .add_column(timestamp_with_time_zone_null(ApiTokens::ExpiresAt))
+                    .to_owned(),
+            )
+            .await?;
+        let grace = chrono::Utc::now() + chrono::TimeDelta::days(90);
+        manager
+            .exec_stmt(
+                Query::update()
+                    .table(ApiTokens::Table)
+                    .value(ApiTokens::ExpiresAt, grace)
+                    .and_where(Expr::col(ApiTokens::ExpiresAt).is_null())
                     .to_owned(),
             )
             .await

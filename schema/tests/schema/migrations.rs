@@ -17,6 +17,8 @@ on_both_backends!(
     a_token_has_exactly_one_owner,
     wake_columns_default_and_route_activity_is_per_key_and_edge,
     the_fleet_migration_makes_the_first_user_an_operator,
+    tokens_from_before_expiry_get_ninety_days,
+    self_approval_is_off_for_production_environments_from_before,
 );
 
 async fn migrating_twice_is_a_no_op(db: DatabaseConnection) -> Result<()> {
@@ -184,5 +186,118 @@ async fn the_fleet_migration_makes_the_first_user_an_operator(
         .map(|u| u.email.as_str())
         .collect();
     assert_eq!(operators, ["first@example.com"]);
+    Ok(())
+}
+
+/// Migration 12: a token made before tokens expired gets 90 days from the migration.
+async fn tokens_from_before_expiry_get_ninety_days(db: DatabaseConnection) -> Result<()> {
+    use sea_orm::{
+        ConnectionTrait,
+        sea_query::{Alias, Query},
+    };
+    down_to(&db, 11).await?;
+    let user_id = new_id();
+    db.execute(
+        &Query::insert()
+            .into_table(Alias::new("users"))
+            .columns(["id", "email", "display_name", "created_at"].map(Alias::new))
+            .values_panic([
+                user_id.into(),
+                "old@example.com".into(),
+                "old".into(),
+                Utc::now().into(),
+            ])
+            .to_owned(),
+    )
+    .await?;
+    db.execute(
+        &Query::insert()
+            .into_table(Alias::new("api_tokens"))
+            .columns(
+                [
+                    "id",
+                    "user_id",
+                    "kind",
+                    "name",
+                    "token_hash",
+                    "prefix",
+                    "created_at",
+                ]
+                .map(Alias::new),
+            )
+            .values_panic([
+                new_id().into(),
+                user_id.into(),
+                "user".into(),
+                "old".into(),
+                api_token::hash_token("old").into(),
+                "rhone_old".into(),
+                Utc::now().into(),
+            ])
+            .to_owned(),
+    )
+    .await?;
+    Migrator::up(&db, None).await?;
+    let token = api_token::Entity::find()
+        .one(&db)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the token"))?;
+    let left = token.expires_at.map(|at| (at - Utc::now()).num_hours());
+    assert!(
+        left.is_some_and(|h| (89 * 24..=90 * 24).contains(&h)),
+        "{left:?}"
+    );
+    Ok(())
+}
+
+/// Migration 13: production environments from before it do not let a requester approve
+/// their own operations; the other kinds do.
+async fn self_approval_is_off_for_production_environments_from_before(
+    db: DatabaseConnection,
+) -> Result<()> {
+    use sea_orm::{
+        ConnectionTrait,
+        sea_query::{Alias, Query},
+    };
+    let t = rhone_schema::fixtures::tenancy(&db, "selfapproval", "preview").await?;
+    down_to(&db, 12).await?;
+    for (name, kind) in [("prod", "production"), ("stg", "staging")] {
+        db.execute(
+            &Query::insert()
+                .into_table(Alias::new("environments"))
+                .columns(
+                    [
+                        "id",
+                        "workspace_id",
+                        "app_id",
+                        "name",
+                        "kind",
+                        "requires_approval",
+                        "scale_to_zero",
+                        "wake_budget_ms",
+                        "created_at",
+                    ]
+                    .map(Alias::new),
+                )
+                .values_panic([
+                    new_id().into(),
+                    t.workspace.id.into(),
+                    t.app.id.into(),
+                    name.into(),
+                    kind.into(),
+                    true.into(),
+                    false.into(),
+                    10_000i64.into(),
+                    Utc::now().into(),
+                ])
+                .to_owned(),
+        )
+        .await?;
+    }
+    Migrator::up(&db, None).await?;
+    let envs = environment::Entity::find().all(&db).await?;
+    for env in envs {
+        assert_eq!(env.self_approval, env.kind != "production", "{}", env.name);
+    }
     Ok(())
 }
