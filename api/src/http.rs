@@ -209,8 +209,7 @@ fn client_message(data: &[u8]) -> ClientMessage {
 async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketProtocols) {
     use std::collections::HashSet;
     use std::sync::Mutex;
-    let (sink, stream) = socket.split();
-    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let (mut sink, stream) = socket.split();
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let (refusals, mut refused) = tokio::sync::mpsc::unbounded_channel::<String>();
     let counted = running.clone();
@@ -267,8 +266,11 @@ async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketPro
         let message = tokio::select! {
             message = outgoing.next() => match message {
                 Some(WsMessage::Text(text)) => {
-                    // The server completing a subscription frees its place.
-                    if let ClientMessage::Complete(id) = client_message(text.as_bytes()) {
+                    // The server completing a subscription frees its place (only a
+                    // message that can be one is parsed).
+                    if text.contains("\"complete\"")
+                        && let ClientMessage::Complete(id) = client_message(text.as_bytes())
+                    {
                         running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
                     }
                     Message::Text(text.into())
@@ -288,14 +290,14 @@ async fn serve_ws(shared: Arc<Shared>, socket: WebSocket, protocol: WebSocketPro
                 Message::Text(serde_json::json!({ "id": id, "type": "error", "payload": error }).to_string().into())
             }
             () = &mut init_deadline, if !*init_seen.borrow_and_update() => {
-                let _ = sink.lock().await.send(Message::Close(Some(CloseFrame {
+                let _ = sink.send(Message::Close(Some(CloseFrame {
                     code: 4408,
                     reason: "connection initialisation timeout: send connection_init with your token".into(),
                 }))).await;
                 break;
             }
         };
-        if sink.lock().await.send(message).await.is_err() {
+        if sink.send(message).await.is_err() {
             break;
         }
     }

@@ -220,15 +220,7 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     let repo = example_repo(dir.path())?;
     let preview = deploy(&dev, &repo)?;
 
-    let db_url = &env
-        .iter()
-        .find(|(k, _)| k == "RHONE_DATABASE_URL")
-        .context("db")?
-        .1;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let db = runtime.block_on(rhone_schema::connect(db_url))?;
+    let (runtime, db) = control_db(&env)?;
 
     let mut seen_ops = std::collections::HashSet::new();
     for (epoch, stage) in [
@@ -241,52 +233,22 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        let promote = Command::new(RHONE)
-            .args(
-                [
-                    &["promote", preview.as_str()][..],
-                    &APP,
-                    &["--env", "production"],
-                ]
-                .concat(),
-            )
-            .env("RHONE_CONFIG", &dev.config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        // The new promotion's operation id.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let ops = json(&dev, &["ops", "list", "--kind", "promotion"])?;
-            let new = ops.as_array().into_iter().flatten().find_map(|o| {
-                let id = o["id"].as_str()?;
-                (!seen_ops.contains(id)).then(|| id.to_owned())
-            });
-            if let Some(id) = new {
-                break id;
-            }
-            if Instant::now() > deadline {
-                bail!("no promotion operation appeared");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        seen_ops.insert(id.clone());
+        let promote = spawn_cli(
+            &dev,
+            &[
+                &["promote", preview.as_str()][..],
+                &APP,
+                &["--env", "production"],
+            ]
+            .concat(),
+        )?;
+        let id = new_operation(&dev, "promotion", &mut seen_ops)?;
         // Kill the worker as soon as the operation has entered `stage`.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let op = json(&dev, &["ops", "show", &id])?;
-            if stages(&op).iter().any(|s| s == stage) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{id} never reached {stage}: {op}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until(&dev, &id, stage, Duration::from_secs(60), |op| {
+            Ok(stages(op).iter().any(|s| s == stage))
+        })?;
         let killed_at = Instant::now();
-        drop(worker);
-        std::thread::sleep(Duration::from_millis(300));
-        worker = start_worker(&env, &log)?;
+        worker = restart(worker, &env, &log)?;
 
         let out = promote.wait_with_output()?;
         eprintln!(
@@ -333,57 +295,26 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     let ports = free_ports()?;
     let dev = start_dev_with(dir.path(), &ports, &["--no-worker"])?;
     let env = worker_env(&dev);
-    let data_dir = env
-        .iter()
-        .find(|(k, _)| k == "RHONE_DATA_DIR")
-        .map(|(_, v)| std::path::PathBuf::from(v))
-        .context("RHONE_DATA_DIR")?;
-    let db_url = &env
-        .iter()
-        .find(|(k, _)| k == "RHONE_DATABASE_URL")
-        .context("db")?
-        .1;
+    let data_dir = std::path::PathBuf::from(env_value(&env, "RHONE_DATA_DIR")?);
     let log = dir.path().join("worker.log");
     let mut worker = start_worker(&env, &log)?;
     tenancy(&dev)?;
     let repo = example_repo(dir.path())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let db = runtime.block_on(rhone_schema::connect(db_url))?;
+    let (runtime, db) = control_db(&env)?;
 
     let mut seen_ops = std::collections::HashSet::new();
     for stage in ["cloning", "building", "validating", "preview start"] {
         let repo_arg = repo.display().to_string();
-        let deploy = Command::new(RHONE)
-            .args(
-                [
-                    &["deploy", repo_arg.as_str()][..],
-                    &APP,
-                    &["--env", "preview"],
-                ]
-                .concat(),
-            )
-            .env("RHONE_CONFIG", &dev.config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let ops = json(&dev, &["ops", "list", "--kind", "deploy"])?;
-            let new = ops.as_array().into_iter().flatten().find_map(|o| {
-                let id = o["id"].as_str()?;
-                (!seen_ops.contains(id)).then(|| id.to_owned())
-            });
-            if let Some(new) = new {
-                break new;
-            }
-            if Instant::now() > deadline {
-                bail!("no deploy operation appeared");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        seen_ops.insert(id.clone());
+        let deploy = spawn_cli(
+            &dev,
+            &[
+                &["deploy", repo_arg.as_str()][..],
+                &APP,
+                &["--env", "preview"],
+            ]
+            .concat(),
+        )?;
+        let id = new_operation(&dev, "deploy", &mut seen_ops)?;
         let deployment = json(&dev, &["ops", "show", &id])?["targetId"]
             .as_str()
             .context("the deploy's deployment")?
@@ -392,23 +323,13 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
             .split(' ')
             .next()
             .map(|s| if s == "preview" { "validating" } else { s });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let op = json(&dev, &["ops", "show", &id])?;
+        until(&dev, &id, stage, Duration::from_secs(120), |op| {
             let placed =
                 stage != "preview start" || runtime.block_on(allocations_of(&db, &deployment))? > 0;
-            if placed && stages(&op).iter().any(|s| Some(s.as_str()) == entered) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{id} never reached {stage}: {op}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            Ok(placed && stages(op).iter().any(|s| Some(s.as_str()) == entered))
+        })?;
         let killed_at = Instant::now();
-        drop(worker);
-        std::thread::sleep(Duration::from_millis(300));
-        worker = start_worker(&env, &log)?;
+        worker = restart(worker, &env, &log)?;
 
         let out = finish_within(deploy, Duration::from_secs(90))?;
         let took = killed_at.elapsed();
@@ -451,6 +372,88 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `rhone ARGS` against `dev`, its output piped, running on.
+fn spawn_cli(dev: &Dev, args: &[&str]) -> Result<Child> {
+    Ok(Command::new(RHONE)
+        .args(args)
+        .env("RHONE_CONFIG", &dev.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+/// The id of the first operation of `kind` not in `seen` (added to it), within 30 s.
+fn new_operation(
+    dev: &Dev,
+    kind: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ops = json(dev, &["ops", "list", "--kind", kind])?;
+        let new = ops.as_array().into_iter().flatten().find_map(|o| {
+            let id = o["id"].as_str()?;
+            (!seen.contains(id)).then(|| id.to_owned())
+        });
+        if let Some(id) = new {
+            seen.insert(id.clone());
+            return Ok(id);
+        }
+        if Instant::now() > deadline {
+            bail!("no {kind} operation appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls operation `id` every 10 ms until `done` says so, or fails after `limit` naming
+/// `stage`.
+fn until(
+    dev: &Dev,
+    id: &str,
+    stage: &str,
+    limit: Duration,
+    mut done: impl FnMut(&serde_json::Value) -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let op = json(dev, &["ops", "show", id])?;
+        if done(&op)? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{id} never reached {stage}: {op}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills `worker` (SIGKILL) and starts another 300 ms later.
+fn restart(worker: Worker, env: &[(String, String)], log: &Path) -> Result<Worker> {
+    drop(worker);
+    std::thread::sleep(Duration::from_millis(300));
+    start_worker(env, log)
+}
+
+/// The value of `key` among the worker's settings.
+fn env_value<'a>(env: &'a [(String, String)], key: &str) -> Result<&'a str> {
+    env.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .with_context(|| format!("no {key} in the worker's settings"))
+}
+
+/// A runtime and a connection to the control DB the worker's settings name.
+fn control_db(
+    env: &[(String, String)],
+) -> Result<(tokio::runtime::Runtime, sea_orm::DatabaseConnection)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let db = runtime.block_on(rhone_schema::connect(env_value(env, "RHONE_DATABASE_URL")?))?;
+    Ok((runtime, db))
 }
 
 /// The output of `child` once it exits, or an error (it killed) after `limit`.

@@ -79,15 +79,6 @@ pub(crate) async fn begin(
     hash: &str,
 ) -> Result<Begin, DbErr> {
     for _ in 0..2 {
-        let exists = idempotency_record::Entity::find()
-            .filter(idempotency_record::Column::Scope.eq(scope))
-            .filter(idempotency_record::Column::Key.eq(key))
-            .count(db)
-            .await?
-            > 0;
-        if !exists && held_by_route(db, route_key).await? >= MAX_RECORDS_PER_ROUTE {
-            return Ok(Begin::Full);
-        }
         let id = Uuid::new_v4();
         let now = Utc::now();
         let inserted = idempotency_record::Entity::insert(idempotency_record::ActiveModel {
@@ -111,6 +102,13 @@ pub(crate) async fn begin(
         .exec_without_returning(db)
         .await?;
         if inserted == 1 {
+            // A new key: kept only within the route's quota (a known key never counts).
+            if held_by_route(db, route_key).await? > MAX_RECORDS_PER_ROUTE {
+                idempotency_record::Entity::delete_by_id(id)
+                    .exec(db)
+                    .await?;
+                return Ok(Begin::Full);
+            }
             return Ok(Begin::First(id));
         }
         let Some(row) = idempotency_record::Entity::find()

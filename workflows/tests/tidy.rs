@@ -176,21 +176,10 @@ fn workflow_sources_use_no_clock_randomness_or_io() {
     ];
     let mut hits = Vec::new();
     for dir in ["src", "../core/src"] {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-        let mut todo = vec![root];
-        while let Some(p) = todo.pop() {
-            if p.is_dir() {
-                todo.extend(
-                    std::fs::read_dir(&p)
-                        .expect("readable dir")
-                        .map(|e| e.expect("entry").path()),
-                );
-            } else if p.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&p).expect("readable source");
-                for f in forbidden {
-                    if text.contains(f) {
-                        hits.push(format!("{}: {f}", p.display()));
-                    }
+        for (p, text) in rust_sources(dir) {
+            for f in forbidden {
+                if text.contains(f) {
+                    hits.push(format!("{}: {f}", p.display()));
                 }
             }
         }
@@ -217,27 +206,16 @@ fn workflow_histories_carry_no_secret() {
         "api_key",
     ];
     let mut hits = Vec::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        if p.is_dir() {
-            todo.extend(
-                std::fs::read_dir(&p)
-                    .expect("readable dir")
-                    .map(|e| e.expect("entry").path()),
-            );
-        } else if p.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&p).expect("readable source");
-            // Code only: comments may say what is checked (`secrets_bound`).
-            for (n, line) in text.lines().enumerate() {
-                if line.trim_start().starts_with("//") {
-                    continue;
-                }
-                let lower = line.to_lowercase();
-                for w in words {
-                    if lower.contains(w) {
-                        hits.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
-                    }
+    for (p, text) in rust_sources("src") {
+        // Code only: comments may say what is checked (`secrets_bound`).
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            let lower = line.to_lowercase();
+            for w in words {
+                if lower.contains(w) {
+                    hits.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
                 }
             }
         }
@@ -247,4 +225,23 @@ fn workflow_histories_carry_no_secret() {
         "a workflow or activity type names a secret; Temporal histories are readable:\n{}",
         hits.join("\n")
     );
+}
+
+/// Every `.rs` file below `dir` (relative to this crate) with its text.
+fn rust_sources(dir: &str) -> Vec<(std::path::PathBuf, String)> {
+    let mut todo = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)];
+    let mut sources = Vec::new();
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .expect("readable dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&p).expect("readable source");
+            sources.push((p, text));
+        }
+    }
+    sources
 }
