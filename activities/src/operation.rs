@@ -3,13 +3,21 @@
 
 use std::sync::Arc;
 
-use rhone_schema::ops::{self, AppendOutcome, StageAppend};
-use rhone_workflows::activities::{RecordStageInput, SetStatusInput, StageRecorded, defs};
-use sea_orm::DatabaseConnection;
+use chrono::Utc;
+use rhone_schema::{
+    SchemaError,
+    entity::{audit_log, operation},
+    ops::{self, AppendOutcome, StageAppend},
+};
+use rhone_workflows::activities::{
+    RecordDecisionInput, RecordStageInput, SetStatusInput, StageRecorded, defs,
+};
+use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use serde_json::json;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::error::activity_error;
+use crate::{allocate::db_err, error::activity_error, promotion::derived_id};
 
 pub struct OperationActivities {
     pub db: DatabaseConnection,
@@ -77,5 +85,45 @@ impl OperationActivities {
         )
         .await
         .map_err(activity_error)
+    }
+
+    /// The audit entry of a decision taken from outside the API (the Temporal UI or CLI),
+    /// under its `temporal:` actor; its id is derived from the operation and the decision's
+    /// key, so a retry finds the row its earlier attempt wrote.
+    #[activity(definition = defs::RecordDecision)]
+    pub async fn record_decision(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: RecordDecisionInput,
+    ) -> Result<(), ActivityError> {
+        let op = input.operation_id.0;
+        let workspace_id = operation::Entity::find_by_id(op)
+            .one(&self.db)
+            .await
+            .map_err(db_err)?
+            .and_then(|o| o.workspace_id);
+        let action = format!("operation.{}", input.decision.as_str());
+        let row = audit_log::ActiveModel {
+            id: Set(derived_id(&["audit", &action, &op.to_string(), &input.key])),
+            workspace_id: Set(workspace_id),
+            actor: Set(input.actor),
+            action: Set(action),
+            target_type: Set("operation".into()),
+            target_id: Set(op.to_string()),
+            operation_id: Set(Some(op)),
+            detail: Set(json!({
+                "decision": input.decision.as_str(), "reason": input.reason,
+                "stage": input.stage, "via": "temporal",
+            })),
+            created_at: Set(Utc::now()),
+        };
+        match audit_log::Entity::insert(row)
+            .exec(&self.db)
+            .await
+            .map_err(SchemaError::from)
+        {
+            Ok(_) | Err(SchemaError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(db_err(e)),
+        }
     }
 }

@@ -60,7 +60,7 @@ async fn a_cold_deploy_waits_for_approval_then_proceeds() -> Result<()> {
         "unchanged while blocked"
     );
 
-    h.signal(second, DecisionKind::Approve).await?;
+    h.decide(second, DecisionKind::Approve).await?;
     let seen = h.wait_status(second, "succeeded", 1).await?;
     assert_eq!(seen.op.current_stage, "preview_ready");
     assert_eq!(
@@ -95,15 +95,20 @@ async fn a_missing_secret_is_not_approvable_and_abort_ends_it() -> Result<()> {
         "missing secret STRIPE_API_KEY on environment preview: set it, then retry"
     );
 
-    h.signal(d, DecisionKind::Approve).await?;
+    // The approval is refused by the workflow's validator, saying what it waits for.
+    let refusal = h.refused(d, DecisionKind::Approve).await?;
+    assert!(
+        refusal.ends_with("waits in stage blocked for retry or abort; approve is not accepted there"),
+        "{refusal}"
+    );
     let seen = h.stays(d, &blocked).await?;
     assert_eq!(seen.error(), blocked.error());
 
-    h.signal(d, DecisionKind::Abort).await?;
+    h.decide(d, DecisionKind::Abort).await?;
     let seen = h.wait_status(d, "aborted", 1).await?;
     assert_eq!(seen.op.current_stage, "failed");
     assert_eq!(seen.stages, after_validating(&["blocked", "failed"]));
-    assert_eq!(seen.error(), "aborted by user:oncall");
+    assert_eq!(seen.error(), "aborted by temporal:oncall");
     h.assert_no_preview(d).await?;
     h.record_history(d, "deploy_blocked_aborted").await?;
     h.stop().await
@@ -144,7 +149,7 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
         seen.error()
     );
 
-    h.signal(d, DecisionKind::Retry).await?;
+    h.decide(d, DecisionKind::Retry).await?;
     let seen = h.wait_status(d, "waiting", 2).await?;
     assert_eq!(
         seen.stages,
@@ -157,7 +162,7 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
     );
     h.assert_no_preview(d).await?;
 
-    h.signal(d, DecisionKind::Abort).await?;
+    h.decide(d, DecisionKind::Abort).await?;
     let seen = h.wait_status(d, "aborted", 1).await?;
     assert_eq!(seen.op.current_stage, "failed");
     h.record_history(d, "deploy_blocked_retried_aborted")

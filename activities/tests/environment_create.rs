@@ -16,7 +16,7 @@ use rhone_schema::{
     new_id, ops,
 };
 use rhone_workflows::{
-    Decision, DecisionKind, DecisionSignal, EnvironmentCreateInput, EnvironmentCreateWorkflow,
+    Decision, DecisionKind, DecisionUpdate, EnvironmentCreateInput, EnvironmentCreateWorkflow,
     activities::CreateEnvironmentInput,
 };
 use sea_orm::{
@@ -302,11 +302,12 @@ async fn exhausted_retries_need_attention_then_retry_succeeds() -> Result<()> {
         .await?;
     h.client
         .get_workflow_handle::<temporalio_common::UntypedWorkflow>(op.workflow_id.clone())
-        .signal(
-            DecisionSignal(DecisionKind::Retry),
+        .execute_update(
+            DecisionUpdate(DecisionKind::Retry),
             Decision {
-                actor: "user:oncall".into(),
+                actor: "oncall".into(),
                 reason: Some("grant restored".into()),
+                audited: false,
             },
             Default::default(),
         )

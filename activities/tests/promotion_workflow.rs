@@ -58,7 +58,7 @@ async fn promote_promote_again_and_roll_back() -> Result<()> {
         seen.error()
     );
     assert_eq!(p.owner().await?, None, "nothing moves before the approval");
-    p.h.signal_operation(OperationKind::Promotion, p1, DecisionKind::Approve)
+    p.h.decide_operation(OperationKind::Promotion, p1, DecisionKind::Approve)
         .await?;
     let seen = p.ended(p1).await?;
     assert_eq!(seen.op.status, "succeeded", "{:?}", seen.op.error);
@@ -91,7 +91,7 @@ async fn promote_promote_again_and_roll_back() -> Result<()> {
     assert_ne!(digest1, digest2);
     let p2 = p.promote(d2, 1).await?;
     p.h.wait_status(p2, "waiting", 2).await?;
-    p.h.signal_operation(OperationKind::Promotion, p2, DecisionKind::Approve)
+    p.h.decide_operation(OperationKind::Promotion, p2, DecisionKind::Approve)
         .await?;
     let seen = p.ended(p2).await?;
     assert_eq!(seen.op.status, "succeeded", "{:?}", seen.op.error);
@@ -104,7 +104,7 @@ async fn promote_promote_again_and_roll_back() -> Result<()> {
     let back = p.rollback(p1.id).await?;
     let seen = p.h.wait_status(back, "waiting", 2).await?;
     assert_eq!(seen.op.current_stage, "policy_check");
-    p.h.signal_operation(OperationKind::Rollback, back, DecisionKind::Approve)
+    p.h.decide_operation(OperationKind::Rollback, back, DecisionKind::Approve)
         .await?;
     let seen = p.ended(back).await?;
     assert_eq!(seen.op.status, "succeeded", "{:?}", seen.op.error);
@@ -353,7 +353,7 @@ async fn a_rollback_across_a_state_schema_change_is_refused() -> Result<()> {
     let repo = change_counter_codec(&repo)?;
     let d2 = p.h.deploy(&repo).await?;
     p.h.wait_status(d2, "waiting", 1).await?;
-    p.h.signal(d2, DecisionKind::Approve).await?;
+    p.h.decide(d2, DecisionKind::Approve).await?;
     p.h.wait_status(d2, "succeeded", 1).await?;
     let second = p.promote(d2, 1).await?;
     assert_eq!(p.ended(second).await?.op.status, "succeeded");
@@ -406,7 +406,7 @@ async fn no_room_blocks_the_promotion_until_a_retry() -> Result<()> {
     assert!(p.allocations(p1.id).await?.is_empty(), "nothing is placed");
 
     set_memory(rhone_schema::topology::AMPLE.memory_mb).await?;
-    p.h.signal_operation(OperationKind::Promotion, p1, DecisionKind::Retry)
+    p.h.decide_operation(OperationKind::Promotion, p1, DecisionKind::Retry)
         .await?;
     let seen = p.ended(p1).await?;
     assert_eq!(seen.op.status, "succeeded", "{:?}", seen.op.error);

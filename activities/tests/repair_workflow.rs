@@ -23,7 +23,7 @@ use harness::stages;
 use prod::Prod;
 use rhone_core::{OperationKind, repair_workflow_id};
 use rhone_schema::entity::{allocation, operation, route_owner, runtime_service_binding};
-use rhone_workflows::{Decision, DecisionKind, DecisionSignal};
+use rhone_workflows::{Decision, DecisionKind, DecisionUpdate};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
 };
@@ -264,11 +264,12 @@ async fn a_crash_loop_needs_attention_with_the_last_log_lines() -> Result<()> {
             &key,
             owner.epoch,
         ))
-        .signal(
-            DecisionSignal(DecisionKind::Retry),
+        .execute_update(
+            DecisionUpdate(DecisionKind::Retry),
             Decision {
-                actor: "user:oncall".into(),
+                actor: "oncall".into(),
                 reason: Some("fixed the cause".into()),
+                audited: false,
             },
             Default::default(),
         )

@@ -37,6 +37,21 @@ pub struct SetStatusInput {
     pub error: Option<String>,
 }
 
+/// A decision that did not come through the API, for the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordDecisionInput {
+    pub operation_id: OperationId,
+    pub kind: OperationKind,
+    pub decision: crate::DecisionKind,
+    /// `temporal:<who>`.
+    pub actor: String,
+    pub reason: Option<String>,
+    /// The stage that waited for it.
+    pub stage: String,
+    /// Unique per decision of the operation (`decision#<n>`).
+    pub key: String,
+}
+
 /// Creates the environment row chosen by the API; idempotent on `environment_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateEnvironmentInput {
@@ -73,6 +88,11 @@ impl OperationActivities {
 
     #[activity(name = "set_status")]
     pub fn set_status(input: SetStatusInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "record_decision")]
+    pub fn record_decision(input: RecordDecisionInput) -> Result<(), ActivityError> {
         unimplemented!()
     }
 }
@@ -680,7 +700,7 @@ impl RepairActivities {
 pub mod defs {
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::fleet_activities::SweepRunners;
-    pub use super::operation_activities::{RecordStage, SetStatus};
+    pub use super::operation_activities::{RecordDecision, RecordStage, SetStatus};
     pub use super::preview_activities::StartPreview;
     pub use super::promotion_activities::{
         AwaitEdges, CheckPolicy, DrainAllocations, MoveRoute, StartAllocations, WatchHealth,

@@ -8,12 +8,14 @@
 
 use std::time::Duration;
 
+use rhone_core::StateMachine;
 use rhone_core::{OperationId, OperationKind, stage::DeployStage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    SyncWorkflowContext, WorkflowContext, WorkflowResult, WorkflowTermination,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+    WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -22,7 +24,10 @@ use crate::{
         BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
         ValidateInput, Validation,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, watched},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
+        await_decision, expect_decision, watched,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,46 +210,69 @@ impl DeployWorkflow {
                 .collect::<Vec<_>>()
                 .join("; ");
             let blocked = json!({ "gates": validation.gates, "blockers": open });
+            // A decision that can change something: an approval only when every blocker is
+            // approvable (it cannot clear a missing secret or a pending migration).
+            let accepts: &[DecisionKind] = if open.iter().all(|b| b.approvable) {
+                &[DecisionKind::Approve, DecisionKind::Retry, DecisionKind::Abort]
+            } else {
+                &[DecisionKind::Retry, DecisionKind::Abort]
+            };
+            expect_decision(ctx, op, DeployStage::Blocked.as_str(), accepts);
             op.enter(ctx, DeployStage::Blocked, blocked, Some(reason))
                 .await?;
-            // Wait for a decision that can change something.
-            loop {
-                ctx.wait_condition(|w| w.decisions.pending().is_some())
-                    .await?;
-                match ctx.state_mut(|w| w.decisions.take()) {
-                    Some((DecisionKind::Abort, d)) => return Ok(Err(StepFailure::Aborted(d))),
-                    Some((DecisionKind::Retry, d)) => {
-                        evidence = json!({ "retried_by": d.actor, "reason": d.reason });
-                        break;
-                    }
-                    Some((DecisionKind::Approve, d)) => {
-                        let approvable = open.iter().all(|b| b.approvable);
-                        if approvable {
-                            evidence = json!({ "approved_by": d.actor, "reason": d.reason });
-                            approved_by = Some(d);
-                            break;
-                        }
-                        // An approval cannot clear a missing secret or a pending migration.
-                    }
-                    None => {}
+            match await_decision(ctx, op).await? {
+                (DecisionKind::Abort, d) => return Ok(Err(StepFailure::Aborted(d))),
+                (DecisionKind::Retry, d) => {
+                    evidence = json!({ "retried_by": d.actor, "reason": d.reason });
+                }
+                (DecisionKind::Approve, d) => {
+                    evidence = json!({ "approved_by": d.actor, "reason": d.reason });
+                    approved_by = Some(d);
                 }
             }
         }
     }
 
-    #[signal(name = "approve")]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Approve, decision);
+    #[update_validator(approve)]
+    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "retry")]
-    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Retry, decision);
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "abort")]
-    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Abort, decision);
+    #[update_validator(retry)]
+    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
     }
 }
 

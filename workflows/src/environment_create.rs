@@ -9,11 +9,11 @@ use rhone_core::{OperationId, OperationKind, stage::MutationStage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{SyncWorkflowContext, WorkflowContext, WorkflowResult};
+use temporalio_workflow::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
 
 use crate::{
     activities::{CreateEnvironmentInput, TenancyActivities},
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, step_options},
+    stages::{Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, step_options},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,18 +60,45 @@ impl EnvironmentCreateWorkflow {
         }
     }
 
-    #[signal(name = "approve")]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Approve, decision);
+    #[update_validator(approve)]
+    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "retry")]
-    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Retry, decision);
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "abort")]
-    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Abort, decision);
+    #[update_validator(retry)]
+    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
     }
 }

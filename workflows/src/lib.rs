@@ -16,7 +16,7 @@ pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
 pub use fleet::{FleetInput, FleetWorkflow, fleet_workflow_id};
 pub use promotion::{PromotionInput, PromotionOutcome, PromotionWorkflow};
 pub use repair::{RepairInput, RepairOutcome, RepairWorkflow};
-pub use stages::{Decision, DecisionKind, DecisionSignal};
+pub use stages::{Decision, DecisionKind, DecisionTaken, DecisionUpdate};
 pub use wake::{
     WakeInput, WakeOutcome, WakeRequest, WakeStatus, WakeTrigger, WakeWorkflow, operation_id_of_run,
 };

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use rhone_core::StateMachine;
 use rhone_core::{
     OperationId, OperationKind, OperationStatus, fleet::NO_CAPACITY, stage::PromotionStage,
 };
@@ -25,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowResult, WorkflowTermination,
+    ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+    WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -35,8 +37,8 @@ use crate::{
         MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved, RouteTarget,
     },
     stages::{
-        Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step,
-        wait_for_decision, watched,
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
+        expect_decision, quick, step, wait_for_decision, watched,
     },
 };
 
@@ -178,6 +180,12 @@ impl PromotionWorkflow {
         );
         let mut approved_by: Option<Decision> = None;
         if policy.approval_required {
+            expect_decision(
+                ctx,
+                &op,
+                PromotionStage::PolicyCheck.as_str(),
+                &[DecisionKind::Approve, DecisionKind::Abort],
+            );
             op.enter_with_status(
                 ctx,
                 PromotionStage::PolicyCheck,
@@ -186,8 +194,9 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            // A retry means nothing here: the gates are checked again after the approval.
-            match wait_for_decision(ctx, DecisionKind::Approve).await? {
+            // A retry means nothing here (its validator refuses it): the gates are checked
+            // again after the approval.
+            match wait_for_decision(ctx, &op).await? {
                 Ok(d) => approved_by = Some(d),
                 Err(aborted) => return Ok(Err(StepFailure::Aborted(aborted).into())),
             }
@@ -235,6 +244,12 @@ impl PromotionWorkflow {
             };
             // No runner has room: nothing was placed; wait for a retry (capacity added)
             // or an abort.
+            expect_decision(
+                ctx,
+                &op,
+                PromotionStage::Blocked.as_str(),
+                &[DecisionKind::Retry, DecisionKind::Abort],
+            );
             op.enter_with_status(
                 ctx,
                 PromotionStage::Blocked,
@@ -247,7 +262,7 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            if let Err(aborted) = wait_for_decision(ctx, DecisionKind::Retry).await? {
+            if let Err(aborted) = wait_for_decision(ctx, &op).await? {
                 return Ok(Err(StepFailure::Aborted(aborted).into()));
             }
             op.enter_with_status(
@@ -463,18 +478,45 @@ impl PromotionWorkflow {
         Ok(())
     }
 
-    #[signal(name = "approve")]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Approve, decision);
+    #[update_validator(approve)]
+    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "retry")]
-    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Retry, decision);
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "abort")]
-    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Abort, decision);
+    #[update_validator(retry)]
+    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
     }
 }

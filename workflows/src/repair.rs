@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use rhone_core::StateMachine;
 use rhone_core::{
     OperationId, OperationKind, fleet::NO_CAPACITY, fleet::RepairNeed, stage::RepairStage,
 };
@@ -31,6 +32,7 @@ use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
     ChildWorkflowOptions, ParentClosePolicy, SyncWorkflowContext, WorkflowContext,
+    WorkflowContextView,
     WorkflowIdReusePolicy, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
@@ -40,7 +42,10 @@ use crate::{
         AllocationsInput, AllocationsReady, DrainInput, Health, HealthInput, PromotionActivities,
         RepairActivities, RepairCheck, RepairCheckInput, RepairOpenInput, RepairOpened,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step, watched},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
+        await_decision, expect_decision, quick, step, watched,
+    },
     wake::operation_id_of_run,
 };
 
@@ -167,7 +172,9 @@ impl RepairWorkflow {
                         Some(why),
                     )
                     .await?;
-                    if let Err(aborted) = Self::pause(ctx, BLOCKED_RETRY).await? {
+                    if let Err(aborted) =
+                        Self::pause(ctx, op, RepairStage::Blocked, BLOCKED_RETRY).await?
+                    {
                         return Ok(Err(StepFailure::Aborted(aborted)));
                     }
                     continue;
@@ -187,7 +194,9 @@ impl RepairWorkflow {
                 crashes = 0;
             } else {
                 let backoff = Duration::from_secs(1 << (crashes - 1));
-                if let Err(aborted) = Self::pause(ctx, backoff).await? {
+                if let Err(aborted) =
+                    Self::pause(ctx, op, RepairStage::Replacing, backoff).await?
+                {
                     return Ok(Err(StepFailure::Aborted(aborted)));
                 }
             }
@@ -282,43 +291,80 @@ impl RepairWorkflow {
         })))
     }
 
-    /// Waits `delay`, or less when on-call sends `retry`; `Err` on `abort`.
+    /// Waits `delay` in `stage`, or less when on-call sends `retry`; `Err` on `abort`.
     async fn pause(
         ctx: &WorkflowContext<Self>,
+        op: &Operation,
+        stage: RepairStage,
         delay: Duration,
     ) -> Result<Result<(), Decision>, WorkflowTermination> {
-        let mut decided = ctx.wait_condition(|w| {
-            w.decisions
-                .pending()
-                .is_some_and(|(k, _)| matches!(k, DecisionKind::Retry | DecisionKind::Abort))
-        });
-        let mut timer = ctx.timer(delay);
-        let waited = temporalio_workflow::select! {
-            _ = timer => None,
-            waited = decided => Some(waited),
+        expect_decision(
+            ctx,
+            op,
+            stage.as_str(),
+            &[DecisionKind::Retry, DecisionKind::Abort],
+        );
+        let decided = {
+            let mut decided = ctx.wait_condition(|w| w.decisions.taken());
+            let mut timer = ctx.timer(delay);
+            temporalio_workflow::select! {
+                _ = timer => false,
+                waited = decided => { waited?; true },
+            }
         };
-        if let Some(waited) = waited {
-            waited?;
-            if let Some((DecisionKind::Abort, d)) = ctx.state_mut(|w| w.decisions.take()) {
-                return Ok(Err(d));
+        if !decided {
+            // The timer won; a decision taken in the same activation still counts.
+            if !ctx.state(|w| w.decisions.taken()) {
+                ctx.state_mut(|w| w.decisions.close());
+                return Ok(Ok(()));
             }
         }
-        Ok(Ok(()))
+        Ok(match await_decision(ctx, op).await? {
+            (DecisionKind::Abort, d) => Err(d),
+            (_, _) => Ok(()),
+        })
     }
 
-    #[signal(name = "approve")]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Approve, decision);
+    #[update_validator(approve)]
+    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "retry")]
-    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Retry, decision);
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "abort")]
-    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Abort, decision);
+    #[update_validator(retry)]
+    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use rhone_core::{OperationId, OperationKind, OperationStatus, StateMachine};
+use uuid::Uuid;
 use serde::{Deserialize, Serialize};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_common::{ActivityDefinition, RetryPolicy, data_converters::TemporalDeserializable};
@@ -13,17 +14,28 @@ use temporalio_workflow::{
     ActivityExecutionError, ActivityOptions, RetryState, WorkflowContext, WorkflowTermination,
 };
 
-use crate::activities::{OperationActivities, RecordStageInput, SetStatusInput, StageRecorded};
+use crate::activities::{
+    OperationActivities, RecordDecisionInput, RecordStageInput, SetStatusInput, StageRecorded,
+};
 
-/// A decision sent to a waiting operation. Every field has a default, so `{}` sent from the
-/// Temporal UI is a valid decision too.
+/// A decision sent to a waiting operation: the input of its `approve`, `retry` and `abort`
+/// updates. Every field has a default, so a decision typed into the Temporal UI is parsed;
+/// the updates' validators refuse one that names nobody.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Decision {
-    /// Who decided, e.g. `user:<uuid>`; recorded on the stage evidence.
+    /// Who decided: `user:<uuid>` or `token:<uuid>` from the API. A decision sent from the
+    /// Temporal UI or CLI names its sender (`{"actor": "alice"}`) and is recorded as
+    /// `temporal:alice`, so it can never pass for a user of the API.
     pub actor: String,
     pub reason: Option<String>,
+    /// Set by the API, which checked the decider's role and writes the audit entry itself;
+    /// the workflow audits every other decision it takes.
+    pub audited: bool,
 }
+
+/// The longest reason a decision may carry.
+pub const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,42 +45,150 @@ pub enum DecisionKind {
     Abort,
 }
 
-/// Workflow state that receives decisions through its `approve`/`retry`/`abort` signals.
+/// The answer to an accepted decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionTaken {
+    pub operation_id: OperationId,
+    /// The stage that waited for it.
+    pub stage: String,
+    /// The actor as recorded.
+    pub actor: String,
+}
+
+/// What a waiting operation accepts; set where the workflow waits, cleared once a decision
+/// is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Awaiting {
+    operation_id: OperationId,
+    stage: String,
+    accepts: Vec<DecisionKind>,
+}
+
+/// Workflow state that receives decisions through its `approve`/`retry`/`abort` updates.
 pub trait Decisions {
-    fn pending(&self) -> Option<&(DecisionKind, Decision)>;
-    fn take(&mut self) -> Option<(DecisionKind, Decision)>;
+    fn decisions(&self) -> &DecisionSlot;
+    fn decisions_mut(&mut self) -> &mut DecisionSlot;
 }
 
 /// Implements [`Decisions`] for a workflow whose `decisions` field is a [`DecisionSlot`].
-/// (Its `approve`/`retry`/`abort` signal methods must be written out in the workflow's own
-/// `#[workflow_methods]` block, which sees them before any macro would expand.)
+/// (Its `approve`/`retry`/`abort` update methods and their validators must be written out
+/// in the workflow's own `#[workflow_methods]` block, which sees them before any macro
+/// would expand; each is one call of the slot's `check` or `put`.)
 #[macro_export]
 macro_rules! decisions_in_slot {
     ($workflow:ty) => {
         impl $crate::stages::Decisions for $workflow {
-            fn pending(&self) -> Option<&($crate::DecisionKind, $crate::Decision)> {
-                self.decisions.pending()
+            fn decisions(&self) -> &$crate::stages::DecisionSlot {
+                &self.decisions
             }
-            fn take(&mut self) -> Option<($crate::DecisionKind, $crate::Decision)> {
-                self.decisions.take()
+            fn decisions_mut(&mut self) -> &mut $crate::stages::DecisionSlot {
+                &mut self.decisions
             }
         }
     };
 }
 
-/// The decision slot a workflow embeds; the latest signal wins.
+/// The decision slot a workflow embeds. A decision is accepted only while the workflow
+/// waits for that kind (the validators call [`DecisionSlot::check`]), and at most one per
+/// wait.
 #[derive(Debug, Default)]
-pub struct DecisionSlot(Option<(DecisionKind, Decision)>);
+pub struct DecisionSlot {
+    awaiting: Option<Awaiting>,
+    taken: Option<(DecisionKind, Decision)>,
+    /// Decisions accepted so far in this run: keys their audit rows.
+    count: u32,
+}
+
+/// Why a validator refused a decision; its text is what the sender reads.
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
 
 impl DecisionSlot {
-    pub fn put(&mut self, kind: DecisionKind, decision: Decision) {
-        self.0 = Some((kind, decision));
+    /// Whether `decision` of `kind` is accepted now: it names an actor, its reason is short,
+    /// and the operation waits for that kind of decision and has not taken one yet.
+    pub fn check(&self, kind: DecisionKind, decision: &Decision) -> Result<(), Refusal> {
+        if decision.actor.trim().is_empty() {
+            return Err(r#"actor: name who decides, e.g. {"actor": "alice", "reason": "checked the logs"}"#.into());
+        }
+        if decision
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+        {
+            return Err(format!("reason: must be at most {MAX_REASON_CHARS} characters").into());
+        }
+        let Some(awaiting) = &self.awaiting else {
+            return Err(format!(
+                "the operation is not waiting for a decision (it is running or ending); {} is accepted only while it waits",
+                kind.as_str()
+            )
+            .into());
+        };
+        if let Some((taken, _)) = &self.taken {
+            return Err(format!(
+                "operation {} has already taken a decision ({}) in stage {}",
+                awaiting.operation_id,
+                taken.as_str(),
+                awaiting.stage
+            )
+            .into());
+        }
+        if !awaiting.accepts.contains(&kind) {
+            let accepts: Vec<&str> = awaiting.accepts.iter().map(|k| k.as_str()).collect();
+            return Err(format!(
+                "operation {} waits in stage {} for {}; {} is not accepted there",
+                awaiting.operation_id,
+                awaiting.stage,
+                accepts.join(" or "),
+                kind.as_str()
+            )
+            .into());
+        }
+        Ok(())
     }
-    pub fn pending(&self) -> Option<&(DecisionKind, Decision)> {
-        self.0.as_ref()
+
+    /// Takes a decision its validator accepted. A decision from outside the API is recorded
+    /// under a `temporal:` actor.
+    pub fn put(&mut self, kind: DecisionKind, mut decision: Decision) -> DecisionTaken {
+        if !decision.audited {
+            decision.actor = format!("temporal:{}", decision.actor.trim());
+        }
+        decision.reason = decision
+            .reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        self.count += 1;
+        let (operation_id, stage) = self
+            .awaiting
+            .as_ref()
+            .map(|a| (a.operation_id, a.stage.clone()))
+            .unwrap_or((OperationId(Uuid::nil()), String::new()));
+        let taken = DecisionTaken {
+            operation_id,
+            stage,
+            actor: decision.actor.clone(),
+        };
+        self.taken = Some((kind, decision));
+        taken
     }
-    pub fn take(&mut self) -> Option<(DecisionKind, Decision)> {
-        self.0.take()
+
+    /// Whether a decision was taken and waits for the workflow to act on it.
+    pub fn taken(&self) -> bool {
+        self.taken.is_some()
+    }
+
+    fn open(&mut self, operation_id: OperationId, stage: &str, accepts: &[DecisionKind]) {
+        self.taken = None;
+        self.awaiting = Some(Awaiting {
+            operation_id,
+            stage: stage.to_owned(),
+            accepts: accepts.to_vec(),
+        });
+    }
+
+    /// Closes the wait and hands over the decision taken, if any, with its audit key.
+    pub fn close(&mut self) -> Option<(DecisionKind, Decision, u32)> {
+        self.awaiting = None;
+        self.taken.take().map(|(k, d)| (k, d, self.count))
     }
 }
 
@@ -86,6 +206,8 @@ pub struct Operation {
     pub id: OperationId,
     pub kind: OperationKind,
     attempts: BTreeMap<&'static str, u32>,
+    /// The stage last entered, which a decision is about.
+    stage: String,
 }
 
 /// Recording a stage must not give up: the DB being away for a while is retried with
@@ -128,6 +250,7 @@ impl Operation {
             id,
             kind,
             attempts: BTreeMap::new(),
+            stage: String::new(),
         }
     }
 
@@ -153,6 +276,7 @@ impl Operation {
     ) -> Result<StageRecorded, WorkflowTermination> {
         let attempt = self.attempts.entry(stage.as_str()).or_insert(0);
         *attempt += 1;
+        self.stage = stage.as_str().to_owned();
         let input = RecordStageInput {
             operation_id: self.id,
             kind: self.kind,
@@ -165,6 +289,32 @@ impl Operation {
         };
         Ok(ctx
             .execute_activity(OperationActivities::record_stage, input, record_options())
+            .await?)
+    }
+
+    /// Writes the audit entry of a decision that did not come through the API (which audits
+    /// its own): keyed by the operation's decision count, so a retried write finds its row.
+    pub async fn audit_decision<W>(
+        &self,
+        ctx: &WorkflowContext<W>,
+        decision_kind: DecisionKind,
+        decision: &Decision,
+        n: u32,
+    ) -> Result<(), WorkflowTermination> {
+        if decision.audited {
+            return Ok(());
+        }
+        let input = RecordDecisionInput {
+            operation_id: self.id,
+            kind: self.kind,
+            decision: decision_kind,
+            actor: decision.actor.clone(),
+            reason: decision.reason.clone(),
+            stage: self.stage.clone(),
+            key: format!("decision#{n}"),
+        };
+        Ok(ctx
+            .execute_activity(OperationActivities::record_decision, input, record_options())
             .await?)
     }
 
@@ -258,19 +408,22 @@ impl Operation {
     /// Parks the operation as `needs_attention` with `message` and waits for on-call: `Ok`
     /// on `retry` (the status is `running` again), `Err` with the decision on `abort`. A
     /// decision sent before this is not a decision about this failure, so it goes before the
-    /// status is written; one that arrives once on-call can see `needs_attention` (possibly
-    /// in the same activation as the status write's completion) is kept.
+    /// status is written (the validators refused it); the stage opens to `retry` and
+    /// `abort` before `needs_attention` is written, so on-call is never refused.
     pub async fn needs_attention<W: Decisions>(
         &self,
         ctx: &WorkflowContext<W>,
         message: String,
     ) -> Result<Result<(), Decision>, WorkflowTermination> {
-        ctx.state_mut(|w| {
-            w.take();
-        });
+        expect_decision(
+            ctx,
+            self,
+            &self.stage,
+            &[DecisionKind::Retry, DecisionKind::Abort],
+        );
         self.set_status(ctx, OperationStatus::NeedsAttention, Some(message))
             .await?;
-        if let Err(aborted) = wait_for_decision(ctx, DecisionKind::Retry).await? {
+        if let Err(aborted) = wait_for_decision(ctx, self).await? {
             return Ok(Err(aborted));
         }
         self.set_status(ctx, OperationStatus::Running, None).await?;
@@ -278,25 +431,48 @@ impl Operation {
     }
 }
 
-/// Waits for a decision of kind `wanted` (`Ok`) or an abort (`Err`); any other kind is
-/// taken and ignored.
-pub async fn wait_for_decision<W: Decisions>(
+/// Opens the operation's current stage to decisions of the `accepts` kinds: from here on
+/// the updates' validators accept them (and only them). Opened before the status that
+/// tells people to decide is written, so nobody who has read it is refused.
+pub fn expect_decision<W: Decisions>(
     ctx: &WorkflowContext<W>,
-    wanted: DecisionKind,
-) -> Result<Result<Decision, Decision>, WorkflowTermination> {
-    loop {
-        ctx.wait_condition(|w| w.pending().is_some()).await?;
-        match ctx.state_mut(|w| w.take()) {
-            Some((DecisionKind::Abort, d)) => return Ok(Err(d)),
-            Some((kind, d)) if kind == wanted => return Ok(Ok(d)),
-            Some(_) | None => {}
-        }
-    }
+    op: &Operation,
+    stage: &str,
+    accepts: &[DecisionKind],
+) {
+    ctx.state_mut(|w| w.decisions_mut().open(op.id, stage, accepts));
 }
 
-/// The `approve`/`retry`/`abort` signal of any operation workflow, for senders (API, CLI)
+/// Waits for the decision [`expect_decision`] opened the stage to and returns it, after
+/// auditing a decision that did not come through the API.
+pub async fn await_decision<W: Decisions>(
+    ctx: &WorkflowContext<W>,
+    op: &Operation,
+) -> Result<(DecisionKind, Decision), WorkflowTermination> {
+    ctx.wait_condition(|w| w.decisions().taken())
+        .await?;
+    let Some((kind, decision, n)) = ctx.state_mut(|w| w.decisions_mut().close()) else {
+        unreachable!("the wait ends only on a decision taken");
+    };
+    op.audit_decision(ctx, kind, &decision, n).await?;
+    Ok((kind, decision))
+}
+
+/// Waits for a decision of kind `wanted` (`Ok`) or an abort (`Err`); the stage must have
+/// been opened to both with [`expect_decision`].
+pub async fn wait_for_decision<W: Decisions>(
+    ctx: &WorkflowContext<W>,
+    op: &Operation,
+) -> Result<Result<Decision, Decision>, WorkflowTermination> {
+    Ok(match await_decision(ctx, op).await? {
+        (DecisionKind::Abort, d) => Err(d),
+        (_, d) => Ok(d),
+    })
+}
+
+/// The `approve`/`retry`/`abort` update of any operation workflow, for senders (API, CLI)
 /// that know the workflow id but not its type.
-pub struct DecisionSignal(pub DecisionKind);
+pub struct DecisionUpdate(pub DecisionKind);
 
 impl DecisionKind {
     pub fn as_str(self) -> &'static str {
@@ -308,9 +484,10 @@ impl DecisionKind {
     }
 }
 
-impl temporalio_common::SignalDefinition for DecisionSignal {
+impl temporalio_common::UpdateDefinition for DecisionUpdate {
     type Workflow = temporalio_common::UntypedWorkflow;
     type Input = Decision;
+    type Output = DecisionTaken;
     fn name(&self) -> &str {
         self.0.as_str()
     }

@@ -31,7 +31,7 @@ use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
     ActivityOptions, ChildWorkflowOptions, ContinueAsNewOptions, ParentClosePolicy,
-    SyncWorkflowContext, WorkflowContext, WorkflowIdReusePolicy, WorkflowResult,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowIdReusePolicy, WorkflowResult,
     WorkflowTermination,
 };
 use uuid::Uuid;
@@ -41,7 +41,7 @@ use crate::{
         RouteIdleInput, SleepInput, WakeActivities, WakeEvidenceInput, WakeOpenInput, WakeOpened,
         WakeReadyInput, WakeStartInput, WakeStateInput, WakeStopInput,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, Operation, StepFailure, quick, step, watched},
+    stages::{Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure, quick, step, watched},
 };
 
 /// What starts a run.
@@ -701,19 +701,46 @@ impl WakeWorkflow {
         })
     }
 
-    #[signal(name = "approve")]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Approve, decision);
+    #[update_validator(approve)]
+    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "retry")]
-    pub fn retry(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Retry, decision);
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
     }
 
-    #[signal(name = "abort")]
-    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: Decision) {
-        self.decisions.put(DecisionKind::Abort, decision);
+    #[update_validator(retry)]
+    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
     }
 }
 

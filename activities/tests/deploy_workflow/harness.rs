@@ -10,7 +10,9 @@ use rhone_activities::{Worker, WorkerConfig, WorkerHandle};
 use rhone_core::{OperationKind, workflow_id};
 use rhone_runner::{ArtifactStore, RunnerConfig, RunnerIdentity, RunnerState};
 use rhone_schema::entity::{allocation, operation, route_owner};
-use rhone_workflows::{Decision, DecisionKind, DecisionSignal, DeployInput, DeployWorkflow};
+use rhone_workflows::{
+    Decision, DecisionKind, DecisionTaken, DecisionUpdate, DeployInput, DeployWorkflow,
+};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use temporalio_client::WorkflowStartOptions;
 
@@ -249,30 +251,50 @@ impl Harness {
         Ok(d)
     }
 
-    pub async fn signal(&self, d: Deployment, kind: DecisionKind) -> Result<()> {
-        self.signal_operation(OperationKind::Deploy, d, kind).await
+    /// Sends a decision to the deploy's workflow as on-call does from the Temporal CLI;
+    /// fails when the workflow refuses it.
+    pub async fn decide(&self, d: Deployment, kind: DecisionKind) -> Result<DecisionTaken> {
+        self.decide_operation(OperationKind::Deploy, d, kind).await
+    }
+
+    /// The refusal of a decision the deploy's workflow must refuse.
+    pub async fn refused(&self, d: Deployment, kind: DecisionKind) -> Result<String> {
+        match self.send(OperationKind::Deploy, d, kind).await {
+            Ok(taken) => bail!("{} was accepted: {taken:?}", kind.as_str()),
+            Err(temporalio_client::errors::WorkflowUpdateError::Failed(f)) => Ok(f.message),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Sends a decision to the workflow of `d`'s operation of kind `op`.
-    pub async fn signal_operation(
+    pub async fn decide_operation(
         &self,
         op: OperationKind,
         d: Deployment,
         kind: DecisionKind,
-    ) -> Result<()> {
+    ) -> Result<DecisionTaken> {
+        Ok(self.send(op, d, kind).await?)
+    }
+
+    async fn send(
+        &self,
+        op: OperationKind,
+        d: Deployment,
+        kind: DecisionKind,
+    ) -> Result<DecisionTaken, temporalio_client::errors::WorkflowUpdateError> {
         let id = workflow_id(op, d.operation_id);
         self.client
             .get_workflow_handle::<temporalio_common::UntypedWorkflow>(id)
-            .signal(
-                DecisionSignal(kind),
+            .execute_update(
+                DecisionUpdate(kind),
                 Decision {
-                    actor: "user:oncall".into(),
+                    actor: "oncall".into(),
                     reason: Some(format!("test {}", kind.as_str())),
+                    audited: false,
                 },
                 Default::default(),
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// With `RHONE_RECORD_HISTORIES=DIR`, saves the deploy's workflow history as

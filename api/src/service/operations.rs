@@ -13,13 +13,13 @@ use rhone_schema::{
     entity::{audit_log, deployment, environment, operation, operation_stage},
     ops::{self, OperationFilter, Page},
 };
-use rhone_workflows::{Decision, DecisionKind, DecisionSignal};
+use rhone_workflows::{Decision, DecisionKind, DecisionUpdate, stages::MAX_REASON_CHARS};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
 };
 use serde_json::json;
 use temporalio_client::{
-    NamespacedClient, WorkflowExecutionInfo, WorkflowHandle, errors::WorkflowInteractionError,
+    NamespacedClient, WorkflowExecutionInfo, WorkflowHandle, errors::WorkflowUpdateError,
 };
 use temporalio_common::UntypedWorkflow;
 use tokio::time::Instant;
@@ -214,6 +214,9 @@ pub(crate) async fn list(
     Ok((rows, has_next))
 }
 
+/// How long a decision waits for the workflow's worker to accept or refuse it.
+const DECISION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends `decision` to the operation's workflow and records it in the audit log. A refused
 /// or undeliverable decision writes nothing.
 pub(crate) async fn decide(
@@ -263,10 +266,13 @@ pub(crate) async fn decide(
     let reason = reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
         return Err(ApiError::invalid(
             "reason",
-            "must be at most 500 characters",
+            format!("must be at most {MAX_REASON_CHARS} characters"),
         ));
     }
     let span =
@@ -275,11 +281,28 @@ pub(crate) async fn decide(
         let decision = Decision {
             actor: actor.subject(),
             reason: reason.clone(),
+            audited: true,
         };
-        workflow_handle(&state.temporal, &op.workflow_id)
-            .signal(DecisionSignal(kind), decision, Default::default())
+        // An update, not a signal: the workflow's validator accepts it only while the
+        // operation waits for this kind of decision, and the answer says so or why not.
+        let handle = workflow_handle(&state.temporal, &op.workflow_id);
+        let sent = handle.execute_update(
+            DecisionUpdate(kind),
+            decision,
+            Default::default(),
+        );
+        tokio::time::timeout(DECISION_TIMEOUT, sent)
             .await
-            .map_err(|err| signal_error(id, err))?;
+            .map_err(|_| ApiError::Unavailable {
+                service: "the Rhone worker (`rhone serve worker`)",
+                source: format!(
+                    "operation {id}'s workflow did not answer the {} within {} s; is a worker running (`rhone serve worker`)?",
+                    kind.as_str(),
+                    DECISION_TIMEOUT.as_secs()
+                )
+                .into(),
+            })?
+            .map_err(|err| update_error(id, kind, err))?;
         let m = Mutation {
             operation_id: id,
             kind: op
@@ -354,15 +377,21 @@ fn workflow_handle(
         .bind_untyped(client.clone())
 }
 
-fn signal_error(id: Uuid, err: WorkflowInteractionError) -> ApiError {
+fn update_error(id: Uuid, kind: DecisionKind, err: WorkflowUpdateError) -> ApiError {
     match err {
-        WorkflowInteractionError::NotFound(_) => ApiError::Conflict(format!(
+        // The validator's refusal: the operation does not wait for this decision now.
+        WorkflowUpdateError::Failed(failure) => ApiError::Conflict(format!(
+            "operation {id} refused {}: {}",
+            kind.as_str(),
+            failure.message
+        )),
+        WorkflowUpdateError::NotFound(_) => ApiError::Conflict(format!(
             "operation {id} has no running workflow to receive a decision"
         )),
-        WorkflowInteractionError::Rpc(status) => ApiError::Unavailable {
+        WorkflowUpdateError::Rpc(status) => ApiError::Unavailable {
             service: "Temporal",
             source: Box::new(status),
         },
-        other => ApiError::internal("signalling the workflow", other),
+        other => ApiError::internal("sending a decision to the workflow", other),
     }
 }

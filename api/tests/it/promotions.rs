@@ -684,6 +684,10 @@ async fn a_requester_cannot_approve_their_own_production_promotion() -> Result<(
         "DEVELOPER",
     )
     .await?;
-    dev.data(APPROVE, json!({ "o": id })).await?;
+    // Another developer passes the policy: the approval goes to the workflow, which no
+    // worker answers here.
+    let (code, message) = dev.error(APPROVE, json!({ "o": id })).await?;
+    assert_eq!(code, "UNAVAILABLE", "{message}");
+    assert!(message.contains("the Rhone worker"), "{message}");
     Ok(())
 }

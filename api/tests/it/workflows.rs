@@ -86,8 +86,8 @@ async fn create_environment_runs_its_workflow_to_success() -> Result<()> {
 }
 
 #[tokio::test]
-async fn decisions_are_signalled_to_the_running_workflow() -> Result<()> {
-    let api = Api::start("decisions_are_signalled_to_the_running_workflow").await?;
+async fn decisions_are_taken_only_by_a_workflow_that_waits_for_them() -> Result<()> {
+    let api = Api::start("decisions_are_taken_only_by_a_workflow_that_waits_for_them").await?;
     let admin = api.admin().await?;
     let (ws, _, app) = tenancy(&admin, "acme").await?;
     admin
@@ -124,31 +124,17 @@ async fn decisions_are_signalled_to_the_running_workflow() -> Result<()> {
         "a refused decision writes nothing"
     );
 
-    // Parked for on-call (as a step that exhausted its retries leaves it): retry is taken.
+    // Parked for on-call as far as the DB says, but the workflow has not reached a wait (no
+    // worker has run it): the update is not answered, the API says so, nothing is written.
     rhone_schema::ops::set_status(&api.db, id.parse()?, "needs_attention", None).await?;
-    let decided = admin.data(DECIDE, json!({ "o": id, "d": "RETRY" })).await?;
-    assert_eq!(decided["decideOperation"]["id"], id);
-    let audit = admin
-        .data("query($w: UUID!) { auditLog(workspaceId: $w, first: 1) { nodes { action operationId detail } } }", json!({ "w": ws }))
-        .await?;
-    let entry = &audit["auditLog"]["nodes"][0];
-    assert_eq!(entry["action"], "operation.retry");
-    assert_eq!(entry["operationId"], id);
-    assert_eq!(entry["detail"]["reason"], "on-call checked");
-
-    // The signal is in the workflow's history.
-    let history = api
-        .temporal
-        .get_workflow_handle::<temporalio_common::UntypedWorkflow>(format!(
-            "environment_create-{id}"
-        ))
-        .fetch_history(Default::default())
-        .into_events()
-        .await?;
-    let signalled = history
-        .iter()
-        .any(|e| format!("{:?}", e.attributes).contains("signal_name: \"retry\""));
-    assert!(signalled, "no retry signal in the history: {history:?}");
+    let (code, message) = admin.error(DECIDE, json!({ "o": id, "d": "RETRY" })).await?;
+    assert_eq!(code, "UNAVAILABLE", "{message}");
+    assert!(message.contains("rhone serve worker"), "{message}");
+    assert_eq!(
+        api.counts().await?,
+        before,
+        "an unanswered decision writes nothing"
+    );
 
     // A worker finishes the operation; a decision on a finished one is refused.
     let _worker = api.worker()?;
