@@ -26,10 +26,11 @@ use std::{
 };
 
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
     body::{Body as _, Bytes, Incoming},
     header::{self, HeaderValue},
 };
+use rhone_edge_classify::{self as classify, Class};
 use rhone_schema::entity::audit_log;
 use rhone_workflows::wake::{WakeRequest, WakeStatus};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
@@ -42,7 +43,6 @@ use crate::{
     activity::now_ms,
     assets::Assets,
     body::Body,
-    classify::{self, Class},
     error::{Chain, EdgeError},
     idempotency::{self, Begin},
     policy::{Policies, Policy},
@@ -252,7 +252,12 @@ impl Cold {
                 return Decision::Answer(fail(&e, owner));
             }
         };
-        let class = classify::classify(req.method(), req.uri().path(), req.headers(), &policy);
+        let class = classify::classify(
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            &policy.classes,
+        );
         if hot {
             return match class {
                 Class::IdempotentWrite { key } => Decision::Answer(
@@ -947,13 +952,7 @@ async fn read_bounded(
     Ok(Bytes::from(bytes))
 }
 
-/// Whether a request must take the cold path even though its route is ready: an unsafe
-/// request carrying an `Idempotency-Key` (it may need the idempotency store), or a protocol
-/// upgrade (a live session's socket).
-pub(crate) fn needs_policy(method: &Method, headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        || (!classify::is_safe(method) && headers.contains_key(classify::IDEMPOTENCY_KEY))
-}
+pub(crate) use rhone_edge_classify::needs_policy;
 
 #[cfg(test)]
 mod audit_budget_tests {

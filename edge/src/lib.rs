@@ -16,7 +16,6 @@ mod activity;
 mod admin;
 mod assets;
 mod body;
-mod classify;
 mod cold;
 mod config;
 mod error;

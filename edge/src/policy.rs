@@ -10,10 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rhone_manifest::{
-    ArtifactManifest,
-    app::{RoutePattern, Service, WebhookRoute},
-};
+use rhone_edge_classify::RouteClasses;
+use rhone_manifest::{ArtifactManifest, app::Service};
 use rhone_schema::entity::{artifact, environment, route_owner, runtime_service_binding};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::watch;
@@ -39,11 +37,9 @@ pub(crate) struct Policy {
     /// How long a request may be held for a wake: the artifact's `[wake] budget_ms`, capped
     /// by the environment's `wake_budget_ms`.
     pub budget: Duration,
-    pub webhooks: Vec<WebhookRoute>,
-    pub idempotent: Vec<RoutePattern>,
-    /// An `idempotency` runtime service is bound and ready: the edge may record idempotent
-    /// writes and forward one to a waking app.
-    pub idempotency_bound: bool,
+    /// The artifact's webhooks and idempotent routes, and whether an `idempotency` runtime
+    /// service is bound and ready: what the request classes are decided from.
+    pub classes: RouteClasses,
     /// A durable `session_store` is bound and ready: a live session may resume on another
     /// allocation.
     pub session_store_bound: bool,
@@ -56,16 +52,6 @@ impl Policy {
     pub(crate) fn budget_of(artifact_ms: u32, environment_ms: i64) -> Duration {
         let env = u64::try_from(environment_ms).unwrap_or(0);
         Duration::from_millis(u64::from(artifact_ms).min(env))
-    }
-
-    /// The webhook route declared for `path`, if any.
-    pub(crate) fn webhook(&self, path: &str) -> Option<&WebhookRoute> {
-        self.webhooks.iter().find(|w| w.path.matches(path))
-    }
-
-    /// Whether `path` is declared to honour `Idempotency-Key`.
-    pub(crate) fn is_idempotent(&self, path: &str) -> bool {
-        self.idempotent.iter().any(|p| p.matches(path))
     }
 }
 
@@ -263,9 +249,11 @@ async fn read(db: &DatabaseConnection, owner: &Owner) -> Result<Policy, PolicyEr
         workspace_id: env.workspace_id,
         scale_to_zero: env.scale_to_zero,
         budget: Policy::budget_of(manifest.app.wake_budget_ms, env.wake_budget_ms),
-        webhooks: manifest.app.routes.webhooks,
-        idempotent: manifest.app.routes.idempotent,
-        idempotency_bound: bound(Service::Idempotency),
+        classes: RouteClasses {
+            webhooks: manifest.app.routes.webhooks,
+            idempotent: manifest.app.routes.idempotent,
+            idempotency_bound: bound(Service::Idempotency),
+        },
         session_store_bound: bound(Service::SessionStore),
         assets: Assets::index(&manifest.assets),
     })

@@ -25,6 +25,7 @@ use hyper::{
     upgrade::OnUpgrade,
 };
 use hyper_util::rt::TokioIo;
+use rhone_edge_classify::{connection_tokens, is_websocket_upgrade};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -571,30 +572,6 @@ impl Forwarding {
         HeaderValue::from_maybe_shared(Bytes::from(s))
             .unwrap_or_else(|_| HeaderValue::from_static("for=unknown;proto=http"))
     }
-}
-
-/// Whether `headers` ask for a WebSocket upgrade: `Connection` names `upgrade` and
-/// `Upgrade` is `websocket`. Any other upgrade is dropped with the hop-by-hop headers.
-pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let connection_upgrade = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    let websocket = headers
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        });
-    connection_upgrade && websocket
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// Removes the hop-by-hop headers and those `Connection` names. On an upgrade, keeps
