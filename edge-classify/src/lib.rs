@@ -178,12 +178,14 @@ pub fn check_signature(
         header,
         why,
     };
+    // Any i64 the sender writes: `now - t` would overflow (a panic in a debug build; in a
+    // release build a skew of -2^63, which passed as fresh).
     let fresh = |t: i64| {
-        let skew_secs = (now - t).abs();
-        if skew_secs > WEBHOOK_TOLERANCE_SECS {
+        let skew = now.abs_diff(t);
+        if skew > WEBHOOK_TOLERANCE_SECS.unsigned_abs() {
             Err(SignatureProblem::Stale {
                 provider,
-                skew_secs,
+                skew_secs: i64::try_from(skew).unwrap_or(i64::MAX),
             })
         } else {
             Ok(())
@@ -368,6 +370,47 @@ mod tests {
         assert_eq!(
             idempotency_key(&headers(&[("idempotency-key", &long)])),
             None
+        );
+    }
+
+    /// Found by the `classify` fuzz target (`fuzz/corpus/classify/crash-timestamp-*`).
+    #[test]
+    fn timestamps_at_the_ends_of_i64_are_stale_not_a_panic_or_fresh() {
+        let hex = "a".repeat(64);
+        let slack = format!("v0={hex}");
+        // `NOW - t` is 2^63: it wrapped to -2^63, whose absolute value is itself.
+        for t in [i64::MIN, i64::MIN + 1, NOW + i64::MIN, -i64::MAX, i64::MAX] {
+            let stripe = format!("t={t},v1={hex}");
+            let checked = check_signature(
+                SignaturePolicy::Stripe,
+                &headers(&[("stripe-signature", &stripe)]),
+                NOW,
+            );
+            assert!(
+                matches!(checked, Err(SignatureProblem::Stale { skew_secs, .. }) if skew_secs > 300),
+                "t={t}: {checked:?}"
+            );
+            let t = t.to_string();
+            let checked = check_signature(
+                SignaturePolicy::Slack,
+                &headers(&[
+                    ("x-slack-signature", &slack),
+                    ("x-slack-request-timestamp", &t),
+                ]),
+                NOW,
+            );
+            assert!(
+                matches!(checked, Err(SignatureProblem::Stale { .. })),
+                "t={t}: {checked:?}"
+            );
+        }
+        assert!(
+            check_signature(
+                SignaturePolicy::Stripe,
+                &headers(&[("stripe-signature", &format!("t={},v1={hex}", NOW - 300))]),
+                NOW,
+            )
+            .is_ok()
         );
     }
 
