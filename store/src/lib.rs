@@ -7,7 +7,11 @@
 //!   re-hashes what it read and fails with [`StoreError::DigestMismatch`] on any change.
 //! - [`oci::push`] / [`oci::pull`] move an archive through a registry as an OCI artifact.
 //!
+//! The stores and the registry client are the default feature `backends`; without it the
+//! crate is [`archive`] and [`StoreError`] alone, for builds that must stay small (`fuzz/`).
+//!
 //! ```no_run
+//! # #[cfg(feature = "backends")]
 //! # async fn example(dist: &std::path::Path) -> Result<(), rhone_store::StoreError> {
 //! use rhone_store::{ArtifactStore, archive};
 //! let store = ArtifactStore::local("/var/lib/rhone/artifacts");
@@ -21,16 +25,22 @@
 
 pub mod archive;
 mod error;
+#[cfg(feature = "backends")]
 pub mod local;
+#[cfg(feature = "backends")]
 pub mod oci;
+#[cfg(feature = "backends")]
 pub mod s3;
 
+#[cfg(feature = "backends")]
 use std::path::PathBuf;
 
 pub use archive::Packed;
 pub use error::{BoxError, Result, StoreError};
+#[cfg(feature = "backends")]
 pub use local::LocalStore;
 pub use rhone_core::digest::{Digest, InvalidDigest};
+#[cfg(feature = "backends")]
 pub use s3::{S3Config, S3Store, SecretKey};
 
 /// Media type of an artifact archive: an uncompressed, deterministic tar.
@@ -38,6 +48,7 @@ pub const ARTIFACT_MEDIA_TYPE: &str = "application/vnd.rhone.artifact.v1.tar";
 
 /// Where artifacts are kept. Every backend has the same contract: content-addressed,
 /// idempotent `put`, verified `get`.
+#[cfg(feature = "backends")]
 #[derive(Clone, Debug)]
 pub enum ArtifactStore {
     /// A local directory: the embedded default.
@@ -46,6 +57,7 @@ pub enum ArtifactStore {
     S3(S3Store),
 }
 
+#[cfg(feature = "backends")]
 impl ArtifactStore {
     pub fn local(dir: impl Into<PathBuf>) -> Self {
         ArtifactStore::Local(LocalStore::new(dir))
@@ -83,6 +95,7 @@ impl ArtifactStore {
 
 /// `bytes` if they hash to `expected`, else [`StoreError::DigestMismatch`]. Hashing a
 /// large artifact takes a while, so it runs off the async worker threads.
+#[cfg(feature = "backends")]
 pub(crate) async fn verified(bytes: Vec<u8>, expected: &Digest) -> Result<Vec<u8>> {
     let packed = blocking(move || Ok(Packed::from_bytes(bytes))).await?;
     if packed.digest() != expected {
@@ -95,6 +108,7 @@ pub(crate) async fn verified(bytes: Vec<u8>, expected: &Digest) -> Result<Vec<u8
 }
 
 /// Runs file work and hashing on tokio's blocking threads.
+#[cfg(feature = "backends")]
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
