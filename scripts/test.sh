@@ -6,8 +6,9 @@
 # on a free port with its data in a temporary directory, for the whole run, exports their
 # addresses for rhone-testkit, runs `cargo nextest run --workspace --no-fail-fast`, and
 # stops all servers on exit, whatever happens. Extra arguments go to nextest
-# (`scripts/test.sh -p rhone-core`, `scripts/test.sh -E 'test(deploy)'`).
-# Exit code: the test run's.
+# (`scripts/test.sh -p rhone-core`, `scripts/test.sh -E 'test(deploy)'`). Without
+# arguments, every fuzz target then runs for 15 s (`scripts/fuzz.sh`, RHONE_FUZZ_SECONDS).
+# Exit code: the test run's, or the fuzz run's when every test passed.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$RHONE_ROOT"
@@ -201,4 +202,15 @@ phase=$(rhone_now_ms)
 test_code=0
 cargo nextest run "${scope[@]}" --no-fail-fast "$@" || test_code=$?
 echo "test.sh: tests took $(rhone_since "$phase") (exit code $test_code)"
+
+# A bounded fuzz run of every target (scripts/fuzz.sh), for the whole suite only: a crash
+# fails the run like a failed test. RHONE_FUZZ_SECONDS per target, 0 to leave it out.
+fuzz_seconds=${RHONE_FUZZ_SECONDS:-15}
+if [ "$#" -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
+    phase=$(rhone_now_ms)
+    fuzz_code=0
+    bash scripts/fuzz.sh "$fuzz_seconds" || fuzz_code=$?
+    echo "test.sh: fuzzing took $(rhone_since "$phase") (exit code $fuzz_code)"
+    [ "$test_code" -ne 0 ] || test_code=$fuzz_code
+fi
 exit "$test_code"
