@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rhone_workflows::activities::{SweepInput, Swept, defs};
+use rhone_workflows::activities::{OrphansEnded, SweepInput, Swept, defs};
 use sea_orm::DatabaseConnection;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -17,10 +17,27 @@ pub struct FleetActivities {
     pub db: DatabaseConnection,
     /// This worker's settings: they win over the ones the watch was first started with.
     pub timings: rhone_core::fleet::FleetTimings,
+    /// To read how the workflows of open operations closed.
+    pub temporal: temporalio_client::Client,
+    /// The task queue whose workflows this worker runs.
+    pub task_queue: String,
 }
 
 #[activities]
 impl FleetActivities {
+    /// Ends the open operations whose workflow was cancelled, terminated, timed out or
+    /// failed without ending them. Idempotent: an ended operation is no longer open.
+    #[activity(definition = defs::EndOrphanedOperations)]
+    pub async fn end_orphaned_operations(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        _input: (),
+    ) -> Result<OrphansEnded, ActivityError> {
+        let operation_ids =
+            crate::orphans::end_orphaned(&self.db, &self.temporal, &self.task_queue).await?;
+        Ok(OrphansEnded { operation_ids })
+    }
+
     /// Idempotent: a runner already lost is not declared again, and a heartbeat that lands
     /// first keeps its runner ready.
     #[activity(definition = defs::SweepRunners)]

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod error;
 pub mod fleet;
 pub mod operation;
+mod orphans;
 pub mod preview;
 pub mod promotion;
 pub mod repair;

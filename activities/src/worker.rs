@@ -171,6 +171,8 @@ impl Worker {
             .register_activities(crate::fleet::FleetActivities {
                 db: db.clone(),
                 timings: config.fleet,
+                temporal: client.clone(),
+                task_queue: config.task_queue.clone(),
             })
             .register_activities(crate::repair::RepairActivities {
                 db: db.clone(),

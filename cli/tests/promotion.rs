@@ -606,3 +606,166 @@ fn production_heals_after_kill_9_of_rhone_dev() -> Result<()> {
     );
     Ok(())
 }
+
+/// `temporal workflow …` against `rhone dev`'s Temporal, as on-call runs it.
+fn temporal(port: u16, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new("temporal")
+        .args(args)
+        .args(["--address", &format!("127.0.0.1:{port}")])
+        .output()?)
+}
+
+/// Polls `rhone ops show ID` until its status is final; the operation.
+fn op_final(dev: &Dev, id: &str) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let op = json(dev, &["ops", "show", id])?;
+        if matches!(
+            op["status"].as_str(),
+            Some("SUCCEEDED" | "FAILED" | "ABORTED")
+        ) {
+            return Ok(op);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{id} did not end: {op}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A promotion waiting for approval takes an approval and refuses a retry; a decision sent
+/// from the Temporal CLI must name its actor and is recorded as `temporal:<actor>`; a
+/// workflow terminated from the Temporal CLI ends its operation `failed` with the reason.
+#[test]
+fn an_approval_gate_takes_only_its_decisions_from_the_api_or_temporal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev(dir.path(), &ports)?;
+    tenancy(&dev)?;
+    for env in ["staging", "qa"] {
+        dev.ok(&[
+            &["envs", "create"][..],
+            &APP,
+            &[env, "--kind", "staging", "--requires-approval", "true"],
+        ]
+        .concat())?;
+    }
+    let repo = example_repo(dir.path())?;
+    let deployment = deploy(&dev, &repo)?;
+    // `rhone promote` follows the promotion through its approval: it runs beside the test.
+    let mut seen = std::collections::HashSet::new();
+    let mut followers = Vec::new();
+    let mut promote = |env: &str| -> Result<String> {
+        followers.push(spawn_cli(
+            &dev,
+            &[&["promote", deployment.as_str()][..], &APP, &["--env", env]].concat(),
+        )?);
+        let id = new_operation(&dev, "promotion", &mut seen)?;
+        until(&dev, &id, "policy_check", Duration::from_secs(60), |op| {
+            Ok(op["status"] == "WAITING")
+        })?;
+        Ok(id)
+    };
+
+    // Through the API: a retry is refused, saying what the gate waits for; approve passes.
+    let first = promote("staging")?;
+    let out = dev.rhone(&["ops", "retry", &first, "--reason", "again"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "waits in stage policy_check for approve or abort; retry is not accepted there"
+        ),
+        "{err}"
+    );
+    dev.ok(&["ops", "approve", &first, "--reason", "looks right"])?;
+    let op = op_final(&dev, &first)?;
+    assert_eq!(op["status"], "SUCCEEDED", "{op}");
+    let entries = op["auditEntries"].as_array().context("audit entries")?;
+    assert!(
+        entries.iter().any(|e| e["action"] == "operation.approve"
+            && e["actor"].as_str().is_some_and(|a| a.starts_with("user:"))),
+        "{op}"
+    );
+
+    // From the Temporal CLI: a decision naming nobody is refused; one naming alice aborts.
+    let second = promote("qa")?;
+    let workflow_id = json(&dev, &["ops", "show", &second])?["workflowId"]
+        .as_str()
+        .context("workflow id")?
+        .to_owned();
+    let update = |input: &str| {
+        temporal(
+            ports[3],
+            &[
+                "workflow",
+                "update",
+                "execute",
+                "--workflow-id",
+                &workflow_id,
+                "--name",
+                "abort",
+                "--input",
+                input,
+            ],
+        )
+    };
+    let refused = update("{}")?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("actor: name who decides"), "{said}");
+    let taken = update(r#"{"actor": "alice", "reason": "wrong build"}"#)?;
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    let op = op_final(&dev, &second)?;
+    assert_eq!(op["status"], "ABORTED", "{op}");
+    assert_eq!(op["error"], "aborted by temporal:alice", "{op}");
+    let entries = op["auditEntries"].as_array().context("audit entries")?;
+    assert!(
+        entries.iter().any(|e| e["action"] == "operation.abort"
+            && e["actor"] == "temporal:alice"
+            && e["detail"]["reason"] == "wrong build"),
+        "{op}"
+    );
+
+    // Terminated from the Temporal CLI: the fleet watch ends the operation with the reason.
+    let third = promote("qa")?;
+    let workflow_id = json(&dev, &["ops", "show", &third])?["workflowId"]
+        .as_str()
+        .context("workflow id")?
+        .to_owned();
+    let out = temporal(
+        ports[3],
+        &[
+            "workflow",
+            "terminate",
+            "--workflow-id",
+            &workflow_id,
+            "--reason",
+            "stuck on a bad host",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let op = op_final(&dev, &third)?;
+    assert_eq!(op["status"], "FAILED", "{op}");
+    assert_eq!(op["currentStage"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("terminated in Temporal") && error.contains("stuck on a bad host"),
+        "{op}"
+    );
+    for mut follower in followers {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+    Ok(())
+}

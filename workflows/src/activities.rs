@@ -616,6 +616,12 @@ pub struct SweepInput {
     pub lost_after_ms: u64,
 }
 
+/// The operations the fleet watch ended because their workflow had closed without them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrphansEnded {
+    pub operation_ids: Vec<Uuid>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Swept {
     /// The runners declared lost by this sweep.
@@ -636,6 +642,11 @@ pub struct FleetActivities;
 impl FleetActivities {
     #[activity(name = "sweep_runners")]
     pub fn sweep_runners(input: SweepInput) -> Result<Swept, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "end_orphaned_operations")]
+    pub fn end_orphaned_operations(input: ()) -> Result<OrphansEnded, ActivityError> {
         unimplemented!()
     }
 }
@@ -699,7 +710,7 @@ impl RepairActivities {
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
-    pub use super::fleet_activities::SweepRunners;
+    pub use super::fleet_activities::{EndOrphanedOperations, SweepRunners};
     pub use super::operation_activities::{RecordDecision, RecordStage, SetStatus};
     pub use super::preview_activities::StartPreview;
     pub use super::promotion_activities::{

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
-    WorkflowTermination,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -213,7 +212,11 @@ impl DeployWorkflow {
             // A decision that can change something: an approval only when every blocker is
             // approvable (it cannot clear a missing secret or a pending migration).
             let accepts: &[DecisionKind] = if open.iter().all(|b| b.approvable) {
-                &[DecisionKind::Approve, DecisionKind::Retry, DecisionKind::Abort]
+                &[
+                    DecisionKind::Approve,
+                    DecisionKind::Retry,
+                    DecisionKind::Abort,
+                ]
             } else {
                 &[DecisionKind::Retry, DecisionKind::Abort]
             };
@@ -234,7 +237,11 @@ impl DeployWorkflow {
     }
 
     #[update_validator(approve)]
-    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Approve, decision)
     }
 
@@ -248,7 +255,11 @@ impl DeployWorkflow {
     }
 
     #[update_validator(retry)]
-    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Retry, decision)
     }
 
@@ -262,7 +273,11 @@ impl DeployWorkflow {
     }
 
     #[update_validator(abort)]
-    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Abort, decision)
     }
 

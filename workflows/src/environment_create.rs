@@ -9,11 +9,15 @@ use rhone_core::{OperationId, OperationKind, stage::MutationStage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult};
+use temporalio_workflow::{
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
 
 use crate::{
     activities::{CreateEnvironmentInput, TenancyActivities},
-    stages::{Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, step_options},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, step_options,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +65,11 @@ impl EnvironmentCreateWorkflow {
     }
 
     #[update_validator(approve)]
-    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Approve, decision)
     }
 
@@ -75,7 +83,11 @@ impl EnvironmentCreateWorkflow {
     }
 
     #[update_validator(retry)]
-    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Retry, decision)
     }
 
@@ -89,7 +101,11 @@ impl EnvironmentCreateWorkflow {
     }
 
     #[update_validator(abort)]
-    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Abort, decision)
     }
 

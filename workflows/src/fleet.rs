@@ -20,6 +20,10 @@ use crate::{
 
 /// Ticks per run before it continues as new, keeping its history short.
 const SWEEPS_PER_RUN: u32 = 500;
+/// Every how many sweeps the watch ends the operations of closed workflows.
+const ORPHAN_SWEEP_EVERY: u32 = 5;
+/// Marks the runs that end orphaned operations (runs from before replay without it).
+const END_ORPHANS_PATCH: &str = "end-orphaned-operations";
 
 /// The workflow id of the fleet watch of `task_queue`.
 pub fn fleet_workflow_id(task_queue: &str) -> String {
@@ -65,6 +69,17 @@ impl FleetWorkflow {
             let next = swept
                 .and_then(|swept| swept.next_sweep_ms)
                 .unwrap_or(input.sweep_every_ms);
+            // Operations whose workflow was cancelled or terminated from outside end too,
+            // checked every few sweeps (one list of closed workflows each time).
+            if sweeps % ORPHAN_SWEEP_EVERY == 0 && ctx.patched(END_ORPHANS_PATCH) {
+                let _ = ctx
+                    .execute_activity(
+                        FleetActivities::end_orphaned_operations,
+                        (),
+                        options.clone(),
+                    )
+                    .await;
+            }
             sweeps += 1;
             if sweeps >= SWEEPS_PER_RUN || ctx.continue_as_new_suggested() {
                 match ctx.continue_as_new(input.clone(), ContinueAsNewOptions::default()) {

@@ -182,7 +182,7 @@ impl PromotionWorkflow {
         if policy.approval_required {
             expect_decision(
                 ctx,
-                &op,
+                op,
                 PromotionStage::PolicyCheck.as_str(),
                 &[DecisionKind::Approve, DecisionKind::Abort],
             );
@@ -196,7 +196,7 @@ impl PromotionWorkflow {
             .await?;
             // A retry means nothing here (its validator refuses it): the gates are checked
             // again after the approval.
-            match wait_for_decision(ctx, &op).await? {
+            match wait_for_decision(ctx, op).await? {
                 Ok(d) => approved_by = Some(d),
                 Err(aborted) => return Ok(Err(StepFailure::Aborted(aborted).into())),
             }
@@ -246,7 +246,7 @@ impl PromotionWorkflow {
             // or an abort.
             expect_decision(
                 ctx,
-                &op,
+                op,
                 PromotionStage::Blocked.as_str(),
                 &[DecisionKind::Retry, DecisionKind::Abort],
             );
@@ -262,7 +262,7 @@ impl PromotionWorkflow {
                 Some(OperationStatus::Waiting),
             )
             .await?;
-            if let Err(aborted) = wait_for_decision(ctx, &op).await? {
+            if let Err(aborted) = wait_for_decision(ctx, op).await? {
                 return Ok(Err(StepFailure::Aborted(aborted).into()));
             }
             op.enter_with_status(
@@ -479,7 +479,11 @@ impl PromotionWorkflow {
     }
 
     #[update_validator(approve)]
-    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Approve, decision)
     }
 
@@ -493,7 +497,11 @@ impl PromotionWorkflow {
     }
 
     #[update_validator(retry)]
-    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Retry, decision)
     }
 
@@ -507,7 +515,11 @@ impl PromotionWorkflow {
     }
 
     #[update_validator(abort)]
-    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Abort, decision)
     }
 

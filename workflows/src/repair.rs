@@ -32,8 +32,7 @@ use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
     ChildWorkflowOptions, ParentClosePolicy, SyncWorkflowContext, WorkflowContext,
-    WorkflowContextView,
-    WorkflowIdReusePolicy, WorkflowResult, WorkflowTermination,
+    WorkflowContextView, WorkflowIdReusePolicy, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -194,9 +193,7 @@ impl RepairWorkflow {
                 crashes = 0;
             } else {
                 let backoff = Duration::from_secs(1 << (crashes - 1));
-                if let Err(aborted) =
-                    Self::pause(ctx, op, RepairStage::Replacing, backoff).await?
-                {
+                if let Err(aborted) = Self::pause(ctx, op, RepairStage::Replacing, backoff).await? {
                     return Ok(Err(StepFailure::Aborted(aborted)));
                 }
             }
@@ -326,7 +323,11 @@ impl RepairWorkflow {
     }
 
     #[update_validator(approve)]
-    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Approve, decision)
     }
 
@@ -340,7 +341,11 @@ impl RepairWorkflow {
     }
 
     #[update_validator(retry)]
-    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Retry, decision)
     }
 
@@ -354,7 +359,11 @@ impl RepairWorkflow {
     }
 
     #[update_validator(abort)]
-    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Abort, decision)
     }
 

@@ -6,13 +6,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use rhone_core::{OperationId, OperationKind, OperationStatus, StateMachine};
-use uuid::Uuid;
 use serde::{Deserialize, Serialize};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_common::{ActivityDefinition, RetryPolicy, data_converters::TemporalDeserializable};
 use temporalio_workflow::{
     ActivityExecutionError, ActivityOptions, RetryState, WorkflowContext, WorkflowTermination,
 };
+use uuid::Uuid;
 
 use crate::activities::{
     OperationActivities, RecordDecisionInput, RecordStageInput, SetStatusInput, StageRecorded,
@@ -107,7 +107,10 @@ impl DecisionSlot {
     /// and the operation waits for that kind of decision and has not taken one yet.
     pub fn check(&self, kind: DecisionKind, decision: &Decision) -> Result<(), Refusal> {
         if decision.actor.trim().is_empty() {
-            return Err(r#"actor: name who decides, e.g. {"actor": "alice", "reason": "checked the logs"}"#.into());
+            return Err(
+                r#"actor: name who decides, e.g. {"actor": "alice", "reason": "checked the logs"}"#
+                    .into(),
+            );
         }
         if decision
             .reason
@@ -314,7 +317,11 @@ impl Operation {
             key: format!("decision#{n}"),
         };
         Ok(ctx
-            .execute_activity(OperationActivities::record_decision, input, record_options())
+            .execute_activity(
+                OperationActivities::record_decision,
+                input,
+                record_options(),
+            )
             .await?)
     }
 
@@ -449,8 +456,7 @@ pub async fn await_decision<W: Decisions>(
     ctx: &WorkflowContext<W>,
     op: &Operation,
 ) -> Result<(DecisionKind, Decision), WorkflowTermination> {
-    ctx.wait_condition(|w| w.decisions().taken())
-        .await?;
+    ctx.wait_condition(|w| w.decisions().taken()).await?;
     let Some((kind, decision, n)) = ctx.state_mut(|w| w.decisions_mut().close()) else {
         unreachable!("the wait ends only on a decision taken");
     };

@@ -31,8 +31,8 @@ use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
     ActivityOptions, ChildWorkflowOptions, ContinueAsNewOptions, ParentClosePolicy,
-    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowIdReusePolicy, WorkflowResult,
-    WorkflowTermination,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowIdReusePolicy,
+    WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -41,7 +41,10 @@ use crate::{
         RouteIdleInput, SleepInput, WakeActivities, WakeEvidenceInput, WakeOpenInput, WakeOpened,
         WakeReadyInput, WakeStartInput, WakeStateInput, WakeStopInput,
     },
-    stages::{Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure, quick, step, watched},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
+        quick, step, watched,
+    },
 };
 
 /// What starts a run.
@@ -702,7 +705,11 @@ impl WakeWorkflow {
     }
 
     #[update_validator(approve)]
-    pub fn check_approve(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Approve, decision)
     }
 
@@ -716,7 +723,11 @@ impl WakeWorkflow {
     }
 
     #[update_validator(retry)]
-    pub fn check_retry(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Retry, decision)
     }
 
@@ -730,7 +741,11 @@ impl WakeWorkflow {
     }
 
     #[update_validator(abort)]
-    pub fn check_abort(&self, _ctx: &WorkflowContextView, decision: &Decision) -> Result<(), Refusal> {
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
         self.decisions.check(DecisionKind::Abort, decision)
     }
 
