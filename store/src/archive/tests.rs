@@ -228,6 +228,19 @@ fn unpack_rejects_unsafe_entries_and_leaves_nothing() -> TestResult {
             "outside the tree through another symlink",
         ),
         (&[("ok/first.txt", Regular, "")], "ok/first.txt", "twice"),
+        // A directory named twice: `unpack` took it (creating a directory that exists is no
+        // error) while `files` refused it. Found by the `archive` fuzz target
+        // (`fuzz/corpus/archive/crash-directory-twice.tar`).
+        (
+            &[("d/", Directory, ""), ("d/", Directory, "")],
+            "d/",
+            "twice",
+        ),
+        (
+            &[("ok", Directory, ""), ("ok", Directory, "")],
+            "ok",
+            "twice",
+        ),
         (
             &[("ok/first.txt/x", Regular, "")],
             "ok/first.txt/x",

@@ -60,7 +60,12 @@ pub fn unpack(bytes: &[u8], dest: &Path, expected: &Digest) -> Result<()> {
     for entry in entries {
         let mut entry = entry.map_err(|e| StoreError::io("reading an archive entry", e))?;
         if let Some((path, made)) = extract(&mut entry, staging.path())? {
-            tree.insert(path, made);
+            // A file or a link named twice fails to be created again; a directory would
+            // not, and `files` refuses it too.
+            if tree.insert(path, made).is_some() {
+                let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                return Err(StoreError::unsafe_entry(name, TWICE));
+            }
         }
     }
     for (path, made) in &tree {
@@ -191,9 +196,12 @@ fn make_dir(dir: &Path, name: &str) -> Result<()> {
     }
 }
 
+/// Why an entry whose path an earlier entry already named is refused.
+const TWICE: &str = "the archive holds this path twice";
+
 fn exists_or_io(e: io::Error, name: &str) -> StoreError {
     if e.kind() == io::ErrorKind::AlreadyExists {
-        StoreError::unsafe_entry(name, "the archive holds this path twice")
+        StoreError::unsafe_entry(name, TWICE)
     } else {
         StoreError::io(format!("creating {name}"), e)
     }
