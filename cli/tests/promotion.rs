@@ -769,3 +769,131 @@ fn an_approval_gate_takes_only_its_decisions_from_the_api_or_temporal() -> Resul
     }
     Ok(())
 }
+
+/// Kills the worker (SIGKILL) once a Wake of a sleeping production app has entered each of
+/// its stages in turn, restarts it 300 ms later, and checks that the held request is
+/// answered and the wake reaches `hot` within a minute of the kill, with exactly one new
+/// allocation per wake.
+#[test]
+fn wakes_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev_with(dir.path(), &ports, &["--no-worker"])?;
+    let mut env = worker_env(&dev);
+    env.push(("RHONE_WAKE_IDLE_CHECK_MS".into(), "300".into()));
+    let log = dir.path().join("worker.log");
+    let mut worker = start_worker(&env, &log)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let preview = deploy(&dev, &repo)?;
+    dev.ok(&[
+        &["promote", preview.as_str()][..],
+        &APP,
+        &["--env", "production"],
+    ]
+    .concat())?;
+    let promotion = json(&dev, &["ops", "list", "--kind", "promotion"])?[0]["id"]
+        .as_str()
+        .context("the promotion")?
+        .to_owned();
+    let promotion = json(&dev, &["ops", "show", &promotion])?["targetId"]
+        .as_str()
+        .context("the promoted deployment")?
+        .to_owned();
+    dev.ok(&[
+        &["envs", "scale-to-zero"][..],
+        &APP,
+        &[
+            "production",
+            "--on",
+            "--sleep-after-ms",
+            "1000",
+            "--wake-budget-ms",
+            "90000",
+        ],
+    ]
+    .concat())?;
+    let (runtime, db) = control_db(&env)?;
+    let mut seen_ops = std::collections::HashSet::new();
+    for (n, stage) in ["wake_requested", "starting", "readiness_wait"]
+        .into_iter()
+        .enumerate()
+    {
+        // Asleep first: the watch puts the idle app to sleep.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let envs = json(&dev, &[&["envs", "list"][..], &APP].concat())?;
+            let prod = envs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == "production")
+                .cloned()
+                .unwrap_or_default();
+            if prod["wakeState"] == "sleeping" {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "production never slept: {prod}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Wake ops so far (the watches) are not this wake.
+        for op in json(&dev, &["ops", "list", "--kind", "wake"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = op["id"].as_str() {
+                seen_ops.insert(id.to_owned());
+            }
+        }
+        let edge = ports[1];
+        let request = std::thread::spawn(move || {
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "120",
+                ])
+                .args(["-H", &format!("Host: {PROD_HOST}")])
+                .arg(format!("http://127.0.0.1:{edge}/"))
+                .output()
+        });
+        let id = new_operation(&dev, "wake", &mut seen_ops)?;
+        until(&dev, &id, stage, Duration::from_secs(60), |op| {
+            Ok(stages(op).iter().any(|s| s == stage))
+        })?;
+        let killed_at = Instant::now();
+        worker = restart(worker, &env, &log)?;
+
+        let answered = request
+            .join()
+            .map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
+        let took = killed_at.elapsed();
+        eprintln!("killed in {stage}: the held request was answered {took:?} after the kill");
+        assert_eq!(
+            String::from_utf8_lossy(&answered.stdout),
+            "200",
+            "killed in {stage}\nworker log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            took < Duration::from_secs(60),
+            "killed in {stage}: {took:?}"
+        );
+        until(&dev, &id, "hot", Duration::from_secs(60), |op| {
+            Ok(stages(op).iter().any(|s| s == "hot"))
+        })?;
+        // The promotion's allocation and one per wake so far: none duplicated.
+        assert_eq!(
+            runtime.block_on(allocations_of(&db, &promotion))?,
+            2 + n as u64,
+            "killed in {stage}: one allocation per wake"
+        );
+    }
+    drop(worker);
+    Ok(())
+}

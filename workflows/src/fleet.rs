@@ -71,7 +71,7 @@ impl FleetWorkflow {
                 .unwrap_or(input.sweep_every_ms);
             // Operations whose workflow was cancelled or terminated from outside end too,
             // checked every few sweeps (one list of closed workflows each time).
-            if sweeps % ORPHAN_SWEEP_EVERY == 0 && ctx.patched(END_ORPHANS_PATCH) {
+            if sweeps.is_multiple_of(ORPHAN_SWEEP_EVERY) && ctx.patched(END_ORPHANS_PATCH) {
                 let _ = ctx
                     .execute_activity(
                         FleetActivities::end_orphaned_operations,

@@ -333,7 +333,7 @@ impl WakeWorkflow {
                 deployment_id,
                 digest: digest.clone(),
             },
-            quick()
+            watched(Duration::from_secs(120))
         );
         if let WakeTrigger::Request(request) = &input.trigger {
             Self::record_request(ctx, op.id, key, "trigger".to_owned(), request).await?;

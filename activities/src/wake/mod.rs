@@ -98,11 +98,16 @@ impl WakeActivities {
     #[activity(definition = defs::StartWakeAllocation)]
     pub async fn start_wake_allocation(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: WakeStartInput,
     ) -> Result<WakeStarted, ActivityError> {
         let span = tracing::info_span!("start_wake_allocation", operation_id = %input.operation_id, route_key = %input.route_key);
-        self.start(&input).instrument(span).await
+        // Heartbeats while it places and starts, so a killed worker's attempt is retried
+        // within seconds.
+        Heartbeat::of(&ctx)
+            .during(self.start(&input))
+            .instrument(span)
+            .await
     }
 
     #[activity(definition = defs::AwaitWakeReady)]
