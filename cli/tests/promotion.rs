@@ -897,3 +897,84 @@ fn wakes_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     drop(worker);
     Ok(())
 }
+
+/// A deploy whose worker is killed during `building` and not replaced: Temporal schedules
+/// the build's next attempt once its heartbeats stop; `rhone ops retry` refuses while the
+/// first attempt is still counted as running, then restarts the step (audited with the lost
+/// attempt), and a new worker finishes the deploy.
+#[test]
+fn ops_retry_restarts_a_step_whose_worker_was_lost() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ports = free_ports()?;
+    let dev = start_dev_with(dir.path(), &ports, &["--no-worker"])?;
+    let env = worker_env(&dev);
+    let log = dir.path().join("worker.log");
+    let worker = start_worker(&env, &log)?;
+    tenancy(&dev)?;
+    let repo = example_repo(dir.path())?;
+    let repo_arg = repo.display().to_string();
+    let deploy = spawn_cli(
+        &dev,
+        &[
+            &["deploy", repo_arg.as_str()][..],
+            &APP,
+            &["--env", "preview"],
+        ]
+        .concat(),
+    )?;
+    let id = new_operation(&dev, "deploy", &mut Default::default())?;
+    // While the build runs on a live worker, a retry is refused naming it.
+    let retry = || dev.rhone(&["ops", "retry", &id, "--reason", "worker host died"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = retry()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "retried a healthy step");
+        assert!(err.contains("no step of it is being retried"), "{err}");
+        if err.contains(": build_artifact (attempt 1) running") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the build never ran: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(worker);
+    // Once its heartbeats stop, Temporal schedules attempt 2: the retry restarts it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = retry()?;
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(Instant::now() < deadline, "never retried: {err}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let op = json(&dev, &["ops", "show", &id])?;
+    let entry = op["auditEntries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["action"] == "operation.retry")
+        .cloned()
+        .with_context(|| format!("no retry audited: {op}"))?;
+    let restarted = &entry["detail"]["restarted"][0];
+    assert_eq!(restarted["step"], "build_artifact", "{entry}");
+    assert_eq!(restarted["attempt"], 2, "{entry}");
+    assert!(
+        restarted["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.to_lowercase().contains("heartbeat")),
+        "{entry}"
+    );
+    assert_eq!(entry["detail"]["reason"], "worker host died");
+
+    let _worker = start_worker(&env, &log)?;
+    let out = finish_within(deploy, Duration::from_secs(90))?;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -52,6 +52,16 @@ pub async fn build_artifact(
     if sandbox.end_leftover(&build_id(input.deployment_id)).await {
         tracing::warn!("ended the build an earlier, lost attempt left running");
     }
+    let scratch = config.work_dir.join(input.deployment_id.to_string());
+    // A checkout an earlier attempt handed to its build belongs to the build's user, and
+    // its `.git` is the tenant's to rewrite: git never runs in it again (it would refuse
+    // the ownership, or run the tenant's hooks and config); the retry clones afresh.
+    if handed_to_a_build(config, input.deployment_id).await {
+        tracing::warn!("cloning again: an earlier attempt handed the checkout to its build");
+        tokio::fs::remove_dir_all(&scratch)
+            .await
+            .map_err(|e| DeployError::io(format!("removing {}", scratch.display()), e))?;
+    }
     let checkout = ensure_checkout(
         config,
         input.deployment_id,
@@ -60,7 +70,6 @@ pub async fn build_artifact(
     )
     .await?;
     let result = build_checkout(db, config, input, &checkout).await;
-    let scratch = config.work_dir.join(input.deployment_id.to_string());
     if let Err(err) = tokio::fs::remove_dir_all(&scratch).await {
         tracing::warn!(dir = %scratch.display(), error = %err, "cannot remove the build's work directory");
     }
@@ -151,6 +160,20 @@ async fn output_dir(checkout: &Path, output_dir: &str) -> Result<std::path::Path
         _ => Err(DeployError::Invalid(format!(
             "build.output_dir: {output_dir}/ does not exist after the build (or is not a directory)"
         ))),
+    }
+}
+
+/// Whether the deployment's checkout exists and is owned by someone other than the owner of
+/// the work directory (the platform): a build's user, after `run_command` handed it over.
+async fn handed_to_a_build(config: &DeployConfig, deployment_id: uuid::Uuid) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = super::source::checkout_dir(config, deployment_id);
+    match (
+        tokio::fs::symlink_metadata(&config.work_dir).await,
+        tokio::fs::symlink_metadata(&dir).await,
+    ) {
+        (Ok(ours), Ok(checkout)) => checkout.uid() != ours.uid(),
+        _ => false,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Operations: reads scoped by the caller's grants, and `decideOperation`, which sends an
-//! approve, retry or abort signal to the operation's workflow. The API never writes a
+//! approve, retry or abort update to the operation's workflow (or, for a retry of a running
+//! operation, restarts the steps Temporal is retrying). The API never writes a
 //! stage of a workflow-run operation; the workflow records what the decision changed.
 //! [`follow_stages`] streams an operation's stage records by polling the control DB.
 //! A decision for an operation stored as `<workflow id>/<run id>` (a Wake run) goes to that
@@ -253,16 +254,6 @@ pub(crate) async fn decide(
             "while it waits for a decision or needs attention",
         ),
     };
-    if !accepted {
-        return Err(ApiError::Conflict(format!(
-            "operation {id} is {status} (stage {}): {} is accepted only {when}",
-            op.current_stage,
-            kind.as_str()
-        )));
-    }
-    if kind == DecisionKind::Approve && op.actor == actor.subject() {
-        refuse_self_approval(db, &op).await?;
-    }
     let reason = reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
@@ -274,6 +265,19 @@ pub(crate) async fn decide(
             "reason",
             format!("must be at most {MAX_REASON_CHARS} characters"),
         ));
+    }
+    if kind == DecisionKind::Retry && status == OperationStatus::Running {
+        return retry_steps(state, actor, op, reason).await;
+    }
+    if !accepted {
+        return Err(ApiError::Conflict(format!(
+            "operation {id} is {status} (stage {}): {} is accepted only {when}",
+            op.current_stage,
+            kind.as_str()
+        )));
+    }
+    if kind == DecisionKind::Approve && op.actor == actor.subject() {
+        refuse_self_approval(db, &op).await?;
     }
     let span =
         tracing::info_span!("decide_operation", operation_id = %id, decision = kind.as_str());
@@ -326,6 +330,99 @@ pub(crate) async fn decide(
     }
     .instrument(span)
     .await
+}
+
+/// A retry of a running operation: restarts at once each step Temporal is retrying (an
+/// attempt failed, or its worker was lost and missed its heartbeats), its attempts counted
+/// from one again (Temporal's ResetActivity), audited like any decision. CONFLICT naming
+/// the steps when none is being retried.
+async fn retry_steps(
+    state: &ApiState,
+    actor: &Actor,
+    op: operation::Model,
+    reason: Option<String>,
+) -> Result<operation::Model, ApiError> {
+    use temporalio_client::grpc::WorkflowService;
+    use temporalio_common::protos::temporal::api::{
+        common::v1::WorkflowExecution, workflowservice::v1::ResetActivityRequest,
+    };
+    let unavailable = |e: Box<dyn std::error::Error + Send + Sync>| ApiError::Unavailable {
+        service: "Temporal",
+        source: e,
+    };
+    let handle = workflow_handle(&state.temporal, &op.workflow_id);
+    let described = handle
+        .describe(Default::default())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    let pending = &described.raw().pending_activities;
+    let retried: Vec<_> = pending.iter().filter(|a| a.attempt > 1).collect();
+    if retried.is_empty() {
+        let steps: Vec<String> = pending
+            .iter()
+            .map(|a| {
+                let name = a.activity_type.as_ref().map(|t| t.name.as_str());
+                format!("{} (attempt {})", name.unwrap_or("?"), a.attempt)
+            })
+            .collect();
+        return Err(ApiError::Conflict(format!(
+            "operation {} is running (stage {}) and no step of it is being retried{}; a retry is taken when a step has failed or lost its worker, or the operation waits or needs attention",
+            op.id,
+            op.current_stage,
+            if steps.is_empty() {
+                String::new()
+            } else {
+                format!(": {} running", steps.join(", "))
+            }
+        )));
+    }
+    let (workflow_id, run_id) = rhone_core::workflow_run_of(&op.workflow_id);
+    let mut restarted = Vec::new();
+    for activity in retried {
+        let request = ResetActivityRequest {
+            namespace: state.temporal.namespace(),
+            execution: Some(WorkflowExecution {
+                workflow_id: workflow_id.to_owned(),
+                run_id: run_id.unwrap_or_default().to_owned(),
+            }),
+            identity: actor.subject(),
+            activity: Some(
+                temporalio_common::protos::temporal::api::workflowservice::v1::reset_activity_request::Activity::Id(
+                    activity.activity_id.clone(),
+                ),
+            ),
+            reset_heartbeat: true,
+            ..Default::default()
+        };
+        WorkflowService::reset_activity(
+            &mut state.temporal.clone(),
+            temporalio_client::tonic::Request::new(request),
+        )
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+        restarted.push(json!({
+            "step": activity.activity_type.as_ref().map(|t| t.name.clone()),
+            "attempt": activity.attempt,
+            "last_failure": activity.last_failure.as_ref().map(|f| f.message.clone()),
+            "last_worker": activity.last_worker_identity,
+        }));
+    }
+    let m = Mutation {
+        operation_id: op.id,
+        kind: op
+            .kind
+            .parse()
+            .map_err(|e| ApiError::internal("reading an operation's kind", e))?,
+        action: "operation.retry",
+        actor: actor.subject(),
+        workspace_id: op.workspace_id,
+        target_type: "operation",
+        target_id: op.id.to_string(),
+        detail: json!({ "decision": "retry", "reason": reason, "restarted": restarted }),
+    };
+    record::audit(&state.db, &m).await?;
+    tracing::info!(operation_id = %op.id, steps = restarted.len(), "restarted retried steps");
+    Ok(op)
 }
 
 /// FORBIDDEN when `op` (which the caller requested) moves a deployment of an environment
