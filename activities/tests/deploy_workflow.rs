@@ -98,7 +98,8 @@ async fn a_missing_secret_is_not_approvable_and_abort_ends_it() -> Result<()> {
     // The approval is refused by the workflow's validator, saying what it waits for.
     let refusal = h.refused(d, DecisionKind::Approve).await?;
     assert!(
-        refusal.ends_with("waits in stage blocked for retry or abort; approve is not accepted there"),
+        refusal
+            .ends_with("waits in stage blocked for retry or abort; approve is not accepted there"),
         "{refusal}"
     );
     let seen = h.stays(d, &blocked).await?;
