@@ -43,6 +43,9 @@ pub struct ApiState {
     /// builder's host (`RHONE_ALLOW_LOCAL_REPOSITORIES`; `rhone dev` allows them). Off, such
     /// a deploy is refused naming the setting.
     pub local_repositories: bool,
+    /// The operator's secrets key (`RHONE_SECRETS_KEY`); `None`: `setSecret` is refused,
+    /// naming the setting.
+    pub secrets: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight

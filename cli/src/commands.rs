@@ -91,6 +91,40 @@ pub enum ClientCommand {
     /// Your API tokens: list, create (shown once), revoke.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// An environment's secrets: set (the value from stdin or a file, never an argument),
+    /// unset, list (names and versions, never values).
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum SecretsCmd {
+    /// The environment's secrets: name, version, who set it and when.
+    List {
+        #[command(flatten)]
+        app_ref: AppRef,
+        /// The environment's name.
+        env: String,
+    },
+    /// Set NAME to the value read from stdin (one trailing newline dropped) or from
+    /// --from-file; allocations started from now on get it as the variable NAME.
+    Set {
+        #[command(flatten)]
+        app_ref: AppRef,
+        env: String,
+        /// A variable name: letters, digits and `_`.
+        name: String,
+        /// Read the value from this file (as is) instead of stdin.
+        #[arg(long)]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// Remove NAME.
+    Unset {
+        #[command(flatten)]
+        app_ref: AppRef,
+        env: String,
+        name: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -308,6 +342,59 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
     };
     match cmd {
         ClientCommand::Login { .. } => unreachable!("handled above"),
+        ClientCommand::Secrets(SecretsCmd::List { app_ref, env }) => {
+            let e = resolve_env(&api, &app_ref, &env).await?;
+            let d = api
+                .call(
+                    "query($a: UUID!) { environments(appId: $a) { id secrets { name version setBy updatedAt } } }",
+                    json!({ "a": resolve_app(&api, &app_ref).await? }),
+                )
+                .await?;
+            let secrets = d["environments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["id"].as_str() == Some(e.as_str()))
+                .map(|x| x["secrets"].clone())
+                .unwrap_or_default();
+            out(&secrets, &|v| {
+                table(v, &["name", "version", "setBy", "updatedAt"])
+            });
+        }
+        ClientCommand::Secrets(SecretsCmd::Set {
+            app_ref,
+            env,
+            name,
+            from_file,
+        }) => {
+            let value = secret_value(from_file.as_deref())?;
+            let e = resolve_env(&api, &app_ref, &env).await?;
+            let d = api
+                .call(
+                    "mutation($e: UUID!, $n: String!, $v: String!) { \
+                     setSecret(environmentId: $e, name: $n, value: $v) { \
+                     secret { name version setBy } operation { id } } }",
+                    json!({ "e": e, "n": name, "v": value }),
+                )
+                .await?;
+            out(&d["setSecret"], &|v| {
+                println!(
+                    "set {} on {env}: version {}; allocations started from now on get it (running ones at the next deploy, promotion or wake)",
+                    v["secret"]["name"].as_str().unwrap_or("?"),
+                    v["secret"]["version"]
+                );
+            });
+        }
+        ClientCommand::Secrets(SecretsCmd::Unset { app_ref, env, name }) => {
+            let e = resolve_env(&api, &app_ref, &env).await?;
+            let d = api
+                .call(
+                    "mutation($e: UUID!, $n: String!) { unsetSecret(environmentId: $e, name: $n) { operation { id } } }",
+                    json!({ "e": e, "n": name }),
+                )
+                .await?;
+            out(&d["unsetSecret"], &|_| println!("unset {name} on {env}"));
+        }
         ClientCommand::Tokens(TokensCmd::List) => {
             let d = api
                 .call(
@@ -1077,6 +1164,32 @@ async fn resolve_project(api: &Api, ws: &str, name: &str) -> Result<String> {
 }
 
 /// An environment of an app, by name or id.
+/// A secret's value: the file's bytes as they are, or stdin with one trailing newline
+/// dropped (what `echo` adds).
+fn secret_value(file: Option<&std::path::Path>) -> Result<String> {
+    use std::io::Read;
+    let value = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the secret's value from {}", path.display()))?,
+        None => {
+            let mut value = String::new();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("reading the secret's value from stdin")?;
+            let trimmed = value
+                .strip_suffix("\r\n")
+                .or_else(|| value.strip_suffix('\n'))
+                .unwrap_or(&value);
+            trimmed.to_owned()
+        }
+    };
+    anyhow::ensure!(
+        !value.is_empty(),
+        "no value: pipe it on stdin (`printf %s \"$VALUE\" | rhone secrets set …`) or pass --from-file FILE"
+    );
+    Ok(value)
+}
+
 async fn resolve_env(api: &Api, app: &AppRef, name: &str) -> Result<String> {
     let a = resolve_app(api, app).await?;
     let d = api

@@ -138,6 +138,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         fleet: rhone_core::fleet::FleetTimings::default(),
         // `rhone dev` deploys the developer's own checkouts.
         local_repositories: true,
+        secrets: Some(std::sync::Arc::new(secrets_key(&data_dir)?)),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
@@ -352,6 +353,8 @@ async fn wait_for_temporal(
 
 /// Where `rhone dev` keeps its runner key (owner-readable only).
 const RUNNER_KEY_FILE: &str = "runner-key";
+/// The secrets key of a `rhone dev` data directory.
+const SECRETS_KEY_FILE: &str = "secrets-key";
 
 /// The runner key of `data_dir`: made on first start, read back afterwards.
 fn runner_key(data_dir: &std::path::Path) -> Result<RunnerKey> {
@@ -368,6 +371,19 @@ fn runner_key(data_dir: &std::path::Path) -> Result<RunnerKey> {
     let key =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     RunnerKey::new(key.trim()).with_context(|| format!("{}", path.display()))
+}
+
+/// The secrets key of this data directory (`secrets-key`), made on first start.
+fn secrets_key(data_dir: &std::path::Path) -> Result<rhone_schema::secrets::Keyring> {
+    let path = data_dir.join(SECRETS_KEY_FILE);
+    if !path.exists() {
+        write_private(&path, &rhone_schema::secrets::Keyring::generate())?;
+    }
+    let path_text = path.display().to_string();
+    rhone_schema::secrets::Keyring::from_vars(|k| {
+        (k == rhone_schema::secrets::KEY_FILE_VAR).then(|| path_text.clone())
+    })?
+    .with_context(|| format!("no key in {path_text}"))
 }
 
 /// The bootstrap admin's token: created on first start, read back afterwards.

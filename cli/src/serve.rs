@@ -134,6 +134,9 @@ pub struct Config {
     /// `RHONE_ALLOW_LOCAL_REPOSITORIES` (api, worker): `1` lets deploys clone a local path or
     /// a `file://` URL on the worker's host. Default `0`: only remote URLs.
     pub local_repositories: bool,
+    /// `RHONE_SECRETS_KEY` or `RHONE_SECRETS_KEY_FILE` (and `RHONE_SECRETS_OLD_KEYS`): the
+    /// key secrets are sealed under (API).
+    pub secrets: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
 }
 
 /// The S3 artifact store of a role. `Debug` leaves the secret key out.
@@ -346,6 +349,13 @@ impl Config {
                 false
             }
         };
+        let secrets = match rhone_schema::secrets::Keyring::from_vars(&get) {
+            Ok(keys) => keys.map(std::sync::Arc::new),
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
         let database_url = get("RHONE_DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("sqlite:")
@@ -376,6 +386,7 @@ impl Config {
             fleet,
             s3,
             local_repositories,
+            secrets,
         };
         if errors.is_empty() {
             Ok(config)
@@ -567,6 +578,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 runner_key: runner_key(&env)?,
                 fleet: config.fleet,
                 local_repositories: config.local_repositories,
+                secrets: config.secrets.clone(),
             };
             named("api", rhone_api::serve(listener, state, shutdown_signal())).await
         }

@@ -7,8 +7,9 @@
 mod support;
 
 use std::{
+    io::Write,
     net::TcpListener,
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -363,5 +364,107 @@ fn taken_port_is_one_clear_line() -> Result<()> {
         err.contains(&format!("port {port} (API)")) && err.contains("--api-port"),
         "{err}"
     );
+    Ok(())
+}
+
+/// A deploy of an app that requires a secret waits at `blocked` naming it; `rhone secrets
+/// set` (the value on stdin) clears the gate once `rhone ops retry` validates again, and the
+/// deploy reaches `preview_ready`. `secrets list` shows the name and version, never the
+/// value, and neither does any answer of the CLI.
+#[test]
+fn a_secret_set_from_stdin_unblocks_the_deploy_that_needs_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = start_dev(dir.path(), &support::free_ports()?)?;
+    let app = ["-w", "acme", "-p", "shop", "-a", "web"];
+    dev.ok(&["workspaces", "create", "acme"])?;
+    dev.ok(&["projects", "create", "-w", "acme", "shop"])?;
+    dev.ok(&["apps", "create", "-w", "acme", "-p", "shop", "web"])?;
+    dev.ok(&[
+        &["envs", "create"][..],
+        &app,
+        &["preview", "--kind", "preview"],
+    ]
+    .concat())?;
+    let repo = example_repo(dir.path())?;
+    let manifest = repo.join("rhone.toml");
+    let text = std::fs::read_to_string(&manifest)?;
+    std::fs::write(
+        &manifest,
+        text.replacen(
+            "[wake]",
+            "[secrets]\nrequired = [\"STRIPE_KEY\"]\n\n[wake]",
+            1,
+        ),
+    )?;
+    let committed = Command::new("git")
+        .args(["-c", "user.email=dev@rhone.local", "-c", "user.name=dev"])
+        .args(["commit", "-qam", "needs STRIPE_KEY"])
+        .current_dir(&repo)
+        .status()?;
+    anyhow::ensure!(committed.success());
+
+    let repo_arg = repo.display().to_string();
+    let out = dev.rhone(
+        &[
+            &["deploy", repo_arg.as_str()][..],
+            &app,
+            &["--env", "preview"],
+        ]
+        .concat(),
+    )?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("missing secret STRIPE_KEY on environment preview: set it, then retry"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["--json", "ops", "list", "--kind", "deploy"])?)?;
+    let id = ops[0]["id"].as_str().context("the deploy")?.to_owned();
+
+    const VALUE: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+    let mut set = Command::new(RHONE)
+        .args([&["secrets", "set"][..], &app, &["preview", "STRIPE_KEY"]].concat())
+        .env("RHONE_CONFIG", &dev.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    set.stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{VALUE}\n").as_bytes())?;
+    let set = set.wait_with_output()?;
+    let said = String::from_utf8_lossy(&set.stdout);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(
+        said.starts_with("set STRIPE_KEY on preview: version 1"),
+        "{said}"
+    );
+    let listed = dev.ok(&[&["secrets", "list"][..], &app, &["preview"]].concat())?;
+    assert!(
+        listed.contains("STRIPE_KEY") && listed.contains('1'),
+        "{listed}"
+    );
+
+    let retried = dev.ok(&["ops", "retry", &id, "--reason", "key set"])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let op = loop {
+        let op: serde_json::Value =
+            serde_json::from_str(&dev.ok(&["--json", "ops", "show", &id])?)?;
+        if op["status"] == "SUCCEEDED" || op["status"] == "FAILED" {
+            break op;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{op}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(op["currentStage"], "preview_ready", "{op}");
+    for text in [&said.to_string(), &listed, &retried, &op.to_string()] {
+        assert!(!text.contains(VALUE), "the value was shown: {text}");
+    }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub use credentials::{RUNNER_HEADER, RunnerKey};
 pub use report::StageReport;
 pub use spec::{
     AllocationSpec, DEFAULT_READINESS_TIMEOUT_MS, Desired, INJECTED_ENV, MAX_TIMEOUT_MS,
+    variable_name_problem,
     ProcessSpec, SpecError,
 };
 pub use status::AllocationStatus;

@@ -192,24 +192,31 @@ impl AllocationSpec {
 }
 
 fn check_name(map: &str, name: &str) -> Result<(), SpecError> {
-    let fail = |problem: &str| {
-        Err(SpecError {
+    match variable_name_problem(name) {
+        Some(problem) => Err(SpecError {
             field: format!("{map}.{name}"),
             problem: problem.to_owned(),
-        })
-    };
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What keeps `name` from naming an app's environment variable or secret, if anything.
+pub fn variable_name_problem(name: &str) -> Option<&'static str> {
     let mut chars = name.chars();
     let valid = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return fail("is not a variable name (letters, digits and `_`, not starting with a digit)");
+        return Some(
+            "is not a variable name (letters, digits and `_`, not starting with a digit)",
+        );
     }
     if INJECTED_ENV.contains(&name) {
-        return fail("is set by the runner");
+        return Some("is set by the runner");
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]

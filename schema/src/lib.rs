@@ -17,6 +17,7 @@ pub mod migration;
 pub mod ops;
 pub mod repair;
 pub mod routes;
+pub mod secrets;
 pub mod topology;
 
 use std::time::Duration;

@@ -6,11 +6,12 @@ use uuid::Uuid;
 use crate::{
     graphql::{
         caller,
-        types::{Environment, Operation, RuntimeServiceBinding},
+        types::{Environment, Operation, RuntimeServiceBinding, SecretInfo},
     },
     service::{
         bindings::{self, RuntimeService},
         environments::{self, EnvironmentKind, NewEnvironment, ScaleToZero},
+        secrets,
     },
 };
 
@@ -42,6 +43,27 @@ pub struct UnbindRuntimeServicePayload {
     pub environment: Environment,
     /// The `environment_update` operation, applied.
     pub operation: Operation,
+}
+
+/// What `setSecret` or `unsetSecret` did.
+#[derive(SimpleObject)]
+pub struct SecretPayload {
+    /// The secret as set; null once unset.
+    pub secret: Option<SecretInfo>,
+    pub environment: Environment,
+    /// The `environment_update` operation, applied.
+    pub operation: Operation,
+}
+
+impl TryFrom<secrets::Changed> for SecretPayload {
+    type Error = crate::error::ApiError;
+    fn try_from(c: secrets::Changed) -> Result<Self, Self::Error> {
+        Ok(SecretPayload {
+            secret: c.secret.map(SecretInfo::from),
+            environment: Environment::try_from(c.environment)?,
+            operation: Operation::try_from(c.operation)?,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -162,6 +184,35 @@ impl EnvironmentMutation {
             operation: Operation::try_from(bound.operation)?,
             replaced: bound.replaced,
         })
+    }
+
+    /// Sets a secret of an environment (version 1, or one more); needs developer. The value
+    /// is sealed under the operator's key and never shown again; allocations started from
+    /// now on get it as the environment variable `name` (running ones keep theirs until the
+    /// next deploy, promotion or wake).
+    async fn set_secret(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        #[graphql(desc = "An environment variable name: letters, digits and `_`.")] name: String,
+        #[graphql(secret, desc = "The value, up to 64 KiB.")] value: String,
+    ) -> async_graphql::Result<SecretPayload> {
+        let (state, actor) = caller(ctx)?;
+        let value = rhone_core::secret::Secret::new(value);
+        let changed = secrets::set(state, actor, environment_id, &name, value).await?;
+        Ok(SecretPayload::try_from(changed)?)
+    }
+
+    /// Removes a secret of an environment; needs developer. NOT_FOUND when it is not set.
+    async fn unset_secret(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        name: String,
+    ) -> async_graphql::Result<SecretPayload> {
+        let (state, actor) = caller(ctx)?;
+        let changed = secrets::unset(state, actor, environment_id, &name).await?;
+        Ok(SecretPayload::try_from(changed)?)
     }
 
     /// Removes a runtime service's binding from an environment; needs developer. Refused

@@ -5,7 +5,7 @@ use async_graphql::{ComplexObject, Context, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use rhone_schema::entity::{
     app, audit_log, deployment, environment, grant, operation, operation_stage, project,
-    route_owner, runtime_service_binding, user, workspace,
+    route_owner, runtime_service_binding, secret, user, workspace,
 };
 use uuid::Uuid;
 
@@ -122,6 +122,37 @@ impl Environment {
             .into_iter()
             .map(RuntimeServiceBinding::try_from)
             .collect::<Result<_, _>>()?)
+    }
+
+    /// The environment's secrets, by name: names and versions, never values. An allocation
+    /// gets them as environment variables when it starts.
+    async fn secrets(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SecretInfo>> {
+        let rows = rhone_schema::secrets::list(&state(ctx)?.db, self.id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(SecretInfo::from).collect())
+    }
+}
+
+/// A secret of an environment: its name and version, never its value.
+#[derive(SimpleObject)]
+pub struct SecretInfo {
+    pub name: String,
+    /// 1 for the first value, one more at each change.
+    pub version: i64,
+    /// Who set this version.
+    pub set_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<secret::Model> for SecretInfo {
+    fn from(m: secret::Model) -> Self {
+        SecretInfo {
+            name: m.name,
+            version: m.version,
+            set_by: m.set_by,
+            updated_at: m.updated_at,
+        }
     }
 }
 

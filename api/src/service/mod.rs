@@ -10,6 +10,7 @@ pub(crate) mod fleet;
 pub(crate) mod operations;
 pub(crate) mod promotions;
 pub(crate) mod routes;
+pub(crate) mod secrets;
 pub(crate) mod tenancy;
 pub(crate) mod validate;
 

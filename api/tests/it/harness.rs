@@ -21,6 +21,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+/// The key the harness's API seals secrets under.
+pub const SECRETS_KEY: &str = "8f1c2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
 /// A running API and what it runs on. Dropping it stops the server.
 pub struct Api {
     pub url: String,
@@ -88,6 +91,10 @@ impl Api {
             runner_key: None,
             fleet: rhone_core::fleet::FleetTimings::default(),
             local_repositories,
+            secrets: Some(std::sync::Arc::new(rhone_schema::secrets::Keyring::new(
+                SECRETS_KEY,
+                &[],
+            )?)),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -12,5 +12,6 @@ mod isolation;
 mod mutations;
 mod promotions;
 mod scale_to_zero;
+mod secrets;
 mod subscriptions;
 mod workflows;

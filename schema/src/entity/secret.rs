@@ -14,6 +14,12 @@ pub struct Model {
     pub ciphertext: Vec<u8>,
     #[sea_orm(column_type = "Blob")]
     pub nonce: Vec<u8>,
+    /// 1 for the first value, one more at each change.
+    pub version: i64,
+    /// Who set this version (`user:<uuid>`, `token:<uuid>`).
+    pub set_by: String,
+    /// The id of the key that sealed it ([`crate::secrets::Keyring`]).
+    pub key_id: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     #[sea_orm(belongs_to, from = "environment_id", to = "id")]
@@ -29,6 +35,9 @@ impl std::fmt::Debug for Model {
             .field("id", &self.id)
             .field("environment_id", &self.environment_id)
             .field("name", &self.name)
+            .field("version", &self.version)
+            .field("set_by", &self.set_by)
+            .field("key_id", &self.key_id)
             .field(
                 "ciphertext",
                 &format_args!("<{} bytes>", self.ciphertext.len()),

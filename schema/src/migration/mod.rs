@@ -18,6 +18,7 @@ mod m20261207_000010_runner_fleet;
 mod m20261207_000011_repair;
 mod m20261207_000012_token_expiry;
 mod m20261207_000013_self_approval;
+mod m20261207_000014_secret_versions;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_repair::Migration),
             Box::new(m20261207_000012_token_expiry::Migration),
             Box::new(m20261207_000013_self_approval::Migration),
+            Box::new(m20261207_000014_secret_versions::Migration),
         ]
     }
 }
@@ -103,6 +105,46 @@ async fn drop_all(
     for table in tables {
         manager
             .drop_table(Table::drop().table(table).to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds `columns` to `table`, one statement each (SQLite alters one column at a time).
+async fn add_columns(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    columns: Vec<ColumnDef>,
+) -> Result<(), DbErr> {
+    let table = table.into_iden();
+    for mut column in columns {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(table.clone())
+                    .add_column(&mut column)
+                    .to_owned(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops `columns` of `table`, one statement each.
+async fn drop_columns<C: IntoIden>(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    columns: impl IntoIterator<Item = C>,
+) -> Result<(), DbErr> {
+    let table = table.into_iden();
+    for column in columns {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(table.clone())
+                    .drop_column(column)
+                    .to_owned(),
+            )
             .await?;
     }
     Ok(())

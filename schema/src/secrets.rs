@@ -1,0 +1,424 @@
+//! Secrets at rest: each value is sealed with XChaCha20-Poly1305 under the operator's key
+//! (`RHONE_SECRETS_KEY`, or `RHONE_SECRETS_KEY_FILE`), its associated data binding it to its
+//! environment, name and version, so a sealed value copied to another row does not open.
+//! The `secrets` table holds only ciphertext, a random 24-byte nonce and the sealing key's
+//! id. Rotation: the new key becomes `RHONE_SECRETS_KEY`, the old ones are listed in
+//! `RHONE_SECRETS_OLD_KEYS` (still opened), and [`reseal_all`] seals every row under the new
+//! key, after which the old ones can go.
+
+use std::path::Path;
+
+use chacha20poly1305::{
+    KeyInit, XChaCha20Poly1305, XNonce,
+    aead::{Aead, Payload},
+};
+use chrono::Utc;
+use rhone_core::secret::Secret;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{SchemaError, entity::secret};
+
+/// The operator's key, hex (64 digits: 32 bytes).
+pub const KEY_VAR: &str = "RHONE_SECRETS_KEY";
+/// A file holding the key, in the same form.
+pub const KEY_FILE_VAR: &str = "RHONE_SECRETS_KEY_FILE";
+/// Earlier keys, comma-separated, still opened until [`reseal_all`] has run.
+pub const OLD_KEYS_VAR: &str = "RHONE_SECRETS_OLD_KEYS";
+
+/// The longest secret value taken.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// What is wrong with a key or a sealed value. Never carries key material or a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{var}: a key is 64 hexadecimal digits (32 bytes), e.g. from `openssl rand -hex 32`")]
+    BadKey { var: &'static str },
+    #[error("{var}: cannot read the key file {path}: {source}")]
+    KeyFile {
+        var: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "secret {name} (version {version}) is sealed under key {key_id}, which is neither {KEY_VAR} nor among {OLD_KEYS_VAR}"
+    )]
+    UnknownKey {
+        name: String,
+        version: i64,
+        key_id: String,
+    },
+    #[error("secret {name} (version {version}) does not open: it was altered or moved")]
+    Tampered { name: String, version: i64 },
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
+/// One key and its id (the first 16 hex digits of its SHA-256).
+struct Key {
+    id: String,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Key {
+    fn parse(var: &'static str, hex_key: &str) -> Result<Key, SecretsError> {
+        let bytes = hex::decode(hex_key.trim()).map_err(|_| SecretsError::BadKey { var })?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| SecretsError::BadKey { var })?;
+        let id = hex::encode(&Sha256::digest(bytes)[..8]);
+        Ok(Key {
+            id,
+            cipher: XChaCha20Poly1305::new(&bytes.into()),
+        })
+    }
+}
+
+/// The key secrets are sealed under and the earlier keys they may still be sealed under.
+pub struct Keyring {
+    current: Key,
+    old: Vec<Key>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current.id)
+            .field("old", &self.old.iter().map(|k| &k.id).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Two keyrings are equal when they hold the same keys (compared by id).
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        let ids = |k: &Keyring| {
+            std::iter::once(&k.current)
+                .chain(&k.old)
+                .map(|k| k.id.clone())
+                .collect::<Vec<_>>()
+        };
+        ids(self) == ids(other)
+    }
+}
+
+impl Eq for Keyring {}
+
+/// A value as stored.
+pub struct Sealed {
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub key_id: String,
+}
+
+/// What a sealed value is bound to.
+fn aad(environment_id: Uuid, name: &str, version: i64) -> Vec<u8> {
+    format!("rhone-secret\0{environment_id}\0{name}\0{version}").into_bytes()
+}
+
+impl Keyring {
+    /// The keyring from `current` and `old` (hex keys).
+    pub fn new(current: &str, old: &[&str]) -> Result<Keyring, SecretsError> {
+        Ok(Keyring {
+            current: Key::parse(KEY_VAR, current)?,
+            old: old
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| Key::parse(OLD_KEYS_VAR, k))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The keyring the environment configures through `get` (`std::env::var`, or a test's
+    /// map): `None` when neither [`KEY_VAR`] nor [`KEY_FILE_VAR`] is set.
+    pub fn from_vars(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Keyring>, SecretsError> {
+        let current = match (get(KEY_VAR), get(KEY_FILE_VAR)) {
+            (Some(key), _) => key,
+            (None, Some(path)) => read_key_file(Path::new(&path))?,
+            (None, None) => return Ok(None),
+        };
+        let old = get(OLD_KEYS_VAR).unwrap_or_default();
+        let old: Vec<&str> = old.split(',').collect();
+        Keyring::new(&current, &old).map(Some)
+    }
+
+    /// A new random key, hex, for an install that has none (`rhone dev`).
+    pub fn generate() -> String {
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        hex::encode(key)
+    }
+
+    /// The id of the key new values are sealed under.
+    pub fn current_id(&self) -> &str {
+        &self.current.id
+    }
+
+    /// Seals `value` as version `version` of secret `name` of `environment_id`.
+    pub fn seal(&self, environment_id: Uuid, name: &str, version: i64, value: &Secret) -> Sealed {
+        use rand::RngCore;
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = aad(environment_id, name, version);
+        let payload = Payload {
+            msg: value.expose().as_bytes(),
+            aad: &aad,
+        };
+        // Encryption into a Vec fails only when the buffer cannot grow.
+        let ciphertext = self
+            .current
+            .cipher
+            .encrypt(&XNonce::from(nonce), payload)
+            .unwrap_or_default();
+        Sealed {
+            ciphertext,
+            nonce: nonce.to_vec(),
+            key_id: self.current.id.clone(),
+        }
+    }
+
+    /// The value of a stored secret.
+    pub fn open(&self, row: &secret::Model) -> Result<Secret, SecretsError> {
+        let key = std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == row.key_id)
+            .ok_or_else(|| SecretsError::UnknownKey {
+                name: row.name.clone(),
+                version: row.version,
+                key_id: row.key_id.clone(),
+            })?;
+        let tampered = || SecretsError::Tampered {
+            name: row.name.clone(),
+            version: row.version,
+        };
+        let nonce: [u8; 24] = row.nonce.as_slice().try_into().map_err(|_| tampered())?;
+        let aad = aad(row.environment_id, &row.name, row.version);
+        let clear = key
+            .cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &row.ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| tampered())?;
+        String::from_utf8(clear)
+            .map(Secret::new)
+            .map_err(|_| tampered())
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<String, SecretsError> {
+    std::fs::read_to_string(path).map_err(|source| SecretsError::KeyFile {
+        var: KEY_FILE_VAR,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Sets secret `name` of `environment_id` to `value`: version 1, or one more than the
+/// version it replaces. Returns the row as stored.
+pub async fn set<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    environment_id: Uuid,
+    name: &str,
+    value: &Secret,
+    set_by: &str,
+) -> Result<secret::Model, SecretsError> {
+    let existing = secret::Entity::find()
+        .filter(secret::Column::EnvironmentId.eq(environment_id))
+        .filter(secret::Column::Name.eq(name))
+        .one(db)
+        .await
+        .map_err(SchemaError::from)?;
+    let now = Utc::now();
+    let row = match existing {
+        Some(old) => {
+            let version = old.version + 1;
+            let sealed = keys.seal(environment_id, name, version, value);
+            let mut row: secret::ActiveModel = old.into();
+            row.ciphertext = Set(sealed.ciphertext);
+            row.nonce = Set(sealed.nonce);
+            row.key_id = Set(sealed.key_id);
+            row.version = Set(version);
+            row.set_by = Set(set_by.to_owned());
+            row.updated_at = Set(now);
+            row.update(db).await
+        }
+        None => {
+            let sealed = keys.seal(environment_id, name, 1, value);
+            secret::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                environment_id: Set(environment_id),
+                name: Set(name.to_owned()),
+                ciphertext: Set(sealed.ciphertext),
+                nonce: Set(sealed.nonce),
+                version: Set(1),
+                set_by: Set(set_by.to_owned()),
+                key_id: Set(sealed.key_id),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(db)
+            .await
+        }
+    };
+    Ok(row.map_err(SchemaError::from)?)
+}
+
+/// The secrets of `environment_id`, by name.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    environment_id: Uuid,
+) -> Result<Vec<secret::Model>, SchemaError> {
+    Ok(secret::Entity::find()
+        .filter(secret::Column::EnvironmentId.eq(environment_id))
+        .order_by_asc(secret::Column::Name)
+        .all(db)
+        .await?)
+}
+
+/// The clear values of every secret of `environment_id`, for an allocation's start.
+pub async fn open_all<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    environment_id: Uuid,
+) -> Result<Vec<(String, Secret)>, SecretsError> {
+    list(db, environment_id)
+        .await?
+        .iter()
+        .map(|row| Ok((row.name.clone(), keys.open(row)?)))
+        .collect()
+}
+
+/// Seals again under the current key every secret sealed under another; how many.
+pub async fn reseal_all<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u64, SecretsError> {
+    let stale = secret::Entity::find()
+        .filter(secret::Column::KeyId.ne(keys.current_id()))
+        .all(db)
+        .await
+        .map_err(SchemaError::from)?;
+    let mut n = 0;
+    for row in stale {
+        let value = keys.open(&row)?;
+        let sealed = keys.seal(row.environment_id, &row.name, row.version, &value);
+        let mut active: secret::ActiveModel = row.into();
+        active.ciphertext = Set(sealed.ciphertext);
+        active.nonce = Set(sealed.nonce);
+        active.key_id = Set(sealed.key_id);
+        active.update(db).await.map_err(SchemaError::from)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const B: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    fn row(keys: &Keyring, env: Uuid, name: &str, version: i64, value: &str) -> secret::Model {
+        let sealed = keys.seal(env, name, version, &Secret::new(value));
+        secret::Model {
+            id: Uuid::now_v7(),
+            environment_id: env,
+            name: name.into(),
+            ciphertext: sealed.ciphertext,
+            nonce: sealed.nonce,
+            version,
+            set_by: "user:x".into(),
+            key_id: sealed.key_id,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_where_it_was_sealed() -> Result<(), SecretsError> {
+        let keys = Keyring::new(A, &[])?;
+        let env = Uuid::now_v7();
+        let sealed = row(&keys, env, "STRIPE_KEY", 1, "sk_live_123");
+        assert!(
+            !sealed.ciphertext.windows(11).any(|w| w == b"sk_live_123"),
+            "the value is not in the ciphertext"
+        );
+        assert_eq!(keys.open(&sealed)?.expose(), "sk_live_123");
+        for moved in [
+            secret::Model {
+                name: "OTHER".into(),
+                ..sealed.clone()
+            },
+            secret::Model {
+                version: 2,
+                ..sealed.clone()
+            },
+            secret::Model {
+                environment_id: Uuid::now_v7(),
+                ..sealed.clone()
+            },
+        ] {
+            assert!(matches!(
+                keys.open(&moved),
+                Err(SecretsError::Tampered { .. })
+            ));
+        }
+        let mut flipped = sealed.clone();
+        flipped.ciphertext[0] ^= 1;
+        assert!(matches!(
+            keys.open(&flipped),
+            Err(SecretsError::Tampered { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn rotation_opens_with_old_keys_and_reseals_under_the_new() -> Result<(), SecretsError> {
+        let old = Keyring::new(A, &[])?;
+        let env = Uuid::now_v7();
+        let sealed = row(&old, env, "TOKEN", 3, "t0ken");
+        let new_only = Keyring::new(B, &[])?;
+        let err = new_only
+            .open(&sealed)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            err,
+            Err(format!(
+                "secret TOKEN (version 3) is sealed under key {}, which is neither RHONE_SECRETS_KEY nor among RHONE_SECRETS_OLD_KEYS",
+                old.current_id()
+            ))
+        );
+        let rotating = Keyring::new(B, &[A])?;
+        assert_eq!(rotating.open(&sealed)?.expose(), "t0ken");
+        Ok(())
+    }
+
+    #[test]
+    fn keys_are_read_from_the_environment_or_a_file() -> Result<(), Box<dyn std::error::Error>> {
+        let none = Keyring::from_vars(|_| None)?;
+        assert!(none.is_none());
+        let bad = Keyring::from_vars(|k| (k == KEY_VAR).then(|| "abc".to_owned()));
+        assert_eq!(
+            bad.map(|_| ()).map_err(|e| e.to_string()),
+            Err("RHONE_SECRETS_KEY: a key is 64 hexadecimal digits (32 bytes), e.g. from `openssl rand -hex 32`".to_owned())
+        );
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{A}\n"))?;
+        let path = file.display().to_string();
+        let keys = Keyring::from_vars(|k| (k == KEY_FILE_VAR).then(|| path.clone()))?
+            .ok_or("no keyring")?;
+        assert_eq!(keys.current_id(), Keyring::new(A, &[])?.current_id());
+        assert!(!format!("{keys:?}").contains(A));
+        Ok(())
+    }
+}
