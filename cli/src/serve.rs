@@ -349,7 +349,7 @@ impl Config {
                 false
             }
         };
-        let secrets = match rhone_schema::secrets::Keyring::from_vars(&get) {
+        let secrets = match rhone_schema::secrets::Keyring::from_vars(get) {
             Ok(keys) => keys.map(std::sync::Arc::new),
             Err(e) => {
                 errors.push(e.to_string());

@@ -154,6 +154,7 @@ impl Harness {
                 runner_key: Some(rhone_testkit::runner_key()),
                 fleet,
                 local_repositories: true,
+                secrets: None,
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(rhone_api::serve(api_listener, state, async move {
