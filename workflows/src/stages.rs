@@ -522,3 +522,85 @@ macro_rules! step {
     };
 }
 pub(crate) use step;
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+
+    fn named(actor: &str) -> Decision {
+        Decision {
+            actor: actor.into(),
+            reason: Some("  checked  ".into()),
+            audited: false,
+        }
+    }
+
+    fn refusal(slot: &DecisionSlot, kind: DecisionKind, d: &Decision) -> String {
+        slot.check(kind, d)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_slot_takes_one_decision_of_the_kinds_it_waits_for() {
+        let op = OperationId(Uuid::from_u128(7));
+        let mut slot = DecisionSlot::default();
+        let alice = named("alice");
+        assert!(
+            refusal(&slot, DecisionKind::Approve, &alice)
+                .starts_with("the operation is not waiting for a decision")
+        );
+        slot.open(
+            op,
+            "policy_check",
+            &[DecisionKind::Approve, DecisionKind::Abort],
+        );
+        assert_eq!(
+            refusal(&slot, DecisionKind::Retry, &alice),
+            format!(
+                "operation {op} waits in stage policy_check for approve or abort; retry is not accepted there"
+            )
+        );
+        assert!(
+            refusal(&slot, DecisionKind::Approve, &named(" "))
+                .starts_with("actor: name who decides")
+        );
+        let long = Decision {
+            reason: Some("x".repeat(MAX_REASON_CHARS + 1)),
+            ..named("alice")
+        };
+        assert!(
+            refusal(&slot, DecisionKind::Approve, &long).starts_with("reason: must be at most")
+        );
+
+        assert!(slot.check(DecisionKind::Approve, &alice).is_ok());
+        let taken = slot.put(DecisionKind::Approve, alice.clone());
+        assert_eq!(
+            (taken.actor.as_str(), taken.stage.as_str()),
+            ("temporal:alice", "policy_check")
+        );
+        assert_eq!(
+            refusal(&slot, DecisionKind::Abort, &alice),
+            format!("operation {op} has already taken a decision (approve) in stage policy_check")
+        );
+        let (kind, decision, n) = slot.close().unwrap_or((DecisionKind::Retry, named("?"), 0));
+        assert_eq!(
+            (kind, decision.reason.as_deref(), n),
+            (DecisionKind::Approve, Some("checked"), 1)
+        );
+        assert!(
+            refusal(&slot, DecisionKind::Approve, &alice)
+                .starts_with("the operation is not waiting")
+        );
+
+        // The API's decisions keep their actor: it audited them.
+        slot.open(op, "blocked", &[DecisionKind::Retry, DecisionKind::Abort]);
+        let api = Decision {
+            actor: "user:1".into(),
+            reason: None,
+            audited: true,
+        };
+        assert_eq!(slot.put(DecisionKind::Retry, api).actor, "user:1");
+    }
+}
