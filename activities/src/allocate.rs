@@ -137,12 +137,21 @@ pub(crate) async fn manifest(
 }
 
 /// The command for `alloc` at its current generation. Every command for one allocation is
-/// built here, so the runner sees the same workload and only `generation`/`desired` move.
-pub(crate) fn spec(
+/// built here, so the runner sees the same workload and only `generation`/`desired` move:
+/// its secrets are the environment's as sealed for it at its first command.
+pub(crate) async fn spec(
+    db: &DatabaseConnection,
+    runners: &RunnerClient,
     alloc: &allocation::Model,
     manifest: &ArtifactManifest,
     desired: Desired,
 ) -> Result<AllocationSpec, ActivityError> {
+    let secrets = rhone_schema::secrets::of_allocation(db, runners.keys.as_deref(), alloc)
+        .await
+        .map_err(|e| match e {
+            rhone_schema::secrets::SecretsError::Schema(e) => db_err(e),
+            other => refuse(format!("allocation {}: {other}", alloc.id)),
+        })?;
     let process = &manifest.app.process;
     Ok(AllocationSpec {
         allocation_id: alloc.id,
@@ -160,7 +169,7 @@ pub(crate) fn spec(
             limits: process.limits,
         },
         env: Default::default(),
-        secrets: Default::default(),
+        secrets,
         desired,
     })
 }
@@ -171,12 +180,27 @@ pub(crate) fn spec(
 pub struct RunnerClient {
     http: reqwest::Client,
     key: Option<RunnerKey>,
+    /// The operator's secrets key: opens the environment secrets an allocation starts with.
+    keys: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
 }
 
 impl RunnerClient {
     /// Without a key, calls carry no token and every runner refuses them (401).
     pub fn new(http: reqwest::Client, key: Option<RunnerKey>) -> Self {
-        RunnerClient { http, key }
+        RunnerClient {
+            http,
+            key,
+            keys: None,
+        }
+    }
+
+    /// With the operator's secrets key: allocations of environments with secrets get them.
+    pub fn with_secrets(
+        mut self,
+        keys: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
+    ) -> Self {
+        self.keys = keys;
+        self
     }
 
     fn call(
@@ -549,7 +573,7 @@ pub(crate) async fn start(
     what: &str,
     heartbeat: Heartbeat<'_>,
 ) -> Result<allocation::Model, ActivityError> {
-    put_spec(http, runner, &spec(alloc, manifest, Desired::Run)?).await?;
+    put_spec(http, runner, &spec(db, http, alloc, manifest, Desired::Run).await?).await?;
     let readiness = manifest.app.process.readiness_timeout_secs;
     let status = await_ready(http, runner, alloc.id, readiness, what, heartbeat).await?;
     record_ready(db, runner, alloc.id, &status).await
@@ -610,7 +634,7 @@ pub(crate) async fn stop_on_runner(
         Observed::Status(_) => {}
     }
     let manifest = manifest(db, &row.artifact_digest).await?;
-    let spec = spec(row, &manifest, Desired::Stop)?;
+    let spec = spec(db, http, row, &manifest, Desired::Stop).await?;
     if let Err(e) = put_spec(http, &runner, &spec).await {
         tracing::info!(allocation_id = %row.id, error = ?e, "stop command not taken; asking the runner to drain");
         delete(http, &runner, row.id).await?;

@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     pub fleet: rhone_core::fleet::FleetTimings,
     /// Whether this worker starts the fleet watch of its task queue (on by default).
     pub watch_fleet: bool,
+    /// The operator's secrets key (`RHONE_SECRETS_KEY`): allocations of environments with
+    /// secrets get them; without it, such an allocation is refused naming the setting.
+    pub secrets: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +66,7 @@ impl Default for WorkerConfig {
             runner_key: None,
             fleet: rhone_core::fleet::FleetTimings::default(),
             watch_fleet: true,
+            secrets: None,
         }
     }
 }
@@ -147,7 +151,8 @@ impl Worker {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| WorkerError::Start(e.to_string()))?;
-        let runners = crate::allocate::RunnerClient::new(http, config.runner_key.clone());
+        let runners = crate::allocate::RunnerClient::new(http, config.runner_key.clone())
+            .with_secrets(config.secrets.clone());
         // Build sandboxes a killed predecessor left behind go first.
         if let Ok(sandbox) = rhone_sandbox::Sandbox::new(&config.deploy.sandbox()) {
             let reaped = sandbox.reap().await;

@@ -130,6 +130,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     // The runner key of this data directory: the API checks the runner's reports with it,
     // the worker derives its calls to the runner from it.
     let runner_key = runner_key(&data_dir)?;
+    let secrets = std::sync::Arc::new(secrets_key(&data_dir)?);
     let state = rhone_api::ApiState {
         db: db.clone(),
         temporal: client.clone(),
@@ -138,7 +139,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         fleet: rhone_core::fleet::FleetTimings::default(),
         // `rhone dev` deploys the developer's own checkouts.
         local_repositories: true,
-        secrets: Some(std::sync::Arc::new(secrets_key(&data_dir)?)),
+        secrets: Some(secrets.clone()),
     };
     tasks.spawn(serve::named("api", rhone_api::serve(api, state, stopped())));
     // The worker stores artifacts where the runner reads them: `<data>/artifacts`.
@@ -152,6 +153,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             port_suffix: format!(":{}", args.edge_port),
         },
         runner_key: Some(runner_key.clone()),
+        secrets: Some(secrets),
         ..WorkerConfig::default()
     };
     let worker = if args.no_worker {
@@ -269,8 +271,12 @@ fn worker_env(
     temporal_address: &str,
     data_dir: &std::path::Path,
     edge_port: u16,
-) -> [(&'static str, String); 8] {
+) -> [(&'static str, String); 9] {
     [
+        (
+            rhone_schema::secrets::KEY_FILE_VAR,
+            data_dir.join(SECRETS_KEY_FILE).display().to_string(),
+        ),
         (
             "RHONE_RUNNER_KEY_FILE",
             data_dir.join(RUNNER_KEY_FILE).display().to_string(),

@@ -595,6 +595,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 wc.deploy.store = s3.store()?;
             }
             wc.runner_key = runner_key(&env)?;
+            wc.secrets = config.secrets.clone();
             wc.preview.domain = config.preview_domain;
             wc.preview.port_suffix = config.preview_port_suffix;
             wc.promotion = config.promotion;

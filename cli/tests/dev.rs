@@ -374,7 +374,8 @@ fn taken_port_is_one_clear_line() -> Result<()> {
 #[test]
 fn a_secret_set_from_stdin_unblocks_the_deploy_that_needs_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let dev = start_dev(dir.path(), &support::free_ports()?)?;
+    let ports = support::free_ports()?;
+    let dev = start_dev(dir.path(), &ports)?;
     let app = ["-w", "acme", "-p", "shop", "-a", "web"];
     dev.ok(&["workspaces", "create", "acme"])?;
     dev.ok(&["projects", "create", "-w", "acme", "shop"])?;
@@ -463,6 +464,21 @@ fn a_secret_set_from_stdin_unblocks_the_deploy_that_needs_it() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(op["currentStage"], "preview_ready", "{op}");
+    // The app got it as $STRIPE_KEY, inside its sandbox.
+    let host = op["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|s| s["evidence"]["route_key"].as_str())
+        .context("the preview's host")?;
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(ports[1], host, "/_rhone/stats")?)?;
+    use sha2::Digest;
+    assert_eq!(
+        stats["stripe_key_sha256"],
+        hex::encode(sha2::Sha256::digest(VALUE.as_bytes())),
+        "{stats}"
+    );
     for text in [&said.to_string(), &listed, &retried, &op.to_string()] {
         assert!(!text.contains(VALUE), "the value was shown: {text}");
     }

@@ -356,6 +356,7 @@ async fn seed(db: &DatabaseConnection) -> Result<Seed> {
             updated_at: Set(now),
             memory_mb: Set(512),
             cpu_millis: Set(1000),
+            sealed_secrets: Set(None),
         }
         .insert(db)
         .await?;

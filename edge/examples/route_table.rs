@@ -278,6 +278,7 @@ async fn seed(db: &DatabaseConnection, keys: usize) -> Result<Vec<String>> {
                 updated_at: Set(now),
                 memory_mb: Set(512),
                 cpu_millis: Set(1000),
+                sealed_secrets: Set(None),
             }
         }))
         .exec_without_returning(&txn)

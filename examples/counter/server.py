@@ -89,6 +89,13 @@ class App:
                 "pid": os.getpid(),
                 "artifact_digest": os.environ.get("RHONE_ARTIFACT_DIGEST"),
                 "allocation_id": os.environ.get("RHONE_ALLOCATION_ID"),
+                # The secret Rhone hands the app (`rhone secrets set … STRIPE_KEY`), shown
+                # only as a hash.
+                "stripe_key_sha256": (
+                    hashlib.sha256(os.environ["STRIPE_KEY"].encode()).hexdigest()
+                    if "STRIPE_KEY" in os.environ
+                    else None
+                ),
             }
 
     def attach(self, requested):

@@ -180,6 +180,7 @@ pub async fn create_allocation<C: ConnectionTrait>(
         updated_at: Set(now),
         memory_mb: Set(new.memory_mb),
         cpu_millis: Set(new.cpu_millis),
+        sealed_secrets: Set(None),
     }
     .insert(db)
     .await?)

@@ -54,6 +54,11 @@ pub enum SecretsError {
     },
     #[error("secret {name} (version {version}) does not open: it was altered or moved")]
     Tampered { name: String, version: i64 },
+    #[error(
+        "the environment has secrets ({}) and this worker has no key to open them: set {KEY_VAR} or {KEY_FILE_VAR} as on the API",
+        names.join(", ")
+    )]
+    NoKey { names: Vec<String> },
     #[error(transparent)]
     Schema(#[from] SchemaError),
 }
@@ -214,6 +219,95 @@ impl Keyring {
     }
 }
 
+/// What an allocation's sealed bundle is bound to.
+fn bundle_aad(allocation_id: Uuid) -> Vec<u8> {
+    format!("rhone-allocation-secrets\0{allocation_id}").into_bytes()
+}
+
+/// An allocation's secrets as stored: hex, `key id:nonce:ciphertext`.
+impl Keyring {
+    /// Seals `secrets` (name → value) as the bundle of allocation `allocation_id`.
+    pub fn seal_bundle(
+        &self,
+        allocation_id: Uuid,
+        secrets: &std::collections::BTreeMap<String, Secret>,
+    ) -> String {
+        use rand::RngCore;
+        let clear: std::collections::BTreeMap<&str, &str> = secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        let clear = serde_json::to_vec(&clear).unwrap_or_default();
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = bundle_aad(allocation_id);
+        let ciphertext = self
+            .current
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &clear,
+                    aad: &aad,
+                },
+            )
+            .unwrap_or_default();
+        format!(
+            "{}:{}:{}",
+            self.current.id,
+            hex::encode(nonce),
+            hex::encode(ciphertext)
+        )
+    }
+
+    /// The secrets of allocation `allocation_id`'s bundle.
+    pub fn open_bundle(
+        &self,
+        allocation_id: Uuid,
+        bundle: &str,
+    ) -> Result<std::collections::BTreeMap<String, Secret>, SecretsError> {
+        let tampered = || SecretsError::Tampered {
+            name: format!("(the bundle of allocation {allocation_id})"),
+            version: 0,
+        };
+        let mut parts = bundle.splitn(3, ':');
+        let (Some(key_id), Some(nonce), Some(ciphertext)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(tampered());
+        };
+        let key = std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| SecretsError::UnknownKey {
+                name: format!("(the bundle of allocation {allocation_id})"),
+                version: 0,
+                key_id: key_id.to_owned(),
+            })?;
+        let nonce: [u8; 24] = hex::decode(nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(tampered)?;
+        let ciphertext = hex::decode(ciphertext).map_err(|_| tampered())?;
+        let aad = bundle_aad(allocation_id);
+        let clear = key
+            .cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| tampered())?;
+        let clear: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&clear).map_err(|_| tampered())?;
+        Ok(clear
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect())
+    }
+}
+
 fn read_key_file(path: &Path) -> Result<String, SecretsError> {
     std::fs::read_to_string(path).map_err(|source| SecretsError::KeyFile {
         var: KEY_FILE_VAR,
@@ -298,8 +392,89 @@ pub async fn open_all<C: ConnectionTrait>(
         .collect()
 }
 
-/// Seals again under the current key every secret sealed under another; how many.
+/// The secrets allocation `alloc` runs with: its sealed bundle, made from its environment's
+/// secrets the first time it is asked for (and kept, the first writer winning), so every
+/// generation of its spec carries the same ones. Without a keyring, an environment with no
+/// secret gives none and one with secrets is refused.
+pub async fn of_allocation<C: ConnectionTrait>(
+    db: &C,
+    keys: Option<&Keyring>,
+    alloc: &crate::entity::allocation::Model,
+) -> Result<std::collections::BTreeMap<String, Secret>, SecretsError> {
+    use crate::entity::{allocation, deployment};
+    use sea_orm::sea_query::Expr;
+    if let (Some(bundle), Some(keys)) = (&alloc.sealed_secrets, keys) {
+        return keys.open_bundle(alloc.id, bundle);
+    }
+    let deployment = deployment::Entity::find_by_id(alloc.deployment_id)
+        .one(db)
+        .await
+        .map_err(SchemaError::from)?
+        .ok_or_else(|| SchemaError::NotFound {
+            what: "deployment",
+            id: alloc.deployment_id.to_string(),
+        })?;
+    let rows = list(db, deployment.environment_id).await?;
+    let Some(keys) = keys else {
+        if rows.is_empty() {
+            return Ok(Default::default());
+        }
+        return Err(SecretsError::NoKey {
+            names: rows.into_iter().map(|r| r.name).collect(),
+        });
+    };
+    let secrets = rows
+        .iter()
+        .map(|row| Ok((row.name.clone(), keys.open(row)?)))
+        .collect::<Result<std::collections::BTreeMap<_, _>, SecretsError>>()?;
+    let bundle = keys.seal_bundle(alloc.id, &secrets);
+    allocation::Entity::update_many()
+        .col_expr(allocation::Column::SealedSecrets, Expr::value(bundle))
+        .filter(allocation::Column::Id.eq(alloc.id))
+        .filter(allocation::Column::SealedSecrets.is_null())
+        .exec(db)
+        .await
+        .map_err(SchemaError::from)?;
+    // Another start of the same allocation may have sealed its bundle first: that one wins.
+    let stored = allocation::Entity::find_by_id(alloc.id)
+        .one(db)
+        .await
+        .map_err(SchemaError::from)?
+        .and_then(|a| a.sealed_secrets);
+    match stored {
+        Some(bundle) => keys.open_bundle(alloc.id, &bundle),
+        None => Ok(secrets),
+    }
+}
+
+/// Seals again under the current key every secret, and every allocation's bundle, sealed
+/// under another; how many.
 pub async fn reseal_all<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u64, SecretsError> {
+    use crate::entity::allocation;
+    let bundles = allocation::Entity::find()
+        .filter(allocation::Column::SealedSecrets.is_not_null())
+        .filter(
+            allocation::Column::SealedSecrets
+                .not_like(format!("{}:%", keys.current_id())),
+        )
+        .all(db)
+        .await
+        .map_err(SchemaError::from)?;
+    let mut resealed = 0;
+    for alloc in bundles {
+        let Some(bundle) = &alloc.sealed_secrets else {
+            continue;
+        };
+        let secrets = keys.open_bundle(alloc.id, bundle)?;
+        let mut active: allocation::ActiveModel = alloc.clone().into();
+        active.sealed_secrets = Set(Some(keys.seal_bundle(alloc.id, &secrets)));
+        active.update(db).await.map_err(SchemaError::from)?;
+        resealed += 1;
+    }
+    Ok(resealed + reseal_rows(db, keys).await?)
+}
+
+async fn reseal_rows<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u64, SecretsError> {
     let stale = secret::Entity::find()
         .filter(secret::Column::KeyId.ne(keys.current_id()))
         .all(db)

@@ -224,7 +224,7 @@ impl PromotionActivities {
         heartbeat: Heartbeat<'_>,
     ) -> Result<(), ActivityError> {
         for (row, runner) in started {
-            let spec = allocate::spec(row, manifest, Desired::Run)?;
+            let spec = allocate::spec(&self.db, &self.runners, row, manifest, Desired::Run).await?;
             allocate::put_spec(&self.runners, runner, &spec).await?;
         }
         let readiness = manifest.app.process.readiness_timeout_secs;

@@ -112,7 +112,7 @@ impl WakeActivities {
             .ok_or_else(|| transient(format!("the runner of allocation {id} is gone")))?;
         let runner = allocate::record_network(db, &self.runners, runner).await?;
         let manifest = allocate::manifest(db, &row.artifact_digest).await?;
-        let spec = allocate::spec(&row, &manifest, Desired::Run)?;
+        let spec = allocate::spec(db, &self.runners, &row, &manifest, Desired::Run).await?;
         if let Err(e) = allocate::put_spec(&self.runners, &runner, &spec).await {
             if matches!(&e, ActivityError::Application(f) if f.is_non_retryable()) {
                 // Refused for good: the row must not stay meant to run.

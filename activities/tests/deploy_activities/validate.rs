@@ -180,6 +180,9 @@ async fn missing_secrets_and_services_block_until_bound() -> Result<()> {
         name: Set(name.to_owned()),
         ciphertext: Set(b"sealed".to_vec()),
         nonce: Set(vec![0; 12]),
+        version: Set(1),
+        set_by: Set("user:test".into()),
+        key_id: Set("test".into()),
         created_at: Set(now),
         updated_at: Set(now),
     };

@@ -225,6 +225,7 @@ impl Db {
             updated_at: Set(now),
             memory_mb: Set(512),
             cpu_millis: Set(1000),
+            sealed_secrets: Set(None),
         }
         .insert(&self.conn)
         .await?;

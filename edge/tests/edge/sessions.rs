@@ -59,6 +59,7 @@ async fn drain(h: &Harness, id: Uuid) -> Result<()> {
         updated_at: Set(Utc::now()),
         memory_mb: Set(512),
         cpu_millis: Set(1000),
+        sealed_secrets: Set(None),
         ..Default::default()
     }
     .update(&h.db.conn)

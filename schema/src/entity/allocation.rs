@@ -27,6 +27,10 @@ pub struct Model {
     /// its runner's capacity.
     pub memory_mb: i64,
     pub cpu_millis: i64,
+    /// The environment's secrets as this allocation got them at its start, sealed as one
+    /// bundle ([`crate::secrets::Keyring::seal_bundle`]): every generation of its spec
+    /// carries the same ones. `None` until its first spec, or when it has none.
+    pub sealed_secrets: Option<String>,
     #[sea_orm(belongs_to, from = "deployment_id", to = "id")]
     pub deployment: BelongsTo<super::deployment::Entity>,
     #[sea_orm(belongs_to, from = "artifact_digest", to = "digest")]

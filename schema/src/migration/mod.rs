@@ -19,6 +19,7 @@ mod m20261207_000011_repair;
 mod m20261207_000012_token_expiry;
 mod m20261207_000013_self_approval;
 mod m20261207_000014_secret_versions;
+mod m20261207_000015_allocation_secrets;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_token_expiry::Migration),
             Box::new(m20261207_000013_self_approval::Migration),
             Box::new(m20261207_000014_secret_versions::Migration),
+            Box::new(m20261207_000015_allocation_secrets::Migration),
         ]
     }
 }
