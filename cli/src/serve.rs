@@ -566,6 +566,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     match args.role {
         Role::Api => {
+            if let Some(keys) = config.secrets.as_deref().filter(|k| k.rotating()) {
+                let resealed = rhone_schema::secrets::reseal_all(&db, keys).await?;
+                tracing::info!(
+                    resealed,
+                    key_id = keys.current_id(),
+                    "secrets re-sealed under the current key; the old keys can be removed"
+                );
+            }
             let client = temporal::connect(&temporal_config).await?;
             let listener = TcpListener::bind(listen)
                 .await

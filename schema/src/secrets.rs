@@ -3,7 +3,8 @@
 //! environment, name and version, so a sealed value copied to another row does not open.
 //! The `secrets` table holds only ciphertext, a random 24-byte nonce and the sealing key's
 //! id. Rotation: the new key becomes `RHONE_SECRETS_KEY`, the old ones are listed in
-//! `RHONE_SECRETS_OLD_KEYS` (still opened), and [`reseal_all`] seals every row under the new
+//! `RHONE_SECRETS_OLD_KEYS` (still opened), and [`reseal_all`] (which `rhone serve api` runs
+//! at start while old keys are listed) seals every row and allocation bundle under the new
 //! key, after which the old ones can go.
 
 use std::path::Path;
@@ -159,6 +160,11 @@ impl Keyring {
         hex::encode(key)
     }
 
+    /// Whether earlier keys are listed: a rotation is under way.
+    pub fn rotating(&self) -> bool {
+        !self.old.is_empty()
+    }
+
     /// The id of the key new values are sealed under.
     pub fn current_id(&self) -> &str {
         &self.current.id
@@ -271,7 +277,8 @@ impl Keyring {
             version: 0,
         };
         let mut parts = bundle.splitn(3, ':');
-        let (Some(key_id), Some(nonce), Some(ciphertext)) = (parts.next(), parts.next(), parts.next())
+        let (Some(key_id), Some(nonce), Some(ciphertext)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(tampered());
         };
@@ -453,10 +460,7 @@ pub async fn reseal_all<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u6
     use crate::entity::allocation;
     let bundles = allocation::Entity::find()
         .filter(allocation::Column::SealedSecrets.is_not_null())
-        .filter(
-            allocation::Column::SealedSecrets
-                .not_like(format!("{}:%", keys.current_id())),
-        )
+        .filter(allocation::Column::SealedSecrets.not_like(format!("{}:%", keys.current_id())))
         .all(db)
         .await
         .map_err(SchemaError::from)?;

@@ -10,3 +10,4 @@ mod migrations;
 mod ops;
 mod repair;
 mod routes;
+mod secrets;
