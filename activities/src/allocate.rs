@@ -573,7 +573,12 @@ pub(crate) async fn start(
     what: &str,
     heartbeat: Heartbeat<'_>,
 ) -> Result<allocation::Model, ActivityError> {
-    put_spec(http, runner, &spec(db, http, alloc, manifest, Desired::Run).await?).await?;
+    put_spec(
+        http,
+        runner,
+        &spec(db, http, alloc, manifest, Desired::Run).await?,
+    )
+    .await?;
     let readiness = manifest.app.process.readiness_timeout_secs;
     let status = await_ready(http, runner, alloc.id, readiness, what, heartbeat).await?;
     record_ready(db, runner, alloc.id, &status).await

@@ -16,7 +16,6 @@ pub use credentials::{RUNNER_HEADER, RunnerKey};
 pub use report::StageReport;
 pub use spec::{
     AllocationSpec, DEFAULT_READINESS_TIMEOUT_MS, Desired, INJECTED_ENV, MAX_TIMEOUT_MS,
-    variable_name_problem,
-    ProcessSpec, SpecError,
+    ProcessSpec, SpecError, variable_name_problem,
 };
 pub use status::AllocationStatus;

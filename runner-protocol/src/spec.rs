@@ -209,9 +209,7 @@ pub fn variable_name_problem(name: &str) -> Option<&'static str> {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Some(
-            "is not a variable name (letters, digits and `_`, not starting with a digit)",
-        );
+        return Some("is not a variable name (letters, digits and `_`, not starting with a digit)");
     }
     if INJECTED_ENV.contains(&name) {
         return Some("is set by the runner");
