@@ -170,22 +170,50 @@ impl Keyring {
         &self.current.id
     }
 
-    /// Seals `value` as version `version` of secret `name` of `environment_id`.
-    pub fn seal(&self, environment_id: Uuid, name: &str, version: i64, value: &Secret) -> Sealed {
+    /// `msg` sealed under the current key with `aad`: its random nonce and ciphertext.
+    fn seal_bytes(&self, aad: &[u8], msg: &[u8]) -> ([u8; 24], Vec<u8>) {
         use rand::RngCore;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
-        let aad = aad(environment_id, name, version);
-        let payload = Payload {
-            msg: value.expose().as_bytes(),
-            aad: &aad,
-        };
         // Encryption into a Vec fails only when the buffer cannot grow.
         let ciphertext = self
             .current
             .cipher
-            .encrypt(&XNonce::from(nonce), payload)
+            .encrypt(&XNonce::from(nonce), Payload { msg, aad })
             .unwrap_or_default();
+        (nonce, ciphertext)
+    }
+
+    /// The clear bytes of `ciphertext` sealed under key `key_id`; `None` when the key is not
+    /// held, `Some(Err)` when the bytes do not open (altered, or bound to other data).
+    fn open_bytes(
+        &self,
+        key_id: &str,
+        aad: &[u8],
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Option<Result<Vec<u8>, ()>> {
+        let key = std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == key_id)?;
+        let Ok(nonce) = <[u8; 24]>::try_from(nonce) else {
+            return Some(Err(()));
+        };
+        let payload = Payload {
+            msg: ciphertext,
+            aad,
+        };
+        Some(
+            key.cipher
+                .decrypt(&XNonce::from(nonce), payload)
+                .map_err(|_| ()),
+        )
+    }
+
+    /// Seals `value` as version `version` of secret `name` of `environment_id`.
+    pub fn seal(&self, environment_id: Uuid, name: &str, version: i64, value: &Secret) -> Sealed {
+        let aad = aad(environment_id, name, version);
+        let (nonce, ciphertext) = self.seal_bytes(&aad, value.expose().as_bytes());
         Sealed {
             ciphertext,
             nonce: nonce.to_vec(),
@@ -195,69 +223,37 @@ impl Keyring {
 
     /// The value of a stored secret.
     pub fn open(&self, row: &secret::Model) -> Result<Secret, SecretsError> {
-        let key = std::iter::once(&self.current)
-            .chain(&self.old)
-            .find(|k| k.id == row.key_id)
-            .ok_or_else(|| SecretsError::UnknownKey {
-                name: row.name.clone(),
-                version: row.version,
-                key_id: row.key_id.clone(),
-            })?;
         let tampered = || SecretsError::Tampered {
             name: row.name.clone(),
             version: row.version,
         };
-        let nonce: [u8; 24] = row.nonce.as_slice().try_into().map_err(|_| tampered())?;
         let aad = aad(row.environment_id, &row.name, row.version);
-        let clear = key
-            .cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &row.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| tampered())?;
+        let clear = self
+            .open_bytes(&row.key_id, &aad, &row.nonce, &row.ciphertext)
+            .ok_or_else(|| SecretsError::UnknownKey {
+                name: row.name.clone(),
+                version: row.version,
+                key_id: row.key_id.clone(),
+            })?
+            .map_err(|()| tampered())?;
         String::from_utf8(clear)
             .map(Secret::new)
             .map_err(|_| tampered())
     }
-}
 
-/// What an allocation's sealed bundle is bound to.
-fn bundle_aad(allocation_id: Uuid) -> Vec<u8> {
-    format!("rhone-allocation-secrets\0{allocation_id}").into_bytes()
-}
-
-/// An allocation's secrets as stored: hex, `key id:nonce:ciphertext`.
-impl Keyring {
-    /// Seals `secrets` (name → value) as the bundle of allocation `allocation_id`.
+    /// Seals `secrets` (name → value) as the bundle of allocation `allocation_id`: hex,
+    /// `key id:nonce:ciphertext`.
     pub fn seal_bundle(
         &self,
         allocation_id: Uuid,
         secrets: &std::collections::BTreeMap<String, Secret>,
     ) -> String {
-        use rand::RngCore;
         let clear: std::collections::BTreeMap<&str, &str> = secrets
             .iter()
             .map(|(k, v)| (k.as_str(), v.expose()))
             .collect();
         let clear = serde_json::to_vec(&clear).unwrap_or_default();
-        let mut nonce = [0u8; 24];
-        rand::rng().fill_bytes(&mut nonce);
-        let aad = bundle_aad(allocation_id);
-        let ciphertext = self
-            .current
-            .cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &clear,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
+        let (nonce, ciphertext) = self.seal_bytes(&bundle_aad(allocation_id), &clear);
         format!(
             "{}:{}:{}",
             self.current.id,
@@ -272,8 +268,9 @@ impl Keyring {
         allocation_id: Uuid,
         bundle: &str,
     ) -> Result<std::collections::BTreeMap<String, Secret>, SecretsError> {
+        let name = format!("(the bundle of allocation {allocation_id})");
         let tampered = || SecretsError::Tampered {
-            name: format!("(the bundle of allocation {allocation_id})"),
+            name: name.clone(),
             version: 0,
         };
         let mut parts = bundle.splitn(3, ':');
@@ -282,30 +279,17 @@ impl Keyring {
         else {
             return Err(tampered());
         };
-        let key = std::iter::once(&self.current)
-            .chain(&self.old)
-            .find(|k| k.id == key_id)
+        let (Ok(nonce), Ok(ciphertext)) = (hex::decode(nonce), hex::decode(ciphertext)) else {
+            return Err(tampered());
+        };
+        let clear = self
+            .open_bytes(key_id, &bundle_aad(allocation_id), &nonce, &ciphertext)
             .ok_or_else(|| SecretsError::UnknownKey {
-                name: format!("(the bundle of allocation {allocation_id})"),
+                name: name.clone(),
                 version: 0,
                 key_id: key_id.to_owned(),
-            })?;
-        let nonce: [u8; 24] = hex::decode(nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(tampered)?;
-        let ciphertext = hex::decode(ciphertext).map_err(|_| tampered())?;
-        let aad = bundle_aad(allocation_id);
-        let clear = key
-            .cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| tampered())?;
+            })?
+            .map_err(|()| tampered())?;
         let clear: std::collections::BTreeMap<String, String> =
             serde_json::from_slice(&clear).map_err(|_| tampered())?;
         Ok(clear
@@ -313,6 +297,11 @@ impl Keyring {
             .map(|(k, v)| (k, Secret::new(v)))
             .collect())
     }
+}
+
+/// What an allocation's sealed bundle is bound to.
+fn bundle_aad(allocation_id: Uuid) -> Vec<u8> {
+    format!("rhone-allocation-secrets\0{allocation_id}").into_bytes()
 }
 
 fn read_key_file(path: &Path) -> Result<String, SecretsError> {
