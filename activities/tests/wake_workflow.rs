@@ -32,6 +32,8 @@ use sea_orm::{
 };
 use temporalio_client::{
     WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowUpdateWithStartOptions,
+    errors::{WorkflowUpdateError, WorkflowUpdateWithStartError},
+    tonic::Code,
 };
 use uuid::Uuid;
 
@@ -162,19 +164,27 @@ impl Wake {
 
     /// `attach` by update-with-start, as the edge calls it: a `sleeping` answer comes from
     /// the run that has just put the route to sleep and is ending (its workflow id is the
-    /// same), so the edge asks again, and so does this.
+    /// same), so the edge asks again, and so does this; likewise when that run ends under
+    /// the call and Temporal aborts the update (UNAVAILABLE).
     async fn wake(&self, key: &str, epoch: i64, request: WakeRequest) -> Result<WakeStatus> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let status = self.wake_once(key, epoch, request.clone()).await?;
-            if status.stage != "sleeping" || tokio::time::Instant::now() > deadline {
-                return Ok(status);
+            let again = tokio::time::Instant::now() < deadline;
+            match self.wake_once(key, epoch, request.clone()).await {
+                Ok(status) if status.stage == "sleeping" && again => {}
+                Err(e) if again && aborted(&e) => {}
+                answer => return Ok(answer?),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    async fn wake_once(&self, key: &str, epoch: i64, request: WakeRequest) -> Result<WakeStatus> {
+    async fn wake_once(
+        &self,
+        key: &str,
+        epoch: i64,
+        request: WakeRequest,
+    ) -> Result<WakeStatus, WorkflowUpdateWithStartError> {
         let options = WorkflowUpdateWithStartOptions::new(
             self.p.h.queue.clone(),
             wake_workflow_id(key, epoch),
@@ -187,8 +197,7 @@ impl Wake {
             epoch,
             trigger: WakeTrigger::Request(request.clone()),
         };
-        Ok(self
-            .p
+        self.p
             .h
             .client
             .execute_update_with_start_workflow(
@@ -198,7 +207,7 @@ impl Wake {
                 request,
                 options,
             )
-            .await?)
+            .await
     }
 
     /// What the runner says about allocation `id`.
@@ -420,6 +429,15 @@ async fn promoted_route_sleeps_when_idle_and_wakes_on_request() -> Result<()> {
     w.stopped(woke[0]).await?;
     w.record(&key, epoch, "wake_request_hot_sleeps").await?;
     w.p.stop().await
+}
+
+/// Whether the run ended under an update-with-start, as the edge's own check reads it.
+fn aborted(e: &WorkflowUpdateWithStartError) -> bool {
+    match e {
+        WorkflowUpdateWithStartError::Update(WorkflowUpdateError::Rpc(s))
+        | WorkflowUpdateWithStartError::Rpc(s) => s.code() == Code::Unavailable,
+        _ => false,
+    }
 }
 
 /// (b) Twenty edges find the route asleep at once: one run, one operation, one allocation,

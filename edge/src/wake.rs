@@ -16,6 +16,7 @@ use std::{
 use rhone_workflows::wake::{WakeInput, WakeRequest, WakeStatus, WakeTrigger, WakeWorkflow};
 use temporalio_client::{
     Client, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowUpdateWithStartOptions,
+    errors::WorkflowUpdateWithStartError,
 };
 use tokio::{runtime::Handle, sync::watch};
 
@@ -205,6 +206,13 @@ impl Waker {
                         );
                         break Ok(status);
                     }
+                    // The run ended while the call was in flight: Temporal aborts the update
+                    // (UNAVAILABLE, "workflow update was aborted"), and the next call
+                    // reaches or starts the next run.
+                    Ok(Err(e)) if aborted(&e) && started.elapsed() < CALL_TIMEOUT => {
+                        tracing::debug!(%route_key, epoch, %workflow_id, "the run ended under the call; asking again");
+                        tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(%route_key, epoch, %workflow_id, error = %e, "asking for a wake failed");
                         break Err(e.to_string());
@@ -218,6 +226,16 @@ impl Waker {
             let _ = tx.send(Some(outcome));
         });
         rx
+    }
+}
+
+/// Whether an update-with-start was aborted because its run ended under it: retryable.
+pub(crate) fn aborted(e: &WorkflowUpdateWithStartError) -> bool {
+    use temporalio_client::{errors::WorkflowUpdateError, tonic::Code};
+    match e {
+        WorkflowUpdateWithStartError::Update(WorkflowUpdateError::Rpc(s))
+        | WorkflowUpdateWithStartError::Rpc(s) => s.code() == Code::Unavailable,
+        _ => false,
     }
 }
 
