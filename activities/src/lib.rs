@@ -5,6 +5,7 @@
 
 mod allocate;
 pub use allocate::RunnerClient;
+pub mod database;
 pub mod deploy;
 pub mod error;
 pub mod fleet;

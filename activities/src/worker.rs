@@ -4,8 +4,8 @@
 use std::{future::Future, time::Duration};
 
 use rhone_workflows::{
-    DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow, PromotionWorkflow, RepairWorkflow,
-    TASK_QUEUE, WakeWorkflow,
+    DatabaseBindWorkflow, DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow,
+    PromotionWorkflow, RepairWorkflow, TASK_QUEUE, WakeWorkflow,
 };
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
@@ -173,6 +173,12 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<RepairWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<DatabaseBindWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_activities(crate::database::DatabaseActivities {
+                db: db.clone(),
+                secrets: config.secrets.clone(),
+            })
             .register_activities(crate::fleet::FleetActivities {
                 db: db.clone(),
                 timings: config.fleet,

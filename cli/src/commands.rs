@@ -95,6 +95,55 @@ pub enum ClientCommand {
     /// unset, list (names and versions, never values).
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// Database providers (PostgreSQL servers, added by platform operators): add, list.
+    #[command(subcommand)]
+    Providers(ProvidersCmd),
+    /// An environment's database: bind one (its own, or another environment's to read),
+    /// list.
+    #[command(subcommand)]
+    Databases(DatabasesCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ProvidersCmd {
+    /// The registered providers: name, host, point-in-time recovery.
+    List,
+    /// Register a PostgreSQL server as provider NAME. Its admin URL
+    /// (postgres://ROLE:PASSWORD@HOST:PORT/DB, a role with CREATEDB and CREATEROLE) is read
+    /// from stdin or --from-file, never an argument; Rhone checks it by connecting.
+    Add {
+        name: String,
+        /// Read the admin URL from this file instead of stdin.
+        #[arg(long)]
+        from_file: Option<std::path::PathBuf>,
+        /// The server keeps point-in-time recovery: migrations take it as their backup
+        /// posture instead of a dump of their own.
+        #[arg(long)]
+        point_in_time_recovery: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum DatabasesCmd {
+    /// The environment's database bindings.
+    List {
+        #[command(flatten)]
+        app_ref: AppRef,
+        env: String,
+    },
+    /// Give ENV a database and role of its own on PROVIDER (or, with --read-only
+    /// --database NAME, read another environment's), and set its DATABASE_URL secret.
+    Bind {
+        #[command(flatten)]
+        app_ref: AppRef,
+        env: String,
+        provider: String,
+        /// The database to read (another environment's), with --read-only.
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -394,6 +443,100 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
                 )
                 .await?;
             out(&d["unsetSecret"], &|_| println!("unset {name} on {env}"));
+        }
+        ClientCommand::Providers(ProvidersCmd::List) => {
+            let d = api
+                .call(
+                    "{ databaseProviders { name kind host pointInTimeRecovery createdAt } }",
+                    json!({}),
+                )
+                .await?;
+            out(&d["databaseProviders"], &|v| {
+                table(
+                    v,
+                    &["name", "kind", "host", "pointInTimeRecovery", "createdAt"],
+                )
+            });
+        }
+        ClientCommand::Providers(ProvidersCmd::Add {
+            name,
+            from_file,
+            point_in_time_recovery,
+        }) => {
+            let url = secret_value(from_file.as_deref())?;
+            let d = api
+                .call(
+                    "mutation($n: String!, $u: String!, $p: Boolean!) { \
+                     addDatabaseProvider(name: $n, adminUrl: $u, pointInTimeRecovery: $p) { \
+                     provider { name host pointInTimeRecovery } operation { id } } }",
+                    json!({ "n": name, "u": url, "p": point_in_time_recovery }),
+                )
+                .await?;
+            out(&d["addDatabaseProvider"], &|v| {
+                println!(
+                    "added provider {name} ({}); bind an environment with: rhone databases bind -w WS -p PROJECT -a APP ENV {name}",
+                    v["provider"]["host"].as_str().unwrap_or("?")
+                );
+            });
+        }
+        ClientCommand::Databases(DatabasesCmd::List { app_ref, env }) => {
+            let e = resolve_env(&api, &app_ref, &env).await?;
+            let d = api
+                .call(
+                    "query($a: UUID!) { environments(appId: $a) { id databases { provider database role access status error } } }",
+                    json!({ "a": resolve_app(&api, &app_ref).await? }),
+                )
+                .await?;
+            let databases = d["environments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["id"].as_str() == Some(e.as_str()))
+                .map(|x| x["databases"].clone())
+                .unwrap_or_default();
+            out(&databases, &|v| {
+                table(
+                    v,
+                    &["provider", "database", "role", "access", "status", "error"],
+                )
+            });
+        }
+        ClientCommand::Databases(DatabasesCmd::Bind {
+            app_ref,
+            env,
+            provider,
+            database,
+            read_only,
+        }) => {
+            let e = resolve_env(&api, &app_ref, &env).await?;
+            let q = format!(
+                "mutation($e: UUID!, $p: String!, $d: String, $r: Boolean!) {{ \
+                 bindDatabase(environmentId: $e, provider: $p, database: $d, readOnly: $r) {{ operation {{ {OP_FIELDS} }} }} }}"
+            );
+            let d = api
+                .call(
+                    &q,
+                    json!({ "e": e, "p": provider, "d": database, "r": read_only }),
+                )
+                .await?;
+            let op = follow(
+                &api,
+                &d["bindDatabase"]["operation"],
+                json_out,
+                OnWait::Keep,
+            )
+            .await?;
+            out(&op, &|_| {});
+            if status_of(&op) != "succeeded" {
+                bail!(
+                    "operation {} ended {}",
+                    op["id"].as_str().unwrap_or("?"),
+                    op["status"].as_str().unwrap_or("?")
+                );
+            }
+            if !json_out {
+                println!("{env} is bound; its allocations get DATABASE_URL from their next start");
+            }
         }
         ClientCommand::Tokens(TokensCmd::List) => {
             let d = api
@@ -1185,7 +1328,7 @@ fn secret_value(file: Option<&std::path::Path>) -> Result<String> {
     };
     anyhow::ensure!(
         !value.is_empty(),
-        "no value: pipe it on stdin (`printf %s \"$VALUE\" | rhone secrets set …`) or pass --from-file FILE"
+        "no value: pipe it on stdin (`printf %s \"$VALUE\" | rhone …`) or pass --from-file FILE"
     );
     Ok(value)
 }

@@ -79,6 +79,11 @@ text_enum! {
         RunnerAdd = "runner_add",
         /// An operator revoked a runner host's credential.
         RunnerRevoke = "runner_revoke",
+        /// An operator registered a database provider server.
+        ProviderAdd = "provider_add",
+        /// An environment bound to a database of a provider: the database and its role
+        /// provisioned, `DATABASE_URL` set.
+        DatabaseBind = "database_bind",
     }
 }
 
@@ -185,7 +190,9 @@ impl OperationKind {
             | Self::TokenCreate
             | Self::TokenRevoke
             | Self::RunnerAdd
-            | Self::RunnerRevoke => MachineKind::Mutation,
+            | Self::RunnerRevoke
+            | Self::ProviderAdd
+            | Self::DatabaseBind => MachineKind::Mutation,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod logs;
 pub mod migration;
 pub mod ops;
+pub mod providers;
 pub mod repair;
 pub mod routes;
 pub mod secrets;

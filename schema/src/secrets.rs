@@ -22,7 +22,10 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{SchemaError, entity::secret};
+use crate::{
+    SchemaError,
+    entity::{database_provider, secret},
+};
 
 /// The operator's key, hex (64 digits: 32 bytes).
 pub const KEY_VAR: &str = "RHONE_SECRETS_KEY";
@@ -241,8 +244,42 @@ impl Keyring {
             .map_err(|_| tampered())
     }
 
-    /// Seals `secrets` (name → value) as the bundle of allocation `allocation_id`: hex,
-    /// `key id:nonce:ciphertext`.
+    /// `clear` sealed under the current key with `aad`, as text: hex `key id:nonce:ciphertext`.
+    fn seal_text(&self, aad: &[u8], clear: &[u8]) -> String {
+        let (nonce, ciphertext) = self.seal_bytes(aad, clear);
+        format!(
+            "{}:{}:{}",
+            self.current.id,
+            hex::encode(nonce),
+            hex::encode(ciphertext)
+        )
+    }
+
+    /// The clear bytes of `sealed` ([`Keyring::seal_text`]); errors name the value as `name`.
+    fn open_text(&self, aad: &[u8], sealed: &str, name: &str) -> Result<Vec<u8>, SecretsError> {
+        let tampered = || SecretsError::Tampered {
+            name: name.to_owned(),
+            version: 0,
+        };
+        let mut parts = sealed.splitn(3, ':');
+        let (Some(key_id), Some(nonce), Some(ciphertext)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(tampered());
+        };
+        let (Ok(nonce), Ok(ciphertext)) = (hex::decode(nonce), hex::decode(ciphertext)) else {
+            return Err(tampered());
+        };
+        self.open_bytes(key_id, aad, &nonce, &ciphertext)
+            .ok_or_else(|| SecretsError::UnknownKey {
+                name: name.to_owned(),
+                version: 0,
+                key_id: key_id.to_owned(),
+            })?
+            .map_err(|()| tampered())
+    }
+
+    /// Seals `secrets` (name → value) as the bundle of allocation `allocation_id`.
     pub fn seal_bundle(
         &self,
         allocation_id: Uuid,
@@ -253,13 +290,7 @@ impl Keyring {
             .map(|(k, v)| (k.as_str(), v.expose()))
             .collect();
         let clear = serde_json::to_vec(&clear).unwrap_or_default();
-        let (nonce, ciphertext) = self.seal_bytes(&bundle_aad(allocation_id), &clear);
-        format!(
-            "{}:{}:{}",
-            self.current.id,
-            hex::encode(nonce),
-            hex::encode(ciphertext)
-        )
+        self.seal_text(&bundle_aad(allocation_id), &clear)
     }
 
     /// The secrets of allocation `allocation_id`'s bundle.
@@ -269,34 +300,40 @@ impl Keyring {
         bundle: &str,
     ) -> Result<std::collections::BTreeMap<String, Secret>, SecretsError> {
         let name = format!("(the bundle of allocation {allocation_id})");
-        let tampered = || SecretsError::Tampered {
-            name: name.clone(),
-            version: 0,
-        };
-        let mut parts = bundle.splitn(3, ':');
-        let (Some(key_id), Some(nonce), Some(ciphertext)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(tampered());
-        };
-        let (Ok(nonce), Ok(ciphertext)) = (hex::decode(nonce), hex::decode(ciphertext)) else {
-            return Err(tampered());
-        };
-        let clear = self
-            .open_bytes(key_id, &bundle_aad(allocation_id), &nonce, &ciphertext)
-            .ok_or_else(|| SecretsError::UnknownKey {
-                name: name.clone(),
-                version: 0,
-                key_id: key_id.to_owned(),
-            })?
-            .map_err(|()| tampered())?;
-        let clear: std::collections::BTreeMap<String, String> =
-            serde_json::from_slice(&clear).map_err(|_| tampered())?;
+        let clear = self.open_text(&bundle_aad(allocation_id), bundle, &name)?;
+        let clear: std::collections::BTreeMap<String, String> = serde_json::from_slice(&clear)
+            .map_err(|_| SecretsError::Tampered { name, version: 0 })?;
         Ok(clear
             .into_iter()
             .map(|(k, v)| (k, Secret::new(v)))
             .collect())
     }
+
+    /// Seals the admin URL of database provider `provider_id`.
+    pub fn seal_provider(&self, provider_id: Uuid, admin_url: &Secret) -> String {
+        self.seal_text(&provider_aad(provider_id), admin_url.expose().as_bytes())
+    }
+
+    /// The admin URL of a database provider.
+    pub fn open_provider(
+        &self,
+        provider: &database_provider::Model,
+    ) -> Result<Secret, SecretsError> {
+        let name = format!("(the admin URL of provider {})", provider.name);
+        let clear = self.open_text(
+            &provider_aad(provider.id),
+            &provider.sealed_admin_url,
+            &name,
+        )?;
+        String::from_utf8(clear)
+            .map(Secret::new)
+            .map_err(|_| SecretsError::Tampered { name, version: 0 })
+    }
+}
+
+/// What a provider's sealed admin URL is bound to.
+fn provider_aad(provider_id: Uuid) -> Vec<u8> {
+    format!("rhone-database-provider\0{provider_id}").into_bytes()
 }
 
 /// What an allocation's sealed bundle is bound to.
@@ -443,8 +480,8 @@ pub async fn of_allocation<C: ConnectionTrait>(
     }
 }
 
-/// Seals again under the current key every secret, and every allocation's bundle, sealed
-/// under another; how many.
+/// Seals again under the current key every secret, every allocation's bundle and every
+/// provider's admin URL sealed under another; how many.
 pub async fn reseal_all<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u64, SecretsError> {
     use crate::entity::allocation;
     let bundles = allocation::Entity::find()
@@ -461,6 +498,20 @@ pub async fn reseal_all<C: ConnectionTrait>(db: &C, keys: &Keyring) -> Result<u6
         let secrets = keys.open_bundle(alloc.id, bundle)?;
         let mut active: allocation::ActiveModel = alloc.clone().into();
         active.sealed_secrets = Set(Some(keys.seal_bundle(alloc.id, &secrets)));
+        active.update(db).await.map_err(SchemaError::from)?;
+        resealed += 1;
+    }
+    let providers = database_provider::Entity::find()
+        .filter(
+            database_provider::Column::SealedAdminUrl.not_like(format!("{}:%", keys.current_id())),
+        )
+        .all(db)
+        .await
+        .map_err(SchemaError::from)?;
+    for provider in providers {
+        let url = keys.open_provider(&provider)?;
+        let mut active: database_provider::ActiveModel = provider.clone().into();
+        active.sealed_admin_url = Set(keys.seal_provider(provider.id, &url));
         active.update(db).await.map_err(SchemaError::from)?;
         resealed += 1;
     }

@@ -707,8 +707,43 @@ impl RepairActivities {
     }
 }
 
+/// Provisions what binding `binding_id` asks for on its provider: the database and role,
+/// and the environment's `DATABASE_URL` secret. Idempotent: a retry sets the role's
+/// password again and the secret with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionDatabaseInput {
+    pub operation_id: OperationId,
+    pub binding_id: Uuid,
+}
+
+/// What was provisioned; names and a version, never a password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseProvisioned {
+    pub provider: String,
+    pub database: String,
+    pub role: String,
+    pub access: String,
+    /// Whether this attempt created the database (false: it existed).
+    pub created: bool,
+    /// The version of the environment's `DATABASE_URL` secret now set.
+    pub secret_version: i64,
+}
+
+pub struct DatabaseActivities;
+
+#[activity_definitions]
+impl DatabaseActivities {
+    #[activity(name = "provision_database")]
+    pub fn provision_database(
+        input: ProvisionDatabaseInput,
+    ) -> Result<DatabaseProvisioned, ActivityError> {
+        unimplemented!()
+    }
+}
+
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
+    pub use super::database_activities::ProvisionDatabase;
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::fleet_activities::{EndOrphanedOperations, SweepRunners};
     pub use super::operation_activities::{RecordDecision, RecordStage, SetStatus};

@@ -3,6 +3,7 @@
 //! activity implemented in `rhone-activities`.
 
 pub mod activities;
+pub mod database_bind;
 pub mod deploy;
 pub mod environment_create;
 pub mod fleet;
@@ -11,6 +12,7 @@ pub mod repair;
 pub mod stages;
 pub mod wake;
 
+pub use database_bind::{DatabaseBindInput, DatabaseBindWorkflow};
 pub use deploy::{DeployInput, DeployOutcome, DeployWorkflow};
 pub use environment_create::{EnvironmentCreateInput, EnvironmentCreateWorkflow};
 pub use fleet::{FleetInput, FleetWorkflow, fleet_workflow_id};

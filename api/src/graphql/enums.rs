@@ -62,6 +62,8 @@ mirror! {
         TokenRevoke,
         RunnerAdd,
         RunnerRevoke,
+        ProviderAdd,
+        DatabaseBind,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod access;
 pub(crate) mod audit;
+pub(crate) mod databases;
 pub(crate) mod deploys;
 pub(crate) mod enums;
 pub(crate) mod environments;
@@ -36,6 +37,7 @@ pub struct Query(
     routes::RouteQuery,
     audit::AuditQuery,
     fleet::FleetQuery,
+    databases::DatabaseQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -47,6 +49,7 @@ pub struct Mutation(
     promotions::PromotionMutation,
     operations::OperationMutation,
     fleet::FleetMutation,
+    databases::DatabaseMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -132,6 +132,16 @@ impl Environment {
             .map_err(ApiError::from)?;
         Ok(rows.into_iter().map(SecretInfo::from).collect())
     }
+
+    /// The environment's databases (one it owns, or one it reads); its allocations find
+    /// the URL in the `DATABASE_URL` secret.
+    async fn databases(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::graphql::databases::DatabaseBinding>> {
+        let rows = crate::service::databases::of_environment(&state(ctx)?.db, self.id).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
 }
 
 /// A secret of an environment: its name and version, never its value.

@@ -19,13 +19,16 @@ use crate::{
     service::validate,
 };
 
-/// Fails unless the actor is a platform operator.
+/// Fails unless the actor is a platform operator; `what` names what they manage.
 pub(crate) async fn require_operator(
     db: &DatabaseConnection,
     actor: &Actor,
+    what: &str,
 ) -> Result<(), ApiError> {
     let forbidden = || {
-        ApiError::Forbidden("runners are managed by platform operators; you are not one".to_owned())
+        ApiError::Forbidden(format!(
+            "{what} are managed by platform operators; you are not one"
+        ))
     };
     let Actor::User { user_id, .. } = actor else {
         return Err(forbidden());
@@ -43,7 +46,7 @@ pub(crate) async fn list(
     db: &DatabaseConnection,
     actor: &Actor,
 ) -> Result<Vec<(runner::Model, cell::Model, region::Model, Usage)>, ApiError> {
-    require_operator(db, actor).await?;
+    require_operator(db, actor, "runners").await?;
     Ok(fleet::runners_with_usage(db).await?)
 }
 
@@ -61,7 +64,7 @@ pub(crate) async fn add(
     region_name: &str,
     cell_name: &str,
 ) -> Result<AddedRunner, ApiError> {
-    require_operator(db, actor).await?;
+    require_operator(db, actor, "runners").await?;
     let name: Name = validate::name("name", name)?;
     let region_name = validate::name("region", region_name)?;
     let cell_name = validate::name("cell", cell_name)?;
@@ -104,7 +107,7 @@ pub(crate) async fn revoke(
     actor: &Actor,
     name: &str,
 ) -> Result<runner::Model, ApiError> {
-    require_operator(db, actor).await?;
+    require_operator(db, actor, "runners").await?;
     let txn = begin_write(db).await?;
     let (runner, from) = fleet::revoke_runner(&txn, name).await?;
     // Nothing of a revoked host stays routable.

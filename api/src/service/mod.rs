@@ -4,6 +4,7 @@
 pub(crate) mod access;
 pub(crate) mod audit;
 pub(crate) mod bindings;
+pub(crate) mod databases;
 pub(crate) mod deploys;
 pub(crate) mod environments;
 pub(crate) mod fleet;

@@ -165,10 +165,15 @@ impl Api {
         Ok(self.caller(&token))
     }
 
-    /// Runs a worker on this API's task queue, on its own thread, until dropped.
+    /// Runs a worker on this API's task queue, with the API's secrets key, on its own
+    /// thread, until dropped.
     pub fn worker(&self) -> Result<WorkerHandle> {
         let config = WorkerConfig {
             task_queue: self.task_queue.clone(),
+            secrets: Some(std::sync::Arc::new(rhone_schema::secrets::Keyring::new(
+                SECRETS_KEY,
+                &[],
+            )?)),
             ..WorkerConfig::default()
         };
         Ok(Worker::spawn(

@@ -4,6 +4,7 @@
 
 mod access;
 mod bindings;
+mod databases;
 mod deploys;
 mod fleet;
 mod harness;

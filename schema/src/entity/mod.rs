@@ -5,10 +5,12 @@
 pub mod allocation;
 pub mod api_token;
 pub mod app;
+pub mod applied_migration;
 pub mod artifact;
 pub mod audit_log;
 pub mod build_log;
 pub mod cell;
+pub mod database_provider;
 pub mod deployment;
 pub mod edge_ack;
 pub mod environment;

@@ -20,6 +20,7 @@ mod m20261207_000012_token_expiry;
 mod m20261207_000013_self_approval;
 mod m20261207_000014_secret_versions;
 mod m20261207_000015_allocation_secrets;
+mod m20261207_000016_database_providers;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000013_self_approval::Migration),
             Box::new(m20261207_000014_secret_versions::Migration),
             Box::new(m20261207_000015_allocation_secrets::Migration),
+            Box::new(m20261207_000016_database_providers::Migration),
         ]
     }
 }
