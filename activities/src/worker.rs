@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use rhone_workflows::{
     DatabaseBindWorkflow, DeployWorkflow, EnvironmentCreateWorkflow, FleetWorkflow,
-    PromotionWorkflow, RepairWorkflow, TASK_QUEUE, WakeWorkflow,
+    MigrationWorkflow, PromotionWorkflow, RepairWorkflow, TASK_QUEUE, WakeWorkflow,
 };
 use sea_orm::DatabaseConnection;
 use temporalio_client::Client;
@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     /// The operator's secrets key (`RHONE_SECRETS_KEY`): allocations of environments with
     /// secrets get them; without it, such an allocation is refused naming the setting.
     pub secrets: Option<std::sync::Arc<rhone_schema::secrets::Keyring>>,
+    /// How Migrations take their lock and where their dumps go.
+    pub migration: crate::database::MigrationConfig,
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +69,7 @@ impl Default for WorkerConfig {
             fleet: rhone_core::fleet::FleetTimings::default(),
             watch_fleet: true,
             secrets: None,
+            migration: crate::database::MigrationConfig::default(),
         }
     }
 }
@@ -175,9 +178,13 @@ impl Worker {
             .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_workflow::<DatabaseBindWorkflow>()
             .map_err(|e| WorkerError::Register(e.to_string()))?
+            .register_workflow::<MigrationWorkflow>()
+            .map_err(|e| WorkerError::Register(e.to_string()))?
             .register_activities(crate::database::DatabaseActivities {
                 db: db.clone(),
                 secrets: config.secrets.clone(),
+                store: config.deploy.store.clone(),
+                migration: config.migration.clone(),
             })
             .register_activities(crate::fleet::FleetActivities {
                 db: db.clone(),

@@ -89,9 +89,25 @@ pub(crate) async fn requested<C>(txn: &C, m: &Mutation) -> Result<operation::Mod
 where
     C: ConnectionTrait + TransactionTrait,
 {
+    requested_with(txn, m, serde_json::json!({})).await
+}
+
+/// [`requested`] with `evidence` on the initial stage record.
+pub(crate) async fn requested_with<C>(
+    txn: &C,
+    m: &Mutation,
+    evidence: serde_json::Value,
+) -> Result<operation::Model, ApiError>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let workflow_id = m.workflow_id();
-    let op =
-        ops::create_operation(txn, m.new_operation(&workflow_id, OperationStatus::Running)).await?;
+    let op = ops::create_operation_with(
+        txn,
+        m.new_operation(&workflow_id, OperationStatus::Running),
+        evidence,
+    )
+    .await?;
     audit(txn, m).await?;
     Ok(op)
 }

@@ -725,8 +725,85 @@ pub struct DatabaseProvisioned {
     pub access: String,
     /// Whether this attempt created the database (false: it existed).
     pub created: bool,
-    /// The version of the environment's `DATABASE_URL` secret now set.
-    pub secret_version: i64,
+    /// The version of the environment's `DATABASE_URL` now set.
+    pub url_version: i64,
+}
+
+/// One step of a Migration: which environment's database, with the migrations of which
+/// artifact. Activities read the files from the artifact store and the database from the
+/// environment's binding, so no SQL text nor URL passes through a history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationStepInput {
+    pub operation_id: OperationId,
+    pub environment_id: Uuid,
+    /// The artifact whose migrations are applied.
+    pub digest: String,
+}
+
+/// A statement a contract migration would run, named for its approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContractStatement {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub rule: String,
+    pub reason: String,
+    pub sql: String,
+}
+
+/// An artifact serving a route of the environment that lacks a contract migration about to
+/// run: it still needs the old shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServingArtifact {
+    pub route_key: String,
+    pub deployment_id: Uuid,
+    pub digest: String,
+    /// The contract migrations it does not carry.
+    pub lacks: Vec<String>,
+}
+
+/// What `plan_migration` found: the target database, the files still to apply with their
+/// classification, and the gates' facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationPlan {
+    pub provider: String,
+    pub database: String,
+    /// Paths of the files not applied yet, in order.
+    pub pending: Vec<String>,
+    /// Per pending file: its class, statements and rollback plan (evidence as recorded).
+    pub classification: serde_json::Value,
+    /// Statements of contract class, which need an approval.
+    pub contract: Vec<ContractStatement>,
+    /// Pending files declared irreversible (no down migration), which need an approval.
+    pub irreversible: Vec<String>,
+    /// Artifacts serving a route that still need the old shape.
+    pub incompatible: Vec<ServingArtifact>,
+    /// The provider keeps point-in-time recovery (else the dry run takes a dump).
+    pub point_in_time_recovery: bool,
+}
+
+/// What `dry_run_migration` did: the pending files applied to a scratch copy of the
+/// database's schema, timed, and the backup taken (or the declared recovery).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunReport {
+    pub evidence: serde_json::Value,
+}
+
+/// What `apply_migration` did. `lock` is set once the lock was held; `failure` says why it
+/// stopped (the lock not granted within the timeout, a statement refused), in which case
+/// the transaction rolled back and nothing was applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub lock: Option<serde_json::Value>,
+    pub applied: serde_json::Value,
+    pub failure: Option<String>,
+    pub failure_evidence: serde_json::Value,
+}
+
+/// What `verify_migration` read back and recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub evidence: serde_json::Value,
 }
 
 pub struct DatabaseActivities;
@@ -739,11 +816,33 @@ impl DatabaseActivities {
     ) -> Result<DatabaseProvisioned, ActivityError> {
         unimplemented!()
     }
+
+    #[activity(name = "plan_migration")]
+    pub fn plan_migration(input: MigrationStepInput) -> Result<MigrationPlan, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "dry_run_migration")]
+    pub fn dry_run_migration(input: MigrationStepInput) -> Result<DryRunReport, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "apply_migration")]
+    pub fn apply_migration(input: MigrationStepInput) -> Result<ApplyReport, ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "verify_migration")]
+    pub fn verify_migration(input: MigrationStepInput) -> Result<VerifyReport, ActivityError> {
+        unimplemented!()
+    }
 }
 
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
-    pub use super::database_activities::ProvisionDatabase;
+    pub use super::database_activities::{
+        ApplyMigration, DryRunMigration, PlanMigration, ProvisionDatabase, VerifyMigration,
+    };
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::fleet_activities::{EndOrphanedOperations, SweepRunners};
     pub use super::operation_activities::{RecordDecision, RecordStage, SetStatus};

@@ -63,7 +63,7 @@ impl DatabaseBindWorkflow {
                     "role": done.role,
                     "access": done.access,
                     "created": done.created,
-                    "secret": { "name": "DATABASE_URL", "version": done.secret_version },
+                    "database_url_version": done.url_version,
                 });
                 op.enter(ctx, MutationStage::Applied, evidence, None)
                     .await?;

@@ -4,14 +4,22 @@
 //! module except sealed as the environment's secret, and error messages have every such
 //! value scrubbed ([`providers::scrub`]).
 
+pub mod migrate;
 mod provision;
+
+pub use migrate::MigrationConfig;
 
 use std::sync::Arc;
 
 use rhone_core::secret::Secret;
 use rhone_schema::providers::{self, scrub};
 use rhone_schema::{SchemaError, secrets::Keyring};
-use rhone_workflows::activities::{DatabaseProvisioned, ProvisionDatabaseInput, defs};
+use rhone_workflows::activities::{
+    ApplyReport, DatabaseProvisioned, DryRunReport, MigrationPlan, MigrationStepInput,
+    ProvisionDatabaseInput, VerifyReport, defs,
+};
+
+use crate::Heartbeat;
 use sea_orm::{DatabaseConnection, DbErr};
 use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
@@ -20,6 +28,9 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 pub struct DatabaseActivities {
     pub db: DatabaseConnection,
     pub secrets: Option<Arc<Keyring>>,
+    /// Where the artifacts (and so their migration files) are.
+    pub store: rhone_store::ArtifactStore,
+    pub migration: MigrationConfig,
 }
 
 /// Why a database activity failed.
@@ -64,6 +75,66 @@ impl DatabaseActivities {
         input: ProvisionDatabaseInput,
     ) -> Result<DatabaseProvisioned, ActivityError> {
         provision::run(&self.db, self.secrets.as_deref(), &input)
+            .await
+            .map_err(DatabaseError::into_activity)
+    }
+
+    #[activity(definition = defs::PlanMigration)]
+    pub async fn plan_migration(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: MigrationStepInput,
+    ) -> Result<MigrationPlan, ActivityError> {
+        migrate::plan(&self.db, self.secrets.as_deref(), &self.store, &input)
+            .await
+            .map_err(DatabaseError::into_activity)
+    }
+
+    #[activity(definition = defs::DryRunMigration)]
+    pub async fn dry_run_migration(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: MigrationStepInput,
+    ) -> Result<DryRunReport, ActivityError> {
+        let work = migrate::dry_run(
+            &self.db,
+            self.secrets.as_deref(),
+            &self.store,
+            &self.migration,
+            &input,
+        );
+        Heartbeat::of(&ctx)
+            .during(work)
+            .await
+            .map_err(DatabaseError::into_activity)
+    }
+
+    #[activity(definition = defs::ApplyMigration)]
+    pub async fn apply_migration(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: MigrationStepInput,
+    ) -> Result<ApplyReport, ActivityError> {
+        let work = migrate::apply(
+            &self.db,
+            self.secrets.as_deref(),
+            &self.store,
+            &self.migration,
+            &input,
+        );
+        Heartbeat::of(&ctx)
+            .during(work)
+            .await
+            .map_err(DatabaseError::into_activity)
+    }
+
+    #[activity(definition = defs::VerifyMigration)]
+    pub async fn verify_migration(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: MigrationStepInput,
+    ) -> Result<VerifyReport, ActivityError> {
+        migrate::verify(&self.db, self.secrets.as_deref(), &self.store, &input)
             .await
             .map_err(DatabaseError::into_activity)
     }

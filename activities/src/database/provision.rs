@@ -185,7 +185,7 @@ async fn provision(
     })?;
     tracing::info!(
         environment = %env.id, provider = %provider.name, database, role, access = %binding.access,
-        created, secret_version = row.version, "database provisioned"
+        created, url_version = row.version, "database provisioned"
     );
     Ok(DatabaseProvisioned {
         provider: provider.name,
@@ -193,7 +193,7 @@ async fn provision(
         role: role.to_owned(),
         access: binding.access.clone(),
         created,
-        secret_version: row.version,
+        url_version: row.version,
     })
 }
 

@@ -167,4 +167,21 @@ impl DatabaseMutation {
             operation: Operation::try_from(bound.operation)?,
         })
     }
+
+    /// Applies the migrations of a deployment's artifact to the environment's own
+    /// database, as a Migration operation (`classified → dry_run → locked → applying →
+    /// verified`); needs developer. A contract migration waits for an approval naming
+    /// each statement; one that an artifact serving the environment still needs the old
+    /// shape for waits for a retry.
+    async fn migrate(
+        &self,
+        ctx: &Context<'_>,
+        environment_id: Uuid,
+        deployment_id: Uuid,
+    ) -> async_graphql::Result<Operation> {
+        let (state, actor) = caller(ctx)?;
+        let op = crate::service::migrations::migrate(state, actor, environment_id, deployment_id)
+            .await?;
+        Ok(Operation::try_from(op)?)
+    }
 }

@@ -8,6 +8,7 @@ pub(crate) mod databases;
 pub(crate) mod deploys;
 pub(crate) mod environments;
 pub(crate) mod fleet;
+pub(crate) mod migrations;
 pub(crate) mod operations;
 pub(crate) mod promotions;
 pub(crate) mod routes;

@@ -30,6 +30,11 @@ pub struct Api {
     pub db: DatabaseConnection,
     pub temporal: temporalio_client::Client,
     pub task_queue: String,
+    /// The artifact store the harness's worker reads (a local store in the API's
+    /// directory).
+    pub store: rhone_store::ArtifactStore,
+    /// Where the worker's migrations put their dumps.
+    pub backups: std::path::PathBuf,
     http: reqwest::Client,
     _stop: oneshot::Sender<()>,
     _dir: TempDir,
@@ -110,6 +115,8 @@ impl Api {
             db,
             temporal,
             task_queue,
+            store: rhone_store::ArtifactStore::local(dir.path().join("artifacts")),
+            backups: dir.path().join("backups"),
             http: reqwest::Client::new(),
             _stop: stop,
             _dir: dir,
@@ -174,6 +181,14 @@ impl Api {
                 SECRETS_KEY,
                 &[],
             )?)),
+            deploy: rhone_activities::deploy::DeployConfig {
+                store: self.store.clone(),
+                ..Default::default()
+            },
+            migration: rhone_activities::database::MigrationConfig {
+                lock_timeout: Duration::from_secs(2),
+                backup_dir: self.backups.clone(),
+            },
             ..WorkerConfig::default()
         };
         Ok(Worker::spawn(

@@ -10,6 +10,7 @@ mod fleet;
 mod harness;
 mod http;
 mod isolation;
+mod migrations;
 mod mutations;
 mod promotions;
 mod scale_to_zero;

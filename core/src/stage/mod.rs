@@ -256,8 +256,9 @@ machine! {
 }
 
 machine! {
-    /// Database Migration. `blocked` waits for an explicit decision (a destructive change,
-    /// an incompatible old artifact).
+    /// Database Migration. `blocked` waits for an explicit decision: approve (a contract
+    /// change, named statement by statement), or retry (classified again, once no route
+    /// serves an artifact that needs the old shape), or abort.
     MigrationStage, "migration", initial Classified,
     success [Verified], failure [Failed], blocked [Blocked],
     {
@@ -266,7 +267,7 @@ machine! {
         Locked = "locked" => [Applying, Failed],
         Applying = "applying" => [Verified, Failed],
         Verified = "verified" => [],
-        Blocked = "blocked" => [DryRun, Locked, Failed],
+        Blocked = "blocked" => [Classified, DryRun, Locked, Failed],
         Failed = "failed" => [],
     }
 }

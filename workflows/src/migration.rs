@@ -1,0 +1,334 @@
+//! Database Migration: the pending migrations of an artifact applied to an environment's own
+//! database, `classified → dry_run → locked → applying → verified`, or `blocked` / `failed`.
+//! The gallery's gates are recorded evidence:
+//!
+//! - *expand/contract safe*: every pending statement is classified (`rhone-migrate`); a
+//!   contract statement, or a file declared irreversible, waits in `blocked` for an
+//!   approval that names each one; nothing runs before it.
+//! - *old artifact compatibility checked*: a contract migration waits in `blocked` (retry or
+//!   abort) while a route of the environment serves an artifact that lacks it.
+//! - *rollback plan explicit*: a contract file has a down migration or is declared
+//!   irreversible (else `failed` at classification).
+//! - *backup/PITR posture known*: the provider's declared point-in-time recovery, or a
+//!   dump the dry run takes.
+//!
+//! `dry_run` applies the files to a scratch copy of the schema, timed; `locked` is the
+//! advisory lock taken within the lock timeout; `applying` is one transaction; `verified`
+//! reads the schema back and records each file as applied, once. A lock not granted in
+//! time, or a refused statement, ends `failed` with nothing applied.
+
+use std::time::Duration;
+
+use rhone_core::{OperationId, OperationKind, StateMachine, stage::MigrationStage};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_workflow::{
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
+use uuid::Uuid;
+
+use crate::{
+    activities::{DatabaseActivities, MigrationPlan, MigrationStepInput},
+    stages::{
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
+        await_decision, expect_decision, step_options, watched,
+    },
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationInput {
+    pub operation_id: OperationId,
+    pub environment_id: Uuid,
+    /// The artifact whose migrations are applied.
+    pub digest: String,
+}
+
+/// What a Migration applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationOutcome {
+    pub database: String,
+    pub applied: Vec<String>,
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct MigrationWorkflow {
+    decisions: DecisionSlot,
+}
+
+crate::decisions_in_slot!(MigrationWorkflow);
+
+/// What a plan still asks of a person before anything runs: a retry once no route serves
+/// an artifact that needs the old shape, or an approval of the contract statements.
+fn gate(plan: &MigrationPlan, approved: bool) -> Option<(serde_json::Value, String, bool)> {
+    if !plan.incompatible.is_empty() {
+        let serving: Vec<String> = plan
+            .incompatible
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} (deployment {}) on {}",
+                    s.digest, s.deployment_id, s.route_key
+                )
+            })
+            .collect();
+        let reason = format!(
+            "old app incompatible: {} still serve(s) and lack(s) the contract migration(s) {}; retry once the route serves an artifact that carries them",
+            serving.join(", "),
+            plan.incompatible[0].lacks.join(", ")
+        );
+        let evidence = json!({
+            "gate": "old_artifact_compatibility",
+            "serving": plan.incompatible,
+            "classification": plan.classification,
+        });
+        return Some((evidence, reason, false));
+    }
+    if !approved && (!plan.contract.is_empty() || !plan.irreversible.is_empty()) {
+        let mut named: Vec<String> = plan
+            .contract
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}:{} {} ({})",
+                    s.file, s.line, s.column, s.rule, s.reason
+                )
+            })
+            .collect();
+        named.extend(
+            plan.irreversible
+                .iter()
+                .map(|f| format!("{f} is declared irreversible")),
+        );
+        let reason = format!(
+            "destructive migration: approve to apply {}",
+            named.join("; ")
+        );
+        let evidence = json!({
+            "gate": "expand_contract_safe",
+            "contract": plan.contract,
+            "irreversible": plan.irreversible,
+            "classification": plan.classification,
+        });
+        return Some((evidence, reason, true));
+    }
+    None
+}
+
+#[workflow_methods]
+impl MigrationWorkflow {
+    #[run(name = "migration")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: MigrationInput,
+    ) -> WorkflowResult<MigrationOutcome> {
+        let mut op = Operation::new(input.operation_id, OperationKind::Migration);
+        let step = MigrationStepInput {
+            operation_id: input.operation_id,
+            environment_id: input.environment_id,
+            digest: input.digest.clone(),
+        };
+        // `classified` was recorded with the operation row by its creator.
+        let mut approved_by: Option<Decision> = None;
+        let plan = loop {
+            let plan = match op
+                .step(
+                    ctx,
+                    || DatabaseActivities::plan_migration,
+                    step.clone(),
+                    step_options(Duration::from_secs(120), 5),
+                )
+                .await?
+            {
+                Ok(plan) => plan,
+                Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
+            };
+            let Some((evidence, reason, approvable)) = gate(&plan, approved_by.is_some()) else {
+                break plan;
+            };
+            let accepts: &[DecisionKind] = if approvable {
+                &[DecisionKind::Approve, DecisionKind::Abort]
+            } else {
+                &[DecisionKind::Retry, DecisionKind::Abort]
+            };
+            expect_decision(ctx, &op, MigrationStage::Blocked.as_str(), accepts);
+            op.enter(ctx, MigrationStage::Blocked, evidence, Some(reason))
+                .await?;
+            match await_decision(ctx, &op).await? {
+                (DecisionKind::Abort, d) => {
+                    return op
+                        .end_failed(ctx, MigrationStage::Failed, StepFailure::Aborted(d))
+                        .await;
+                }
+                (DecisionKind::Approve, d) => {
+                    approved_by = Some(d);
+                    // The files may have changed meanwhile: plan again, then go on.
+                    let again = match op
+                        .step(
+                            ctx,
+                            || DatabaseActivities::plan_migration,
+                            step.clone(),
+                            step_options(Duration::from_secs(120), 5),
+                        )
+                        .await?
+                    {
+                        Ok(plan) => plan,
+                        Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
+                    };
+                    if gate(&again, true).is_none() {
+                        break again;
+                    }
+                    op.enter(
+                        ctx,
+                        MigrationStage::Classified,
+                        json!({ "approved_by": approved_by.as_ref().map(|d| &d.actor) }),
+                        None,
+                    )
+                    .await?;
+                }
+                (_, d) => {
+                    op.enter(
+                        ctx,
+                        MigrationStage::Classified,
+                        json!({ "retried_by": d.actor, "reason": d.reason }),
+                        None,
+                    )
+                    .await?;
+                }
+            }
+        };
+
+        let evidence = json!({
+            "provider": plan.provider,
+            "database": plan.database,
+            "pending": plan.pending,
+            "classification": plan.classification,
+            "approved_by": approved_by.as_ref().map(|d| &d.actor),
+        });
+        op.enter(ctx, MigrationStage::DryRun, evidence, None)
+            .await?;
+        let dry = match op
+            .step(
+                ctx,
+                || DatabaseActivities::dry_run_migration,
+                step.clone(),
+                watched(Duration::from_secs(600)),
+            )
+            .await?
+        {
+            Ok(d) => d,
+            Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
+        };
+        let applied = match op
+            .step(
+                ctx,
+                || DatabaseActivities::apply_migration,
+                step.clone(),
+                watched(Duration::from_secs(600)),
+            )
+            .await?
+        {
+            Ok(a) => a,
+            Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
+        };
+        let Some(lock) = applied.lock.clone() else {
+            let failure = StepFailure::Rejected(applied.failure.unwrap_or_default());
+            let evidence = json!({ "dry_run": dry.evidence, "lock": applied.failure_evidence });
+            return op
+                .end_with(ctx, MigrationStage::Failed, failure, evidence)
+                .await;
+        };
+        op.enter(
+            ctx,
+            MigrationStage::Locked,
+            json!({ "dry_run": dry.evidence, "lock": lock }),
+            None,
+        )
+        .await?;
+        if let Some(failure) = applied.failure {
+            return op
+                .end_with(
+                    ctx,
+                    MigrationStage::Failed,
+                    StepFailure::Rejected(failure),
+                    applied.failure_evidence,
+                )
+                .await;
+        }
+        op.enter(ctx, MigrationStage::Applying, applied.applied, None)
+            .await?;
+        let verified = match op
+            .step(
+                ctx,
+                || DatabaseActivities::verify_migration,
+                step,
+                step_options(Duration::from_secs(120), 5),
+            )
+            .await?
+        {
+            Ok(v) => v,
+            Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
+        };
+        op.enter(ctx, MigrationStage::Verified, verified.evidence, None)
+            .await?;
+        Ok(MigrationOutcome {
+            database: plan.database,
+            applied: plan.pending,
+        })
+    }
+
+    #[update_validator(approve)]
+    pub fn check_approve(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Approve, decision)
+    }
+
+    #[update(name = "approve")]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Approve, decision)
+    }
+
+    #[update_validator(retry)]
+    pub fn check_retry(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Retry, decision)
+    }
+
+    #[update(name = "retry")]
+    pub fn retry(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Retry, decision)
+    }
+
+    #[update_validator(abort)]
+    pub fn check_abort(
+        &self,
+        _ctx: &WorkflowContextView,
+        decision: &Decision,
+    ) -> Result<(), Refusal> {
+        self.decisions.check(DecisionKind::Abort, decision)
+    }
+
+    #[update(name = "abort")]
+    pub fn abort(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: Decision,
+    ) -> DecisionTaken {
+        self.decisions.put(DecisionKind::Abort, decision)
+    }
+}
