@@ -171,6 +171,123 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
     h.stop().await
 }
 
+/// The key this file's worker seals secrets under.
+const SECRETS_KEY: &str = "5c1f2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f9";
+
+/// A deploy whose artifact carries a migration, to an environment that owns a database:
+/// its Migration runs as an operation of its own before the preview starts, and the table
+/// is in the preview's database.
+#[tokio::test]
+async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Result<()> {
+    use rhone_schema::{entity::provider_binding, providers, secrets::Keyring};
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
+    let keys = std::sync::Arc::new(Keyring::new(SECRETS_KEY, &[])?);
+    let worker_keys = keys.clone();
+    let h = Harness::start_configured("deploy_wf_migrate", move |c| {
+        c.secrets = Some(worker_keys);
+    })
+    .await?;
+    // The environment's own database and role on the test server, as a binding makes them
+    // (provisioning itself is tested in rhone-api's `databases` tests).
+    let admin = rhone_core::secret::Secret::new(rhone_testkit::postgres::admin_url().await?);
+    let env = &h.fx.env;
+    let (database, role) = (
+        providers::database_name(env.id),
+        providers::role_name(env.id, "read_write"),
+    );
+    let server = sea_orm::Database::connect(admin.expose()).await?;
+    for sql in [
+        format!(r#"CREATE ROLE "{role}" LOGIN PASSWORD 'pw'"#),
+        format!(r#"CREATE DATABASE "{database}" OWNER "{role}""#),
+    ] {
+        server.execute_unprepared(&sql).await?;
+    }
+    server.close().await?;
+    let host = providers::admin_url_host(&admin).map_err(anyhow::Error::msg)?;
+    providers::add(&h.fx.db, &keys, "main", &host, &admin, true, "test").await?;
+    let url = providers::database_url(
+        &admin,
+        &role,
+        &rhone_core::secret::Secret::new("pw"),
+        &database,
+    )
+    .map_err(anyhow::Error::msg)?;
+    rhone_schema::secrets::set(&h.fx.db, &keys, env.id, "DATABASE_URL", &url, "test").await?;
+    provider_binding::ActiveModel {
+        id: Set(rhone_schema::new_id()),
+        environment_id: Set(env.id),
+        provider: Set("main".into()),
+        resource: Set(database.clone()),
+        status: Set(provider_binding::STATUS_READY.into()),
+        created_at: Set(chrono::Utc::now()),
+        role: Set(role),
+        access: Set(provider_binding::ACCESS_READ_WRITE.into()),
+        error: Set(None),
+    }
+    .insert(&h.fx.db)
+    .await?;
+
+    let repo = h.repo("repo", |dir| {
+        std::fs::create_dir_all(dir.join("migrations"))?;
+        std::fs::write(
+            dir.join("migrations/0001_counts.sql"),
+            "CREATE TABLE counts (n int);\nINSERT INTO counts VALUES (7);\n",
+        )?;
+        let toml = dir.join("rhone.toml");
+        let command = "python3 build.py && cp -r migrations dist/migrations";
+        replace_in(
+            &toml,
+            "command = \"python3 build.py\"",
+            &format!("command = '{command}'"),
+        )?;
+        replace_in(
+            &toml,
+            "[wake]",
+            "[migrations]\ndir = \"migrations\"\n\n[wake]",
+        )
+    })?;
+    let d = h.deploy(&repo).await?;
+    let seen = h.wait_status(d, "succeeded", 1).await?;
+    assert_eq!(seen.stages, after_validating(&["preview_ready"]));
+    let ready = rhone_schema::ops::stages(&h.fx.db, seen.op.id).await?;
+    let migration = &ready.last().context("preview_ready")?.evidence["migration"];
+    assert_eq!(migration["database"], database.as_str());
+    assert_eq!(migration["applied"][0], "migrations/0001_counts.sql");
+    let id: uuid::Uuid = migration["operation_id"].as_str().context("id")?.parse()?;
+    let op = rhone_schema::entity::operation::Entity::find_by_id(id)
+        .one(&h.fx.db)
+        .await?
+        .context("the migration's operation")?;
+    assert_eq!(
+        (op.kind.as_str(), op.status.as_str()),
+        ("migration", "succeeded")
+    );
+    assert_eq!(
+        op.actor, seen.op.actor,
+        "it acts for the deploy's requester"
+    );
+    let names: Vec<String> = rhone_schema::ops::stages(&h.fx.db, id)
+        .await?
+        .into_iter()
+        .map(|r| r.stage)
+        .collect();
+    assert_eq!(
+        names,
+        ["classified", "dry_run", "locked", "applying", "verified"]
+    );
+    let app_db = sea_orm::Database::connect(url.expose()).await?;
+    let row = app_db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT n FROM counts",
+        ))
+        .await?
+        .context("a row")?;
+    assert_eq!(row.try_get::<i32>("", "n")?, 7);
+    app_db.close().await?;
+    h.stop().await
+}
+
 /// A fingerprinted file whose content no longer matches its name fails validation.
 #[tokio::test]
 async fn stale_generated_artifacts_fail_the_deploy() -> Result<()> {

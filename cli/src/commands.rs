@@ -72,6 +72,20 @@ pub enum ClientCommand {
         #[arg(long, default_value_t = 1)]
         instances: u32,
     },
+    /// Apply a deployment's migrations to the environment's own database, as a Migration
+    /// operation: classified, dry run on a scratch copy, locked, applied, verified. A
+    /// contract (destructive) migration waits for `rhone ops approve ID`, naming each
+    /// statement; one an artifact still serving needs the old shape for waits for
+    /// `rhone ops retry ID` once the route has moved.
+    Migrate {
+        /// The deployment whose artifact carries the migrations.
+        deployment: String,
+        #[command(flatten)]
+        app_ref: AppRef,
+        /// The environment whose database is migrated.
+        #[arg(long = "env", short)]
+        environment: String,
+    },
     /// Point an environment's route back at a deployment that served it before (default:
     /// the one before the current owner), showing each stage like `promote`.
     Rollback {
@@ -905,6 +919,26 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
         } => {
             let env = resolve_env(&api, &app_ref, &environment).await?;
             release::rollback(&api, &env, to.as_deref(), json_out).await?
+        }
+        ClientCommand::Migrate {
+            deployment,
+            app_ref,
+            environment,
+        } => {
+            let env = resolve_env(&api, &app_ref, &environment).await?;
+            let q = format!(
+                "mutation($e: UUID!, $d: UUID!) {{ migrate(environmentId: $e, deploymentId: $d) {{ {OP_FIELDS} }} }}"
+            );
+            let d = api.call(&q, json!({ "e": env, "d": deployment })).await?;
+            let op = follow(&api, &d["migrate"], json_out, OnWait::Keep).await?;
+            out(&op, &|_| {});
+            if status_of(&op) != "succeeded" {
+                bail!(
+                    "operation {} ended {}",
+                    op["id"].as_str().unwrap_or("?"),
+                    op["status"].as_str().unwrap_or("?")
+                );
+            }
         }
         ClientCommand::Route { host } => release::route(&api, &host, json_out).await?,
         ClientCommand::Logs(LogsCmd::Build { id, follow }) => {

@@ -154,6 +154,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         },
         runner_key: Some(runner_key.clone()),
         secrets: Some(secrets),
+        migration: rhone_activities::database::MigrationConfig::under(&data_dir),
         ..WorkerConfig::default()
     };
     let worker = if args.no_worker {

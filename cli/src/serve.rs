@@ -598,6 +598,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             };
             if let Some(dir) = &config.data_dir {
                 wc.deploy = rhone_activities::deploy::DeployConfig::under(dir);
+                wc.migration = rhone_activities::database::MigrationConfig::under(dir);
             }
             if let Some(s3) = &config.s3 {
                 wc.deploy.store = s3.store()?;

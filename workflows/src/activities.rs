@@ -182,6 +182,10 @@ pub struct Validation {
     /// Failures no decision can clear (stale generated artifacts): the deploy fails.
     pub fatal: Vec<String>,
     pub blockers: Vec<Blocker>,
+    /// The artifact carries migrations and the environment owns a database: a Migration
+    /// applies them before the preview starts.
+    #[serde(default)]
+    pub migrate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -740,6 +744,17 @@ pub struct MigrationStepInput {
     pub digest: String,
 }
 
+/// Creates the operation row of a Migration that another operation started (a deploy), in
+/// `classified`, acting for that operation's actor; idempotent on `operation_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenMigrationInput {
+    pub operation_id: OperationId,
+    pub parent_operation_id: Uuid,
+    pub environment_id: Uuid,
+    pub deployment_id: Uuid,
+    pub digest: String,
+}
+
 /// A statement a contract migration would run, named for its approval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContractStatement {
@@ -817,6 +832,11 @@ impl DatabaseActivities {
         unimplemented!()
     }
 
+    #[activity(name = "open_migration")]
+    pub fn open_migration(input: OpenMigrationInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
     #[activity(name = "plan_migration")]
     pub fn plan_migration(input: MigrationStepInput) -> Result<MigrationPlan, ActivityError> {
         unimplemented!()
@@ -841,7 +861,8 @@ impl DatabaseActivities {
 /// The marker types, named so the implementing crate can point at them.
 pub mod defs {
     pub use super::database_activities::{
-        ApplyMigration, DryRunMigration, PlanMigration, ProvisionDatabase, VerifyMigration,
+        ApplyMigration, DryRunMigration, OpenMigration, PlanMigration, ProvisionDatabase,
+        VerifyMigration,
     };
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::fleet_activities::{EndOrphanedOperations, SweepRunners};

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
+    WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -23,6 +24,7 @@ use crate::{
         BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
         ValidateInput, Validation,
     },
+    migration::{MigrationInput, MigrationWorkflow, OpenedBy, migration_operation_id},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         await_decision, expect_decision, watched,
@@ -134,6 +136,7 @@ impl DeployWorkflow {
 
         let mut evidence = build_evidence;
         let mut approved_by: Option<Decision> = None;
+        let mut migrations_run = 0;
         loop {
             op.enter(ctx, DeployStage::Validating, evidence.clone(), None)
                 .await?;
@@ -160,6 +163,16 @@ impl DeployWorkflow {
             }
             let open = open_blockers(&validation, approved_by.is_some());
             if open.is_empty() {
+                // Migrations go to the preview's own database first, as an operation of
+                // their own (its gates may wait for an approval).
+                let mut migration = serde_json::Value::Null;
+                if validation.migrate {
+                    migrations_run += 1;
+                    match migrate(ctx, &input, &built.digest, migrations_run).await? {
+                        Ok(m) => migration = m,
+                        Err(f) => return Ok(Err(f)),
+                    }
+                }
                 let preview = PreviewInput {
                     operation_id: input.operation_id,
                     deployment_id: input.deployment_id,
@@ -183,6 +196,7 @@ impl DeployWorkflow {
                     "route_key": started.route_key, "epoch": started.epoch,
                     "allocation_id": started.allocation_id,
                     "approved_by": approved_by.as_ref().map(|d| &d.actor),
+                    "migration": migration,
                 });
                 op.enter(ctx, DeployStage::PreviewReady, evidence, None)
                     .await?;
@@ -289,6 +303,48 @@ impl DeployWorkflow {
     ) -> DecisionTaken {
         self.decisions.put(DecisionKind::Abort, decision)
     }
+}
+
+/// Runs the `n`th Migration of this deploy (the artifact's migrations on the environment's
+/// own database) as a child operation and waits for it: what it applied, or why the deploy
+/// cannot go on.
+async fn migrate(
+    ctx: &WorkflowContext<DeployWorkflow>,
+    input: &DeployInput,
+    digest: &str,
+    n: u32,
+) -> Result<Result<serde_json::Value, StepFailure>, WorkflowTermination> {
+    let id = migration_operation_id(input.operation_id.0, n);
+    let child = MigrationInput {
+        operation_id: id,
+        environment_id: input.environment_id,
+        digest: digest.to_owned(),
+        opened_by: Some(OpenedBy {
+            operation_id: input.operation_id.0,
+            deployment_id: input.deployment_id,
+        }),
+    };
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(rhone_core::workflow_id(OperationKind::Migration, id))
+        .build();
+    let outcome = match ctx
+        .start_child_workflow(MigrationWorkflow::run, child, options)
+        .await
+    {
+        Ok(started) => started.result().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(match outcome {
+        Ok(done) => Ok(json!({
+            "operation_id": id,
+            "database": done.database,
+            "applied": done.applied,
+        })),
+        Err(e) => Err(StepFailure::Rejected(format!(
+            "migration operation {} did not apply the artifact's migrations: {e}",
+            id.0
+        ))),
+    })
 }
 
 /// The blockers still standing: approvable ones are cleared by an approval given earlier.

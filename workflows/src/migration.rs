@@ -29,7 +29,7 @@ use temporalio_workflow::{
 use uuid::Uuid;
 
 use crate::{
-    activities::{DatabaseActivities, MigrationPlan, MigrationStepInput},
+    activities::{DatabaseActivities, MigrationPlan, MigrationStepInput, OpenMigrationInput},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         await_decision, expect_decision, step_options, watched,
@@ -42,6 +42,25 @@ pub struct MigrationInput {
     pub environment_id: Uuid,
     /// The artifact whose migrations are applied.
     pub digest: String,
+    /// Set when another operation (a deploy) starts the Migration: the workflow opens its
+    /// operation row first. Unset, its creator (the API) has.
+    #[serde(default)]
+    pub opened_by: Option<OpenedBy>,
+}
+
+/// The operation that started a Migration, and the deployment it applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenedBy {
+    pub operation_id: Uuid,
+    pub deployment_id: Uuid,
+}
+
+/// The operation id of the `n`th Migration started by operation `parent`: derived, so a
+/// replayed or retried parent finds the same one.
+pub fn migration_operation_id(parent: Uuid, n: u32) -> OperationId {
+    OperationId(crate::wake::operation_id_of_run(&format!(
+        "{parent}/migration/{n}"
+    )))
 }
 
 /// What a Migration applied.
@@ -129,7 +148,22 @@ impl MigrationWorkflow {
             environment_id: input.environment_id,
             digest: input.digest.clone(),
         };
-        // `classified` was recorded with the operation row by its creator.
+        // `classified` is recorded with the operation row, by its creator or here.
+        if let Some(by) = &input.opened_by {
+            let open = OpenMigrationInput {
+                operation_id: input.operation_id,
+                parent_operation_id: by.operation_id,
+                environment_id: input.environment_id,
+                deployment_id: by.deployment_id,
+                digest: input.digest.clone(),
+            };
+            ctx.execute_activity(
+                DatabaseActivities::open_migration,
+                open,
+                step_options(Duration::from_secs(30), 10),
+            )
+            .await?;
+        }
         let mut approved_by: Option<Decision> = None;
         let plan = loop {
             let plan = match op

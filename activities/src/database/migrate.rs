@@ -69,6 +69,16 @@ impl Default for MigrationConfig {
     }
 }
 
+impl MigrationConfig {
+    /// Dumps kept under `<data_dir>/backups`.
+    pub fn under(data_dir: &Path) -> Self {
+        Self {
+            backup_dir: data_dir.join("backups"),
+            ..Self::default()
+        }
+    }
+}
+
 /// The database a Migration runs on, and how to reach it.
 struct Target {
     env: environment::Model,
@@ -992,4 +1002,63 @@ pub(super) async fn verify(
             "recorded_now": recorded,
         }),
     })
+}
+
+/// Opens the operation row of a Migration that operation `parent_operation_id` started, in
+/// `classified`, for that operation's actor; a row already there (a retry) is kept.
+pub(super) async fn open(
+    db: &DatabaseConnection,
+    input: &rhone_workflows::activities::OpenMigrationInput,
+) -> Result<(), DatabaseError> {
+    use rhone_core::OperationKind;
+    use rhone_schema::{entity::operation, ops};
+    let id = input.operation_id.0;
+    if operation::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(schema)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let parent = operation::Entity::find_by_id(input.parent_operation_id)
+        .one(db)
+        .await
+        .map_err(schema)?
+        .ok_or_else(|| {
+            DatabaseError::Refused(format!(
+                "operation {} that starts this migration is gone",
+                input.parent_operation_id
+            ))
+        })?;
+    let manifest = manifest_of(db, &input.digest).await?;
+    let files: Vec<&str> = manifest
+        .migrations
+        .iter()
+        .map(|m| m.path.as_str())
+        .collect();
+    let kind = OperationKind::Migration;
+    let workflow_id = rhone_core::workflow_id(kind, input.operation_id);
+    let target = input.environment_id.to_string();
+    let new = ops::NewOperation {
+        id,
+        workspace_id: parent.workspace_id,
+        kind: kind.as_str(),
+        actor: &parent.actor,
+        target_type: "environment",
+        target_id: &target,
+        initial_stage: kind.initial_stage(),
+        status: rhone_core::OperationStatus::Running.as_str(),
+        workflow_id: &workflow_id,
+    };
+    let evidence = json!({
+        "deployment_id": input.deployment_id,
+        "digest": input.digest,
+        "files": files,
+        "started_by": input.parent_operation_id,
+    });
+    match ops::create_operation_with(db, new, evidence).await {
+        Ok(_) | Err(SchemaError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(DatabaseError::Schema(e)),
+    }
 }

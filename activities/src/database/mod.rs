@@ -16,7 +16,7 @@ use rhone_schema::providers::{self, scrub};
 use rhone_schema::{SchemaError, secrets::Keyring};
 use rhone_workflows::activities::{
     ApplyReport, DatabaseProvisioned, DryRunReport, MigrationPlan, MigrationStepInput,
-    ProvisionDatabaseInput, VerifyReport, defs,
+    OpenMigrationInput, ProvisionDatabaseInput, VerifyReport, defs,
 };
 
 use crate::Heartbeat;
@@ -75,6 +75,17 @@ impl DatabaseActivities {
         input: ProvisionDatabaseInput,
     ) -> Result<DatabaseProvisioned, ActivityError> {
         provision::run(&self.db, self.secrets.as_deref(), &input)
+            .await
+            .map_err(DatabaseError::into_activity)
+    }
+
+    #[activity(definition = defs::OpenMigration)]
+    pub async fn open_migration(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: OpenMigrationInput,
+    ) -> Result<(), ActivityError> {
+        migrate::open(&self.db, &input)
             .await
             .map_err(DatabaseError::into_activity)
     }

@@ -31,6 +31,8 @@ pub struct Facts<'a> {
     pub secrets: BTreeSet<String>,
     /// Runtime service → its binding's status on the environment (`ready` wins).
     pub services: BTreeMap<String, String>,
+    /// The database the environment owns (its ready read-write binding), if any.
+    pub database: Option<String>,
 }
 
 /// What the archive itself holds, read back from the store.
@@ -58,6 +60,7 @@ pub fn decide(facts: &Facts<'_>) -> Validation {
         gates: Vec::new(),
         fatal: Vec::new(),
         blockers: Vec::new(),
+        migrate: false,
     };
     generated_artifacts(facts, &mut v);
     state_impact(facts, &mut v);
@@ -168,20 +171,25 @@ fn classify(current: Option<&StateSchema>, next: Option<&StateSchema>) -> StateI
     }
 }
 
+/// Migrations go to the environment's own database, through a Migration operation the
+/// deploy starts before its preview; without a database of its own they cannot.
 fn db_impact(facts: &Facts<'_>, v: &mut Validation) {
     let migrations = &facts.manifest.migrations;
-    let evidence = json!({ "migrations": migrations });
-    if !migrations.is_empty() {
+    let evidence = json!({ "migrations": migrations, "database": facts.database });
+    let passed = migrations.is_empty() || facts.database.is_some();
+    if !passed {
         let files: Vec<&str> = migrations.iter().map(|m| m.path.as_str()).collect();
         let reason = format!(
-            "migration blocks preview: {} migration file(s) ({}); run them as a Migration \
-             operation first, then retry",
+            "migration blocks preview: {} migration file(s) ({}) and environment {} has no \
+             database of its own to apply them to; bind one (`rhone databases bind`), then retry",
             migrations.len(),
-            files.join(", ")
+            files.join(", "),
+            facts.environment
         );
         block(v, DB_IMPACT, reason, false);
     }
-    gate(v, DB_IMPACT, migrations.is_empty(), evidence);
+    v.migrate = passed && !migrations.is_empty();
+    gate(v, DB_IMPACT, passed, evidence);
 }
 
 fn secrets(facts: &Facts<'_>, v: &mut Validation) {

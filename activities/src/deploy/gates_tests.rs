@@ -72,6 +72,7 @@ struct Case {
     current: Option<CurrentDeployment>,
     secrets: &'static str,
     services: &'static [(&'static str, &'static str)],
+    database: Option<&'static str>,
 }
 
 fn case() -> Case {
@@ -84,6 +85,7 @@ fn case() -> Case {
         current: None,
         secrets: "",
         services: &[],
+        database: None,
     }
 }
 
@@ -109,6 +111,7 @@ fn check(case: Case, expected: &str) {
             .iter()
             .map(|(s, st)| ((*s).to_owned(), (*st).to_owned()))
             .collect(),
+        database: case.database.map(str::to_owned),
     };
     let v = decide(&facts);
     let mut lines = Vec::new();
@@ -218,7 +221,7 @@ fn state_impact_is_warm_or_cold_against_the_current_deployment() {
 }
 
 #[test]
-fn migrations_block_until_run() {
+fn migrations_need_a_database_of_the_environments_own() {
     let mut c = case();
     c.manifest.migrations = ["0001_init.sql", "0002_add.sql"]
         .map(|f| MigrationFile {
@@ -230,8 +233,39 @@ fn migrations_block_until_run() {
         c,
         "failed gates: db_impact\n\
          fix db_impact: migration blocks preview: 2 migration file(s) (migrations/0001_init.sql, \
-         migrations/0002_add.sql); run them as a Migration operation first, then retry",
+         migrations/0002_add.sql) and environment preview has no database of its own to apply \
+         them to; bind one (`rhone databases bind`), then retry",
     );
+}
+
+#[test]
+fn migrations_with_a_database_pass_and_ask_for_a_migration() {
+    let mut c = case();
+    c.manifest.migrations = vec![MigrationFile {
+        path: "migrations/0001_init.sql".into(),
+        sha256: "a".repeat(64),
+    }];
+    c.database = Some("env_x");
+    let facts = Facts {
+        manifest: &c.manifest,
+        archive: c.archive,
+        current: None,
+        environment: "preview".into(),
+        secrets: Default::default(),
+        services: Default::default(),
+        database: c.database.map(str::to_owned),
+    };
+    let v = decide(&facts);
+    assert!(v.blockers.is_empty(), "{v:?}");
+    assert!(v.migrate);
+    let gate = v.gates.iter().find(|g| g.gate == DB_IMPACT);
+    assert_eq!(gate.map(|g| &g.evidence["database"]), Some(&json!("env_x")));
+    let without = decide(&Facts {
+        manifest: &manifest("", ""),
+        database: None,
+        ..facts
+    });
+    assert!(!without.migrate, "nothing to migrate");
 }
 
 #[test]

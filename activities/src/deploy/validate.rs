@@ -57,6 +57,10 @@ pub async fn validate_deployment(
         environment: env.name,
         secrets: secret_names(db, input.environment_id).await?,
         services: services(db, input.environment_id).await?,
+        database: rhone_schema::providers::owned_database(db, input.environment_id)
+            .await?
+            .filter(|b| b.status == rhone_schema::entity::provider_binding::STATUS_READY)
+            .map(|b| b.resource),
     };
     let validation = gates::decide(&facts);
     tracing::info!(

@@ -150,8 +150,12 @@ async fn migrations_block_the_preview() -> Result<()> {
     assert!(!blocker.approvable);
     assert_eq!(
         blocker.reason,
-        "migration blocks preview: 1 migration file(s) (migrations/0001_counts.sql); run them as \
-         a Migration operation first, then retry"
+        format!(
+            "migration blocks preview: 1 migration file(s) (migrations/0001_counts.sql) and \
+             environment {} has no database of its own to apply them to; bind one \
+             (`rhone databases bind`), then retry",
+            fx.env.name
+        )
     );
     assert_eq!(
         v.gates[2].evidence["migrations"][0]["path"],
@@ -194,6 +198,8 @@ async fn missing_secrets_and_services_block_until_bound() -> Result<()> {
         status: Set("provisioning".into()),
         config: Set(serde_json::json!({})),
         created_at: Set(now),
+        // Not probed: written as a provisioner would.
+        ..Default::default()
     }
     .insert(&fx.db)
     .await?;

@@ -80,6 +80,7 @@ pub(crate) async fn migrate(
         operation_id: OperationId(operation_id),
         environment_id: env.id,
         digest,
+        opened_by: None,
     };
     let options = WorkflowStartOptions::new(state.task_queue.clone(), m.workflow_id()).build();
     match state
