@@ -242,7 +242,14 @@ impl PromotionActivities {
             return Ok(gates);
         };
         let current_manifest = allocate::manifest(&self.db, &current.artifact_digest).await?;
-        gates.push(db_gate(current, target, &current_manifest, target_manifest));
+        let applied = applied_to(&self.db, current.environment_id).await?;
+        gates.push(db_gate(
+            current,
+            target,
+            &current_manifest,
+            target_manifest,
+            &applied,
+        ));
         gates.push(state_gate(
             current,
             target,
@@ -330,13 +337,43 @@ fn epoch_gate(route_key: &str, expected: i64, owner: Option<&route_owner::Model>
     }
 }
 
-/// `db_rollback_safe`: every migration the current artifact carries (and so may have
-/// applied) is one the target knows.
+/// The migrations applied to the database environment `environment_id` owns, path →
+/// class (`expand` or `contract`), as the Migrations that applied them recorded.
+async fn applied_to(
+    db: &sea_orm::DatabaseConnection,
+    environment_id: uuid::Uuid,
+) -> Result<std::collections::BTreeMap<String, String>, ActivityError> {
+    use rhone_schema::{entity::applied_migration, providers};
+    let Some(binding) = providers::owned_database(db, environment_id)
+        .await
+        .map_err(crate::error::activity_error)?
+    else {
+        return Ok(Default::default());
+    };
+    let Ok(provider) = providers::named(db, &binding.provider).await else {
+        return Ok(Default::default());
+    };
+    Ok(applied_migration::Entity::find()
+        .filter(applied_migration::Column::ProviderId.eq(provider.id))
+        .filter(applied_migration::Column::Database.eq(binding.resource))
+        .all(db)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| (m.path, m.class))
+        .collect())
+}
+
+/// `db_rollback_safe`: no contract migration that the current artifact carries and the
+/// target does not know has been applied to the environment's database. The target still
+/// reads a schema that was only expanded (expand migrations keep what it needs), but not
+/// one whose columns or tables a contract migration took away.
 fn db_gate(
     current: &route_owner::Model,
     target: &deployment::Model,
     current_manifest: &ArtifactManifest,
     target_manifest: &ArtifactManifest,
+    applied: &std::collections::BTreeMap<String, String>,
 ) -> GateResult {
     const GATE: &str = "db_rollback_safe";
     let known: BTreeSet<&str> = target_manifest
@@ -350,18 +387,25 @@ fn db_gate(
         .map(|m| m.path.as_str())
         .filter(|p| !known.contains(p))
         .collect();
+    let contract: Vec<&str> = unknown
+        .iter()
+        .copied()
+        .filter(|p| applied.get(*p).is_some_and(|class| class != "expand"))
+        .collect();
     let evidence = json!({
         "current_deployment_id": current.deployment_id,
         "current_migrations": current_manifest.migrations.iter().map(|m| &m.path).collect::<Vec<_>>(),
         "target_migrations": known,
         "unknown": unknown,
+        "applied": unknown.iter().map(|p| (*p, applied.get(*p))).collect::<std::collections::BTreeMap<_, _>>(),
+        "contract_applied": contract,
     });
-    if unknown.is_empty() {
+    if contract.is_empty() {
         passed(GATE, evidence)
     } else {
         let reason = format!(
-            "DB rollback unsafe: migration(s) {} applied by the current deployment {} are unknown to deployment {}",
-            list(&unknown),
+            "DB rollback unsafe: contract migration(s) {} applied by the current deployment {} are unknown to deployment {}: the schema it reads is gone; roll forward instead",
+            list(&contract),
             current.deployment_id,
             target.id
         );

@@ -14,7 +14,8 @@ on_both_backends!(
     the_preview_artifact_must_match_exactly,
     a_stale_epoch_is_a_route_epoch_conflict,
     more_than_one_instance_needs_ready_services,
-    a_rollback_over_an_unknown_migration_is_refused,
+    a_rollback_over_an_applied_contract_migration_is_refused,
+    a_rollback_over_an_applied_expand_migration_passes,
     a_rollback_that_breaks_live_sessions_is_refused,
     a_safe_rollback_passes,
     a_rollback_target_must_have_owned_the_route,
@@ -230,8 +231,61 @@ async fn two_live(
     Ok((old, new))
 }
 
-async fn a_rollback_over_an_unknown_migration_is_refused(db: DatabaseConnection) -> Result<()> {
-    let w = World::new(db).await?;
+/// The production environment owns database `env_db` on provider `main`, and migration
+/// `path` was applied to it with `class`, as a Migration records it.
+async fn applied(w: &World, path: &str, class: &str) -> Result<()> {
+    use rhone_schema::entity::{applied_migration, database_provider, provider_binding};
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+    let provider = match database_provider::Entity::find().one(&w.db).await? {
+        Some(p) => p,
+        None => {
+            database_provider::ActiveModel {
+                id: Set(rhone_schema::new_id()),
+                name: Set("main".into()),
+                kind: Set("postgres".into()),
+                host: Set("db.internal:5432".into()),
+                sealed_admin_url: Set("not-opened-here".into()),
+                point_in_time_recovery: Set(true),
+                created_by: Set("test".into()),
+                created_at: Set(chrono::Utc::now()),
+            }
+            .insert(&w.db)
+            .await?;
+            provider_binding::ActiveModel {
+                id: Set(rhone_schema::new_id()),
+                environment_id: Set(w.t.environment.id),
+                provider: Set("main".into()),
+                resource: Set("env_db".into()),
+                status: Set(provider_binding::STATUS_READY.into()),
+                created_at: Set(chrono::Utc::now()),
+                role: Set("env_db".into()),
+                access: Set(provider_binding::ACCESS_READ_WRITE.into()),
+                error: Set(None),
+            }
+            .insert(&w.db)
+            .await?;
+            database_provider::Entity::find()
+                .one(&w.db)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("provider"))?
+        }
+    };
+    applied_migration::ActiveModel {
+        id: Set(rhone_schema::new_id()),
+        provider_id: Set(provider.id),
+        database: Set("env_db".into()),
+        path: Set(path.into()),
+        sha256: Set("a".repeat(64)),
+        class: Set(class.into()),
+        operation_id: Set(rhone_schema::new_id()),
+        applied_at: Set(chrono::Utc::now()),
+    }
+    .insert(&w.db)
+    .await?;
+    Ok(())
+}
+
+fn with_orders() -> (Made, Made) {
     let old = Made {
         migrations: vec!["migrations/0001_init.sql"],
         ..Made::default()
@@ -240,7 +294,17 @@ async fn a_rollback_over_an_unknown_migration_is_refused(db: DatabaseConnection)
         migrations: vec!["migrations/0001_init.sql", "migrations/0002_orders.sql"],
         ..Made::default()
     };
+    (old, new)
+}
+
+async fn a_rollback_over_an_applied_contract_migration_is_refused(
+    db: DatabaseConnection,
+) -> Result<()> {
+    let w = World::new(db).await?;
+    let (old, new) = with_orders();
     let (old, new) = two_live(&w, &old, &new).await?;
+    applied(&w, "migrations/0001_init.sql", "expand").await?;
+    applied(&w, "migrations/0002_orders.sql", "contract").await?;
     let message = refusal(
         w.acts
             .policy(&input(&w, OperationKind::Rollback, &old, None, 2, 1))
@@ -249,9 +313,37 @@ async fn a_rollback_over_an_unknown_migration_is_refused(db: DatabaseConnection)
     assert_eq!(
         message,
         format!(
-            "db_rollback_safe failed: DB rollback unsafe: migration(s) migrations/0002_orders.sql applied by the current deployment {} are unknown to deployment {}",
+            "db_rollback_safe failed: DB rollback unsafe: contract migration(s) migrations/0002_orders.sql applied by the current deployment {} are unknown to deployment {}: the schema it reads is gone; roll forward instead",
             new.id, old.id
         )
+    );
+    Ok(())
+}
+
+/// An expand migration the target does not know leaves what it reads in place.
+async fn a_rollback_over_an_applied_expand_migration_passes(db: DatabaseConnection) -> Result<()> {
+    let w = World::new(db).await?;
+    let (old, new) = with_orders();
+    let (old, _) = two_live(&w, &old, &new).await?;
+    applied(&w, "migrations/0002_orders.sql", "expand").await?;
+    let policy = w
+        .acts
+        .policy(&input(&w, OperationKind::Rollback, &old, None, 2, 1))
+        .await
+        .or_fail()?;
+    let gate = policy
+        .gates
+        .iter()
+        .find(|g| g.gate == "db_rollback_safe")
+        .ok_or_else(|| anyhow::anyhow!("db_rollback_safe recorded"))?;
+    assert!(gate.passed);
+    assert_eq!(
+        gate.evidence["unknown"],
+        serde_json::json!(["migrations/0002_orders.sql"])
+    );
+    assert_eq!(
+        gate.evidence["applied"]["migrations/0002_orders.sql"],
+        "expand"
     );
     Ok(())
 }
