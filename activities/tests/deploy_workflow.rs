@@ -173,10 +173,14 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
 
 /// The key this file's worker seals secrets under.
 const SECRETS_KEY: &str = "5c1f2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f9";
+/// The environment role's password, and another secret of the environment.
+const PASSWORD: &str = "pw-4b1d0c-never-in-a-history";
+const STRIPE_KEY: &str = "sk_live_7Hq2-never-in-a-history";
 
 /// A deploy whose artifact carries a migration, to an environment that owns a database:
 /// its Migration runs as an operation of its own before the preview starts, and the table
-/// is in the preview's database.
+/// is in the preview's database. Neither workflow's history holds a secret's value: not
+/// the role's password in `DATABASE_URL`, not another secret of the environment.
 #[tokio::test]
 async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Result<()> {
     use rhone_schema::{entity::provider_binding, providers, secrets::Keyring};
@@ -197,7 +201,7 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
     );
     let server = sea_orm::Database::connect(admin.expose()).await?;
     for sql in [
-        format!(r#"CREATE ROLE "{role}" LOGIN PASSWORD 'pw'"#),
+        format!(r#"CREATE ROLE "{role}" LOGIN PASSWORD '{PASSWORD}'"#),
         format!(r#"CREATE DATABASE "{database}" OWNER "{role}""#),
     ] {
         server.execute_unprepared(&sql).await?;
@@ -208,11 +212,13 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
     let url = providers::database_url(
         &admin,
         &role,
-        &rhone_core::secret::Secret::new("pw"),
+        &rhone_core::secret::Secret::new(PASSWORD),
         &database,
     )
     .map_err(anyhow::Error::msg)?;
     rhone_schema::secrets::set(&h.fx.db, &keys, env.id, "DATABASE_URL", &url, "test").await?;
+    let stripe = rhone_core::secret::Secret::new(STRIPE_KEY);
+    rhone_schema::secrets::set(&h.fx.db, &keys, env.id, "STRIPE_KEY", &stripe, "test").await?;
     provider_binding::ActiveModel {
         id: Set(rhone_schema::new_id()),
         environment_id: Set(env.id),
@@ -285,6 +291,25 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
         .context("a row")?;
     assert_eq!(row.try_get::<i32>("", "n")?, 7);
     app_db.close().await?;
+
+    for (kind, op) in [
+        (rhone_core::OperationKind::Deploy, seen.op.id),
+        (rhone_core::OperationKind::Migration, id),
+    ] {
+        let history = h
+            .client
+            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(
+                rhone_core::workflow_id(kind, rhone_core::OperationId(op)),
+            )
+            .fetch_history(Default::default())
+            .to_json()
+            .await?;
+        let history = rhone_testkit::temporal::history_text(&history)?;
+        assert!(history.contains(&database), "the {kind} history names the database");
+        for value in [PASSWORD, STRIPE_KEY, url.expose()] {
+            assert!(!history.contains(value), "the {kind} history holds a secret value");
+        }
+    }
     h.stop().await
 }
 

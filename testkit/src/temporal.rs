@@ -137,3 +137,40 @@ async fn probe(temporal: &Path, target: &str) -> std::result::Result<(), String>
     ]);
     process::probe_command(command, PROBE_TIMEOUT).await
 }
+
+/// The text of a workflow history as Temporal exports it (`fetch_history(…).to_json()`),
+/// with every payload's bytes decoded: payloads are base64 in the export, so a value
+/// searched for in the raw JSON is never found even when it is there.
+pub fn history_text(json: &[u8]) -> Result<String> {
+    use base64::Engine as _;
+    fn walk(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (key, field) in fields {
+                    match (key.as_str(), field) {
+                        ("data", serde_json::Value::String(b64)) => {
+                            if let Ok(bytes) =
+                                base64::engine::general_purpose::STANDARD.decode(b64)
+                            {
+                                out.push_str(&String::from_utf8_lossy(&bytes));
+                                out.push('\n');
+                            }
+                        }
+                        _ => walk(field, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(json).context("a workflow history in JSON")?;
+    let mut out = String::new();
+    walk(&value, &mut out);
+    Ok(out)
+}

@@ -287,6 +287,10 @@ pub struct Policy {
     /// route. Absent from histories recorded before scale to zero (false).
     #[serde(default)]
     pub scale_to_zero: bool,
+    /// The artifact carries migrations and the environment owns a database: a Migration
+    /// applies them before the route moves (promotions only).
+    #[serde(default)]
+    pub migrate: bool,
 }
 
 /// Start (or find again) the operation's allocations of `digest` and wait until ready.

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
-    WorkflowResult, WorkflowTermination,
+    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -24,7 +23,7 @@ use crate::{
         BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
         ValidateInput, Validation,
     },
-    migration::{MigrationInput, MigrationWorkflow, OpenedBy, migration_operation_id},
+    migration::{MigrationChild, run_child},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         await_decision, expect_decision, watched,
@@ -168,7 +167,14 @@ impl DeployWorkflow {
                 let mut migration = serde_json::Value::Null;
                 if validation.migrate {
                     migrations_run += 1;
-                    match migrate(ctx, &input, &built.digest, migrations_run).await? {
+                    let child = MigrationChild {
+                        parent: input.operation_id.0,
+                        environment_id: input.environment_id,
+                        deployment_id: input.deployment_id,
+                        digest: built.digest.clone(),
+                        n: migrations_run,
+                    };
+                    match run_child(ctx, child).await? {
                         Ok(m) => migration = m,
                         Err(f) => return Ok(Err(f)),
                     }
@@ -303,48 +309,6 @@ impl DeployWorkflow {
     ) -> DecisionTaken {
         self.decisions.put(DecisionKind::Abort, decision)
     }
-}
-
-/// Runs the `n`th Migration of this deploy (the artifact's migrations on the environment's
-/// own database) as a child operation and waits for it: what it applied, or why the deploy
-/// cannot go on.
-async fn migrate(
-    ctx: &WorkflowContext<DeployWorkflow>,
-    input: &DeployInput,
-    digest: &str,
-    n: u32,
-) -> Result<Result<serde_json::Value, StepFailure>, WorkflowTermination> {
-    let id = migration_operation_id(input.operation_id.0, n);
-    let child = MigrationInput {
-        operation_id: id,
-        environment_id: input.environment_id,
-        digest: digest.to_owned(),
-        opened_by: Some(OpenedBy {
-            operation_id: input.operation_id.0,
-            deployment_id: input.deployment_id,
-        }),
-    };
-    let options = ChildWorkflowOptions::builder()
-        .workflow_id(rhone_core::workflow_id(OperationKind::Migration, id))
-        .build();
-    let outcome = match ctx
-        .start_child_workflow(MigrationWorkflow::run, child, options)
-        .await
-    {
-        Ok(started) => started.result().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    Ok(match outcome {
-        Ok(done) => Ok(json!({
-            "operation_id": id,
-            "database": done.database,
-            "applied": done.applied,
-        })),
-        Err(e) => Err(StepFailure::Rejected(format!(
-            "migration operation {} did not apply the artifact's migrations: {e}",
-            id.0
-        ))),
-    })
 }
 
 /// The blockers still standing: approvable ones are cleared by an approval given earlier.

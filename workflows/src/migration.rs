@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{
-    SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ChildWorkflowOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
+    WorkflowResult, WorkflowTermination,
 };
 use uuid::Uuid;
 
@@ -68,6 +69,55 @@ pub fn migration_operation_id(parent: Uuid, n: u32) -> OperationId {
 pub struct MigrationOutcome {
     pub database: String,
     pub applied: Vec<String>,
+}
+
+/// A Migration that another operation runs as its child.
+pub struct MigrationChild {
+    pub parent: Uuid,
+    pub environment_id: Uuid,
+    pub deployment_id: Uuid,
+    pub digest: String,
+    /// Which of the parent's Migrations this is (1, 2 …), for its operation id.
+    pub n: u32,
+}
+
+/// Runs `child` as a Migration operation of its own and waits for it: what it applied, or
+/// why the parent cannot go on.
+pub async fn run_child<W>(
+    ctx: &WorkflowContext<W>,
+    child: MigrationChild,
+) -> Result<Result<serde_json::Value, StepFailure>, WorkflowTermination> {
+    let id = migration_operation_id(child.parent, child.n);
+    let input = MigrationInput {
+        operation_id: id,
+        environment_id: child.environment_id,
+        digest: child.digest,
+        opened_by: Some(OpenedBy {
+            operation_id: child.parent,
+            deployment_id: child.deployment_id,
+        }),
+    };
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(rhone_core::workflow_id(OperationKind::Migration, id))
+        .build();
+    let outcome = match ctx
+        .start_child_workflow(MigrationWorkflow::run, input, options)
+        .await
+    {
+        Ok(started) => started.result().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(match outcome {
+        Ok(done) => Ok(json!({
+            "operation_id": id,
+            "database": done.database,
+            "applied": done.applied,
+        })),
+        Err(e) => Err(StepFailure::Rejected(format!(
+            "migration operation {} did not apply the artifact's migrations: {e}",
+            id.0
+        ))),
+    })
 }
 
 #[workflow]

@@ -36,6 +36,7 @@ use crate::{
         AllocationsInput, AllocationsReady, AwaitEdgesInput, DrainInput, HealthInput,
         MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved, RouteTarget,
     },
+    migration::{MigrationChild, run_child},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         expect_decision, quick, step, wait_for_decision, watched,
@@ -210,6 +211,22 @@ impl PromotionWorkflow {
             );
         }
 
+        // The target's database takes the artifact's migrations before anything of it runs
+        // there, as a Migration operation of its own.
+        let mut migration = serde_json::Value::Null;
+        if policy.migrate {
+            let child = MigrationChild {
+                parent: input.operation_id.0,
+                environment_id: input.environment_id,
+                deployment_id: input.deployment_id,
+                digest: policy.digest.clone(),
+                n: 1,
+            };
+            match run_child(ctx, child).await? {
+                Ok(m) => migration = m,
+                Err(f) => return Ok(Err(f.into())),
+            }
+        }
         op.enter(
             ctx,
             PromotionStage::RouteCas,
@@ -217,6 +234,7 @@ impl PromotionWorkflow {
                 "gates": policy.gates, "route_key": policy.route_key, "digest": policy.digest,
                 "from_epoch": input.expected_epoch, "previous": policy.previous,
                 "approved_by": approved_by.as_ref().map(|d| &d.actor),
+                "migration": migration,
             }),
             None,
         )

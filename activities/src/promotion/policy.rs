@@ -98,6 +98,14 @@ impl PromotionActivities {
         }
         gates.push(epoch_gate(&route_key, input.expected_epoch, owner.as_ref()));
         gates.push(self.services_gate(&env, &manifest, input.instances).await?);
+        let database = rhone_schema::providers::owned_database(&self.db, env.id)
+            .await
+            .map_err(crate::error::activity_error)?
+            .filter(|b| b.status == rhone_schema::entity::provider_binding::STATUS_READY);
+        let migrate = input.kind == OperationKind::Promotion && !manifest.migrations.is_empty();
+        if migrate {
+            gates.push(database_gate(&env, &manifest, database.as_ref()));
+        }
 
         let failures: Vec<String> = gates
             .iter()
@@ -124,6 +132,7 @@ impl PromotionActivities {
             drain_grace_ms: millis(self.config.drain_grace),
             propagation_deadline_ms: millis(self.config.propagation_deadline),
             scale_to_zero: env.scale_to_zero,
+            migrate,
         })
     }
 
@@ -334,6 +343,38 @@ fn epoch_gate(route_key: &str, expected: i64, owner: Option<&route_owner::Model>
             "route epoch conflict on {route_key}: the operation started from epoch {expected}, the owner is at epoch {epoch}"
         );
         failed(GATE, reason, evidence)
+    }
+}
+
+/// `database_bound`: an artifact with migrations goes to an environment that owns a
+/// database for them to be applied to.
+fn database_gate(
+    env: &rhone_schema::entity::environment::Model,
+    manifest: &ArtifactManifest,
+    database: Option<&rhone_schema::entity::provider_binding::Model>,
+) -> GateResult {
+    const GATE: &str = "database_bound";
+    let files: Vec<&str> = manifest
+        .migrations
+        .iter()
+        .map(|m| m.path.as_str())
+        .collect();
+    let evidence = json!({
+        "migrations": files,
+        "database": database.map(|b| &b.resource),
+        "provider": database.map(|b| &b.provider),
+    });
+    match database {
+        Some(_) => passed(GATE, evidence),
+        None => failed(
+            GATE,
+            format!(
+                "the artifact carries {} migration(s) and environment {:?} has no database of its own to apply them to; bind one (`rhone databases bind`)",
+                files.len(),
+                env.name
+            ),
+            evidence,
+        ),
     }
 }
 

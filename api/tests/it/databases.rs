@@ -165,6 +165,25 @@ async fn each_environment_gets_its_own_database_and_a_preview_never_writes_produ
 
     let prod_url = database_url(&api, production.id).await?;
     let preview_url = database_url(&api, preview.id).await?;
+    // The binding's workflow history never holds the role's password.
+    let history = api
+        .temporal
+        .get_workflow_handle::<temporalio_common::UntypedWorkflow>(
+            op["workflowId"].as_str().context("workflowId")?,
+        )
+        .fetch_history(Default::default())
+        .to_json()
+        .await?;
+    let history = rhone_testkit::temporal::history_text(&history)?;
+    let role_password = prod_url
+        .expose()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(credentials, _)| credentials.split_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .context("a password in DATABASE_URL")?;
+    assert!(history.contains(&prod_db), "the history is the binding's");
+    assert!(!history.contains(&role_password) && !history.contains(password));
     assert_ne!(prod_url.expose(), preview_url.expose());
     assert!(
         prod_url.expose().ends_with(&format!("/{prod_db}")),
