@@ -11,12 +11,14 @@ installed=0
 if [ "$(id -u)" -eq 0 ]; then root=1; else root=0; fi
 
 # Debian packages: protoc for the Temporal SDK build, a PostgreSQL server for tests, an
-# OCI registry for image tests, git for builds from source, and the sandbox's tools.
+# OCI registry for image tests, a Redis for the probes of runtime-service bindings, git for
+# builds from source, and the sandbox's tools.
 apt_missing=()
 command -v protoc >/dev/null 2>&1 || apt_missing+=(protobuf-compiler)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || apt_missing+=(postgresql-client)
 command -v docker-registry >/dev/null 2>&1 || apt_missing+=(docker-registry)
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v git >/dev/null 2>&1 || apt_missing+=(git)
 # The sandbox of builds and apps: the OCI runtime, the network tools of the runner's bridge
 # and firewall, and the system Python the example app and the tests' apps run on inside it

@@ -77,6 +77,8 @@ async fn promoted(p: &Prod, repo: &Repo, instances: u32) -> Result<(String, Vec<
             status: Set("ready".into()),
             config: Set(serde_json::json!({})),
             created_at: Set(chrono::Utc::now()),
+            // Not probed: written as a provisioner would.
+            ..Default::default()
         }
         .insert(&p.h.fx.db)
         .await?;

@@ -446,6 +446,8 @@ async fn writes_while_cold_are_applied_once_or_never() -> Result<()> {
         status: Set("ready".into()),
         config: Set(json!({ "store": "rhone" })),
         created_at: Set(Utc::now()),
+        // Not probed: written as a provisioner would.
+        ..Default::default()
     }
     .insert(&p.h.fx.db)
     .await?;

@@ -20,6 +20,9 @@ use support::{RHONE, descendants, example_repo, free_port};
 
 /// The operator key of the topology (API and worker derive the runners' call tokens).
 const RUNNER_KEY: &str = "multihost-topology-runner-key-0123456789";
+/// The key the API seals secrets under and the worker opens them with (the session store's
+/// password).
+const SECRETS_KEY: &str = "6d1c2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f7";
 
 /// A process of the topology, killed (with whatever it started) when dropped.
 struct Proc {
@@ -238,6 +241,7 @@ impl Topology {
                 rhone_testkit::unique_name(test),
             ),
             ("RHONE_RUNNER_KEY".to_owned(), RUNNER_KEY.to_owned()),
+            ("RHONE_SECRETS_KEY".to_owned(), SECRETS_KEY.to_owned()),
             // The test's repositories are local git directories.
             ("RHONE_ALLOW_LOCAL_REPOSITORIES".to_owned(), "1".to_owned()),
         ];
@@ -543,11 +547,24 @@ impl Topology {
                 .concat(),
             )?;
         }
-        let store = format!(
-            r#"{{"provider":"redis","url":"redis://{}:6379"}}"#,
-            self.gateway
-        );
+        // A real Redis the API probes before the binding is ready, its password a secret.
+        let redis = self.rt.block_on(rhone_testkit::redis::server())?;
+        let password = self.dir.path().join("redis-password");
+        std::fs::write(&password, &redis.password)?;
+        let password = password.display().to_string();
         self.rhone(
+            &[
+                &["secrets", "set"][..],
+                &self.app(),
+                &["production", "REDIS_PASSWORD", "--from-file", &password],
+            ]
+            .concat(),
+        )?;
+        let store = format!(
+            r#"{{"provider":"redis","url":"{}","password_secret":"REDIS_PASSWORD"}}"#,
+            redis.url
+        );
+        let bound = self.rhone(
             &[
                 &["envs", "bind"][..],
                 &self.app(),
@@ -555,6 +572,10 @@ impl Topology {
             ]
             .concat(),
         )?;
+        ensure!(
+            bound.contains("to production: ready"),
+            "the session store is not ready: {bound}"
+        );
         let repo = example_repo(self.dir.path())?;
         let repo = repo.display().to_string();
         let out = self.rhone(

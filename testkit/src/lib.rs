@@ -4,6 +4,7 @@
 //! - [`postgres::database`] gives a URL to a fresh PostgreSQL database.
 //! - [`s3::server`] gives an S3 API server (`s3s-fs`): endpoint and credentials.
 //! - [`registry::server`] gives an OCI registry (`docker-registry`) address.
+//! - [`redis::server`] gives a Redis (`redis-server`) URL and its password.
 //! - [`unique_name`] derives task queue, workflow id and database names from a test's name.
 //!
 //! `scripts/test.sh` starts one Temporal server and one PostgreSQL for the whole run and
@@ -24,6 +25,7 @@
 mod names;
 pub mod postgres;
 mod process;
+pub mod redis;
 pub mod registry;
 pub mod s3;
 pub mod temporal;

@@ -318,6 +318,8 @@ impl World {
             status: Set(status.into()),
             config: Set(json!({})),
             created_at: Set(Utc::now()),
+            // Not probed: written as a provisioner would.
+            ..Default::default()
         }
         .insert(&self.db)
         .await?;

@@ -160,7 +160,11 @@ impl EnvironmentMutation {
     }
 
     /// Binds a runtime service to an environment, or replaces the config of its binding (one
-    /// binding per environment and service); needs developer. Applied at once, `ready`.
+    /// binding per environment and service); needs developer. Rhone first probes the service
+    /// (within 3 s, with the secret the config names): a Redis is AUTHed and PINGed, a SQL
+    /// DSN runs `SELECT 1`, a NATS server must greet; the binding is then `ready`, or
+    /// `unreachable` with the probe's `error` (the mutation still succeeds; the edge and the
+    /// gates refuse a binding that is not ready). Binding again probes again. Applied at once.
     /// IDEMPOTENCY is provided by Rhone: no config, or `{"provider": "rhone"}`. The others
     /// name their provider: SESSION_STORE `{"provider": "redis", "url": "redis://host:6379"}`
     /// (optional `password_secret`) or `{"provider": "sql", "dsn_secret": "NAME"}`;

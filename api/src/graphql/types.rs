@@ -170,13 +170,21 @@ impl From<secret::Model> for SecretInfo {
 #[derive(SimpleObject)]
 pub struct RuntimeServiceBinding {
     pub service: RuntimeService,
-    /// `ready` when the service can be used; a binding made through `bindRuntimeService` is
-    /// ready once its config is complete.
+    /// `ready` when the service can be used: `bindRuntimeService` probed it and it answered
+    /// (or its provider is not probed: `rhone` for idempotency, `s3`); `unreachable` when
+    /// the probe failed or a secret the config names is not set (`error` says why). The
+    /// edge and the deploy and promotion gates use only `ready` bindings.
     pub status: String,
     /// `{"provider": …}` and the provider's fields; secrets appear by name only
     /// (`password_secret`), and any credential in a URL as `***`.
     pub config: Json<serde_json::Value>,
     pub created_at: DateTime<Utc>,
+    /// Why the last probe failed (status `unreachable`), without any secret's value; null
+    /// when it succeeded or the provider is not probed.
+    pub error: Option<String>,
+    /// When Rhone last probed the service (on `bindRuntimeService`); null when its provider
+    /// is not probed.
+    pub probed_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<runtime_service_binding::Model> for RuntimeServiceBinding {
@@ -193,6 +201,8 @@ impl TryFrom<runtime_service_binding::Model> for RuntimeServiceBinding {
             status: m.status,
             config: Json(bindings::redact(&m.config)),
             created_at: m.created_at,
+            error: m.error,
+            probed_at: m.probed_at,
         })
     }
 }

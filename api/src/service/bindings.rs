@@ -8,14 +8,29 @@
 //! upsert; the row keeps its id and `created_at`, the audit row keeps the config before).
 //! `idempotency` is provided by Rhone itself (the edge's records in the control DB), so it
 //! binds with no config, or `{"provider": "rhone"}`. Every other service names its provider
-//! and where it is ([`PROVIDERS`]); the control plane cannot reach those yet, so a config
-//! with every required field is `ready` and anything else is refused, naming the field.
+//! and where it is ([`PROVIDERS`]); a config missing a required field is refused, naming the
+//! field.
+//!
+//! A binding is `ready` only once Rhone has reached the service ([`probe`]): before it
+//! answers, `bindRuntimeService` probes what the config names, within 3 s, with the
+//! environment's secret it names: `redis` is AUTHed with the `password_secret` (when named)
+//! and PINGed; `sql` connects to the PostgreSQL URL of its `dsn_secret` and runs `SELECT 1`;
+//! `nats` must greet with its `INFO` line (its `credentials_secret` must be set but is not
+//! tried). A probe that fails, or a named secret that is not set, stores the binding as
+//! [`UNREACHABLE`] with the reason (`error`, scrubbed of secret values) and `probed_at`: the
+//! mutation succeeds, the binding exists, and the edge and the gates keep refusing it until
+//! a later bind probes it ready. Binding again probes again. Not probed: `idempotency`
+//! (it is the control DB) and `s3` (not probed yet), ready on their config as before, with
+//! no `probed_at`. Only a developer of the environment gets as far as a probe, so only they
+//! can make the API reach out to a host.
 //!
 //! No secret is stored or shown: a URL carrying credentials (`user:pass@`, or a query
 //! parameter named like a password, token or key) is refused, without echoing it; passwords
 //! go in a secret of the environment whose NAME the config carries (`password_secret`,
 //! `dsn_secret`, `credentials_secret`). Configs read back are passed through [`redact`]
 //! whatever wrote them.
+
+mod probe;
 
 use chrono::Utc;
 use rhone_core::OperationKind;
@@ -42,6 +57,10 @@ use crate::{
 /// The status of a binding the service can be used through (what the edge and the gates
 /// look for).
 pub const READY: &str = "ready";
+
+/// The status of a binding whose service Rhone could not reach (or whose named secret is not
+/// set) when it was bound; `error` says why.
+pub const UNREACHABLE: &str = "unreachable";
 
 /// A runtime service an app can require (`[services] required` of `rhone.toml`); the names
 /// are the manifest's.
@@ -583,8 +602,10 @@ pub(crate) struct Bound {
 }
 
 /// Binds `service` to an environment with `config` (see the module's rules), or replaces
-/// the config of its binding; needs developer. Applied at once: the binding, its
-/// `environment_update` operation (`applied`) and the audit row in one transaction.
+/// the config of its binding; needs developer. The service is probed first, outside any
+/// transaction (a probe may take [`probe::PROBE_TIMEOUT`]); then the binding (`ready` or
+/// `unreachable`), its `environment_update` operation (`applied`) and the audit row are
+/// written in one transaction.
 pub(crate) async fn bind(
     state: &ApiState,
     actor: &Actor,
@@ -594,8 +615,15 @@ pub(crate) async fn bind(
 ) -> Result<Bound, ApiError> {
     let db = &state.db;
     let config = check_config(service, config.as_ref())?;
+    // Allowed before probing: nobody else makes the API reach out to a host.
+    let env = promotions::environment_for(db, actor, environment_id).await?;
+    let (status, error, probed_at) = match probe::probe(state, env.id, &config).await? {
+        probe::Outcome::Reached => (READY, None, Some(Utc::now())),
+        probe::Outcome::NotProbed => (READY, None, None),
+        probe::Outcome::Unreachable(why) => (UNREACHABLE, Some(why), Some(Utc::now())),
+    };
     let txn = begin_write(db).await?;
-    let env = environment_locked(&txn, actor, environment_id).await?;
+    let env = environment_locked(&txn, actor, env.id).await?;
     let existing = runtime_service_binding::Entity::find()
         .filter(runtime_service_binding::Column::EnvironmentId.eq(env.id))
         .filter(runtime_service_binding::Column::Service.eq(service.as_str()))
@@ -604,7 +632,7 @@ pub(crate) async fn bind(
         .await?;
     let before = existing
         .first()
-        .map(|b| json!({ "status": b.status, "config": redact(&b.config) }));
+        .map(|b| json!({ "status": b.status, "config": redact(&b.config), "error": b.error }));
     let mut rows = existing.into_iter();
     let binding = match rows.next() {
         Some(row) => {
@@ -613,8 +641,10 @@ pub(crate) async fn bind(
                 extra.delete(&txn).await?;
             }
             let mut row: runtime_service_binding::ActiveModel = row.into();
-            row.status = Set(READY.to_owned());
+            row.status = Set(status.to_owned());
             row.config = Set(config);
+            row.error = Set(error);
+            row.probed_at = Set(probed_at);
             row.update(&txn).await?
         }
         None => {
@@ -622,9 +652,11 @@ pub(crate) async fn bind(
                 id: Set(new_id()),
                 environment_id: Set(env.id),
                 service: Set(service.as_str().to_owned()),
-                status: Set(READY.to_owned()),
+                status: Set(status.to_owned()),
                 config: Set(config),
                 created_at: Set(Utc::now()),
+                error: Set(error),
+                probed_at: Set(probed_at),
             }
             .insert(&txn)
             .await?
@@ -642,6 +674,7 @@ pub(crate) async fn bind(
         detail: json!({
             "service": service.as_str(),
             "status": binding.status,
+            "error": binding.error,
             "config": redact(&binding.config),
             "before": before,
         }),
@@ -653,6 +686,8 @@ pub(crate) async fn bind(
         service = service.as_str(),
         operation_id = %op.id,
         replaced,
+        status = %binding.status,
+        error = binding.error.as_deref(),
         "runtime service bound"
     );
     Ok(Bound {

@@ -1,6 +1,8 @@
 //! Runtime service bindings: `bindRuntimeService`, `unbindRuntimeService` and
 //! `Environment.runtimeServices`, on SQLite and PostgreSQL. The rows written are the ones the
-//! edge's policy and promotion's `runtime_services_ready` gate read.
+//! edge's policy and promotion's `runtime_services_ready` gate read. Bindings are probed
+//! before they are `ready`: against a real Redis (`rhone_testkit::redis`) and the test
+//! PostgreSQL, and against ports nobody listens on.
 
 use anyhow::{Context, Result};
 use rhone_schema::{
@@ -12,12 +14,12 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, Quer
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Api, environment_row, member, tenancy};
+use crate::harness::{Api, Caller, environment_row, member, tenancy};
 
 const BIND: &str = "mutation($e: UUID!, $s: RuntimeService!, $c: JSON) {
     bindRuntimeService(environmentId: $e, service: $s, config: $c) {
         replaced
-        binding { service status config createdAt }
+        binding { service status config createdAt error probedAt }
         environment { id runtimeServices { service status config } }
         operation { id kind status targetType targetId
             auditEntries { action actor targetId operationId detail } } } }";
@@ -25,7 +27,17 @@ const UNBIND: &str = "mutation($e: UUID!, $s: RuntimeService!) {
     unbindRuntimeService(environmentId: $e, service: $s) {
         service environment { id runtimeServices { service } }
         operation { id kind status auditEntries { action detail } } } }";
-const SERVICES: &str = "query($a: UUID!) { environments(appId: $a) { name runtimeServices { service status config createdAt } } }";
+const SERVICES: &str = "query($a: UUID!) { environments(appId: $a) { name runtimeServices { service status config createdAt error probedAt } } }";
+const SET_SECRET: &str = "mutation($e: UUID!, $n: String!, $v: String!) {
+    setSecret(environmentId: $e, name: $n, value: $v) { secret { name version } } }";
+
+/// Sets secret `name` of environment `e` to `value`.
+async fn set_secret(admin: &Caller, e: &str, name: &str, value: &str) -> Result<()> {
+    admin
+        .data(SET_SECRET, json!({ "e": e, "n": name, "v": value }))
+        .await?;
+    Ok(())
+}
 
 /// The `ready` bindings of an environment as the edge reads them: service names.
 async fn ready_rows(api: &Api, env: Uuid) -> Result<Vec<String>> {
@@ -94,7 +106,7 @@ async fn bind_and_unbind(api: Api) -> Result<()> {
     assert_eq!(entries[0]["operationId"], op["id"]);
     assert_eq!(
         entries[0]["detail"],
-        json!({ "service": "idempotency", "status": "ready", "config": { "provider": "rhone" }, "before": null })
+        json!({ "service": "idempotency", "status": "ready", "error": null, "config": { "provider": "rhone" }, "before": null })
     );
     assert_eq!(ready_rows(&api, env.id).await?, ["idempotency"]);
     // The workspace's audit log has it too.
@@ -121,8 +133,10 @@ async fn bind_and_unbind(api: Api) -> Result<()> {
     );
     assert_eq!(
         again["operation"]["auditEntries"][0]["detail"]["before"],
-        json!({ "status": "ready", "config": { "provider": "rhone" } })
+        json!({ "status": "ready", "config": { "provider": "rhone" }, "error": null })
     );
+    // Rhone's own store is not probed.
+    assert_eq!(again["binding"]["probedAt"], Value::Null, "{again}");
     assert_eq!(ready_rows(&api, env.id).await?, ["idempotency"]);
 
     // Refusals name the field and write nothing.
@@ -179,7 +193,9 @@ async fn bind_and_unbind(api: Api) -> Result<()> {
             "the password is repeated: {response}"
         );
     }
-    let good = json!({ "provider": "redis", "url": "redis://cache.internal:6379/0", "password_secret": "REDIS_PASSWORD" });
+    let redis = rhone_testkit::redis::server().await?;
+    let good =
+        json!({ "provider": "redis", "url": redis.url, "password_secret": "REDIS_PASSWORD" });
     let (code, message) = viewer
         .error(BIND, json!({ "e": e, "s": "SESSION_STORE", "c": good }))
         .await?;
@@ -210,13 +226,18 @@ async fn bind_and_unbind(api: Api) -> Result<()> {
         "IDEMPOTENCY"
     );
 
-    // A complete session store is ready; its secret is named, never given.
+    // A session store Rhone reached (AUTH with the secret's password, PING) is ready; its
+    // secret is named, never given.
+    set_secret(&admin, &e, "REDIS_PASSWORD", &redis.password).await?;
     let store = admin
         .data(BIND, json!({ "e": e, "s": "SESSION_STORE", "c": good }))
         .await?["bindRuntimeService"]
         .clone();
-    assert_eq!(store["binding"]["status"], "ready");
+    assert_eq!(store["binding"]["status"], "ready", "{store}");
+    assert_eq!(store["binding"]["error"], Value::Null, "{store}");
+    assert!(store["binding"]["probedAt"].is_string(), "{store}");
     assert_eq!(store["binding"]["config"], good);
+    assert!(!store.to_string().contains(&redis.password), "{store}");
     assert_eq!(
         ready_rows(&api, env.id).await?,
         ["idempotency", "session_store"]
@@ -245,6 +266,10 @@ async fn bind_and_unbind(api: Api) -> Result<()> {
         .data(BIND, json!({ "e": e, "s": "SESSION_STORE", "c": good }))
         .await?;
     assert!(!replaced.to_string().contains(password), "{replaced}");
+    assert_eq!(
+        replaced["bindRuntimeService"]["binding"]["status"], "ready",
+        "binding again probes again: {replaced}"
+    );
     assert_eq!(
         replaced["bindRuntimeService"]["operation"]["auditEntries"][0]["detail"]["before"]["config"]
             ["url"],
@@ -317,10 +342,15 @@ async fn a_service_the_served_artifact_requires_stays_bound() -> Result<()> {
     let (ws, project, app) = tenancy(&admin, "acme").await?;
     let env = environment_row(&api, &app, "prod", "production").await?;
     let e = env.id.to_string();
+    let redis = rhone_testkit::redis::server().await?;
+    set_secret(&admin, &e, "REDIS_PASSWORD", &redis.password).await?;
     for s in ["IDEMPOTENCY", "CACHE"] {
-        let c = (s == "CACHE").then(|| json!({ "provider": "redis", "url": "redis://cache:6379" }));
+        let c = (s == "CACHE").then(
+            || json!({ "provider": "redis", "url": redis.url, "password_secret": "REDIS_PASSWORD" }),
+        );
         admin.data(BIND, json!({ "e": e, "s": s, "c": c })).await?;
     }
+    assert_eq!(ready_rows(&api, env.id).await?, ["cache", "idempotency"]);
     let db = &api.db;
     let t = Tenancy {
         workspace: workspace::Entity::find_by_id(ws.parse::<Uuid>()?)
@@ -379,6 +409,240 @@ async fn a_service_the_served_artifact_requires_stays_bound() -> Result<()> {
     // What the artifact does not require can go.
     admin.data(UNBIND, json!({ "e": e, "s": "CACHE" })).await?;
     assert_eq!(ready_rows(&api, env.id).await?, ["idempotency"]);
+    Ok(())
+}
+
+/// Binds SESSION_STORE with `config`: the binding as answered.
+async fn bind_store(admin: &Caller, e: &str, config: Value) -> Result<Value> {
+    Ok(admin
+        .data(BIND, json!({ "e": e, "s": "SESSION_STORE", "c": config }))
+        .await?["bindRuntimeService"]["binding"]
+        .clone())
+}
+
+/// The status and error of a binding as answered, after checking that an unreachable one
+/// was probed and says why.
+fn outcome(binding: &Value) -> (String, String) {
+    let status = binding["status"].as_str().unwrap_or_default().to_owned();
+    let error = binding["error"].as_str().unwrap_or_default().to_owned();
+    assert!(binding["probedAt"].is_string(), "{binding}");
+    if status == "ready" {
+        assert_eq!(binding["error"], Value::Null, "{binding}");
+    } else {
+        assert!(!error.is_empty(), "{binding}");
+    }
+    (status, error)
+}
+
+/// A port on 127.0.0.1 nobody listens on (it was free a moment ago).
+fn closed_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A Redis binding is `ready` only once Rhone has reached the server with the password of
+/// the secret it names. A secret that is not set, a wrong password, no password and a port
+/// nobody listens on each leave it `unreachable`, the mutation answering why and never a
+/// password, and the edge sees no ready session store; the secret mended, binding again
+/// probes again and the store is ready.
+#[tokio::test]
+async fn a_redis_binding_is_ready_only_once_reached() -> Result<()> {
+    let api = Api::start("a_redis_binding_is_ready_only_once_reached").await?;
+    let admin = api.admin().await?;
+    let (ws, _, app) = tenancy(&admin, "acme").await?;
+    let env = environment_row(&api, &app, "prod", "production").await?;
+    let e = env.id.to_string();
+    let redis = rhone_testkit::redis::server().await?;
+    let wrong = "wr0ng-redis-pw-qwerty";
+    let store =
+        json!({ "provider": "redis", "url": redis.url, "password_secret": "REDIS_PASSWORD" });
+
+    let unset = bind_store(&admin, &e, store.clone()).await?;
+    assert_eq!(
+        outcome(&unset),
+        (
+            "unreachable".into(),
+            "secret REDIS_PASSWORD is not set".into()
+        )
+    );
+    assert!(ready_rows(&api, env.id).await?.is_empty());
+
+    set_secret(&admin, &e, "REDIS_PASSWORD", wrong).await?;
+    let (status, error) = outcome(&bind_store(&admin, &e, store.clone()).await?);
+    assert_eq!(status, "unreachable");
+    assert!(
+        error.starts_with(&format!(
+            "redis at {}: AUTH refused the password in secret REDIS_PASSWORD",
+            redis.url
+        )),
+        "{error}"
+    );
+    assert!(ready_rows(&api, env.id).await?.is_empty());
+
+    let no_password = json!({ "provider": "redis", "url": redis.url });
+    let (status, error) = outcome(&bind_store(&admin, &e, no_password).await?);
+    assert_eq!(status, "unreachable");
+    assert!(error.contains("NOAUTH"), "{error}");
+
+    let nobody = format!("redis://127.0.0.1:{}/0", closed_port()?);
+    let started = std::time::Instant::now();
+    let (status, error) = outcome(
+        &bind_store(
+            &admin,
+            &e,
+            json!({ "provider": "redis", "url": nobody, "password_secret": "REDIS_PASSWORD" }),
+        )
+        .await?,
+    );
+    assert_eq!(status, "unreachable");
+    assert!(
+        error.starts_with(&format!("redis at {nobody}: cannot connect")),
+        "{error}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // What the environment shows, and the gates and the edge read, is the last probe.
+    let shown = admin.data(SERVICES, json!({ "a": app })).await?;
+    let shown = &shown["environments"][0]["runtimeServices"][0];
+    assert_eq!(
+        (&shown["status"], &shown["error"]),
+        (&json!("unreachable"), &json!(error)),
+        "{shown}"
+    );
+    assert!(ready_rows(&api, env.id).await?.is_empty());
+
+    set_secret(&admin, &e, "REDIS_PASSWORD", &redis.password).await?;
+    let (status, error) = outcome(&bind_store(&admin, &e, store).await?);
+    assert_eq!((status.as_str(), error.as_str()), ("ready", ""));
+    assert_eq!(ready_rows(&api, env.id).await?, ["session_store"]);
+
+    let log = admin
+        .data(
+            "query($w: UUID!) { auditLog(workspaceId: $w, first: 100) { nodes { action detail } } }",
+            json!({ "w": ws }),
+        )
+        .await?;
+    let text = log.to_string();
+    assert!(
+        !text.contains(wrong) && !text.contains(&redis.password),
+        "{log}"
+    );
+    assert!(
+        text.contains("AUTH refused the password in secret REDIS_PASSWORD"),
+        "the audit rows keep each probe's error: {log}"
+    );
+    Ok(())
+}
+
+/// `url` with `password` as its userinfo's password.
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (user, host) = match rest.split_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or("rhone"), host),
+        None => ("rhone", rest),
+    };
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// A SQL session store is `ready` once `SELECT 1` answers on the database its DSN secret
+/// names (the test PostgreSQL); a database that does not exist or a DSN that is not a
+/// PostgreSQL URL leaves it `unreachable`, and the DSN's password is never shown.
+#[tokio::test]
+async fn a_sql_binding_is_ready_once_select_1_answers() -> Result<()> {
+    let name = "a_sql_binding_is_ready_once_select_1_answers";
+    let api = Api::start(name).await?;
+    let admin = api.admin().await?;
+    let (ws, _, app) = tenancy(&admin, "acme").await?;
+    let env = environment_row(&api, &app, "prod", "production").await?;
+    let e = env.id.to_string();
+    let sql = json!({ "provider": "sql", "dsn_secret": "SESSION_DSN" });
+
+    let (status, error) = outcome(&bind_store(&admin, &e, sql.clone()).await?);
+    assert_eq!(
+        (status.as_str(), error.as_str()),
+        ("unreachable", "secret SESSION_DSN is not set")
+    );
+
+    let dsn = rhone_testkit::postgres::database(&rhone_testkit::unique_name(name)).await?;
+    set_secret(&admin, &e, "SESSION_DSN", &dsn).await?;
+    let (status, error) = outcome(&bind_store(&admin, &e, sql.clone()).await?);
+    assert_eq!((status.as_str(), error.as_str()), ("ready", ""));
+    assert_eq!(ready_rows(&api, env.id).await?, ["session_store"]);
+
+    let password = "dsn-pa55word-zyxw";
+    let (server, _) = dsn.rsplit_once('/').context("a database in the URL")?;
+    let missing = with_password(&format!("{server}/no_such_database_xyz"), password);
+    set_secret(&admin, &e, "SESSION_DSN", &missing).await?;
+    let answer = bind_store(&admin, &e, sql.clone()).await?;
+    let (status, error) = outcome(&answer);
+    assert_eq!(status, "unreachable");
+    assert!(
+        error.starts_with("database of secret SESSION_DSN: cannot connect")
+            && error.contains("no_such_database_xyz"),
+        "{error}"
+    );
+    assert!(!answer.to_string().contains(password), "{answer}");
+    assert!(ready_rows(&api, env.id).await?.is_empty());
+
+    set_secret(&admin, &e, "SESSION_DSN", "sqlite::memory:").await?;
+    let (status, error) = outcome(&bind_store(&admin, &e, sql).await?);
+    assert_eq!(status, "unreachable");
+    assert_eq!(
+        error,
+        "secret SESSION_DSN does not hold a postgres:// or postgresql:// URL, the SQL Rhone connects to"
+    );
+    let log = admin
+        .data(
+            "query($w: UUID!) { auditLog(workspaceId: $w, first: 100) { nodes { detail } } }",
+            json!({ "w": ws }),
+        )
+        .await?;
+    assert!(!log.to_string().contains(password), "{log}");
+    Ok(())
+}
+
+/// A NATS broadcast must greet with `INFO`: a port nobody listens on and a server that is
+/// not NATS (the test Redis, which waits for a command) leave it `unreachable`. S3 object
+/// storage is not probed: ready on its config, with no `probedAt`.
+#[tokio::test]
+async fn nats_is_probed_and_s3_is_not() -> Result<()> {
+    let api = Api::start("nats_is_probed_and_s3_is_not").await?;
+    let admin = api.admin().await?;
+    let (_, _, app) = tenancy(&admin, "acme").await?;
+    let env = environment_row(&api, &app, "prod", "production").await?;
+    let e = env.id.to_string();
+    let broadcast =
+        |url: String| json!({ "e": e, "s": "BROADCAST", "c": { "provider": "nats", "url": url } });
+    let port = closed_port()?;
+    let bound = admin
+        .data(BIND, broadcast(format!("nats://127.0.0.1:{port}")))
+        .await?;
+    let (status, error) = outcome(&bound["bindRuntimeService"]["binding"]);
+    assert_eq!(status, "unreachable");
+    assert!(
+        error.starts_with(&format!("nats at 127.0.0.1:{port}: cannot connect")),
+        "{error}"
+    );
+    let redis = rhone_testkit::redis::server().await?;
+    let not_nats = redis.url.replace("redis://", "nats://");
+    let bound = admin.data(BIND, broadcast(not_nats)).await?;
+    let (status, error) = outcome(&bound["bindRuntimeService"]["binding"]);
+    assert_eq!(status, "unreachable");
+    assert!(error.ends_with("no answer within 3s"), "{error}");
+
+    let s3 = admin
+        .data(
+            BIND,
+            json!({ "e": e, "s": "OBJECT_STORAGE", "c": { "provider": "s3", "bucket": "assets" } }),
+        )
+        .await?["bindRuntimeService"]["binding"]
+        .clone();
+    assert_eq!(
+        (&s3["status"], &s3["error"], &s3["probedAt"]),
+        (&json!("ready"), &Value::Null, &Value::Null),
+        "{s3}"
+    );
+    assert_eq!(ready_rows(&api, env.id).await?, ["object_storage"]);
     Ok(())
 }
 

@@ -135,6 +135,8 @@ async fn a_live_session_goes_back_to_its_allocation_and_moves_only_as_bindings_a
         status: Set("ready".into()),
         config: Set(json!({ "provider": "redis" })),
         created_at: Set(Utc::now()),
+        // Not probed: written as a provisioner would.
+        ..Default::default()
     }
     .insert(&h.db.conn)
     .await?;

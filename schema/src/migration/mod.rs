@@ -21,6 +21,7 @@ mod m20261207_000013_self_approval;
 mod m20261207_000014_secret_versions;
 mod m20261207_000015_allocation_secrets;
 mod m20261207_000016_database_providers;
+mod m20261207_000017_binding_probes;
 
 /// Every migration of the control DB, in order.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000014_secret_versions::Migration),
             Box::new(m20261207_000015_allocation_secrets::Migration),
             Box::new(m20261207_000016_database_providers::Migration),
+            Box::new(m20261207_000017_binding_probes::Migration),
         ]
     }
 }
