@@ -436,8 +436,16 @@ pub async fn of_allocation<C: ConnectionTrait>(
 ) -> Result<std::collections::BTreeMap<String, Secret>, SecretsError> {
     use crate::entity::{allocation, deployment};
     use sea_orm::sea_query::Expr;
-    if let (Some(bundle), Some(keys)) = (&alloc.sealed_secrets, keys) {
-        return keys.open_bundle(alloc.id, bundle);
+    match (&alloc.sealed_secrets, keys) {
+        (Some(bundle), Some(keys)) => return keys.open_bundle(alloc.id, bundle),
+        // Its secrets are sealed already: without the key it cannot have them, and it must
+        // not start without them (nor with the environment's current ones).
+        (Some(_), None) => {
+            return Err(SecretsError::NoKey {
+                names: vec![format!("sealed with allocation {}", alloc.id)],
+            });
+        }
+        (None, _) => {}
     }
     let deployment = deployment::Entity::find_by_id(alloc.deployment_id)
         .one(db)

@@ -95,5 +95,16 @@ async fn an_allocation_keeps_its_secrets_and_rotation_reseals_everything(
         old.open(&rows[0]).is_err(),
         "the old key no longer opens it"
     );
+
+    // Without the key, an allocation whose secrets are sealed is refused, even once the
+    // environment has none left: it never starts without what it started with.
+    secret::Entity::delete_many().exec(&db).await?;
+    let err = secrets::of_allocation(&db, None, &reread).await.map(|_| ());
+    assert!(err.is_err_and(|e| {
+        e.to_string().starts_with(&format!(
+            "the environment has secrets (sealed with allocation {})",
+            alloc.id
+        ))
+    }));
     Ok(())
 }
