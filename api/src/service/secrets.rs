@@ -31,6 +31,29 @@ pub(crate) struct Changed {
     pub operation: operation::Model,
 }
 
+/// `DATABASE_URL` of an environment bound to a database is the binding's: set by its
+/// provisioning, never by hand (a hand-set one could point a preview at production).
+async fn check_not_bound<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    env: &environment::Model,
+    name: &str,
+) -> Result<(), ApiError> {
+    if name != "DATABASE_URL" {
+        return Ok(());
+    }
+    if let Some(b) = rhone_schema::providers::bindings_of(db, env.id)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Err(ApiError::Conflict(format!(
+            "DATABASE_URL of environment {:?} belongs to its database binding (database {} on {}); bind again (`rhone databases bind`) to renew it",
+            env.name, b.resource, b.provider
+        )));
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), ApiError> {
     match rhone_runner_protocol::variable_name_problem(name) {
         Some(problem) => Err(ApiError::invalid("name", format!("{name:?} {problem}"))),
@@ -68,6 +91,7 @@ pub(crate) async fn set(
     };
     let txn = begin_write(&state.db).await?;
     let env = promotions::environment_for(&txn, actor, environment_id).await?;
+    check_not_bound(&txn, &env, name).await?;
     let row = secrets::set(&txn, keys, env.id, name, &value, &actor.subject())
         .await
         .map_err(secrets_error)?;
@@ -101,6 +125,7 @@ pub(crate) async fn unset(
     check_name(name)?;
     let txn = begin_write(&state.db).await?;
     let env = promotions::environment_for(&txn, actor, environment_id).await?;
+    check_not_bound(&txn, &env, name).await?;
     let Some(row) = secret::Entity::find()
         .filter(secret::Column::EnvironmentId.eq(env.id))
         .filter(secret::Column::Name.eq(name))

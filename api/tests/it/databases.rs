@@ -244,6 +244,23 @@ async fn each_environment_gets_its_own_database_and_a_preview_never_writes_produ
     let message = write.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("read-only transaction"), "{message}");
 
+    // DATABASE_URL is the binding's: not set nor unset by hand.
+    for query in [
+        "mutation($e: UUID!) { setSecret(environmentId: $e, name: \"DATABASE_URL\", value: \"postgres://x@prod/db\") { secret { name } } }",
+        "mutation($e: UUID!) { unsetSecret(environmentId: $e, name: \"DATABASE_URL\") { secret { name } } }",
+    ] {
+        let (code, message) = admin.error(query, json!({ "e": preview.id })).await?;
+        assert_eq!(code, "CONFLICT", "{message}");
+        assert!(
+            message.contains("belongs to its database binding"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        database_url(&api, preview.id).await?.expose(),
+        preview_url.expose()
+    );
+
     // A second database for one environment is refused.
     let (code, message) = admin
         .error(
