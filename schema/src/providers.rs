@@ -234,6 +234,28 @@ pub async fn connect(
         .connect_timeout(timeout)
         .acquire_timeout(timeout)
         .sqlx_logging(false);
+    // The pool retries a refused connection until its timeout and then says only that it
+    // timed out: a plain TCP connection first names what is wrong (refused, no route).
+    if let Some((host, port)) = url::Url::parse(url.expose())
+        .ok()
+        .and_then(|u| Some((u.host_str()?.to_owned(), u.port().unwrap_or(5432))))
+    {
+        match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("cannot connect to {who}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "cannot connect to {who}: no answer within {} s",
+                    timeout.as_secs()
+                ));
+            }
+        }
+    }
     sea_orm::Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to {who}: {}", scrub(&e.to_string(), &[url])))

@@ -84,7 +84,7 @@ async fn providers_are_added_by_operators_and_their_urls_never_shown() -> Result
         ("mysql://root:pw-7f3a9c-not-shown@127.0.0.1/x", "scheme"),
         (
             "postgres://rhone:pw-7f3a9c-not-shown@127.0.0.1:1/postgres",
-            "cannot connect",
+            "cannot connect to the server at 127.0.0.1:1: Connection refused",
         ),
     ] {
         let (code, message) = admin.error(ADD, json!({ "n": "main", "u": bad })).await?;
