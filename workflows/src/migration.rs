@@ -239,48 +239,20 @@ impl MigrationWorkflow {
             expect_decision(ctx, &op, MigrationStage::Blocked.as_str(), accepts);
             op.enter(ctx, MigrationStage::Blocked, evidence, Some(reason))
                 .await?;
-            match await_decision(ctx, &op).await? {
-                (DecisionKind::Abort, d) => {
-                    return op
-                        .end_failed(ctx, MigrationStage::Failed, StepFailure::Aborted(d))
-                        .await;
-                }
-                (DecisionKind::Approve, d) => {
-                    approved_by = Some(d);
-                    // The files may have changed meanwhile: plan again, then go on.
-                    let again = match op
-                        .step(
-                            ctx,
-                            || DatabaseActivities::plan_migration,
-                            step.clone(),
-                            step_options(Duration::from_secs(120), 5),
-                        )
-                        .await?
-                    {
-                        Ok(plan) => plan,
-                        Err(f) => return op.end_failed(ctx, MigrationStage::Failed, f).await,
-                    };
-                    if gate(&again, true).is_none() {
-                        break again;
-                    }
-                    op.enter(
-                        ctx,
-                        MigrationStage::Classified,
-                        json!({ "approved_by": approved_by.as_ref().map(|d| &d.actor) }),
-                        None,
-                    )
-                    .await?;
-                }
-                (_, d) => {
-                    op.enter(
-                        ctx,
-                        MigrationStage::Classified,
-                        json!({ "retried_by": d.actor, "reason": d.reason }),
-                        None,
-                    )
-                    .await?;
-                }
+            // Any other decision classifies again (the files, the routes may have changed
+            // meanwhile); an approval carries over to the contract statements it named.
+            let (kind, d) = await_decision(ctx, &op).await?;
+            if kind == DecisionKind::Abort {
+                return op
+                    .end_failed(ctx, MigrationStage::Failed, StepFailure::Aborted(d))
+                    .await;
             }
+            let evidence = json!({ "decision": kind, "by": d.actor, "reason": d.reason });
+            if kind == DecisionKind::Approve {
+                approved_by = Some(d);
+            }
+            op.enter(ctx, MigrationStage::Classified, evidence, None)
+                .await?;
         };
 
         let evidence = json!({

@@ -370,6 +370,7 @@ async fn a_destructive_migration_waits_for_an_approval_naming_each_statement() -
         [
             "classified",
             "blocked",
+            "classified",
             "dry_run",
             "locked",
             "applying",
@@ -483,6 +484,7 @@ async fn a_contract_migration_waits_while_an_old_artifact_serves() -> Result<()>
             "blocked",
             "classified",
             "blocked",
+            "classified",
             "dry_run",
             "locked",
             "applying",

@@ -257,8 +257,8 @@ machine! {
 
 machine! {
     /// Database Migration. `blocked` waits for an explicit decision: approve (a contract
-    /// change, named statement by statement), or retry (classified again, once no route
-    /// serves an artifact that needs the old shape), or abort.
+    /// change, named statement by statement) or retry (once no route serves an artifact
+    /// that needs the old shape), after which the files are classified again; or abort.
     MigrationStage, "migration", initial Classified,
     success [Verified], failure [Failed], blocked [Blocked],
     {
@@ -267,7 +267,7 @@ machine! {
         Locked = "locked" => [Applying, Failed],
         Applying = "applying" => [Verified, Failed],
         Verified = "verified" => [],
-        Blocked = "blocked" => [Classified, DryRun, Locked, Failed],
+        Blocked = "blocked" => [Classified, Failed],
         Failed = "failed" => [],
     }
 }

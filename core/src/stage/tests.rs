@@ -268,11 +268,14 @@ fn migration() {
     legal::<MigrationStage>(&[
         "classified",
         "blocked",
+        "classified",
         "dry_run",
         "locked",
         "applying",
         "failed",
     ]);
+    legal::<MigrationStage>(&["classified", "blocked", "failed"]);
+    illegal::<MigrationStage>("blocked", "dry_run");
     illegal::<MigrationStage>("classified", "applying");
     illegal::<MigrationStage>("verified", "applying");
     illegal::<MigrationStage>("locked", "blocked");
