@@ -298,16 +298,23 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
     ] {
         let history = h
             .client
-            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(
-                rhone_core::workflow_id(kind, rhone_core::OperationId(op)),
-            )
+            .get_workflow_handle::<temporalio_common::UntypedWorkflow>(rhone_core::workflow_id(
+                kind,
+                rhone_core::OperationId(op),
+            ))
             .fetch_history(Default::default())
             .to_json()
             .await?;
         let history = rhone_testkit::temporal::history_text(&history)?;
-        assert!(history.contains(&database), "the {kind} history names the database");
+        assert!(
+            history.contains(&database),
+            "the {kind} history names the database"
+        );
         for value in [PASSWORD, STRIPE_KEY, url.expose()] {
-            assert!(!history.contains(value), "the {kind} history holds a secret value");
+            assert!(
+                !history.contains(value),
+                "the {kind} history holds a secret value"
+            );
         }
     }
     h.stop().await

@@ -149,8 +149,7 @@ pub fn history_text(json: &[u8]) -> Result<String> {
                 for (key, field) in fields {
                     match (key.as_str(), field) {
                         ("data", serde_json::Value::String(b64)) => {
-                            if let Ok(bytes) =
-                                base64::engine::general_purpose::STANDARD.decode(b64)
+                            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64)
                             {
                                 out.push_str(&String::from_utf8_lossy(&bytes));
                                 out.push('\n');
