@@ -183,6 +183,7 @@ async fn the_runner_registers_heartbeats_and_takes_the_registered_call_token() -
         "the test key's call token is not the registered one"
     );
     let h = h.with_call_token(CALL_TOKEN)?;
+    token_taken(&h).await?;
     assert_eq!(h.put(id, &h.spec(id, 1, "serve")?).await?.0, 201);
     h.wait_stage(id, "ready", WITHIN).await?;
 
@@ -201,6 +202,25 @@ async fn the_runner_registers_heartbeats_and_takes_the_registered_call_token() -
     let (_, again) = again.unwrap_or_default();
     assert_eq!(again["allocations"], serde_json::json!([id]), "{again}");
     h.shutdown().await
+}
+
+/// Waits until the runner takes the call token its registration answer named: the
+/// control plane has seen the registration before the runner has read the answer, so a call
+/// right after it may still meet the old token (401).
+async fn token_taken(h: &Harness) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let unknown = Uuid::now_v7();
+    loop {
+        let (code, body) = h.get(unknown).await?;
+        if code == 404 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the runner never took the registered call token: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +244,10 @@ async fn stages_are_reported_in_order_with_their_generation() -> Result<()> {
     })
     .await?;
     let h = h.with_call_token(CALL_TOKEN)?;
+    token_taken(&h).await?;
     let id = Uuid::now_v7();
     let spec = h.spec(id, 1, "serve")?;
-    h.put(id, &spec).await?;
+    assert_eq!(h.put(id, &spec).await?.0, 201);
     let ready = h.wait_stage(id, "ready", WITHIN).await?;
 
     // The control plane bumps the generation to stop the allocation.
