@@ -11,12 +11,14 @@ mod app;
 mod archive;
 mod classify;
 mod graphql;
+mod migration;
 mod vango;
 
 pub use app::app_manifest;
 pub use archive::archive;
 pub use classify::classify;
 pub use graphql::graphql;
+pub use migration::migration;
 pub use vango::vango;
 
 /// A target's body: any bytes in, a panic only when a property fails.
@@ -29,4 +31,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("archive", archive),
     ("graphql", graphql),
     ("classify", classify),
+    ("migration", migration),
 ];

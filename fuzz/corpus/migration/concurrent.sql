@@ -1,0 +1,1 @@
+CREATE INDEX CONCURRENTLY orders_id ON orders (id);
