@@ -14,7 +14,10 @@ pub fn migration(data: &[u8]) {
     let lines = text.split('\n').count() as u64;
     match classify(FILE, text) {
         Ok(classified) => {
-            assert!(!classified.statements.is_empty(), "an accepted file has a statement");
+            assert!(
+                !classified.statements.is_empty(),
+                "an accepted file has a statement"
+            );
             for s in &classified.statements {
                 assert!(
                     (1..=lines).contains(&s.line) && s.column >= 1,
