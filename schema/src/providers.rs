@@ -195,6 +195,14 @@ pub fn admin_url_host(admin_url: &Secret) -> Result<String, String> {
     Ok(format!("{host}:{}", url.port().unwrap_or(5432)))
 }
 
+/// `url` (a PostgreSQL URL) with its database replaced by `database`.
+pub fn in_database(url: &Secret, database: &str) -> Result<Secret, String> {
+    let mut parsed =
+        url::Url::parse(url.expose()).map_err(|e| format!("a database URL is not a URL ({e})"))?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(Secret::new(parsed.to_string()))
+}
+
 /// The URL of `database` on the provider of `admin_url`, as `role` with `password`: the
 /// admin URL's host, port and parameters, its credentials and database replaced.
 pub fn database_url(
@@ -203,12 +211,11 @@ pub fn database_url(
     password: &Secret,
     database: &str,
 ) -> Result<Secret, String> {
-    let mut url = url::Url::parse(admin_url.expose())
+    let mut url = url::Url::parse(in_database(admin_url, database)?.expose())
         .map_err(|e| format!("the provider's admin URL is not a URL ({e})"))?;
     url.set_username(role)
         .and_then(|()| url.set_password(Some(password.expose())))
         .map_err(|()| "the provider's admin URL takes no credentials".to_owned())?;
-    url.set_path(&format!("/{database}"));
     Ok(Secret::new(url.to_string()))
 }
 

@@ -231,6 +231,15 @@ struct File {
 }
 
 impl File {
+    /// `expand` or `contract`, as recorded; a file that does not classify counts as a
+    /// contract.
+    fn class(&self) -> &'static str {
+        match rhone_migrate::classify(&self.path, &self.sql).map(|c| c.class()) {
+            Ok(Class::Expand) => "expand",
+            _ => "contract",
+        }
+    }
+
     fn irreversible(&self) -> bool {
         self.sql
             .lines()
@@ -633,7 +642,8 @@ async fn rehearse(
     let mut dump = pg_command(&pg_tool("pg_dump")?, &target.url)?;
     dump.args(["--schema-only", "--no-owner", "--no-privileges"]);
     let schema_sql = run_tool(dump, None, "copying the schema (pg_dump)", hidden).await?;
-    let scratch_url = in_database(&target.url, scratch)?;
+    let scratch_url =
+        providers::in_database(&target.url, scratch).map_err(DatabaseError::Refused)?;
     let mut restore = pg_command(&pg_tool("psql")?, &scratch_url)?;
     restore.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
     run_tool(
@@ -668,14 +678,6 @@ async fn rehearse(
     }))
 }
 
-/// `url` with its database replaced.
-fn in_database(url: &Secret, database: &str) -> Result<Secret, DatabaseError> {
-    let mut parsed = url::Url::parse(url.expose())
-        .map_err(|e| DatabaseError::Refused(format!("a database URL is not a URL ({e})")))?;
-    parsed.set_path(&format!("/{database}"));
-    Ok(Secret::new(parsed.to_string()))
-}
-
 /// One file: in a transaction, or alone when it builds an index concurrently (which no
 /// transaction may hold).
 async fn apply_file(conn: &DatabaseConnection, file: &File) -> Result<(), sea_orm::DbErr> {
@@ -699,8 +701,7 @@ pub(super) async fn apply(
     config: &MigrationConfig,
     input: &MigrationStepInput,
 ) -> Result<ApplyReport, DatabaseError> {
-    let (target, _, _, _) = load(db, keys, store, input).await?;
-    let (forward, _) = artifact_files(db, store, &input.digest).await?;
+    let (target, forward, _, _) = load(db, keys, store, input).await?;
     let hidden = [&target.url, &target.admin];
     let conn = connect(&target.url, &target.who()).await?;
     let timeout_ms = config.lock_timeout.as_millis() as u64;
@@ -845,13 +846,7 @@ async fn record<C: ConnectionTrait>(
     f: &File,
     input: &MigrationStepInput,
 ) -> Result<(), (String, sea_orm::DbErr)> {
-    let class = rhone_migrate::classify(&f.path, &f.sql)
-        .map(|c| c.class())
-        .unwrap_or(Class::Contract);
-    let class = serde_json::to_value(class)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let class = f.class().to_owned();
     conn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO rhone.applied_migrations (path, sha256, class, operation_id) VALUES ($1, $2, $3, $4)",
@@ -958,18 +953,7 @@ pub(super) async fn verify(
             database: sea_orm::ActiveValue::Set(target.binding.resource.clone()),
             path: sea_orm::ActiveValue::Set(f.path.clone()),
             sha256: sea_orm::ActiveValue::Set(f.sha256.clone()),
-            class: sea_orm::ActiveValue::Set(
-                rhone_migrate::classify(&f.path, &f.sql)
-                    .map(|c| {
-                        if c.class() == Class::Expand {
-                            "expand"
-                        } else {
-                            "contract"
-                        }
-                    })
-                    .unwrap_or("contract")
-                    .to_owned(),
-            ),
+            class: sea_orm::ActiveValue::Set(f.class().to_owned()),
             operation_id: sea_orm::ActiveValue::Set(input.operation_id.0),
             applied_at: sea_orm::ActiveValue::Set(chrono::Utc::now()),
         };

@@ -134,7 +134,7 @@ async fn provision(
         .await?;
         server.close().await.ok();
         let inside = connect(
-            &in_database(&admin, database)?,
+            &providers::in_database(&admin, database).map_err(DatabaseError::Refused)?,
             &format!("{database} on {who}"),
         )
         .await?;
@@ -195,15 +195,6 @@ async fn provision(
         created,
         url_version: row.version,
     })
-}
-
-/// The admin URL with its database replaced by `database`.
-fn in_database(admin: &Secret, database: &str) -> Result<Secret, DatabaseError> {
-    let mut url = url::Url::parse(admin.expose()).map_err(|e| {
-        DatabaseError::Refused(format!("the provider's admin URL is not a URL ({e})"))
-    })?;
-    url.set_path(&format!("/{database}"));
-    Ok(Secret::new(url.to_string()))
 }
 
 async fn exists(
