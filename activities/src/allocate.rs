@@ -152,6 +152,7 @@ pub(crate) async fn spec(
             rhone_schema::secrets::SecretsError::Schema(e) => db_err(e),
             other => refuse(format!("allocation {}: {other}", alloc.id)),
         })?;
+    let egress = egress(db, alloc, &secrets).await?;
     let process = &manifest.app.process;
     Ok(AllocationSpec {
         allocation_id: alloc.id,
@@ -171,7 +172,82 @@ pub(crate) async fn spec(
         env: Default::default(),
         secrets,
         desired,
+        egress,
     })
+}
+
+/// Where `alloc` may open connections: the database server of each provider binding of
+/// its environment, and each runtime service it binds that has an address (a Redis or NATS
+/// URL in the binding's config, a `sql` service's DSN among the allocation's `secrets`).
+/// An address an allocation could not be let through to is refused, naming the binding.
+async fn egress(
+    db: &DatabaseConnection,
+    alloc: &allocation::Model,
+    secrets: &std::collections::BTreeMap<String, rhone_core::Secret>,
+) -> Result<Vec<rhone_core::Endpoint>, ActivityError> {
+    use rhone_core::Endpoint;
+    use rhone_schema::entity::{database_provider, runtime_service_binding};
+    let deployment = deployment::Entity::find_by_id(alloc.deployment_id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| refuse(format!("allocation {}: its deployment is gone", alloc.id)))?;
+    let env = deployment.environment_id;
+    let unusable = |what: String| {
+        refuse(format!(
+            "allocation {}: {what} is not an address an allocation can reach \
+             (a DNS name or an IPv4 address, and a port)",
+            alloc.id
+        ))
+    };
+    let mut egress: Vec<Endpoint> = Vec::new();
+    for binding in rhone_schema::providers::bindings_of(db, env)
+        .await
+        .map_err(db_err)?
+    {
+        let provider = database_provider::Entity::find()
+            .filter(database_provider::Column::Name.eq(&binding.provider))
+            .one(db)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| refuse(format!("database provider {} is gone", binding.provider)))?;
+        let endpoint = Endpoint::of_url(&provider.host, 5432).ok_or_else(|| {
+            unusable(format!(
+                "database provider {} at {}",
+                provider.name, provider.host
+            ))
+        })?;
+        egress.push(endpoint);
+    }
+    let services = runtime_service_binding::Entity::find()
+        .filter(runtime_service_binding::Column::EnvironmentId.eq(env))
+        .order_by_asc(runtime_service_binding::Column::CreatedAt)
+        .all(db)
+        .await
+        .map_err(db_err)?;
+    for service in services {
+        let field = |name: &str| service.config.get(name).and_then(|v| v.as_str());
+        let found = match field("provider").unwrap_or_default() {
+            "redis" => field("url").map(|url| (url.to_owned(), 6379)),
+            "nats" => field("url").map(|url| (url.to_owned(), 4222)),
+            "sql" => field("dsn_secret")
+                .and_then(|name| secrets.get(name))
+                .map(|dsn| (dsn.expose().to_owned(), 5432)),
+            _ => None,
+        };
+        let Some((url, port)) = found else { continue };
+        // The URL may hold a password: the refusal names the binding, not the URL.
+        let endpoint = Endpoint::of_url(&url, port).ok_or_else(|| {
+            unusable(format!(
+                "the address of runtime service {}",
+                service.service
+            ))
+        })?;
+        egress.push(endpoint);
+    }
+    egress.sort();
+    egress.dedup();
+    Ok(egress)
 }
 
 /// The worker's client of runner APIs: every call carries the call token the operator's

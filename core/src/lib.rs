@@ -3,6 +3,7 @@
 //! reads a clock or draws randomness, so workflows can use all of it.
 
 pub mod digest;
+pub mod endpoint;
 pub mod fleet;
 pub mod ids;
 pub mod limits;
@@ -14,6 +15,7 @@ pub mod secret;
 pub mod stage;
 
 pub use digest::{Digest, InvalidDigest};
+pub use endpoint::Endpoint;
 pub use fleet::RunnerStatus;
 pub use ids::{
     OperationId, environment_route_key, repair_workflow_id, wake_workflow_id, workflow_id,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rhone_core::secret::serialize_exposed;
-use rhone_core::{Digest, Limits, Secret};
+use rhone_core::{Digest, Endpoint, Limits, Secret};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -14,6 +14,8 @@ pub const INJECTED_ENV: &[&str] = &["PORT", "RHONE_ALLOCATION_ID", "RHONE_ARTIFA
 pub const DEFAULT_READINESS_TIMEOUT_MS: u64 = 30_000;
 /// The longest readiness timeout or drain deadline a spec may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// The most endpoints one allocation may be let through to.
+pub const MAX_EGRESS: usize = 32;
 
 /// What the control plane wants for one allocation. `PUT /v1/allocations/{id}` takes it as
 /// JSON; `secrets` values are [`Secret`]s, never printed and never returned.
@@ -32,6 +34,13 @@ pub struct AllocationSpec {
     pub secrets: BTreeMap<String, Secret>,
     #[serde(default)]
     pub desired: Desired,
+    /// The only places the allocation may open connections to: the database and runtime
+    /// services bound to its environment. The runner resolves each name, lets the
+    /// allocation's address through to those addresses and ports alone, and names them in
+    /// the sandbox's `/etc/hosts` (it has no DNS), when it starts. Empty: no connection
+    /// leaves at all.
+    #[serde(default)]
+    pub egress: Vec<Endpoint>,
 }
 
 /// How to run and probe the app.
@@ -178,11 +187,21 @@ impl AllocationSpec {
                 );
             }
         }
+        if self.egress.len() > MAX_EGRESS {
+            return fail(
+                "egress",
+                format!(
+                    "names {} endpoints; at most {MAX_EGRESS}",
+                    self.egress.len()
+                ),
+            );
+        }
         Ok(())
     }
 
     /// Whether `other` runs the same thing: only `generation` and `desired` may change
-    /// between generations of one allocation.
+    /// between generations of one allocation (and `egress`, which is read once, when the
+    /// allocation starts).
     pub fn same_workload(&self, other: &AllocationSpec) -> bool {
         self.artifact_digest == other.artifact_digest
             && self.process == other.process
@@ -292,6 +311,22 @@ mod tests {
             Some("unknown variant `pause`"),
         );
         check(|v| v["extra"] = json!(1), Some("unknown field `extra`"));
+        check(
+            |v| v["egress"] = json!(["db.internal:5432", "10.216.0.2:6379"]),
+            None,
+        );
+        check(
+            |v| v["egress"] = json!(["db.internal"]),
+            Some("is not host:port: no port"),
+        );
+        check(
+            |v| v["egress"] = json!(["db;rm -rf /:1"]),
+            Some("neither a DNS name nor an IPv4 address"),
+        );
+        check(
+            |v| v["egress"] = json!((1..=33).map(|i| format!("h{i}:1")).collect::<Vec<_>>()),
+            Some("egress: names 33 endpoints; at most 32"),
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::{RunnerConfig, probe};
 
 /// How long a process that failed readiness gets to exit after SIGTERM.
 const FAILED_GRACE: Duration = Duration::from_secs(2);
+/// How long resolving one egress host may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the artifact is inside the sandbox; the app starts there.
 pub(crate) const APP_DIR: &str = "/app";
 
@@ -124,10 +126,23 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     }
 
     alloc.enter(Pulling, |_| {});
+    let egress = match resolve(spec).await {
+        Ok(egress) => egress,
+        Err(message) => {
+            alloc.enter(Failed, note(&message));
+            return;
+        }
+    };
+    let hosts = egress
+        .iter()
+        .filter(|e| e.name.parse::<Ipv4Addr>().is_err())
+        .map(|e| (e.name.clone(), e.address))
+        .collect();
+    let allowed: Vec<(Ipv4Addr, u16)> = egress.iter().map(|e| (e.address, e.port)).collect();
     let dir = alloc.dir.clone();
     let sandbox_id = alloc.id.to_string();
     let root = ctx.cache.path_of(&spec.artifact_digest);
-    let spec_in_sandbox = sandbox_spec(ctx, alloc, spec, &root, &dir);
+    let spec_in_sandbox = sandbox_spec(ctx, alloc, spec, &root, &dir, hosts);
     // The artifact is made sure of while the network namespace, the app's home and the
     // sandbox's bundle and cgroups are made, side by side: none needs the others, and each
     // is a few milliseconds of the start.
@@ -139,7 +154,8 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
     };
     let (pulled, attached, prepared) = tokio::join!(
         pulled,
-        ctx.network.attach(&sandbox_id, spec.process.port < 1024),
+        ctx.network
+            .attach(&sandbox_id, spec.process.port < 1024, &allowed),
         prepare(ctx, &spec_in_sandbox, &dir),
     );
     let failure = match (&pulled, &attached, &prepared) {
@@ -187,6 +203,59 @@ async fn drive(ctx: &Context, alloc: &Allocation, spec: &AllocationSpec) {
         }
     }
     ctx.network.detach(&attachment).await;
+}
+
+/// One address an allocation may connect to: `name` (as its egress named it) resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resolved {
+    name: String,
+    address: Ipv4Addr,
+    port: u16,
+}
+
+/// The allocation's egress resolved to IPv4 addresses (every address of a name): the error
+/// names the endpoint that cannot be.
+async fn resolve(spec: &AllocationSpec) -> Result<Vec<Resolved>, String> {
+    let mut resolved = Vec::new();
+    for endpoint in &spec.egress {
+        let addresses: Vec<Ipv4Addr> = match endpoint.host.parse::<Ipv4Addr>() {
+            Ok(address) => vec![address],
+            Err(_) => {
+                let looked_up = tokio::time::timeout(
+                    RESOLVE_TIMEOUT,
+                    tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)),
+                )
+                .await
+                .map_err(|_| {
+                    format!("egress {endpoint}: no answer from DNS within {RESOLVE_TIMEOUT:?}")
+                })?
+                .map_err(|e| format!("egress {endpoint}: cannot resolve {}: {e}", endpoint.host))?;
+                looked_up
+                    .filter_map(|a| match a.ip() {
+                        std::net::IpAddr::V4(v4) => Some(v4),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .collect()
+            }
+        };
+        if addresses.is_empty() {
+            return Err(format!(
+                "egress {endpoint}: {} has no IPv4 address (allocations have no IPv6)",
+                endpoint.host
+            ));
+        }
+        for address in addresses {
+            let entry = Resolved {
+                name: endpoint.host.clone(),
+                address,
+                port: endpoint.port,
+            };
+            if !resolved.contains(&entry) {
+                resolved.push(entry);
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 /// Probes readiness, then watches the process until it ends or is drained.
@@ -279,6 +348,7 @@ fn sandbox_spec(
     spec: &AllocationSpec,
     root: &Path,
     dir: &Path,
+    hosts: Vec<(String, Ipv4Addr)>,
 ) -> SandboxSpec {
     let sandbox_id = alloc.id.to_string();
     let mut env: Vec<(String, String)> = ctx
@@ -319,6 +389,7 @@ fn sandbox_spec(
         .collect(),
         limits: spec.process.limits,
         hostname: "app".to_owned(),
+        hosts,
     }
 }
 

@@ -107,6 +107,9 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub network: Network,
     pub hostname: String,
+    /// Names the sandbox's `/etc/hosts` gives beside its own (it has no DNS): the hosts
+    /// of an allocation's egress, as the runner resolved them.
+    pub hosts: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 /// The host uid that [`SANDBOX_UID`] of sandbox `id` is: each sandbox has its own range of

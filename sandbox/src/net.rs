@@ -4,8 +4,13 @@
 //! (no allocation reaches another), and the host's firewall drops every connection an
 //! allocation opens towards the host or through it, so the platform's addresses (DB,
 //! Temporal, API, runner API) are out of reach; the edge and the runner open connections to
-//! the allocation, whose answers pass. IPv6 is off on the bridge and its ports. Builds use
-//! [`crate::Network::Isolated`] instead: loopback only.
+//! the allocation, whose answers pass. The one way out is an allocation's egress: the
+//! addresses and ports of the database and services bound to its environment, each let
+//! through for that allocation's address alone by a rule in the bridge's own chain
+//! (`<bridge>-out`), removed when the allocation goes. Packets the bridge receives may be
+//! forwarded (the bridge's own `forwarding` switch, not the host's): the chain is what
+//! decides. IPv6 is off on the bridge and its ports. Builds use [`crate::Network::Isolated`]
+//! instead: loopback only.
 //!
 //! The subnet is configured, or claimed automatically (`10.213.N.0/24`, the first `N` no
 //! other runner on the host holds): a runner holds a lock file for its bridge while it
@@ -166,15 +171,111 @@ impl HostNetwork {
         format!("{}/{}", Ipv4Addr::from(self.network), self.prefix)
     }
 
-    /// Makes the network namespace of sandbox `id` with the next free address. With
+    /// Makes the network namespace of sandbox `id` with the next free address, and lets it
+    /// open TCP connections to `egress` (address and port) and nowhere else. With
     /// `low_ports`, its unprivileged process may listen on ports below 1024.
-    pub async fn attach(&self, id: &str, low_ports: bool) -> Result<Attachment, SandboxError> {
+    pub async fn attach(
+        &self,
+        id: &str,
+        low_ports: bool,
+        egress: &[(Ipv4Addr, u16)],
+    ) -> Result<Attachment, SandboxError> {
         let host = self.take_address()?;
-        let attached = self.attach_at(id, host, low_ports).await;
+        let address = Ipv4Addr::from(self.network + host);
+        let attached = match self.allow(address, egress).await {
+            Ok(()) => self.attach_at(id, host, low_ports).await,
+            Err(e) => Err(e),
+        };
         if attached.is_err() {
+            self.forget(address).await;
             self.release(host);
         }
         attached
+    }
+
+    /// The bridge's chain of egress rules.
+    fn chain(&self) -> String {
+        format!("{}-out", self.bridge)
+    }
+
+    /// Lets `address` open connections to `egress`, after removing whatever rules an
+    /// earlier holder of the address left.
+    async fn allow(
+        &self,
+        address: Ipv4Addr,
+        egress: &[(Ipv4Addr, u16)],
+    ) -> Result<(), SandboxError> {
+        self.forget(address).await;
+        let chain = self.chain();
+        for (to, port) in egress {
+            let rule: Vec<String> = [
+                "-s".to_owned(),
+                format!("{address}/32"),
+                "-d".to_owned(),
+                format!("{to}/32"),
+                "-p".to_owned(),
+                "tcp".to_owned(),
+                "--dport".to_owned(),
+                port.to_string(),
+                "-j".to_owned(),
+                "ACCEPT".to_owned(),
+            ]
+            .into();
+            iptables(&["-A", &chain], &rule).await?;
+        }
+        Ok(())
+    }
+
+    /// The egress rules of `address`, as `iptables -S` prints them (without `-A CHAIN`).
+    async fn rules_of(&self, address: Ipv4Addr) -> Vec<Vec<String>> {
+        let chain = self.chain();
+        let Ok(out) = Command::new("iptables")
+            .args(["-w", "-S", &chain])
+            .stdin(Stdio::null())
+            .output()
+            .await
+        else {
+            return Vec::new();
+        };
+        let source = format!("{address}/32");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+                let is_rule = words.first().is_some_and(|w| w == "-A")
+                    && words.windows(2).any(|w| w[0] == "-s" && w[1] == source);
+                is_rule.then(|| words[2..].to_vec())
+            })
+            .collect()
+    }
+
+    /// The egress `address` is let through to, as (address, port), from the chain itself.
+    pub async fn egress_of(&self, address: Ipv4Addr) -> Vec<(Ipv4Addr, u16)> {
+        let value = |rule: &[String], flag: &str| {
+            rule.windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].trim_end_matches("/32").to_owned())
+        };
+        self.rules_of(address)
+            .await
+            .iter()
+            .filter_map(|rule| {
+                Some((
+                    value(rule, "-d")?.parse().ok()?,
+                    value(rule, "--dport")?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes the egress rules of `address`.
+    async fn forget(&self, address: Ipv4Addr) {
+        let chain = self.chain();
+        for rule in self.rules_of(address).await {
+            if let Err(e) = iptables(&["-D", &chain], &rule).await {
+                tracing::warn!(%address, error = %e, "cannot remove an egress rule");
+            }
+        }
     }
 
     /// The network namespace [`HostNetwork::attach`] makes for sandbox `id`, known before
@@ -255,8 +356,18 @@ impl HostNetwork {
     /// if it is there.
     pub async fn adopt(&self, id: &str) -> Option<Attachment> {
         let netns = self.netns_name(id);
+        let address = self.address_in(&netns).await?;
+        let host = u32::from(address).wrapping_sub(self.network);
+        let mut addresses = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        addresses.used.insert(host);
+        addresses.last = addresses.last.max(host);
+        Some(Attachment { netns, address })
+    }
+
+    /// The address of namespace `netns` on this bridge, if it is there and has one.
+    async fn address_in(&self, netns: &str) -> Option<Ipv4Addr> {
         let out = Command::new("ip")
-            .args(["-n", &netns, "-4", "-o", "addr", "show", "dev", "eth0"])
+            .args(["-n", netns, "-4", "-o", "addr", "show", "dev", "eth0"])
             .stdin(Stdio::null())
             .output()
             .await
@@ -271,21 +382,18 @@ impl HostNetwork {
             .parse()
             .ok()?;
         let host = u32::from(address).wrapping_sub(self.network);
-        if !out.status.success() || host >= 1u32 << (32 - self.prefix) {
-            return None;
-        }
-        let mut addresses = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        addresses.used.insert(host);
-        addresses.last = addresses.last.max(host);
-        Some(Attachment { netns, address })
+        (out.status.success() && host < 1u32 << (32 - self.prefix)).then_some(address)
     }
 
-    /// Removes the namespaces of this bridge but those of `keep` (adopted sandboxes'):
-    /// what an earlier runner left.
+    /// Removes the namespaces of this bridge, and their egress rules, but those of `keep`
+    /// (adopted sandboxes'): what an earlier runner left.
     pub async fn prune(&self, keep: &[String]) {
         let keep: Vec<String> = keep.iter().map(|id| self.netns_name(id)).collect();
         for name in self.namespaces() {
             if !keep.contains(&name) {
+                if let Some(address) = self.address_in(&name).await {
+                    self.forget(address).await;
+                }
                 let _ = run_ip(&[], &format!("netns del {name}\n"), true).await;
             }
         }
@@ -319,20 +427,23 @@ impl HostNetwork {
             return false;
         }
         for chain in ["INPUT", "FORWARD"] {
-            for rule in firewall(&self.bridge) {
+            for rule in firewall(&self.bridge, &self.chain()) {
                 if iptables(&["-C", chain], &rule).await.is_err() {
                     return false;
                 }
             }
         }
-        true
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{}/forwarding", self.bridge);
+        std::fs::read_to_string(forwarding).is_ok_and(|v| v.trim() == "1")
     }
 
-    /// Removes the namespace (and with it the veth pair) and frees the address.
+    /// Removes the namespace (and with it the veth pair) and its egress rules, and frees
+    /// the address.
     pub async fn detach(&self, attachment: &Attachment) {
         if let Err(e) = run_ip(&[], &format!("netns del {}\n", attachment.netns), false).await {
             tracing::warn!(netns = %attachment.netns, error = %e, "cannot remove a network namespace");
         }
+        self.forget(attachment.address).await;
         self.release(u32::from(attachment.address).wrapping_sub(self.network));
     }
 
@@ -384,9 +495,19 @@ impl HostNetwork {
         )
         .await?;
         disable_ipv6(br);
+        // What the bridge receives may be routed on (to a database on another network):
+        // the bridge's own switch, so no other interface of the host starts forwarding.
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{br}/forwarding");
+        std::fs::write(&forwarding, "1").map_err(|e| {
+            SandboxError::Network(format!("turning forwarding on ({forwarding}): {e}"))
+        })?;
+        let own = self.chain();
+        if iptables(&["-N", &own], &[]).await.is_err() {
+            iptables(&["-F", &own], &[]).await?;
+        }
         // Inserted at the top, DROP first so that the ACCEPT of answers ends above it.
         for chain in ["INPUT", "FORWARD"] {
-            for rule in firewall(br).iter().rev() {
+            for rule in firewall(br, &own).iter().rev() {
                 iptables(&["-I", chain], rule).await?;
             }
         }
@@ -396,18 +517,22 @@ impl HostNetwork {
     /// Whatever an earlier holder of this bridge left: namespaces, rules, the bridge.
     async fn remove_leftovers(&self) {
         self.prune(&[]).await;
+        let own = self.chain();
         for chain in ["INPUT", "FORWARD"] {
-            for rule in firewall(&self.bridge) {
+            for rule in firewall(&self.bridge, &own) {
                 while iptables(&["-D", chain], &rule).await.is_ok() {}
             }
         }
+        let _ = iptables(&["-F", &own], &[]).await;
+        let _ = iptables(&["-X", &own], &[]).await;
         let _ = run_ip(&[], &format!("link del {}\n", self.bridge), true).await;
     }
 }
 
 /// The rules of a bridge, first to last: answers to connections the host opened pass;
-/// anything else an allocation sends to or through the host is dropped.
-fn firewall(bridge: &str) -> [Vec<String>; 2] {
+/// what the bridge's egress chain `chain` accepts passes; anything else an allocation sends
+/// to or through the host is dropped.
+fn firewall(bridge: &str, chain: &str) -> [Vec<String>; 3] {
     let rule = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     [
         rule(&[
@@ -420,6 +545,7 @@ fn firewall(bridge: &str) -> [Vec<String>; 2] {
             "-j",
             "ACCEPT",
         ]),
+        rule(&["-i", bridge, "-j", chain]),
         rule(&["-i", bridge, "-j", "DROP"]),
     ]
 }

@@ -64,13 +64,14 @@ pub(crate) fn write_bundle(
         "group",
         &format!("root:x:0:\nrhone:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"),
     )?;
-    write(
-        "hosts",
-        &format!(
-            "127.0.0.1 localhost {0}\n::1 localhost {0}\n",
-            spec.hostname
-        ),
-    )?;
+    let mut hosts = format!(
+        "127.0.0.1 localhost {0}\n::1 localhost {0}\n",
+        spec.hostname
+    );
+    for (name, address) in &spec.hosts {
+        hosts.push_str(&format!("{address} {name}\n"));
+    }
+    write("hosts", &hosts)?;
     write("resolv.conf", "")?;
     write(
         "nsswitch.conf",
@@ -342,6 +343,7 @@ mod tests {
             limits: Limits::RUN_DEFAULT,
             network: Network::Isolated,
             hostname: "app".into(),
+            hosts: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ fn spec(id: &str, command: &str, limits: Limits) -> SandboxSpec {
         limits,
         network: Network::Isolated,
         hostname: "test".into(),
+        hosts: Vec::new(),
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`s3::server`] gives an S3 API server (`s3s-fs`): endpoint and credentials.
 //! - [`registry::server`] gives an OCI registry (`docker-registry`) address.
 //! - [`redis::server`] gives a Redis (`redis-server`) URL and its password.
+//! - [`netns::Namespace`] is a host of its own (a network namespace), where
+//!   [`postgres::start_on`] starts a database server as another machine would hold it.
 //! - [`unique_name`] derives task queue, workflow id and database names from a test's name.
 //!
 //! `scripts/test.sh` starts one Temporal server and one PostgreSQL for the whole run and
@@ -23,6 +25,7 @@
 //! ```
 
 mod names;
+pub mod netns;
 pub mod postgres;
 mod process;
 pub mod redis;

@@ -225,6 +225,106 @@ async fn start_once(
     Ok((admin_url, server))
 }
 
+/// A PostgreSQL server of its own, standing for another machine: it listens on port 5432
+/// of a test host ([`crate::netns::Namespace`]) and takes a password (scram-sha-256) from
+/// any address, as a database server an operator registers would. Stopped when dropped.
+pub struct Standalone {
+    /// `postgres://rhone:PASSWORD@ADDRESS:5432/postgres`: its superuser.
+    pub admin_url: String,
+    _process: Supervised,
+}
+
+/// Starts a [`Standalone`] server on `host`. Needs root (the namespace, and the server runs
+/// as the `postgres` user).
+pub async fn start_on(host: &crate::netns::Namespace) -> Result<Standalone> {
+    let bin = find_bin_dir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rhone-pg-host-")
+        .tempdir()
+        .context("creating a directory for PostgreSQL")?;
+    let mut chown = tokio::process::Command::new("chown");
+    chown.arg(format!("{SERVER_USER}:")).arg(dir.path());
+    process::run(chown, "chown to the postgres user (does it exist?)").await?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let password = format!("pw{:x}{:x}", stamp, std::process::id());
+    let pwfile = dir.path().join("pwfile");
+    std::fs::write(&pwfile, &password)?;
+    let mut chown = tokio::process::Command::new("chown");
+    chown.arg(format!("{SERVER_USER}:")).arg(&pwfile);
+    process::run(chown, "chown the password file").await?;
+    let data = dir.path().join("data");
+    let mut initdb = as_user(Some(SERVER_USER), &bin.join("initdb"), dir.path());
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .arg("--pwfile")
+        .arg(&pwfile)
+        .args([
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-U",
+            "rhone",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+    process::run(initdb, "initdb").await?;
+    std::fs::remove_file(&pwfile)?;
+    let hba = data.join("pg_hba.conf");
+    let mut rules = std::fs::read_to_string(&hba)?;
+    rules.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+    std::fs::write(&hba, rules)?;
+
+    let postgres = bin.join("postgres").display().to_string();
+    let args: Vec<String> = [
+        "netns",
+        "exec",
+        &host.name,
+        "setpriv",
+        "--reuid",
+        SERVER_USER,
+        "--regid",
+        SERVER_USER,
+        "--init-groups",
+        "--",
+        &postgres,
+        "-D",
+        &data.display().to_string(),
+        "-p",
+        "5432",
+        "-k",
+        &dir.path().display().to_string(),
+        "-c",
+        &format!("listen_addresses={}", host.address),
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut server = Supervised::spawn(dir.path(), None, Path::new("ip"), &args)?;
+    let admin_url = format!("postgres://rhone:{password}@{}:5432/postgres", host.address);
+    let psql = bin.join("psql");
+    process::wait_ready("PostgreSQL", &mut server, START_TIMEOUT, || {
+        let mut command = tokio::process::Command::new(&psql);
+        command.args(["-X", "-q", "-w", "-d", &admin_url, "-c", "select 1"]);
+        command.env("PGCONNECT_TIMEOUT", "2");
+        process::probe_command(command, PROBE_TIMEOUT)
+    })
+    .await
+    .map_err(NotReady::into_error)?;
+    let _ = dir.keep();
+    Ok(Standalone {
+        admin_url,
+        _process: server,
+    })
+}
+
 /// `program` run as `user` through `runuser` when given, from `cwd` (a directory that
 /// user can enter, so the PostgreSQL tools do not complain about the current one).
 fn as_user(user: Option<&str>, program: &Path, cwd: &Path) -> tokio::process::Command {

@@ -232,6 +232,7 @@ async fn run_command(
         limits: app.build.limits,
         network: Network::Isolated,
         hostname: "build".to_owned(),
+        hosts: Vec::new(),
     };
     let (reader, writer) = std::io::pipe().map_err(io("creating a pipe"))?;
     let started = sandbox

@@ -116,6 +116,11 @@ impl Scene {
 
     /// Starts the hostile app with `limits` and waits until it is ready; its address.
     async fn attacker(&self, limits: Value) -> Result<(Uuid, String)> {
+        self.attacker_with(limits, &[]).await
+    }
+
+    /// [`Scene::attacker`] let through to `egress` (`host:port`).
+    async fn attacker_with(&self, limits: Value, egress: &[String]) -> Result<(Uuid, String)> {
         let id = Uuid::now_v7();
         let spec = json!({
             "allocation_id": id,
@@ -127,6 +132,7 @@ impl Scene {
                 "readiness_timeout_ms": 5000,
                 "limits": limits,
             },
+            "egress": egress,
         });
         let (code, body) = self.h.put(id, &spec).await?;
         if code != 201 {
@@ -455,5 +461,75 @@ async fn a_fork_bomb_stops_at_the_pids_limit() -> Result<()> {
         log_text(&status).contains("fork failed after"),
         "{status:#}"
     );
+    s.h.shutdown().await
+}
+
+/// The rules of the runner's egress chain that name `address` as their source.
+fn egress_rules(address: &str) -> Result<Vec<String>> {
+    let ip = address
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .context("address")?;
+    let out = std::process::Command::new("iptables").arg("-S").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("-out ") && l.contains(&format!("-s {ip}/32")))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// An allocation whose egress names a database server's address and port (a host of its
+/// own, a network namespace the test made) connects to it there, and to nothing else: not
+/// another port of that host, not the runner's host; an allocation without that egress
+/// cannot reach it either; and the rule goes with the allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_reaches_its_egress_and_nothing_else() -> Result<()> {
+    let s = Scene::start().await?;
+    let db_host = rhone_testkit::netns::Namespace::create()?;
+    let allowed = db_host.listen(0)?;
+    let other = db_host.listen(0)?;
+    let (allowed_port, other_port) = (
+        allowed.local_addr()?.port().to_string(),
+        other.local_addr()?.port().to_string(),
+    );
+    let db = db_host.address.to_string();
+    let (id, address) = s
+        .attacker_with(default_limits(), &[format!("{db}:{allowed_port}")])
+        .await?;
+    let reached = s
+        .attack(
+            &address,
+            &[("kind", "connect"), ("host", &db), ("port", &allowed_port)],
+        )
+        .await?;
+    assert_eq!(reached["ok"], true, "its egress is open: {reached}");
+    let detail = s
+        .refused(
+            &address,
+            &[("kind", "connect"), ("host", &db), ("port", &other_port)],
+        )
+        .await?;
+    assert!(detail.contains("timed out"), "{detail}");
+    // The host stays out of reach, egress or not.
+    let api = TcpListener::bind("0.0.0.0:0").await?;
+    cannot_reach(&s, &address, api.local_addr()?.port(), "the API").await?;
+    let (_, neighbour) = s.attacker(default_limits()).await?;
+    let detail = s
+        .refused(
+            &neighbour,
+            &[("kind", "connect"), ("host", &db), ("port", &allowed_port)],
+        )
+        .await?;
+    assert!(detail.contains("timed out"), "{detail}");
+
+    assert_eq!(egress_rules(&address)?.len(), 1, "one rule while it runs");
+    let (code, body) = s.h.delete(id).await?;
+    assert!(code < 300, "{code} {body}");
+    s.h.wait_stage(id, "stopped", WITHIN).await?;
+    crate::support::eventually(WITHIN, "its egress rule is removed", || {
+        egress_rules(&address).is_ok_and(|r| r.is_empty())
+    })
+    .await?;
     s.h.shutdown().await
 }

@@ -237,6 +237,7 @@ async fn sandboxes_left_by_a_killed_runner_are_removed_at_start() -> Result<()> 
         limits: rhone_sandbox::Limits::RUN_DEFAULT,
         network: Network::Isolated,
         hostname: "orphan".into(),
+        hosts: Vec::new(),
     };
     // A sandbox of a runner that died in this work directory, and one of another owner.
     let dir = Harness::dir()?;

@@ -188,9 +188,13 @@ async fn sql(name: &str, dsn: &Secret) -> Result<(), String> {
 /// first to every client (before any TLS). Credentials are not checked: that needs a
 /// client, which Rhone does not have.
 async fn nats(url: &str) -> Result<(), String> {
-    let (host, port) = host_port(url, 4222).ok_or_else(|| format!("nats at {url}: no host"))?;
-    let at = format!("nats at {host}:{port}");
-    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let Some(endpoint) = rhone_core::Endpoint::of_url(url, 4222) else {
+        return Err(format!(
+            "nats at {url}: not scheme://host[:port] with a DNS name or IPv4 address"
+        ));
+    };
+    let at = format!("nats at {endpoint}");
+    let mut stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| format!("{at}: cannot connect: {e}"))?;
     let mut line = Vec::new();
@@ -209,28 +213,6 @@ async fn nats(url: &str) -> Result<(), String> {
             "{at}: did not greet with INFO, so it is not a NATS server"
         ))
     }
-}
-
-/// The host and port of `scheme://host[:port][/…]`, `[v6]` hosts included.
-fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']')?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => default_port,
-    };
-    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// `why` as it may be stored and shown: each secret value (and the password of a URL one
@@ -330,21 +312,5 @@ mod tests {
         check_scrub("timed out", &["", "  "], "timed out");
         let long = "x".repeat(MAX_ERROR_CHARS + 10);
         assert_eq!(scrub(&long, &[]).chars().count(), MAX_ERROR_CHARS + 1);
-    }
-
-    #[test]
-    fn host_port_table() {
-        for (url, expected) in [
-            ("nats://n1:4223", Some(("n1", 4223))),
-            ("tls://n1", Some(("n1", 4222))),
-            ("nats://[::1]:5000/x", Some(("::1", 5000))),
-            ("nats://[::1]", Some(("::1", 4222))),
-            ("nats://n1:port", None),
-            ("nats://:4222", None),
-        ] {
-            let got = host_port(url, 4222);
-            let got = got.as_ref().map(|(h, p)| (h.as_str(), *p));
-            assert_eq!(got, expected, "{url}");
-        }
     }
 }
