@@ -14,7 +14,11 @@ mod harness;
 use anyhow::{Context, Result};
 use deploy_support::{change_counter_codec, replace_in};
 use harness::{Harness, stages};
-use rhone_workflows::DecisionKind;
+use rhone_core::OperationKind;
+use rhone_schema::entity::audit_log;
+use rhone_workflows::{Decision, DecisionKind};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
 
 const TO_VALIDATING: [&str; 4] = ["queued", "cloning", "building", "validating"];
 
@@ -115,12 +119,9 @@ async fn a_missing_secret_is_not_approvable_and_abort_ends_it() -> Result<()> {
     h.stop().await
 }
 
-/// A migration blocks the preview; a retry with nothing changed validates again and blocks
-/// again.
-#[tokio::test]
-async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
-    let h = Harness::start("deploy_wf_migration").await?;
-    let repo = h.repo("repo", |dir| {
+/// `examples/counter` with a migration, which blocks its preview until aborted.
+fn with_a_migration(h: &Harness) -> Result<deploy_support::Repo> {
+    h.repo("repo", |dir| {
         std::fs::create_dir_all(dir.join("migrations"))?;
         std::fs::write(
             dir.join("migrations/0001_counts.sql"),
@@ -138,7 +139,15 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
             "[wake]",
             "[migrations]\ndir = \"migrations\"\n\n[wake]",
         )
-    })?;
+    })
+}
+
+/// A migration blocks the preview; a retry with nothing changed validates again and blocks
+/// again.
+#[tokio::test]
+async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
+    let h = Harness::start("deploy_wf_migration").await?;
+    let repo = with_a_migration(&h)?;
     let d = h.deploy(&repo).await?;
     let seen = h.wait_status(d, "waiting", 1).await?;
     assert_eq!(seen.op.current_stage, "blocked");
@@ -167,6 +176,97 @@ async fn a_migration_blocks_and_a_retry_blocks_again() -> Result<()> {
     let seen = h.wait_status(d, "aborted", 1).await?;
     assert_eq!(seen.op.current_stage, "failed");
     h.record_history(d, "deploy_blocked_retried_aborted")
+        .await?;
+    h.stop().await
+}
+
+/// Nothing a sender types into a decision sent straight to Temporal makes it pass for one
+/// taken through the API: a retry naming a user, `audited` set, is recorded and audited as
+/// `temporal:user:…`. One naming the API's audit row of it (written as the API writes it)
+/// keeps its user, and that row, marked taken, is its only audit entry; the same row named
+/// again by a later decision no longer counts.
+#[tokio::test]
+async fn a_decision_passes_for_the_apis_only_with_the_apis_audit_row() -> Result<()> {
+    let h = Harness::start("deploy_wf_forged_decision").await?;
+    let repo = with_a_migration(&h)?;
+    let d = h.deploy(&repo).await?;
+    h.wait_status(d, "waiting", 1).await?;
+    let user = format!("user:{}", uuid::Uuid::new_v4());
+    let retry = |reason: &str, decision_id, audited| Decision {
+        actor: user.clone(),
+        reason: Some(reason.into()),
+        decision_id,
+        audited,
+    };
+
+    let forged = retry("forged", None, true);
+    let taken = h
+        .send_decision(OperationKind::Deploy, d, DecisionKind::Retry, forged)
+        .await?;
+    assert_eq!(taken.actor, format!("temporal:{user}"));
+    h.wait_status(d, "waiting", 2).await?;
+
+    let row = uuid::Uuid::new_v4();
+    audit_log::ActiveModel {
+        id: Set(row),
+        workspace_id: Set(None),
+        actor: Set(user.clone()),
+        action: Set("operation.retry".into()),
+        target_type: Set("operation".into()),
+        target_id: Set(d.operation_id.to_string()),
+        operation_id: Set(Some(d.operation_id.0)),
+        detail: Set(json!({ "decision": "retry", "reason": "through the api" })),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&h.fx.db)
+    .await?;
+    let through_api = retry("through the api", Some(row), false);
+    h.send_decision(OperationKind::Deploy, d, DecisionKind::Retry, through_api)
+        .await?;
+    h.wait_status(d, "waiting", 3).await?;
+
+    let replayed = retry("replayed", Some(row), false);
+    h.send_decision(OperationKind::Deploy, d, DecisionKind::Retry, replayed)
+        .await?;
+    h.wait_status(d, "waiting", 4).await?;
+    h.decide(d, DecisionKind::Abort).await?;
+    h.wait_status(d, "aborted", 1).await?;
+
+    let retried_by: Vec<_> = rhone_schema::ops::stages(&h.fx.db, d.operation_id.0)
+        .await?
+        .into_iter()
+        .filter_map(|s| s.evidence["retried_by"].as_str().map(str::to_owned))
+        .collect();
+    let temporal = format!("temporal:{user}");
+    assert_eq!(retried_by, [temporal.as_str(), &user, &temporal]);
+    let mut audited: Vec<_> = audit_log::Entity::find()
+        .filter(audit_log::Column::OperationId.eq(d.operation_id.0))
+        .filter(audit_log::Column::Action.eq("operation.retry"))
+        .all(&h.fx.db)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let reason = r.detail["reason"].as_str().unwrap_or_default().to_owned();
+            let taken = r.detail.get("taken_by").is_some();
+            let stage = r.detail["stage"].as_str().unwrap_or_default().to_owned();
+            (reason, r.actor, taken, stage)
+        })
+        .collect();
+    audited.sort();
+    assert_eq!(
+        audited,
+        [
+            ("forged".into(), temporal.clone(), false, "blocked".into()),
+            ("replayed".into(), temporal.clone(), false, "blocked".into()),
+            (
+                "through the api".into(),
+                user.clone(),
+                true,
+                "blocked".into()
+            ),
+        ]
+    );
+    h.record_history(d, "deploy_decisions_audited_by_the_workflow")
         .await?;
     h.stop().await
 }

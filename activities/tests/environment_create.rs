@@ -307,7 +307,7 @@ async fn exhausted_retries_need_attention_then_retry_succeeds() -> Result<()> {
             Decision {
                 actor: "oncall".into(),
                 reason: Some("grant restored".into()),
-                audited: false,
+                ..Decision::default()
             },
             Default::default(),
         )

@@ -271,7 +271,7 @@ async fn a_crash_loop_needs_attention_with_the_last_log_lines() -> Result<()> {
             Decision {
                 actor: "oncall".into(),
                 reason: Some("fixed the cause".into()),
-                audited: false,
+                ..Decision::default()
             },
             Default::default(),
         )

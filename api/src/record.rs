@@ -139,8 +139,18 @@ where
 
 /// Writes the audit row of an accepted mutation.
 pub(crate) async fn audit<C: ConnectionTrait>(db: &C, m: &Mutation) -> Result<(), ApiError> {
+    audit_as(db, rhone_schema::new_id(), m).await
+}
+
+/// [`audit`] under the id `id`: a decision's, which its workflow looks for (see
+/// `rhone_workflows::Decision`).
+pub(crate) async fn audit_as<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    m: &Mutation,
+) -> Result<(), ApiError> {
     audit_log::ActiveModel {
-        id: Set(rhone_schema::new_id()),
+        id: Set(id),
         workspace_id: Set(m.workspace_id),
         actor: Set(m.actor.clone()),
         action: Set(m.action.to_owned()),
@@ -152,6 +162,13 @@ pub(crate) async fn audit<C: ConnectionTrait>(db: &C, m: &Mutation) -> Result<()
     }
     .insert(db)
     .await?;
+    Ok(())
+}
+
+/// Removes the audit row `id` of a decision its workflow refused or did not answer.
+pub(crate) async fn unaudit<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<(), ApiError> {
+    use sea_orm::EntityTrait;
+    audit_log::Entity::delete_by_id(id).exec(db).await?;
     Ok(())
 }
 

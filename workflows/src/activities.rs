@@ -37,7 +37,9 @@ pub struct SetStatusInput {
     pub error: Option<String>,
 }
 
-/// A decision that did not come through the API, for the audit log.
+/// A decision that did not come through the API, for the audit log: the input of
+/// `record_decision`, which workflows call only when replaying a history recorded before
+/// decisions were checked (`audit_decision` since).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordDecisionInput {
     pub operation_id: OperationId,
@@ -50,6 +52,36 @@ pub struct RecordDecisionInput {
     pub stage: String,
     /// Unique per decision of the operation (`decision#<n>`).
     pub key: String,
+}
+
+/// A decision a workflow took, for `audit_decision`: which actor it is recorded under and
+/// its audit row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditDecisionInput {
+    pub operation_id: OperationId,
+    pub kind: OperationKind,
+    pub decision: crate::DecisionKind,
+    /// The actor as sent (trimmed).
+    pub actor: String,
+    pub reason: Option<String>,
+    /// The id of the API's audit row of this decision, as sent. Only the API writes one
+    /// (before it sends the decision), so a sender that merely names an id has none to show.
+    pub decision_id: Option<Uuid>,
+    /// The stage that waited for it.
+    pub stage: String,
+    /// Unique per decision of the workflow (`decision#<n>@<run id>`): keys the row a retry
+    /// finds, and marks the API's row as taken by this decision and no other.
+    pub key: String,
+}
+
+/// Under which actor a decision is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionAudited {
+    /// The actor as sent when the API's audit row of the decision was found (the API checked
+    /// the decider's role); otherwise `temporal:<actor as sent>`.
+    pub actor: String,
+    /// Whether the API's audit row was found and taken.
+    pub through_api: bool,
 }
 
 /// Creates the environment row chosen by the API; idempotent on `environment_id`.
@@ -93,6 +125,11 @@ impl OperationActivities {
 
     #[activity(name = "record_decision")]
     pub fn record_decision(input: RecordDecisionInput) -> Result<(), ActivityError> {
+        unimplemented!()
+    }
+
+    #[activity(name = "audit_decision")]
+    pub fn audit_decision(input: AuditDecisionInput) -> Result<DecisionAudited, ActivityError> {
         unimplemented!()
     }
 }
@@ -746,6 +783,27 @@ pub struct MigrationStepInput {
     pub environment_id: Uuid,
     /// The artifact whose migrations are applied.
     pub digest: String,
+    /// Which of its pending migrations.
+    #[serde(default)]
+    pub phase: MigrationPhase,
+}
+
+/// Which of an artifact's pending migrations a Migration applies. A release's contract
+/// migration can only be applied once what serves carries it (*old artifact compatibility*),
+/// and what serves moves only after the release's migrations ran: so a deploy or promotion
+/// applies the pending files up to the first contract one before its route moves, and the
+/// rest once the route moved and the old allocations drained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Every pending file: a Migration started on its own (`rhone migrate`).
+    #[default]
+    All,
+    /// Before the route moves: the pending files before the first contract (or
+    /// irreversible) one.
+    BeforeRoute,
+    /// After the route moved: every pending file, contract ones included.
+    AfterRoute,
 }
 
 /// Creates the operation row of a Migration that another operation started (a deploy), in
@@ -799,6 +857,10 @@ pub struct MigrationPlan {
     pub incompatible: Vec<ServingArtifact>,
     /// The provider keeps point-in-time recovery (else the dry run takes a dump).
     pub point_in_time_recovery: bool,
+    /// Pending files this phase leaves for after the route moves ([`MigrationPhase::BeforeRoute`]):
+    /// the first contract file and every file after it.
+    #[serde(default)]
+    pub deferred: Vec<String>,
 }
 
 /// What `dry_run_migration` did: the pending files applied to a scratch copy of the
@@ -870,7 +932,7 @@ pub mod defs {
     };
     pub use super::deploy_activities::{BuildArtifact, CloneSource, ValidateDeployment};
     pub use super::fleet_activities::{EndOrphanedOperations, SweepRunners};
-    pub use super::operation_activities::{RecordDecision, RecordStage, SetStatus};
+    pub use super::operation_activities::{AuditDecision, RecordDecision, RecordStage, SetStatus};
     pub use super::preview_activities::StartPreview;
     pub use super::promotion_activities::{
         AwaitEdges, CheckPolicy, DrainAllocations, MoveRoute, StartAllocations, WatchHealth,

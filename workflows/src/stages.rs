@@ -15,12 +15,20 @@ use temporalio_workflow::{
 use uuid::Uuid;
 
 use crate::activities::{
-    OperationActivities, RecordDecisionInput, RecordStageInput, SetStatusInput, StageRecorded,
+    AuditDecisionInput, OperationActivities, RecordDecisionInput, RecordStageInput, SetStatusInput,
+    StageRecorded,
 };
 
 /// A decision sent to a waiting operation: the input of its `approve`, `retry` and `abort`
 /// updates. Every field has a default, so a decision typed into the Temporal UI is parsed;
 /// the updates' validators refuse one that names nobody.
+///
+/// Nothing a sender types makes a decision pass for one taken through the API: the workflow
+/// audits every decision it takes with the `audit_decision` activity, which records the
+/// actor as sent only when it finds the API's own audit row of the decision (`decision_id`,
+/// written by the API before it sends the decision, for this operation, kind and actor, and
+/// taken by no other decision); every other decision is recorded and audited as
+/// `temporal:<actor>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Decision {
@@ -29,10 +37,19 @@ pub struct Decision {
     /// `temporal:alice`, so it can never pass for a user of the API.
     pub actor: String,
     pub reason: Option<String>,
-    /// Set by the API, which checked the decider's role and writes the audit entry itself;
-    /// the workflow audits every other decision it takes.
+    /// The API's audit row of this decision (a random id the API chose and wrote before
+    /// sending); `None` from anyone else.
+    pub decision_id: Option<Uuid>,
+    /// Read only when replaying a history recorded before decisions were checked (the
+    /// `decisions-audited-by-the-workflow` patch): the API set it then, and the workflow
+    /// skipped its audit. Ignored since: setting it changes nothing.
     pub audited: bool,
 }
+
+/// Marks the histories in which the workflow audits every decision itself (the
+/// `audit_decision` activity); before it, a decision marked `audited` by its sender skipped
+/// the audit and kept its actor.
+const DECISIONS_AUDITED_PATCH: &str = "decisions-audited-by-the-workflow";
 
 /// The longest reason a decision may carry.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -51,7 +68,9 @@ pub struct DecisionTaken {
     pub operation_id: OperationId,
     /// The stage that waited for it.
     pub stage: String,
-    /// The actor as recorded.
+    /// The actor it will be recorded under: `temporal:<actor>` for a decision that names no
+    /// API audit row; for one that does, the actor as sent, which holds only once the
+    /// workflow has found that row (otherwise it too is recorded as `temporal:<actor>`).
     pub actor: String,
 }
 
@@ -149,12 +168,10 @@ impl DecisionSlot {
         Ok(())
     }
 
-    /// Takes a decision its validator accepted. A decision from outside the API is recorded
-    /// under a `temporal:` actor.
+    /// Takes a decision its validator accepted, its actor as sent (trimmed): which actor it
+    /// is recorded under is for [`await_decision`] to find out.
     pub fn put(&mut self, kind: DecisionKind, mut decision: Decision) -> DecisionTaken {
-        if !decision.audited {
-            decision.actor = format!("temporal:{}", decision.actor.trim());
-        }
+        decision.actor = decision.actor.trim().to_owned();
         decision.reason = decision
             .reason
             .map(|r| r.trim().to_owned())
@@ -168,7 +185,10 @@ impl DecisionSlot {
         let taken = DecisionTaken {
             operation_id,
             stage,
-            actor: decision.actor.clone(),
+            actor: match decision.decision_id {
+                Some(_) => decision.actor.clone(),
+                None => outside_api(&decision.actor),
+            },
         };
         self.taken = Some((kind, decision));
         taken
@@ -193,6 +213,11 @@ impl DecisionSlot {
         self.awaiting = None;
         self.taken.take().map(|(k, d)| (k, d, self.count))
     }
+}
+
+/// The actor a decision that did not come through the API is recorded under.
+fn outside_api(actor: &str) -> String {
+    format!("temporal:{actor}")
 }
 
 /// Why a step ended without a result.
@@ -295,34 +320,63 @@ impl Operation {
             .await?)
     }
 
-    /// Writes the audit entry of a decision that did not come through the API (which audits
-    /// its own): keyed by the operation's decision count, so a retried write finds its row.
+    /// Audits a decision the workflow took, whoever sent it, and returns the actor it is
+    /// recorded under: the actor as sent only when the API's audit row of it is found
+    /// (`audit_decision`), `temporal:<actor>` otherwise. Keyed by the run and its decision
+    /// count, so a retried write finds its row.
     pub async fn audit_decision<W>(
         &self,
         ctx: &WorkflowContext<W>,
         decision_kind: DecisionKind,
         decision: &Decision,
         n: u32,
-    ) -> Result<(), WorkflowTermination> {
-        if decision.audited {
-            return Ok(());
-        }
-        let input = RecordDecisionInput {
+    ) -> Result<String, WorkflowTermination> {
+        let input = AuditDecisionInput {
             operation_id: self.id,
             kind: self.kind,
             decision: decision_kind,
             actor: decision.actor.clone(),
             reason: decision.reason.clone(),
+            decision_id: decision.decision_id,
+            stage: self.stage.clone(),
+            key: format!("decision#{n}@{}", ctx.run_id()),
+        };
+        let audited = ctx
+            .execute_activity(OperationActivities::audit_decision, input, record_options())
+            .await?;
+        Ok(audited.actor)
+    }
+
+    /// What a workflow did before [`DECISIONS_AUDITED_PATCH`], for replaying the histories
+    /// recorded then: a decision its sender marked `audited` kept its actor unaudited; any
+    /// other was recorded as `temporal:<actor>` (`record_decision`).
+    async fn audit_decision_as_before<W>(
+        &self,
+        ctx: &WorkflowContext<W>,
+        decision_kind: DecisionKind,
+        decision: &Decision,
+        n: u32,
+    ) -> Result<String, WorkflowTermination> {
+        if decision.audited {
+            return Ok(decision.actor.clone());
+        }
+        let actor = outside_api(&decision.actor);
+        let input = RecordDecisionInput {
+            operation_id: self.id,
+            kind: self.kind,
+            decision: decision_kind,
+            actor: actor.clone(),
+            reason: decision.reason.clone(),
             stage: self.stage.clone(),
             key: format!("decision#{n}"),
         };
-        Ok(ctx
-            .execute_activity(
-                OperationActivities::record_decision,
-                input,
-                record_options(),
-            )
-            .await?)
+        ctx.execute_activity(
+            OperationActivities::record_decision,
+            input,
+            record_options(),
+        )
+        .await?;
+        Ok(actor)
     }
 
     /// Moves the status without a stage change (`needs_attention`, back to `running`, or
@@ -450,17 +504,21 @@ pub fn expect_decision<W: Decisions>(
     ctx.state_mut(|w| w.decisions_mut().open(op.id, stage, accepts));
 }
 
-/// Waits for the decision [`expect_decision`] opened the stage to and returns it, after
-/// auditing a decision that did not come through the API.
+/// Waits for the decision [`expect_decision`] opened the stage to and returns it, audited
+/// and with the actor it is recorded under (see [`Decision`]).
 pub async fn await_decision<W: Decisions>(
     ctx: &WorkflowContext<W>,
     op: &Operation,
 ) -> Result<(DecisionKind, Decision), WorkflowTermination> {
     ctx.wait_condition(|w| w.decisions().taken()).await?;
-    let Some((kind, decision, n)) = ctx.state_mut(|w| w.decisions_mut().close()) else {
+    let Some((kind, mut decision, n)) = ctx.state_mut(|w| w.decisions_mut().close()) else {
         unreachable!("the wait ends only on a decision taken");
     };
-    op.audit_decision(ctx, kind, &decision, n).await?;
+    decision.actor = if ctx.patched(DECISIONS_AUDITED_PATCH) {
+        op.audit_decision(ctx, kind, &decision, n).await?
+    } else {
+        op.audit_decision_as_before(ctx, kind, &decision, n).await?
+    };
     Ok((kind, decision))
 }
 
@@ -531,7 +589,7 @@ mod decision_tests {
         Decision {
             actor: actor.into(),
             reason: Some("  checked  ".into()),
-            audited: false,
+            ..Decision::default()
         }
     }
 
@@ -594,12 +652,24 @@ mod decision_tests {
                 .starts_with("the operation is not waiting")
         );
 
-        // The API's decisions keep their actor: it audited them.
+        // Only a decision naming an API audit row is answered with its actor as sent (the
+        // workflow honours it once it finds the row); `audited`, which senders could type,
+        // changes nothing.
+        slot.open(op, "blocked", &[DecisionKind::Retry, DecisionKind::Abort]);
+        let claimed = Decision {
+            actor: "user:1".into(),
+            audited: true,
+            ..Decision::default()
+        };
+        assert_eq!(
+            slot.put(DecisionKind::Retry, claimed).actor,
+            "temporal:user:1"
+        );
         slot.open(op, "blocked", &[DecisionKind::Retry, DecisionKind::Abort]);
         let api = Decision {
             actor: "user:1".into(),
-            reason: None,
-            audited: true,
+            decision_id: Some(Uuid::from_u128(9)),
+            ..Decision::default()
         };
         assert_eq!(slot.put(DecisionKind::Retry, api).actor, "user:1");
     }

@@ -283,18 +283,27 @@ impl Harness {
         d: Deployment,
         kind: DecisionKind,
     ) -> Result<DecisionTaken, temporalio_client::errors::WorkflowUpdateError> {
+        let decision = Decision {
+            actor: "oncall".into(),
+            reason: Some(format!("test {}", kind.as_str())),
+            ..Decision::default()
+        };
+        self.send_decision(op, d, kind, decision).await
+    }
+
+    /// Sends `decision` as it is, straight to Temporal, to the workflow of `d`'s operation
+    /// of kind `op`.
+    pub async fn send_decision(
+        &self,
+        op: OperationKind,
+        d: Deployment,
+        kind: DecisionKind,
+        decision: Decision,
+    ) -> Result<DecisionTaken, temporalio_client::errors::WorkflowUpdateError> {
         let id = workflow_id(op, d.operation_id);
         self.client
             .get_workflow_handle::<temporalio_common::UntypedWorkflow>(id)
-            .execute_update(
-                DecisionUpdate(kind),
-                Decision {
-                    actor: "oncall".into(),
-                    reason: Some(format!("test {}", kind.as_str())),
-                    audited: false,
-                },
-                Default::default(),
-            )
+            .execute_update(DecisionUpdate(kind), decision, Default::default())
             .await
     }
 

@@ -218,8 +218,9 @@ pub(crate) async fn list(
 /// How long a decision waits for the workflow's worker to accept or refuse it.
 const DECISION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Sends `decision` to the operation's workflow and records it in the audit log. A refused
-/// or undeliverable decision writes nothing.
+/// Records `decision` in the audit log and sends it to the operation's workflow, naming
+/// that audit row (so the workflow records it under the caller). A refused or undeliverable
+/// decision leaves nothing written.
 pub(crate) async fn decide(
     state: &ApiState,
     actor: &Actor,
@@ -282,31 +283,11 @@ pub(crate) async fn decide(
     let span =
         tracing::info_span!("decide_operation", operation_id = %id, decision = kind.as_str());
     async {
-        let decision = Decision {
-            actor: actor.subject(),
-            reason: reason.clone(),
-            audited: true,
-        };
-        // An update, not a signal: the workflow's validator accepts it only while the
-        // operation waits for this kind of decision, and the answer says so or why not.
-        let handle = workflow_handle(&state.temporal, &op.workflow_id);
-        let sent = handle.execute_update(
-            DecisionUpdate(kind),
-            decision,
-            Default::default(),
-        );
-        tokio::time::timeout(DECISION_TIMEOUT, sent)
-            .await
-            .map_err(|_| ApiError::Unavailable {
-                service: "the Rhone worker (`rhone serve worker`)",
-                source: format!(
-                    "operation {id}'s workflow did not answer the {} within {} s; is a worker running (`rhone serve worker`)?",
-                    kind.as_str(),
-                    DECISION_TIMEOUT.as_secs()
-                )
-                .into(),
-            })?
-            .map_err(|err| update_error(id, kind, err))?;
+        // The audit row goes first, under a random id the decision carries: the workflow
+        // records the decision under this actor only if it finds this row (anyone can send a
+        // decision to Temporal, naming any actor; only the API writes this table). A decision
+        // refused or not answered takes its row back.
+        let decision_id = Uuid::new_v4();
         let m = Mutation {
             operation_id: id,
             kind: op
@@ -324,7 +305,41 @@ pub(crate) async fn decide(
             target_id: id.to_string(),
             detail: json!({ "decision": kind.as_str(), "reason": reason }),
         };
-        record::audit(db, &m).await?;
+        record::audit_as(db, decision_id, &m).await?;
+        let decision = Decision {
+            actor: actor.subject(),
+            reason: reason.clone(),
+            decision_id: Some(decision_id),
+            ..Decision::default()
+        };
+        // An update, not a signal: the workflow's validator accepts it only while the
+        // operation waits for this kind of decision, and the answer says so or why not.
+        let handle = workflow_handle(&state.temporal, &op.workflow_id);
+        let sent = handle.execute_update(
+            DecisionUpdate(kind),
+            decision,
+            Default::default(),
+        );
+        let answered = match tokio::time::timeout(DECISION_TIMEOUT, sent).await {
+            Err(_) => Err(ApiError::Unavailable {
+                service: "the Rhone worker (`rhone serve worker`)",
+                source: format!(
+                    "operation {id}'s workflow did not answer the {} within {} s; is a worker running (`rhone serve worker`)?",
+                    kind.as_str(),
+                    DECISION_TIMEOUT.as_secs()
+                )
+                .into(),
+            }),
+            Ok(answer) => answer.map_err(|err| update_error(id, kind, err)),
+        };
+        if let Err(err) = answered {
+            // Taken back: should the update still arrive, the workflow finds no row and
+            // records it as sent from Temporal.
+            if let Err(e) = record::unaudit(db, decision_id).await {
+                tracing::error!(error = %e, %decision_id, "could not remove the audit row of a decision not taken");
+            }
+            return Err(err);
+        }
         tracing::info!("decision sent");
         Ok(op)
     }

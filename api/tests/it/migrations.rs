@@ -14,11 +14,13 @@ use rhone_manifest::{
     artifact::{AppSubset, ArtifactAssets, MigrationFile, SourceFacts},
 };
 use rhone_schema::{
-    entity::{applied_migration, artifact, deployment, environment, route_owner},
+    entity::{applied_migration, artifact, audit_log, deployment, environment, route_owner},
     fixtures, new_id,
     secrets::{self, Keyring},
 };
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -380,6 +382,30 @@ async fn a_destructive_migration_waits_for_an_approval_naming_each_statement() -
     assert_eq!(
         stage(&done, "dry_run")["evidence"]["approved_by"],
         blocked["actor"]
+    );
+    // The API's audit row is the approval's only one: the workflow found it (marked it
+    // taken, in the stage it waited in) and so kept the approver's actor.
+    let approvals: Vec<_> = audit_log::Entity::find()
+        .filter(audit_log::Column::OperationId.eq(id.parse::<uuid::Uuid>()?))
+        .filter(audit_log::Column::Action.eq("operation.approve"))
+        .all(&w.api.db)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.actor,
+                r.detail["stage"].clone(),
+                r.detail["taken_by"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        approvals,
+        [(
+            blocked["actor"].as_str().unwrap_or_default().to_owned(),
+            json!("blocked"),
+            true
+        )]
     );
     assert_eq!(count(&db, notes).await?, 0);
 
