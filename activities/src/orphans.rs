@@ -1,6 +1,7 @@
 //! Operations whose workflow ended without ending them: a workflow cancelled or terminated
 //! from the Temporal UI or CLI runs no code of its own, so the fleet watch ends its
-//! operation (`aborted` for a cancel, `failed` otherwise) with the close event as evidence.
+//! operation (`aborted` for a cancel, `failed` otherwise) with the close event as evidence:
+//! who terminated or cancelled it (the cancel request's sender and reason) and why.
 
 use std::{collections::HashMap, time::SystemTime};
 
@@ -17,7 +18,9 @@ use temporalio_client::{
     Client, HistoryEventFilterType, NamespacedClient, WorkflowExecutionInfo,
     WorkflowExecutionStatus, WorkflowFetchHistoryOptions, WorkflowListOptions,
 };
-use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+use temporalio_common::protos::temporal::api::history::v1::{
+    WorkflowExecutionCancelRequestedEventAttributes, history_event::Attributes,
+};
 use temporalio_sdk::activities::ActivityError;
 
 use crate::allocate::{db_err, transient};
@@ -129,7 +132,27 @@ pub async fn end_orphaned(
     Ok(ended)
 }
 
-/// How run `run_id` of `workflow_id` closed, read from its close event.
+/// The last cancel request in a cancelled run's history (who sent it, the reason given).
+async fn cancel_request(
+    handle: &temporalio_client::UntypedWorkflowHandle<Client>,
+) -> Result<Option<WorkflowExecutionCancelRequestedEventAttributes>, ActivityError> {
+    let events = handle
+        .fetch_history(
+            WorkflowFetchHistoryOptions::builder()
+                .event_filter_type(HistoryEventFilterType::AllEvent)
+                .build(),
+        )
+        .into_events()
+        .await
+        .map_err(|e| transient(format!("asking Temporal: {e}")))?;
+    Ok(events.into_iter().rev().find_map(|e| match e.attributes {
+        Some(Attributes::WorkflowExecutionCancelRequestedEventAttributes(a)) => Some(a),
+        _ => None,
+    }))
+}
+
+/// How run `run_id` of `workflow_id` closed, read from its close event (and, for a cancel,
+/// the request before it).
 async fn ending_of(
     temporal: &Client,
     workflow_id: &str,
@@ -181,11 +204,42 @@ async fn ending_of(
                 json!({ "identity": a.identity, "reason": a.reason }),
             ),
         },
-        Some(Attributes::WorkflowExecutionCanceledEventAttributes(_)) => Ending {
-            status: OperationStatus::Aborted,
-            error: "its workflow was cancelled in Temporal".into(),
-            evidence: with("cancelled", json!({})),
-        },
+        Some(Attributes::WorkflowExecutionCanceledEventAttributes(_)) => {
+            // Who asked and why are on the request, not on the close event.
+            let request = cancel_request(&handle).await?;
+            let identity = request
+                .as_ref()
+                .map(|r| r.identity.clone())
+                .filter(|i| !i.is_empty());
+            let reason = request
+                .as_ref()
+                .map(|r| r.cause.clone())
+                .unwrap_or_default();
+            let by_workflow = request
+                .as_ref()
+                .and_then(|r| r.external_workflow_execution.as_ref())
+                .map(|w| w.workflow_id.clone());
+            Ending {
+                status: OperationStatus::Aborted,
+                error: format!(
+                    "its workflow was cancelled in Temporal by {}: {}",
+                    match (&by_workflow, &identity) {
+                        (Some(w), _) => format!("workflow {w}"),
+                        (None, Some(i)) => format!("{i:?}"),
+                        (None, None) => "a sender that gave no identity".to_owned(),
+                    },
+                    if reason.is_empty() {
+                        "no reason given"
+                    } else {
+                        &reason
+                    }
+                ),
+                evidence: with(
+                    "cancelled",
+                    json!({ "identity": identity, "reason": reason, "by_workflow": by_workflow }),
+                ),
+            }
+        }
         Some(Attributes::WorkflowExecutionTimedOutEventAttributes(_)) => Ending {
             status: OperationStatus::Failed,
             error: "its workflow timed out in Temporal".into(),

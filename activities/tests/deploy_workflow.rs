@@ -271,6 +271,53 @@ async fn a_decision_passes_for_the_apis_only_with_the_apis_audit_row() -> Result
     h.stop().await
 }
 
+/// A deploy's workflow cancelled from outside (the Temporal UI, CLI or a client) runs no
+/// code of its own to end the operation: the fleet watch ends it `aborted`, with who
+/// cancelled it and why, read from the cancel request in the history.
+#[tokio::test]
+async fn a_workflow_cancelled_in_temporal_aborts_its_operation_naming_who_and_why() -> Result<()> {
+    use temporalio_client::{NamespacedClient, grpc::WorkflowService};
+    use temporalio_common::protos::temporal::api::{
+        common::v1::WorkflowExecution, workflowservice::v1::RequestCancelWorkflowExecutionRequest,
+    };
+    let h = Harness::start("deploy_wf_cancelled").await?;
+    let repo = with_a_migration(&h)?;
+    let d = h.deploy(&repo).await?;
+    h.wait_status(d, "waiting", 1).await?;
+    // As the Temporal UI sends it: naming its sender, with a reason.
+    let request = RequestCancelWorkflowExecutionRequest {
+        namespace: h.client.namespace(),
+        workflow_execution: Some(WorkflowExecution {
+            workflow_id: rhone_core::workflow_id(OperationKind::Deploy, d.operation_id),
+            run_id: String::new(),
+        }),
+        identity: "oncall@temporal-ui".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        reason: "superseded by a hotfix".into(),
+        ..Default::default()
+    };
+    WorkflowService::request_cancel_workflow_execution(
+        &mut h.client.clone(),
+        temporalio_client::tonic::Request::new(request),
+    )
+    .await?;
+    let seen = h.wait_status(d, "aborted", 1).await?;
+    assert_eq!(seen.op.current_stage, "failed");
+    assert_eq!(
+        seen.error(),
+        "its workflow was cancelled in Temporal by \"oncall@temporal-ui\": superseded by a hotfix"
+    );
+    let last = rhone_schema::ops::stages(&h.fx.db, d.operation_id.0)
+        .await?
+        .pop()
+        .context("a stage record")?;
+    let evidence = &last.evidence;
+    assert_eq!(evidence["workflow"], "cancelled", "{evidence}");
+    assert_eq!(evidence["reason"], "superseded by a hotfix", "{evidence}");
+    assert_eq!(evidence["identity"], "oncall@temporal-ui", "{evidence}");
+    h.stop().await
+}
+
 /// The key this file's worker seals secrets under.
 const SECRETS_KEY: &str = "5c1f2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f9";
 /// The environment role's password, and another secret of the environment.
