@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     activities::{DatabaseActivities, ProvisionDatabaseInput},
     stages::{
-        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, step_options,
+        Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, watched_attempts,
     },
 };
 
@@ -52,7 +52,7 @@ impl DatabaseBindWorkflow {
                     operation_id: input.operation_id,
                     binding_id: input.binding_id,
                 },
-                step_options(Duration::from_secs(60), 5),
+                watched_attempts(Duration::from_secs(60), 5),
             )
             .await?;
         match outcome {

@@ -33,7 +33,7 @@ use crate::{
     activities::{DatabaseActivities, MigrationPlan, MigrationStepInput, OpenMigrationInput},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
-        await_decision, expect_decision, step_options, watched,
+        await_decision, expect_decision, step_options, watched, watched_attempts,
     },
 };
 
@@ -221,7 +221,7 @@ impl MigrationWorkflow {
                     ctx,
                     || DatabaseActivities::plan_migration,
                     step.clone(),
-                    step_options(Duration::from_secs(120), 5),
+                    watched_attempts(Duration::from_secs(120), 5),
                 )
                 .await?
             {
@@ -319,7 +319,7 @@ impl MigrationWorkflow {
                 ctx,
                 || DatabaseActivities::verify_migration,
                 step,
-                step_options(Duration::from_secs(120), 5),
+                watched_attempts(Duration::from_secs(120), 5),
             )
             .await?
         {

@@ -564,7 +564,14 @@ pub(crate) fn quick() -> ActivityOptions {
 
 /// Long steps heartbeat, so a killed worker's attempt is retried within seconds.
 pub(crate) fn watched(start_to_close: Duration) -> ActivityOptions {
-    let mut options = step_options(start_to_close, 3);
+    watched_attempts(start_to_close, 3)
+}
+
+/// [`watched`] with `maximum_attempts` before the operation needs attention. Every step
+/// that may run longer than 30 s is watched (`tests/tidy.rs`), and its activity heartbeats
+/// (`Heartbeat::during` in `rhone-activities`).
+pub(crate) fn watched_attempts(start_to_close: Duration, maximum_attempts: u32) -> ActivityOptions {
+    let mut options = step_options(start_to_close, maximum_attempts);
     options.heartbeat_timeout = Some(Duration::from_secs(5));
     options
 }

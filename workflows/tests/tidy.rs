@@ -227,6 +227,38 @@ fn workflow_histories_carry_no_secret() {
     );
 }
 
+/// A step that may run long runs under a heartbeat timeout (`stages::watched`), so a worker
+/// lost mid-way is seen within seconds, not after the step's whole start-to-close timeout:
+/// no activity option without one allows more than 30 s.
+#[test]
+fn long_steps_run_under_a_heartbeat_timeout() {
+    const LONGEST_UNWATCHED_SECS: u64 = 30;
+    let mut hits = Vec::new();
+    for (p, text) in rust_sources("src") {
+        let code: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        for call in ["step_options(", "with_start_to_close_timeout("] {
+            let opening = format!("{call}Duration::from_secs(");
+            for (at, _) in code.match_indices(&opening) {
+                let digits: String = code[at + opening.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                if digits
+                    .parse::<u64>()
+                    .is_ok_and(|secs| secs > LONGEST_UNWATCHED_SECS)
+                {
+                    hits.push(format!("{}: {call}{digits} s…)", p.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "steps allowed more than {LONGEST_UNWATCHED_SECS} s without a heartbeat timeout (use stages::watched or watched_attempts):\n{}",
+        hits.join("\n")
+    );
+}
+
 /// Every `.rs` file below `dir` (relative to this crate) with its text.
 fn rust_sources(dir: &str) -> Vec<(std::path::PathBuf, String)> {
     let mut todo = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)];

@@ -71,10 +71,12 @@ impl DatabaseActivities {
     #[activity(definition = defs::ProvisionDatabase)]
     pub async fn provision_database(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: ProvisionDatabaseInput,
     ) -> Result<DatabaseProvisioned, ActivityError> {
-        provision::run(&self.db, self.secrets.as_deref(), &input)
+        let work = provision::run(&self.db, self.secrets.as_deref(), &input);
+        Heartbeat::of(&ctx)
+            .during(work)
             .await
             .map_err(DatabaseError::into_activity)
     }
@@ -93,10 +95,12 @@ impl DatabaseActivities {
     #[activity(definition = defs::PlanMigration)]
     pub async fn plan_migration(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: MigrationStepInput,
     ) -> Result<MigrationPlan, ActivityError> {
-        migrate::plan(&self.db, self.secrets.as_deref(), &self.store, &input)
+        let work = migrate::plan(&self.db, self.secrets.as_deref(), &self.store, &input);
+        Heartbeat::of(&ctx)
+            .during(work)
             .await
             .map_err(DatabaseError::into_activity)
     }
@@ -142,10 +146,12 @@ impl DatabaseActivities {
     #[activity(definition = defs::VerifyMigration)]
     pub async fn verify_migration(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: MigrationStepInput,
     ) -> Result<VerifyReport, ActivityError> {
-        migrate::verify(&self.db, self.secrets.as_deref(), &self.store, &input)
+        let work = migrate::verify(&self.db, self.secrets.as_deref(), &self.store, &input);
+        Heartbeat::of(&ctx)
+            .during(work)
             .await
             .map_err(DatabaseError::into_activity)
     }
