@@ -27,6 +27,8 @@ command -v crun >/dev/null 2>&1 || apt_missing+=(crun)
 command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || apt_missing+=(iptables)
 [ -x /usr/bin/python3 ] || apt_missing+=(python3)
+# examples/notes talks to PostgreSQL with psycopg2, imported by that same system Python.
+/usr/bin/python3 -c 'import psycopg2' 2>/dev/null || apt_missing+=(python3-psycopg2)
 # PostgreSQL runs as this user when the tests run as root.
 if [ "$root" -eq 1 ] && ! id postgres >/dev/null 2>&1; then
     case " ${apt_missing[*]:-} " in *" postgresql "*) ;; *) apt_missing+=(postgresql) ;; esac

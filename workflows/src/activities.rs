@@ -783,6 +783,27 @@ pub struct MigrationStepInput {
     pub environment_id: Uuid,
     /// The artifact whose migrations are applied.
     pub digest: String,
+    /// Which of its pending migrations.
+    #[serde(default)]
+    pub phase: MigrationPhase,
+}
+
+/// Which of an artifact's pending migrations a Migration applies. A release's contract
+/// migration can only be applied once what serves carries it (*old artifact compatibility*),
+/// and what serves moves only after the release's migrations ran: so a deploy or promotion
+/// applies the pending files up to the first contract one before its route moves, and the
+/// rest once the route moved and the old allocations drained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Every pending file: a Migration started on its own (`rhone migrate`).
+    #[default]
+    All,
+    /// Before the route moves: the pending files before the first contract (or
+    /// irreversible) one.
+    BeforeRoute,
+    /// After the route moved: every pending file, contract ones included.
+    AfterRoute,
 }
 
 /// Creates the operation row of a Migration that another operation started (a deploy), in
@@ -836,6 +857,10 @@ pub struct MigrationPlan {
     pub incompatible: Vec<ServingArtifact>,
     /// The provider keeps point-in-time recovery (else the dry run takes a dump).
     pub point_in_time_recovery: bool,
+    /// Pending files this phase leaves for after the route moves ([`MigrationPhase::BeforeRoute`]):
+    /// the first contract file and every file after it.
+    #[serde(default)]
+    pub deferred: Vec<String>,
 }
 
 /// What `dry_run_migration` did: the pending files applied to a scratch copy of the

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::{
     activities::{
-        BuildInput, CloneInput, DeployActivities, PreviewActivities, PreviewInput, SourceSpec,
-        ValidateInput, Validation,
+        BuildInput, CloneInput, DeployActivities, MigrationPhase, PreviewActivities, PreviewInput,
+        SourceSpec, ValidateInput, Validation,
     },
     migration::{MigrationChild, run_child},
     stages::{
@@ -163,7 +163,8 @@ impl DeployWorkflow {
             let open = open_blockers(&validation, approved_by.is_some());
             if open.is_empty() {
                 // Migrations go to the preview's own database first, as an operation of
-                // their own (its gates may wait for an approval).
+                // their own (its gates may wait for an approval): those up to the first
+                // contract one before the preview serves, the rest once it does.
                 let mut migration = serde_json::Value::Null;
                 if validation.migrate {
                     migrations_run += 1;
@@ -173,6 +174,7 @@ impl DeployWorkflow {
                         deployment_id: input.deployment_id,
                         digest: built.digest.clone(),
                         n: migrations_run,
+                        phase: MigrationPhase::BeforeRoute,
                     };
                     match run_child(ctx, child).await? {
                         Ok(m) => migration = m,
@@ -197,12 +199,29 @@ impl DeployWorkflow {
                     Ok(p) => p,
                     Err(f) => return Ok(Err(f)),
                 };
+                // The contract migrations, now that the preview serves the artifact that
+                // carries them. The preview serves either way: what it did not apply is
+                // recorded, to apply with `rhone migrate`.
+                let mut contract = serde_json::Value::Null;
+                if crate::migration::deferred(&migration) {
+                    migrations_run += 1;
+                    let child = MigrationChild {
+                        parent: input.operation_id.0,
+                        environment_id: input.environment_id,
+                        deployment_id: input.deployment_id,
+                        digest: built.digest.clone(),
+                        n: migrations_run,
+                        phase: MigrationPhase::AfterRoute,
+                    };
+                    contract = crate::migration::after_route(run_child(ctx, child).await?);
+                }
                 let evidence = json!({
                     "gates": validation.gates, "digest": built.digest, "url": started.url,
                     "route_key": started.route_key, "epoch": started.epoch,
                     "allocation_id": started.allocation_id,
                     "approved_by": approved_by.as_ref().map(|d| &d.actor),
                     "migration": migration,
+                    "contract_migration": contract,
                 });
                 op.enter(ctx, DeployStage::PreviewReady, evidence, None)
                     .await?;

@@ -16,6 +16,10 @@
 //! advisory lock taken within the lock timeout; `applying` is one transaction; `verified`
 //! reads the schema back and records each file as applied, once. A lock not granted in
 //! time, or a refused statement, ends `failed` with nothing applied.
+//!
+//! A deploy or a promotion runs two ([`MigrationPhase`]): the files up to the first
+//! contract one before its route moves, the rest once the release serves (so the old
+//! artifact compatibility gate can pass at all).
 
 use std::time::Duration;
 
@@ -30,7 +34,9 @@ use temporalio_workflow::{
 use uuid::Uuid;
 
 use crate::{
-    activities::{DatabaseActivities, MigrationPlan, MigrationStepInput, OpenMigrationInput},
+    activities::{
+        DatabaseActivities, MigrationPhase, MigrationPlan, MigrationStepInput, OpenMigrationInput,
+    },
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         await_decision, expect_decision, step_options, watched, watched_attempts,
@@ -47,6 +53,10 @@ pub struct MigrationInput {
     /// operation row first. Unset, its creator (the API) has.
     #[serde(default)]
     pub opened_by: Option<OpenedBy>,
+    /// Which of the pending migrations: all of them, unless a deploy or promotion runs it
+    /// before or after its route moves.
+    #[serde(default)]
+    pub phase: MigrationPhase,
 }
 
 /// The operation that started a Migration, and the deployment it applies.
@@ -69,6 +79,9 @@ pub fn migration_operation_id(parent: Uuid, n: u32) -> OperationId {
 pub struct MigrationOutcome {
     pub database: String,
     pub applied: Vec<String>,
+    /// Pending files left for after the route moves ([`MigrationPhase::BeforeRoute`]).
+    #[serde(default)]
+    pub deferred: Vec<String>,
 }
 
 /// A Migration that another operation runs as its child.
@@ -79,10 +92,11 @@ pub struct MigrationChild {
     pub digest: String,
     /// Which of the parent's Migrations this is (1, 2 …), for its operation id.
     pub n: u32,
+    pub phase: MigrationPhase,
 }
 
-/// Runs `child` as a Migration operation of its own and waits for it: what it applied, or
-/// why the parent cannot go on.
+/// Runs `child` as a Migration operation of its own and waits for it: what it applied
+/// (`operation_id`, `database`, `applied`, `deferred`), or why the parent cannot go on.
 pub async fn run_child<W>(
     ctx: &WorkflowContext<W>,
     child: MigrationChild,
@@ -96,6 +110,7 @@ pub async fn run_child<W>(
             operation_id: child.parent,
             deployment_id: child.deployment_id,
         }),
+        phase: child.phase,
     };
     let options = ChildWorkflowOptions::builder()
         .workflow_id(rhone_core::workflow_id(OperationKind::Migration, id))
@@ -112,12 +127,32 @@ pub async fn run_child<W>(
             "operation_id": id,
             "database": done.database,
             "applied": done.applied,
+            "deferred": done.deferred,
         })),
         Err(e) => Err(StepFailure::Rejected(format!(
             "migration operation {} did not apply the artifact's migrations: {e}",
             id.0
         ))),
     })
+}
+
+/// Whether a Migration's answer ([`run_child`]'s) left files for after the route.
+pub fn deferred(outcome: &serde_json::Value) -> bool {
+    outcome["deferred"]
+        .as_array()
+        .is_some_and(|files| !files.is_empty())
+}
+
+/// The evidence of an after-route Migration: what it applied, or why it did not (the
+/// release serves already; the files wait for `rhone migrate`).
+pub fn after_route(outcome: Result<serde_json::Value, StepFailure>) -> serde_json::Value {
+    match outcome {
+        Ok(done) => done,
+        Err(StepFailure::Rejected(why)) => json!({ "not_applied": why }),
+        Err(StepFailure::Aborted(d)) => {
+            json!({ "not_applied": "aborted", "by": d.actor, "reason": d.reason })
+        }
+    }
 }
 
 #[workflow]
@@ -197,6 +232,7 @@ impl MigrationWorkflow {
             operation_id: input.operation_id,
             environment_id: input.environment_id,
             digest: input.digest.clone(),
+            phase: input.phase,
         };
         // `classified` is recorded with the operation row, by its creator or here.
         if let Some(by) = &input.opened_by {
@@ -259,6 +295,7 @@ impl MigrationWorkflow {
             "provider": plan.provider,
             "database": plan.database,
             "pending": plan.pending,
+            "deferred": plan.deferred,
             "classification": plan.classification,
             "approved_by": approved_by.as_ref().map(|d| &d.actor),
         });
@@ -331,6 +368,7 @@ impl MigrationWorkflow {
         Ok(MigrationOutcome {
             database: plan.database,
             applied: plan.pending,
+            deferred: plan.deferred,
         })
     }
 

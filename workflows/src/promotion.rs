@@ -34,9 +34,10 @@ use uuid::Uuid;
 use crate::{
     activities::{
         AllocationsInput, AllocationsReady, AwaitEdgesInput, DrainInput, HealthInput,
-        MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved, RouteTarget,
+        MigrationPhase, MoveRouteInput, Policy, PolicyInput, PromotionActivities, RouteMoved,
+        RouteTarget,
     },
-    migration::{MigrationChild, run_child},
+    migration::{MigrationChild, after_route, deferred, run_child},
     stages::{
         Decision, DecisionKind, DecisionSlot, DecisionTaken, Operation, Refusal, StepFailure,
         expect_decision, quick, step, wait_for_decision, watched,
@@ -67,6 +68,10 @@ pub struct PromotionOutcome {
     pub digest: String,
     pub epoch: i64,
     pub edges: Vec<String>,
+    /// The Migration of the release's contract files, run once the route moved and the old
+    /// allocations drained: what it applied, or why not (`not_applied`); null without one.
+    #[serde(default)]
+    pub contract_migration: serde_json::Value,
 }
 
 #[workflow]
@@ -212,7 +217,8 @@ impl PromotionWorkflow {
         }
 
         // The target's database takes the artifact's migrations before anything of it runs
-        // there, as a Migration operation of its own.
+        // there, as a Migration operation of its own: those up to the first contract one
+        // (the rest once the route moved and the old allocations drained).
         let mut migration = serde_json::Value::Null;
         if policy.migrate {
             let child = MigrationChild {
@@ -221,6 +227,7 @@ impl PromotionWorkflow {
                 deployment_id: input.deployment_id,
                 digest: policy.digest.clone(),
                 n: 1,
+                phase: MigrationPhase::BeforeRoute,
             };
             match run_child(ctx, child).await? {
                 Ok(m) => migration = m,
@@ -366,7 +373,12 @@ impl PromotionWorkflow {
             return Self::roll_back(ctx, op, input, &policy, previous, moved, reason, &started)
                 .await;
         }
-        op.set_status(ctx, OperationStatus::Succeeded, None).await?;
+        // With contract migrations left, the promotion succeeds once they ran (or were
+        // refused): it shows as running while their Migration waits for its approval.
+        let contract_left = deferred(&migration);
+        if !contract_left {
+            op.set_status(ctx, OperationStatus::Succeeded, None).await?;
+        }
 
         // The previous owner's allocations finish their requests and sessions first.
         if let Some(previous) = &policy.previous
@@ -398,12 +410,28 @@ impl PromotionWorkflow {
             )
             .await?;
         }
+        // Nothing of the old artifact serves now: the contract migrations can run (their
+        // approval is the Migration's own gate). The release serves either way.
+        let mut contract_migration = serde_json::Value::Null;
+        if contract_left {
+            let child = MigrationChild {
+                parent: input.operation_id.0,
+                environment_id: input.environment_id,
+                deployment_id: input.deployment_id,
+                digest: policy.digest.clone(),
+                n: 2,
+                phase: MigrationPhase::AfterRoute,
+            };
+            contract_migration = after_route(run_child(ctx, child).await?);
+            op.set_status(ctx, OperationStatus::Succeeded, None).await?;
+        }
         Ok(Ok(PromotionOutcome {
             route_key: policy.route_key,
             deployment_id: input.deployment_id,
             digest: policy.digest,
             epoch: moved.epoch,
             edges: acked.edges,
+            contract_migration,
         }))
     }
 

@@ -29,8 +29,8 @@ use rhone_schema::{
 };
 use rhone_store::{ArtifactStore, Digest, archive};
 use rhone_workflows::activities::{
-    ApplyReport, ContractStatement, DryRunReport, MigrationPlan, MigrationStepInput,
-    ServingArtifact, VerifyReport,
+    ApplyReport, ContractStatement, DryRunReport, MigrationPhase, MigrationPlan,
+    MigrationStepInput, ServingArtifact, VerifyReport,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -366,21 +366,46 @@ fn pending(
     Ok(out)
 }
 
-/// The target, the artifact's files and what of them is pending.
+/// `todo` (pending files, in order) split into what `phase` applies and what it leaves
+/// for after the route moves: before the route, the files before the first contract or
+/// irreversible one.
+fn split(phase: MigrationPhase, mut todo: Vec<File>) -> (Vec<File>, Vec<File>) {
+    if phase != MigrationPhase::BeforeRoute {
+        return (todo, Vec::new());
+    }
+    let first = todo
+        .iter()
+        .position(|f| f.class() == "contract" || f.irreversible())
+        .unwrap_or(todo.len());
+    let deferred = todo.split_off(first);
+    (todo, deferred)
+}
+
+/// The target, the artifact's files, and what of them is pending in this phase and left
+/// for after it.
 async fn load(
     db: &DatabaseConnection,
     keys: Option<&Keyring>,
     store: &ArtifactStore,
     input: &MigrationStepInput,
-) -> Result<(Target, Vec<File>, BTreeMap<String, File>, Vec<File>), DatabaseError> {
+) -> Result<
+    (
+        Target,
+        Vec<File>,
+        BTreeMap<String, File>,
+        Vec<File>,
+        Vec<File>,
+    ),
+    DatabaseError,
+> {
     let keys = super::keys(keys)?;
     let target = target(db, keys, input.environment_id).await?;
     let (forward, down) = artifact_files(db, store, &input.digest).await?;
     let conn = connect(&target.url, &target.who()).await?;
     let applied = applied_in(&conn, &[&target.url]).await;
     conn.close().await.ok();
-    let todo = pending(&forward, &applied?)?;
-    Ok((target, forward, down, todo))
+    let (todo, deferred) = split(input.phase, pending(&forward, &applied?)?);
+    Ok((target, forward, down, todo, deferred))
 }
 
 pub(super) async fn plan(
@@ -389,7 +414,7 @@ pub(super) async fn plan(
     store: &ArtifactStore,
     input: &MigrationStepInput,
 ) -> Result<MigrationPlan, DatabaseError> {
-    let (target, _, down, todo) = load(db, keys, store, input).await?;
+    let (target, _, down, todo, deferred) = load(db, keys, store, input).await?;
     let sources: Vec<(String, String)> = todo
         .iter()
         .map(|f| (f.path.clone(), f.sql.clone()))
@@ -448,6 +473,7 @@ pub(super) async fn plan(
         irreversible,
         incompatible,
         point_in_time_recovery: target.provider.point_in_time_recovery,
+        deferred: deferred.into_iter().map(|f| f.path).collect(),
     })
 }
 
@@ -583,7 +609,7 @@ pub(super) async fn dry_run(
     config: &MigrationConfig,
     input: &MigrationStepInput,
 ) -> Result<DryRunReport, DatabaseError> {
-    let (target, _, _, todo) = load(db, keys, store, input).await?;
+    let (target, _, _, todo, _) = load(db, keys, store, input).await?;
     let hidden = [&target.url, &target.admin];
     let backup = if target.provider.point_in_time_recovery {
         json!({ "posture": "point_in_time_recovery", "provider": target.provider.name })
@@ -701,7 +727,7 @@ pub(super) async fn apply(
     config: &MigrationConfig,
     input: &MigrationStepInput,
 ) -> Result<ApplyReport, DatabaseError> {
-    let (target, forward, _, _) = load(db, keys, store, input).await?;
+    let (target, forward, _, _, _) = load(db, keys, store, input).await?;
     let hidden = [&target.url, &target.admin];
     let conn = connect(&target.url, &target.who()).await?;
     let timeout_ms = config.lock_timeout.as_millis() as u64;
@@ -778,7 +804,10 @@ async fn apply_locked(
     )
     .await
     .map_err(|e| statement_error(e, "creating rhone.applied_migrations", hidden))?;
-    let todo = pending(forward, &applied_in(conn, hidden).await?)?;
+    let (todo, _) = split(
+        input.phase,
+        pending(forward, &applied_in(conn, hidden).await?)?,
+    );
     let mut applied = Vec::new();
     let mut group: Vec<&File> = Vec::new();
     let groups = todo.iter().fold(Vec::<Vec<&File>>::new(), |mut acc, f| {
@@ -922,10 +951,13 @@ pub(super) async fn verify(
         .map_err(|e| statement_error(e, "reading the schema back", &hidden));
     conn.close().await.ok();
     let (applied, columns) = (applied?, columns?);
-    let missing: Vec<&str> = forward
+    // What this phase left for after the route is not expected yet.
+    let (missing, deferred) = split(input.phase, pending(&forward, &applied)?);
+    let missing: Vec<&str> = missing.iter().map(|f| f.path.as_str()).collect();
+    let deferred: Vec<&str> = deferred.iter().map(|f| f.path.as_str()).collect();
+    let forward: Vec<&File> = forward
         .iter()
-        .filter(|f| applied.get(&f.path) != Some(&f.sha256))
-        .map(|f| f.path.as_str())
+        .filter(|f| !deferred.contains(&f.path.as_str()))
         .collect();
     if !missing.is_empty() {
         return Err(DatabaseError::Refused(format!(
@@ -947,6 +979,7 @@ pub(super) async fn verify(
     // The control DB's copy: each file once, by the operation that applied it.
     let mut recorded = Vec::new();
     for f in &forward {
+        let f = *f;
         let row = applied_migration::ActiveModel {
             id: sea_orm::ActiveValue::Set(new_id()),
             provider_id: sea_orm::ActiveValue::Set(target.provider.id),
@@ -984,6 +1017,7 @@ pub(super) async fn verify(
             },
             "applied": forward.iter().map(|f| &f.path).collect::<Vec<_>>(),
             "recorded_now": recorded,
+            "deferred": deferred,
         }),
     })
 }
@@ -1044,5 +1078,54 @@ pub(super) async fn open(
     match ops::create_operation_with(db, new, evidence).await {
         Ok(_) | Err(SchemaError::Conflict { .. }) => Ok(()),
         Err(e) => Err(DatabaseError::Schema(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, sql: &str) -> File {
+        File {
+            path: path.to_owned(),
+            sha256: String::new(),
+            sql: sql.to_owned(),
+        }
+    }
+
+    fn paths(files: &[File]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn before_the_route_only_what_precedes_the_first_contract_file_applies() {
+        let todo = vec![
+            file("0001_a.sql", "CREATE TABLE a (id int);"),
+            file("0002_b.sql", "ALTER TABLE a ADD COLUMN b text;"),
+            file("0003_c.sql", "ALTER TABLE a DROP COLUMN b;"),
+            file("0004_d.sql", "CREATE TABLE d (id int);"),
+        ];
+        let (now, later) = split(MigrationPhase::BeforeRoute, todo.clone());
+        assert_eq!(paths(&now), ["0001_a.sql", "0002_b.sql"]);
+        // An expand file after a contract one waits too: files apply in order.
+        assert_eq!(paths(&later), ["0003_c.sql", "0004_d.sql"]);
+        for phase in [MigrationPhase::All, MigrationPhase::AfterRoute] {
+            let (now, later) = split(phase, todo.clone());
+            assert_eq!(now.len(), 4, "{phase:?}");
+            assert!(later.is_empty(), "{phase:?}");
+        }
+        // A file declared irreversible waits for the route as a contract one does.
+        let irreversible = vec![
+            file("0001_a.sql", "CREATE TABLE a (id int);"),
+            file(
+                "0002_b.sql",
+                "-- rhone:irreversible\nCREATE TABLE b (id int);",
+            ),
+        ];
+        let (now, later) = split(MigrationPhase::BeforeRoute, irreversible);
+        assert_eq!(
+            (paths(&now), paths(&later)),
+            (vec!["0001_a.sql"], vec!["0002_b.sql"])
+        );
     }
 }

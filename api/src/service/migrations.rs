@@ -81,6 +81,7 @@ pub(crate) async fn migrate(
         environment_id: env.id,
         digest,
         opened_by: None,
+        phase: Default::default(),
     };
     let options = WorkflowStartOptions::new(state.task_queue.clone(), m.workflow_id()).build();
     match state

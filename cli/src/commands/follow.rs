@@ -1,6 +1,7 @@
 //! Following an operation live: every command that starts a workflow-run operation (envs
 //! create, deploy, promote, rollback) polls it here, prints each new stage with a summary of
-//! its evidence, and says what to run when it waits for a decision.
+//! its evidence, and says what to run when it waits for a decision, or when a Migration it
+//! started does.
 
 use std::time::Duration;
 
@@ -48,12 +49,16 @@ pub async fn follow(api: &Api, op: &Value, json_out: bool, on_wait: OnWait) -> R
     let mut shown = 0usize;
     // The (status, stage records) a waiting line was printed for, so it is printed once.
     let mut told: Option<(String, usize)> = None;
+    // The (Migration, its stage records) a waiting line was printed for.
+    let mut told_child: Option<(String, usize)> = None;
     let limit = on_wait.limit();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let d = api
             .call(
-                &format!("query($id: UUID!) {{ operation(id: $id) {{ {OP_FIELDS} }} }}"),
+                &format!(
+                    "query($id: UUID!) {{ operation(id: $id) {{ workspaceId {OP_FIELDS} }} }}"
+                ),
                 json!({ "id": id }),
             )
             .await?;
@@ -74,8 +79,26 @@ pub async fn follow(api: &Api, op: &Value, json_out: bool, on_wait: OnWait) -> R
             }
             told = Some((status.to_owned(), shown));
         }
+        // A deploy or promotion runs on while a Migration it started waits for a decision:
+        // that one is where to send it.
+        let child = if status == "running" {
+            waiting_migration(api, &op, &id).await?
+        } else {
+            None
+        };
+        if let Some(child) = &child {
+            let records = child["stages"].as_array().map_or(0, Vec::len);
+            let child_id = child["id"].as_str().unwrap_or("?").to_owned();
+            if told_child.as_ref() != Some(&(child_id.clone(), records)) {
+                if !json_out {
+                    println!("the migration it started waits:");
+                    print_waiting(&child_id, child, "waiting");
+                }
+                told_child = Some((child_id, records));
+            }
+        }
         let done = matches!(status, "succeeded" | "failed" | "aborted")
-            || (waiting && on_wait == OnWait::Return);
+            || ((waiting || child.is_some()) && on_wait == OnWait::Return);
         if done {
             if !json_out && !waiting {
                 match status {
@@ -97,6 +120,36 @@ pub async fn follow(api: &Api, op: &Value, json_out: bool, on_wait: OnWait) -> R
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The Migration operation `id` (a deploy or a promotion) started that now waits for a
+/// decision, if one does.
+async fn waiting_migration(api: &Api, op: &Value, id: &str) -> Result<Option<Value>> {
+    if !matches!(op["kind"].as_str(), Some("DEPLOY" | "PROMOTION")) {
+        return Ok(None);
+    }
+    let Some(workspace) = op["workspaceId"].as_str() else {
+        return Ok(None);
+    };
+    let d = api
+        .call(
+            &format!(
+                "query($w: UUID!) {{ operations(workspaceId: $w, kind: MIGRATION, status: WAITING, first: 20) {{ nodes {{ {OP_FIELDS} }} }} }}"
+            ),
+            json!({ "w": workspace }),
+        )
+        .await?;
+    Ok(d["operations"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            m["stages"]
+                .as_array()
+                .and_then(|s| s.first())
+                .is_some_and(|first| first["evidence"]["started_by"] == id)
+        })
+        .cloned())
 }
 
 fn print_waiting(id: &str, op: &Value, status: &str) {
