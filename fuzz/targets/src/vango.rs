@@ -3,12 +3,17 @@
 use std::collections::HashSet;
 use std::io;
 
-use rhone_manifest::vango::{PersistedPrimitive, StateImpact, StateSchema, VangoAssetManifest};
+use rhone_manifest::vango::{
+    PersistedPrimitive, StateImpact, StateSchema, VangoAssetManifest, VangoFileError,
+};
 use rhone_manifest::{check_assets, classify_state_impact};
 
 /// The first byte picks what the rest is: even, an asset manifest (`manifest.json`); odd, one
 /// or two state schemas (`vango_state_schema.json`), the current and the next, split at the
 /// first NUL byte.
+///
+/// A refused file's error names its role ("asset manifest: …", "state schema: …") and, for a
+/// field error, the field (`role: field: message`).
 ///
 /// Asset manifest: an accepted one round-trips through JSON, and [`check_assets`] puts each
 /// entry in exactly one of its two lists; an entry whose name carries a fingerprint is current
@@ -30,8 +35,9 @@ fn asset_manifest(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(manifest) = VangoAssetManifest::parse(text) else {
-        return;
+    let manifest = match VangoAssetManifest::parse(text) {
+        Ok(manifest) => manifest,
+        Err(e) => return names_its_file("asset manifest", &e),
     };
     let json = serde_json::to_string(&manifest).expect("a manifest serialises");
     let again = VangoAssetManifest::parse(&json).expect("a manifest written back parses");
@@ -94,7 +100,13 @@ fn state_schemas(data: &[u8]) {
         None => (None, data),
     };
     let parse = |bytes: &[u8]| -> Option<StateSchema> {
-        let schema = StateSchema::parse(std::str::from_utf8(bytes).ok()?).ok()?;
+        let schema = match StateSchema::parse(std::str::from_utf8(bytes).ok()?) {
+            Ok(schema) => schema,
+            Err(e) => {
+                names_its_file("state schema", &e);
+                return None;
+            }
+        };
         let json = serde_json::to_string(&schema).expect("a schema serialises");
         let again = StateSchema::parse(&json).expect("a schema written back parses");
         assert_eq!(again, schema);
@@ -140,5 +152,24 @@ fn state_schemas(data: &[u8]) {
                 assert!(before.contains(id) && after.contains(id), "changed {id}");
             }
         }
+    }
+}
+
+/// A refusal names the file's role, and a field error its field.
+fn names_its_file(role: &str, e: &VangoFileError) {
+    let text = e.to_string();
+    assert!(text.starts_with(&format!("{role}: ")), "{text}");
+    if let VangoFileError::Invalid {
+        what,
+        field,
+        message,
+    } = e
+    {
+        assert_eq!(*what, role);
+        assert!(
+            !field.trim().is_empty(),
+            "a field error names no field: {text}"
+        );
+        assert_eq!(text, format!("{role}: {field}: {message}"));
     }
 }
