@@ -85,6 +85,19 @@ async fn roles_limit_what_members_may_change() -> Result<()> {
         message.contains("requiresApproval: false") && message.contains("needs an admin"),
         "{message}"
     );
+    // Nor one whose requesters approve their own promotions.
+    let self_approving = json!({ "a": app });
+    let message = expect(
+        &dev,
+        CREATE_SELF_APPROVING_PROD,
+        self_approving,
+        "FORBIDDEN",
+    )
+    .await?;
+    assert!(
+        message.contains("selfApproval: true") && message.contains("needs an admin"),
+        "{message}"
+    );
     assert_eq!(
         api.counts().await?,
         before,
@@ -104,6 +117,7 @@ async fn roles_limit_what_members_may_change() -> Result<()> {
     Ok(())
 }
 
+const CREATE_SELF_APPROVING_PROD: &str = "mutation($a: UUID!) { createEnvironment(appId: $a, name: \"self-approving\", kind: PRODUCTION, selfApproval: true) { id } }";
 const CREATE_UNGUARDED_PROD: &str = "mutation($a: UUID!) { createEnvironment(appId: $a, name: \"unguarded\", kind: PRODUCTION, requiresApproval: false) { id } }";
 
 #[tokio::test]
