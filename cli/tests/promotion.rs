@@ -288,7 +288,8 @@ fn promotions_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
 /// preview start, once its allocation is placed), restarts it 300 ms later, and checks that
 /// every deploy reaches `preview_ready` within a minute of the kill (the lost attempt is
 /// seen by its missing heartbeats, not after its start-to-close timeout), each stage
-/// recorded once, one allocation, and no build left running from the lost attempt.
+/// recorded once, one artifact, one allocation, and no build left running from the lost
+/// attempt.
 #[test]
 fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -304,6 +305,7 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
 
     let mut seen_ops = std::collections::HashSet::new();
     for stage in ["cloning", "building", "validating", "preview start"] {
+        let started = chrono::Utc::now();
         let repo_arg = repo.display().to_string();
         let deploy = spawn_cli(
             &dev,
@@ -361,6 +363,14 @@ fn deploys_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
             runtime.block_on(allocations_of(&db, &deployment))?,
             1,
             "killed in {stage}: one allocation"
+        );
+        // One artifact: the deployment's, and no other recorded while it ran (a lost
+        // attempt's build is not kept beside the retried one's).
+        let (artifact, recorded) = runtime.block_on(artifacts_of(&db, &deployment, started))?;
+        let artifact = artifact.with_context(|| format!("killed in {stage}: no artifact"))?;
+        assert!(
+            recorded.iter().all(|d| *d == artifact),
+            "killed in {stage}: artifacts recorded during the deploy {recorded:?}, its own {artifact}"
         );
         let build = data_dir
             .join("work/sandbox/runtime")
@@ -482,6 +492,30 @@ async fn allocations_of(db: &sea_orm::DatabaseConnection, id: &str) -> Result<u6
         .filter(allocation::Column::DeploymentId.eq(id))
         .count(db)
         .await?)
+}
+
+/// The artifact of deployment `id`, and the digests of every artifact recorded since `since`.
+async fn artifacts_of(
+    db: &sea_orm::DatabaseConnection,
+    id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<(Option<String>, Vec<String>)> {
+    use rhone_schema::entity::{artifact, deployment};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let id: uuid::Uuid = id.parse()?;
+    let own = deployment::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .context("deployment")?
+        .artifact_digest;
+    let recorded = artifact::Entity::find()
+        .filter(artifact::Column::CreatedAt.gte(since))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| a.digest)
+        .collect();
+    Ok((own, recorded))
 }
 
 /// Route changes written by operation `id`, and allocations of the deployment it promoted.
@@ -772,8 +806,8 @@ fn an_approval_gate_takes_only_its_decisions_from_the_api_or_temporal() -> Resul
 
 /// Kills the worker (SIGKILL) once a Wake of a sleeping production app has entered each of
 /// its stages in turn, restarts it 300 ms later, and checks that the held request is
-/// answered and the wake reaches `hot` within a minute of the kill, with exactly one new
-/// allocation per wake.
+/// answered and the wake reaches `hot` within a minute of the kill, each of its stages
+/// recorded once, with exactly one new allocation per wake.
 #[test]
 fn wakes_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -887,6 +921,24 @@ fn wakes_finish_when_the_worker_is_killed_in_each_stage() -> Result<()> {
         until(&dev, &id, "hot", Duration::from_secs(60), |op| {
             Ok(stages(op).iter().any(|s| s == "hot"))
         })?;
+        // Each stage once up to `hot`: the killed step was retried, not recorded again.
+        let op = json(&dev, &["ops", "show", &id])?;
+        let recorded = stages(&op);
+        let through_hot = recorded
+            .iter()
+            .position(|s| s == "hot")
+            .map_or(recorded.len(), |at| at + 1);
+        assert_eq!(
+            recorded[..through_hot],
+            [
+                "cold",
+                "wake_requested",
+                "starting",
+                "readiness_wait",
+                "hot"
+            ],
+            "killed in {stage}: {op}"
+        );
         // The promotion's allocation and one per wake so far: none duplicated.
         assert_eq!(
             runtime.block_on(allocations_of(&db, &promotion))?,
