@@ -327,7 +327,8 @@ const STRIPE_KEY: &str = "sk_live_7Hq2-never-in-a-history";
 /// A deploy whose artifact carries a migration, to an environment that owns a database:
 /// its Migration runs as an operation of its own before the preview starts, and the table
 /// is in the preview's database. Neither workflow's history holds a secret's value: not
-/// the role's password in `DATABASE_URL`, not another secret of the environment.
+/// the role's password in `DATABASE_URL`, not another secret of the environment; nor does
+/// the build log of a build that prints its whole environment (builds get no secret).
 #[tokio::test]
 async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Result<()> {
     use rhone_schema::{entity::provider_binding, providers, secrets::Keyring};
@@ -387,7 +388,7 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
             "CREATE TABLE counts (n int);\nINSERT INTO counts VALUES (7);\n",
         )?;
         let toml = dir.join("rhone.toml");
-        let command = "python3 build.py && cp -r migrations dist/migrations";
+        let command = "env && python3 build.py && cp -r migrations dist/migrations";
         replace_in(
             &toml,
             "command = \"python3 build.py\"",
@@ -439,6 +440,23 @@ async fn a_deploy_applies_its_migrations_to_the_previews_own_database() -> Resul
     assert_eq!(row.try_get::<i32>("", "n")?, 7);
     app_db.close().await?;
 
+    let build_log: String = rhone_schema::entity::build_log::Entity::find()
+        .all(&h.fx.db)
+        .await?
+        .into_iter()
+        .filter(|c| c.operation_id == seen.op.id)
+        .map(|c| c.chunk)
+        .collect();
+    assert!(
+        build_log.contains("PATH="),
+        "the build printed its environment: {build_log}"
+    );
+    for value in [PASSWORD, STRIPE_KEY, url.expose()] {
+        assert!(
+            !build_log.contains(value),
+            "the build log holds a secret value"
+        );
+    }
     for (kind, op) in [
         (rhone_core::OperationKind::Deploy, seen.op.id),
         (rhone_core::OperationKind::Migration, id),
