@@ -397,12 +397,7 @@ fn a_secret_set_from_stdin_unblocks_the_deploy_that_needs_it() -> Result<()> {
             1,
         ),
     )?;
-    let committed = Command::new("git")
-        .args(["-c", "user.email=dev@rhone.local", "-c", "user.name=dev"])
-        .args(["commit", "-qam", "needs STRIPE_KEY"])
-        .current_dir(&repo)
-        .status()?;
-    anyhow::ensure!(committed.success());
+    support::commit_all(&repo, "needs STRIPE_KEY")?;
 
     let repo_arg = repo.display().to_string();
     let out = dev.rhone(

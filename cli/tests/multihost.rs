@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use rhone_testkit::netns::ip;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use support::{RHONE, descendants, example_repo, free_port};
 
@@ -96,18 +97,6 @@ struct Topology {
     hosts: Vec<Host>,
     routes: Vec<String>,
     _lock: std::fs::File,
-}
-
-/// Runs `ip` with `args`, failing with its stderr.
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Takes the first `K` in 1..=250 whose lock is free and whose subnet no interface uses.

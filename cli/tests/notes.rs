@@ -81,24 +81,7 @@ fn commit_step(dir: &Path, upto: u32) -> Result<PathBuf> {
             std::fs::copy(entry.path(), migrations.join(&name))?;
         }
     }
-    for args in [
-        &["add", "-A"][..],
-        &[
-            "-c",
-            "user.email=dev@rhone.local",
-            "-c",
-            "user.name=dev",
-            "commit",
-            "-qm",
-        ],
-    ] {
-        let mut command = Command::new("git");
-        command.args(args).current_dir(&repo);
-        if args[0] == "-c" {
-            command.arg(format!("migrations up to {upto:04}"));
-        }
-        ensure!(command.status()?.success(), "git {args:?}");
-    }
+    support::commit_all(&repo, &format!("migrations up to {upto:04}"))?;
     Ok(repo)
 }
 
@@ -369,7 +352,7 @@ fn the_notes_app_goes_to_production_with_its_migrations() -> Result<()> {
             .collect())
     };
     let earlier = promotions(&dev)?;
-    let promoting = Command::new(RHONE)
+    let mut promoting = Command::new(RHONE)
         .args(
             [
                 &["promote", third_id.as_str()][..],
@@ -382,6 +365,18 @@ fn the_notes_app_goes_to_production_with_its_migrations() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // What the command prints, line by line, as it prints it.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = promoting.stdout.take().context("stdout")?;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
     // The promotion of that deployment, once the command has asked for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let promotion = loop {
@@ -400,17 +395,22 @@ fn the_notes_app_goes_to_production_with_its_migrations() -> Result<()> {
         "nothing is dropped before the approval: {before_approval}"
     );
     let migration = waiting["id"].as_str().context("id")?.to_owned();
+    // The command says where the decision goes (the promotion itself runs on).
+    let mut printed = String::new();
+    let told = format!("rhone ops approve {migration}");
+    while !printed.contains(&told) {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => printed.push_str(&(line + "\n")),
+            Err(_) => bail!("the promotion did not say where the approval goes: {printed}"),
+        }
+    }
     said.push(dev.ok(&["ops", "approve", &migration])?);
     let promoted = promoting.wait_with_output()?;
-    let printed = String::from_utf8_lossy(&promoted.stdout).into_owned();
+    printed.extend(lines.try_iter().map(|l| l + "\n"));
     ensure!(
         promoted.status.success(),
         "{printed}\n{}",
         String::from_utf8_lossy(&promoted.stderr)
-    );
-    assert!(
-        printed.contains(&format!("rhone ops approve {migration}")),
-        "the promotion said where the approval goes: {printed}"
     );
     said.push(printed);
     let notes = json(&http_get(ports[1], prod_host, "/notes")?)?;

@@ -99,26 +99,7 @@ fn promote_and_roll_back_through_the_cli() -> Result<()> {
     assert_eq!(served_digest(ports[1])?, digest1);
 
     std::fs::write(repo.join("NOTES.md"), "version 2\n")?;
-    for args in [
-        &["add", "-A"][..],
-        &[
-            "-c",
-            "user.email=dev@rhone.local",
-            "-c",
-            "user.name=dev",
-            "commit",
-            "-qm",
-            "v2",
-        ],
-    ] {
-        anyhow::ensure!(
-            Command::new("git")
-                .args(args)
-                .current_dir(&repo)
-                .status()?
-                .success()
-        );
-    }
+    support::commit_all(&repo, "v2")?;
     let second = deploy(&dev, &repo)?;
     dev.ok(&[
         &["promote", second.as_str()][..],

@@ -27,7 +27,8 @@ pub struct Namespace {
     _lock: File,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()

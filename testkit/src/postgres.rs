@@ -21,6 +21,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const ATTEMPTS: usize = 3;
+/// What every test server's `initdb` is given: the superuser `rhone`, UTF-8, no fsync.
+const INITDB_ARGS: [&str; 6] = ["-U", "rhone", "-E", "UTF8", "--locale=C", "--no-sync"];
 
 struct Server {
     admin_url: String,
@@ -150,16 +152,11 @@ async fn start() -> Result<Server> {
     }
     let data = dir.path().join("data");
     let mut initdb = as_user(run_as, &bin.join("initdb"), dir.path());
-    initdb.arg("-D").arg(&data).args([
-        "-A",
-        "trust",
-        "-U",
-        "rhone",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-    ]);
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust"])
+        .args(INITDB_ARGS);
     process::run(initdb, "initdb").await?;
 
     let mut attempt = 1;
@@ -214,15 +211,24 @@ async fn start_once(
     let mut server =
         Supervised::spawn(dir, run_as, &bin.join("postgres"), &args).map_err(NotReady::Failed)?;
     let admin_url = format!("postgres://rhone@127.0.0.1:{port}/postgres");
+    accepting(bin, &mut server, &admin_url).await?;
+    Ok((admin_url, server))
+}
+
+/// Waits until `server` answers `select 1` at `admin_url`.
+async fn accepting(
+    bin: &Path,
+    server: &mut Supervised,
+    admin_url: &str,
+) -> std::result::Result<(), NotReady> {
     let psql = bin.join("psql");
-    process::wait_ready("PostgreSQL", &mut server, START_TIMEOUT, || {
+    process::wait_ready("PostgreSQL", server, START_TIMEOUT, || {
         let mut command = tokio::process::Command::new(&psql);
-        command.args(["-X", "-q", "-w", "-d", &admin_url, "-c", "select 1"]);
+        command.args(["-X", "-q", "-w", "-d", admin_url, "-c", "select 1"]);
         command.env("PGCONNECT_TIMEOUT", "2");
         process::probe_command(command, PROBE_TIMEOUT)
     })
-    .await?;
-    Ok((admin_url, server))
+    .await
 }
 
 /// A PostgreSQL server of its own, standing for another machine: it listens on port 5432
@@ -261,16 +267,8 @@ pub async fn start_on(host: &crate::netns::Namespace) -> Result<Standalone> {
         .arg(&data)
         .arg("--pwfile")
         .arg(&pwfile)
-        .args([
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-U",
-            "rhone",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+        .args(INITDB_ARGS);
     process::run(initdb, "initdb").await?;
     std::fs::remove_file(&pwfile)?;
     let hba = data.join("pg_hba.conf");
@@ -309,15 +307,9 @@ pub async fn start_on(host: &crate::netns::Namespace) -> Result<Standalone> {
     .collect();
     let mut server = Supervised::spawn(dir.path(), None, Path::new("ip"), &args)?;
     let admin_url = format!("postgres://rhone:{password}@{}:5432/postgres", host.address);
-    let psql = bin.join("psql");
-    process::wait_ready("PostgreSQL", &mut server, START_TIMEOUT, || {
-        let mut command = tokio::process::Command::new(&psql);
-        command.args(["-X", "-q", "-w", "-d", &admin_url, "-c", "select 1"]);
-        command.env("PGCONNECT_TIMEOUT", "2");
-        process::probe_command(command, PROBE_TIMEOUT)
-    })
-    .await
-    .map_err(NotReady::into_error)?;
+    accepting(&bin, &mut server, &admin_url)
+        .await
+        .map_err(NotReady::into_error)?;
     let _ = dir.keep();
     Ok(Standalone {
         admin_url,

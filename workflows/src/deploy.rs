@@ -165,17 +165,18 @@ impl DeployWorkflow {
                 // Migrations go to the preview's own database first, as an operation of
                 // their own (its gates may wait for an approval): those up to the first
                 // contract one before the preview serves, the rest once it does.
+                let child = |n, phase| MigrationChild {
+                    parent: input.operation_id.0,
+                    environment_id: input.environment_id,
+                    deployment_id: input.deployment_id,
+                    digest: built.digest.clone(),
+                    n,
+                    phase,
+                };
                 let mut migration = serde_json::Value::Null;
                 if validation.migrate {
                     migrations_run += 1;
-                    let child = MigrationChild {
-                        parent: input.operation_id.0,
-                        environment_id: input.environment_id,
-                        deployment_id: input.deployment_id,
-                        digest: built.digest.clone(),
-                        n: migrations_run,
-                        phase: MigrationPhase::BeforeRoute,
-                    };
+                    let child = child(migrations_run, MigrationPhase::BeforeRoute);
                     match run_child(ctx, child).await? {
                         Ok(m) => migration = m,
                         Err(f) => return Ok(Err(f)),
@@ -205,14 +206,7 @@ impl DeployWorkflow {
                 let mut contract = serde_json::Value::Null;
                 if crate::migration::deferred(&migration) {
                     migrations_run += 1;
-                    let child = MigrationChild {
-                        parent: input.operation_id.0,
-                        environment_id: input.environment_id,
-                        deployment_id: input.deployment_id,
-                        digest: built.digest.clone(),
-                        n: migrations_run,
-                        phase: MigrationPhase::AfterRoute,
-                    };
+                    let child = child(migrations_run, MigrationPhase::AfterRoute);
                     contract = crate::migration::after_route(run_child(ctx, child).await?);
                 }
                 let evidence = json!({

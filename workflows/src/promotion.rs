@@ -219,16 +219,17 @@ impl PromotionWorkflow {
         // The target's database takes the artifact's migrations before anything of it runs
         // there, as a Migration operation of its own: those up to the first contract one
         // (the rest once the route moved and the old allocations drained).
+        let child = |n, phase| MigrationChild {
+            parent: input.operation_id.0,
+            environment_id: input.environment_id,
+            deployment_id: input.deployment_id,
+            digest: policy.digest.clone(),
+            n,
+            phase,
+        };
         let mut migration = serde_json::Value::Null;
         if policy.migrate {
-            let child = MigrationChild {
-                parent: input.operation_id.0,
-                environment_id: input.environment_id,
-                deployment_id: input.deployment_id,
-                digest: policy.digest.clone(),
-                n: 1,
-                phase: MigrationPhase::BeforeRoute,
-            };
+            let child = child(1, MigrationPhase::BeforeRoute);
             match run_child(ctx, child).await? {
                 Ok(m) => migration = m,
                 Err(f) => return Ok(Err(f.into())),
@@ -414,14 +415,7 @@ impl PromotionWorkflow {
         // approval is the Migration's own gate). The release serves either way.
         let mut contract_migration = serde_json::Value::Null;
         if contract_left {
-            let child = MigrationChild {
-                parent: input.operation_id.0,
-                environment_id: input.environment_id,
-                deployment_id: input.deployment_id,
-                digest: policy.digest.clone(),
-                n: 2,
-                phase: MigrationPhase::AfterRoute,
-            };
+            let child = child(2, MigrationPhase::AfterRoute);
             contract_migration = after_route(run_child(ctx, child).await?);
             op.set_status(ctx, OperationStatus::Succeeded, None).await?;
         }

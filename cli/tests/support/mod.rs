@@ -187,9 +187,20 @@ pub fn example_repo(dir: &Path) -> Result<std::path::PathBuf> {
         .status()?
         .success();
     anyhow::ensure!(ok, "copying the example app");
+    let ok = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&repo)
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "git init");
+    commit_all(&repo, "counter")?;
+    Ok(repo)
+}
+
+/// Commits everything in `repo` (added, changed, removed) as the test's developer.
+pub fn commit_all(repo: &Path, message: &str) -> Result<()> {
     for args in [
-        &["init", "-q"][..],
-        &["add", "-A"],
+        &["add", "-A"][..],
         &[
             "-c",
             "user.email=dev@rhone.local",
@@ -197,17 +208,17 @@ pub fn example_repo(dir: &Path) -> Result<std::path::PathBuf> {
             "user.name=dev",
             "commit",
             "-qm",
-            "counter",
+            message,
         ],
     ] {
         let ok = Command::new("git")
             .args(args)
-            .current_dir(&repo)
+            .current_dir(repo)
             .status()?
             .success();
         anyhow::ensure!(ok, "git {args:?}");
     }
-    Ok(repo)
+    Ok(())
 }
 
 pub fn http_get(edge_port: u16, host: &str, path: &str) -> Result<String> {
