@@ -701,7 +701,7 @@ pub async fn run(cmd: ClientCommand, json_out: bool) -> Result<()> {
             let d = api
                 .call("query($a: UUID!) { environments(appId: $a) { id name kind requiresApproval scaleToZero wakeBudgetMs sleepAfterMs wakeState createdAt \
                        routeOwner { routeKey epoch artifactDigest deployment { id } } \
-                       runtimeServices { service status config createdAt } } }", json!({ "a": a }))
+                       runtimeServices { service status config createdAt error } } }", json!({ "a": a }))
                 .await?;
             let shown = d["environments"]
                 .as_array()
@@ -1224,6 +1224,10 @@ fn show_environment(e: &Value) {
                 b["config"],
                 b["createdAt"].as_str().unwrap_or("?")
             );
+            // Why the last probe failed (scrubbed of secret values by the API).
+            if let Some(why) = b["error"].as_str() {
+                println!("  {:<15} {why}", "");
+            }
         }
     }
 }

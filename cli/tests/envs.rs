@@ -1,6 +1,7 @@
 //! `rhone envs` settings against the real `rhone dev`: scale to zero on, a runtime service
 //! bound, both shown by `envs list` and `envs show`; a refused binding names the field and
-//! repeats no secret. No deploy: nothing here needs an artifact.
+//! repeats no secret; an unreachable one shows why. No deploy: nothing here needs an
+//! artifact.
 
 mod support;
 
@@ -99,6 +100,24 @@ fn envs_scale_to_zero_and_bind_show_in_the_listing() -> Result<()> {
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("unknown runtime service \"sessions\""),
         "{unknown:?}"
+    );
+
+    // A binding whose probe fails is kept `unreachable`; `envs show` says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = format!(r#"{{"provider":"redis","url":"redis://127.0.0.1:{closed}"}}"#);
+    let bound = dev.ok(&args(
+        &["envs", "bind"],
+        &["staging", "session_store", "--config", &config],
+    ))?;
+    assert!(bound.contains("unreachable"), "{bound}");
+    let show = dev.ok(&args(&["envs", "show"], &["staging"]))?;
+    assert!(
+        show.contains(&format!(
+            "redis at redis://127.0.0.1:{closed}: cannot connect"
+        )),
+        "{show}"
     );
 
     let unbound = dev.ok(&args(&["envs", "unbind"], &["staging", "idempotency"]))?;

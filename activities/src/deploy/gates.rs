@@ -19,6 +19,15 @@ pub const PROVIDERS_BOUND: &str = "providers_bound";
 /// The status a runtime service binding must have to count as bound.
 pub const READY: &str = "ready";
 
+/// A runtime service binding's status as the gates show it: with the reason its last probe
+/// failed (scrubbed of secret values when it was stored), if it did.
+pub fn binding_status(status: &str, error: Option<&str>) -> String {
+    match error {
+        Some(why) if status != READY => format!("{status} ({why})"),
+        _ => status.to_owned(),
+    }
+}
+
 /// Everything the gates look at.
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {

@@ -284,3 +284,24 @@ fn missing_secrets_and_services_are_named() {
          it has no binding; bind it, then retry",
     );
 }
+
+#[test]
+fn an_unreachable_binding_is_shown_with_its_probes_reason() {
+    const WHY: &str = "redis at redis://***@10.216.1.2:6379: cannot connect: Connection refused";
+    const SHOWN: &str =
+        "unreachable (redis at redis://***@10.216.1.2:6379: cannot connect: Connection refused)";
+    assert_eq!(binding_status("unreachable", Some(WHY)), SHOWN);
+    assert_eq!(binding_status("ready", Some("stale")), "ready");
+    assert_eq!(binding_status("pending", None), "pending");
+    let mut c = case();
+    c.manifest = manifest("", "session_store");
+    c.services = &[("session_store", SHOWN)];
+    check(
+        c,
+        &format!(
+            "failed gates: providers_bound\n\
+             fix providers_bound: runtime service session_store is not bound on environment \
+             preview: its binding is unreachable ({WHY}), not ready; bind it, then retry"
+        ),
+    );
+}

@@ -228,9 +228,8 @@ async fn services(
         .map_err(SchemaError::from)?;
     let mut services = BTreeMap::new();
     for row in rows {
-        let status = services
-            .entry(row.service)
-            .or_insert_with(|| row.status.clone());
+        let shown = gates::binding_status(&row.status, row.error.as_deref());
+        let status = services.entry(row.service).or_insert(shown);
         if row.status == gates::READY {
             *status = row.status;
         }

@@ -286,12 +286,12 @@ impl PromotionActivities {
             bindings
                 .iter()
                 .find(|b| b.service == service.as_str())
-                .map(|b| b.status.as_str())
+                .map(|b| crate::deploy::gates::binding_status(&b.status, b.error.as_deref()))
         };
         let required: BTreeSet<Service> = manifest.app.required_services.iter().copied().collect();
         let not_ready: Vec<String> = required
             .iter()
-            .filter_map(|s| match status_of(*s) {
+            .filter_map(|s| match status_of(*s).as_deref() {
                 Some(READY) => None,
                 Some(status) => Some(format!("{s} (status {status})")),
                 None => Some(format!("{s} (not bound)")),
@@ -311,7 +311,7 @@ impl PromotionActivities {
             ));
         }
         let store = status_of(Service::SessionStore);
-        if instances > 1 && store != Some(READY) {
+        if instances > 1 && store.as_deref() != Some(READY) {
             problems.push(format!(
                 "{instances} instances need a ready session_store binding on environment {} so sessions resume on any allocation ({})",
                 env.name,
