@@ -84,7 +84,7 @@ pub(crate) struct Slot {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Outgoing>,
     since: Instant,
 }
 
@@ -114,7 +114,7 @@ impl Pool {
 
 impl Slot {
     /// An open idle connection, if one is kept.
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<Outgoing>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(i) = idle.pop() {
             if !i.sender.is_closed() {
@@ -125,7 +125,7 @@ impl Slot {
     }
 
     /// Keeps `sender` for the next request, unless it is closed.
-    fn put(&self, sender: SendRequest<Incoming>) {
+    fn put(&self, sender: SendRequest<Outgoing>) {
         if sender.is_closed() {
             return;
         }
@@ -153,9 +153,11 @@ impl Proxy {
     /// Sends `req` to the first of `targets` that takes it and returns its response with
     /// the body still streaming, and which target answered. A target that cannot be
     /// connected to has seen nothing of the request, so the next one is tried (an instance
-    /// whose host died does not fail the requests routed to it); any later failure is the
-    /// answer. A WebSocket upgrade the allocation accepts is answered 101 here and spliced
-    /// to the allocation's socket in a task of its own.
+    /// whose host died does not fail the requests routed to it). A `GET`, `HEAD` or
+    /// `OPTIONS` without a body whose connection fails before any answer (the allocation
+    /// died under it) is sent to the next one too: it is safe to send again. Any other
+    /// failure is the answer. A WebSocket upgrade the allocation accepts is answered 101
+    /// here and spliced to the allocation's socket in a task of its own.
     pub(crate) async fn forward<'t>(
         &self,
         mut req: Request<Incoming>,
@@ -168,7 +170,22 @@ impl Proxy {
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         for_allocation(&mut parts, client, upgrade);
-        let mut req = Request::from_parts(parts, body);
+        // A safe request without a body can be sent again: its head is kept for that.
+        let again = (!upgrade
+            && body.is_end_stream()
+            && matches!(
+                parts.method,
+                hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+            ))
+        .then(|| {
+            let mut head = Request::new(());
+            *head.method_mut() = parts.method.clone();
+            *head.uri_mut() = parts.uri.clone();
+            *head.version_mut() = parts.version;
+            *head.headers_mut() = parts.headers.clone();
+            head
+        });
+        let mut req = Request::from_parts(parts, Outgoing::Client(body));
 
         let mut target = first;
         let mut tried = others.iter();
@@ -189,6 +206,17 @@ impl Proxy {
                         error = %source, "allocation unreachable; trying the next one"
                     );
                     req = back;
+                    target = tried.next().copied().unwrap_or(target);
+                }
+                Ok(Err(Unsent::Sent(source))) if tried.len() > 0 && again.is_some() => {
+                    tracing::warn!(
+                        allocation = %target.allocation_id, address = %target.address(),
+                        error = %source, "allocation failed before answering; sending the request to the next one"
+                    );
+                    req = again
+                        .as_ref()
+                        .map(|head| head.clone().map(|()| Outgoing::Empty))
+                        .unwrap_or_else(|| Request::new(Outgoing::Empty));
                     target = tried.next().copied().unwrap_or(target);
                 }
                 Ok(Err(Unsent::NotSent(_, source) | Unsent::Sent(source))) => {
@@ -337,10 +365,46 @@ pub(crate) async fn forward_buffered(
     })
 }
 
+/// What the edge sends an allocation: the client's body as it streams, or none (a bodiless
+/// request sent again to the next allocation after the first failed under it).
+pub(crate) enum Outgoing {
+    Client(Incoming),
+    Empty,
+}
+
+impl HttpBody for Outgoing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Outgoing::Client(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Outgoing::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Outgoing::Client(body) => body.is_end_stream(),
+            Outgoing::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Outgoing::Client(body) => body.size_hint(),
+            Outgoing::Empty => hyper::body::SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Why [`send`] has no response.
 enum Unsent {
     /// Nothing of the request left the edge (no connection could be made): it is back.
-    NotSent(Request<Incoming>, BoxError),
+    NotSent(Request<Outgoing>, BoxError),
     /// The request went out (or may have).
     Sent(BoxError),
 }
@@ -348,10 +412,10 @@ enum Unsent {
 /// Sends `req` on a pooled connection to `authority`, or a new one. A pooled connection found
 /// closed before the request went out is replaced by a new one, once.
 async fn send(
-    mut req: Request<Incoming>,
+    mut req: Request<Outgoing>,
     authority: &Authority,
     slot: &Slot,
-) -> Result<(Response<Incoming>, SendRequest<Incoming>), Unsent> {
+) -> Result<(Response<Incoming>, SendRequest<Outgoing>), Unsent> {
     if let Some(mut sender) = slot.take()
         && sender.ready().await.is_ok()
     {
@@ -375,7 +439,7 @@ async fn send(
 }
 
 /// A new HTTP/1 connection to `authority`, driven by a task of its own on this worker.
-async fn connect(authority: &Authority) -> Result<SendRequest<Incoming>, BoxError> {
+async fn connect(authority: &Authority) -> Result<SendRequest<Outgoing>, BoxError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
@@ -420,7 +484,7 @@ fn origin_form(uri: &Uri) -> Uri {
 /// An allocation's response body that gives its connection back to the pool when it ends.
 pub(crate) struct Returning {
     body: Incoming,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<Outgoing>>,
     slot: Arc<Slot>,
 }
 

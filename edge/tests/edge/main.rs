@@ -321,3 +321,81 @@ async fn a_session_sticks_to_one_allocation() -> Result<()> {
     assert_eq!(turns.len(), 3);
     Ok(())
 }
+
+/// A backend that reads each request head and hangs up without answering, as an allocation
+/// killed under a request does; its address and how many requests it took.
+async fn hangs_up() -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Dropped: the connection closes with no answer.
+            });
+        }
+    });
+    Ok((address, taken))
+}
+
+/// An allocation that fails under a request before answering: a `GET` without a body goes
+/// to the other allocation and is answered; a `POST` (which the app may have applied) is
+/// not sent again and is answered 502.
+#[tokio::test]
+async fn a_safe_request_to_an_allocation_that_hangs_up_is_sent_to_the_next() -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let h = Harness::start().await?;
+    let dep = h.db.deployment(&h.db.artifact(1).await?).await?;
+    h.db.owner(HOST, &dep).await?;
+    let (dying, taken) = hangs_up().await?;
+    let good = echo("a").await?;
+    h.db.ready(&dep, &dying).await?;
+    h.db.ready(&dep, &good.address).await?;
+    h.settle().await?;
+
+    for s in 0..16 {
+        // A session each, so both allocations come first for some of them.
+        let cookie = format!("vango_session=g{s}");
+        let d = h.describe("/page", Some(&cookie)).await?;
+        assert_eq!(d["backend"], "a");
+    }
+    let gets = taken.load(Ordering::SeqCst);
+    assert!(gets > 0, "no GET met the allocation that hangs up");
+    assert_eq!(good.hits(), 16);
+
+    let mut refused = 0;
+    for s in 0..16 {
+        let resp = h
+            .http
+            .post(h.url(HOST, "/upload"))
+            .header("cookie", format!("vango_session=p{s}"))
+            .body("apply once")
+            .send()
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::BAD_GATEWAY => refused += 1,
+            other => anyhow::bail!("POST answered {other}"),
+        }
+    }
+    assert!(refused > 0, "no POST met the allocation that hangs up");
+    assert_eq!(
+        taken.load(Ordering::SeqCst) - gets,
+        refused,
+        "each POST it took was answered 502, not sent again"
+    );
+    assert_eq!(good.hits(), 16 + 16 - refused);
+    Ok(())
+}
