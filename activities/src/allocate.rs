@@ -186,7 +186,7 @@ async fn egress(
     secrets: &std::collections::BTreeMap<String, rhone_core::Secret>,
 ) -> Result<Vec<rhone_core::Endpoint>, ActivityError> {
     use rhone_core::Endpoint;
-    use rhone_schema::entity::{database_provider, runtime_service_binding};
+    use rhone_schema::entity::runtime_service_binding;
     let deployment = deployment::Entity::find_by_id(alloc.deployment_id)
         .one(db)
         .await
@@ -205,12 +205,9 @@ async fn egress(
         .await
         .map_err(db_err)?
     {
-        let provider = database_provider::Entity::find()
-            .filter(database_provider::Column::Name.eq(&binding.provider))
-            .one(db)
+        let provider = rhone_schema::providers::named(db, &binding.provider)
             .await
-            .map_err(db_err)?
-            .ok_or_else(|| refuse(format!("database provider {} is gone", binding.provider)))?;
+            .map_err(db_err)?;
         let endpoint = Endpoint::of_url(&provider.host, 5432).ok_or_else(|| {
             unusable(format!(
                 "database provider {} at {}",

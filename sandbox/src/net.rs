@@ -249,25 +249,6 @@ impl HostNetwork {
             .collect()
     }
 
-    /// The egress `address` is let through to, as (address, port), from the chain itself.
-    pub async fn egress_of(&self, address: Ipv4Addr) -> Vec<(Ipv4Addr, u16)> {
-        let value = |rule: &[String], flag: &str| {
-            rule.windows(2)
-                .find(|w| w[0] == flag)
-                .map(|w| w[1].trim_end_matches("/32").to_owned())
-        };
-        self.rules_of(address)
-            .await
-            .iter()
-            .filter_map(|rule| {
-                Some((
-                    value(rule, "-d")?.parse().ok()?,
-                    value(rule, "--dport")?.parse().ok()?,
-                ))
-            })
-            .collect()
-    }
-
     /// Removes the egress rules of `address`.
     async fn forget(&self, address: Ipv4Addr) {
         let chain = self.chain();
